@@ -1,0 +1,178 @@
+"""The one error hierarchy of ledgerflow.
+
+Every layer raises subclasses of :class:`LedgerflowError` so that callers can
+catch "anything ledgerflow said" with one clause, and so that errors recorded
+in a run's log can be reconstructed by type name on the other side of the wire.
+It lives in the lowest layer because every other layer raises from it.
+"""
+
+from __future__ import annotations
+
+
+class LedgerflowError(Exception):
+    """Base of every error ledgerflow raises on purpose."""
+
+
+# --- configuration and infrastructure -------------------------------------------------
+
+
+class ConfigurationError(LedgerflowError):
+    """A setting is missing or malformed (a URL, a namespace, an APP path)."""
+
+
+class ServiceUnavailableError(LedgerflowError):
+    """RabbitMQ or Redis could not be reached; the message says how to start it."""
+
+
+# --- payloads ---------------------------------------------------------------------------
+
+
+class SerializationError(LedgerflowError, TypeError):
+    """A value cannot be encoded or decoded; the message names where it sits."""
+
+
+class PayloadTooLargeError(SerializationError):
+    """An encoded payload is over the configured size limit."""
+
+
+class MalformedMessageError(LedgerflowError):
+    """A queue message could not be decoded into a known message type."""
+
+
+# --- the event log ----------------------------------------------------------------------
+
+
+class EventLogError(LedgerflowError):
+    """Something about a run's event log."""
+
+
+class RunNotFoundError(EventLogError):
+    """No run_created is recorded for this run id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} does not exist")
+        self.run_id = run_id
+
+
+class IllegalTransitionError(EventLogError):
+    """An append would move an entity through a transition the model forbids."""
+
+    def __init__(self, run_id: str, entity: str, current: str, event_type: str) -> None:
+        super().__init__(
+            f"illegal transition in run {run_id!r}: {entity} is {current!r}, "
+            f"cannot record {event_type!r}"
+        )
+        self.run_id = run_id
+        self.entity = entity
+        self.current = current
+        self.event_type = event_type
+
+
+class RunClosedError(IllegalTransitionError):
+    """The run already ended; nothing may be appended after its terminal event."""
+
+
+class WorkflowMismatchError(EventLogError):
+    """A run id was reused for a different workflow."""
+
+
+# --- registries -------------------------------------------------------------------------
+
+
+class UnknownWorkflowError(LedgerflowError, LookupError):
+    """No workflow of that name is registered in this process."""
+
+
+class UnknownStepError(LedgerflowError, LookupError):
+    """No step of that name is registered in this process."""
+
+
+# --- workflow execution -----------------------------------------------------------------
+
+
+class NonDeterminismError(LedgerflowError):
+    """Workflow code did something that cannot be replayed (I/O, real timers, threads)."""
+
+
+class ReplayDivergenceError(NonDeterminismError):
+    """The workflow code and the recorded log disagree about what happens at a position."""
+
+    def __init__(self, run_id: str, position: str, recorded: str, now: str) -> None:
+        super().__init__(
+            f"replay of run {run_id!r} diverged at {position}: the log recorded {recorded}, "
+            f"the code now does {now}"
+        )
+        self.run_id = run_id
+        self.position = position
+        self.recorded = recorded
+        self.now = now
+
+
+class RemoteError(LedgerflowError):
+    """An exception raised in another process, carried as type name, message and traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+
+class StepFailedError(RemoteError):
+    """A step exhausted its attempts; workflow code may catch this and carry on."""
+
+    def __init__(
+        self,
+        step_name: str,
+        type_name: str,
+        message: str,
+        traceback_text: str = "",
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(type_name, message, traceback_text)
+        self.args = (
+            f"step {step_name!r} failed after {attempts} attempt(s): {type_name}: {message}",
+        )
+        self.step_name = step_name
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WorkflowFailedError(RemoteError):
+    """The run ended in run_failed; raised by ``RunHandle.result()``."""
+
+
+class RunCancelled(LedgerflowError):
+    """The run was cancelled; raised by ``RunHandle.result()``."""
+
+
+class ResultTimeoutError(LedgerflowError, TimeoutError):
+    """``result(timeout=...)`` elapsed before the run ended."""
+
+
+# --- step outcomes users raise ----------------------------------------------------------
+
+
+class RetryableError(LedgerflowError):
+    """Raised by a step to ask for a retry, optionally after an exact delay."""
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FatalError(LedgerflowError):
+    """Raised by a step that must not be retried."""
+
+
+# --- the message broker -----------------------------------------------------------------
+
+
+class BrokerError(LedgerflowError):
+    """RabbitMQ (or the in-memory broker) refused or failed an operation."""
+
+
+class PublishError(BrokerError):
+    """A message was not confirmed: unroutable, nacked, or the channel went away first."""

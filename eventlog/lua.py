@@ -1,0 +1,131 @@
+"""The append script: check, XADD, update the status hash and active index atomically.
+
+Rendered from ``transitions.RULES`` so the rules are written once. Redis runs a
+script as one atomic step, which is what makes concurrent appenders (two
+schedulers, a redelivered worker) unable to record anything twice.
+
+KEYS: stream, status hash, active-index shard.
+ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, workflow.
+Reply: {"ok", id-or-"", ...} or {"error", code, entity, current, event_type, detail}.
+"""
+
+from __future__ import annotations
+
+from .events import SCHEMA_VERSION, EventType
+from .transitions import RUN_TERMINAL_STATES, lua_table
+
+_KINDS = ",".join(f'["{t.value}"]="{t.kind}"' for t in EventType)
+_TERMINAL = ",".join(f'["{s}"]=true' for s in sorted(RUN_TERMINAL_STATES))
+
+APPEND_SCRIPT = f"""
+local T = {lua_table()}
+local KIND = {{{_KINDS}}}
+local TERMINAL = {{{_TERMINAL}}}
+local stream, status, active = KEYS[1], KEYS[2], KEYS[3]
+local run_id, n = ARGV[1], tonumber(ARGV[2])
+local run_state = redis.call('HGET', status, 'run') or ''
+local stored_wf = redis.call('HGET', status, 'wf') or ''
+local entity = {{}}
+local plan = {{}}
+
+local function load(corr)
+  local cached = entity[corr]
+  if cached then return cached end
+  local raw = redis.call('HMGET', status, 'c:' .. corr, 'a:' .. corr)
+  local kind, state = '', ''
+  if raw[1] then
+    local dot = string.find(raw[1], '.', 1, true)
+    kind = string.sub(raw[1], 1, dot - 1)
+    state = string.sub(raw[1], dot + 1)
+  end
+  local e = {{kind, state, tonumber(raw[2] or '0')}}
+  entity[corr] = e
+  return e
+end
+
+for i = 1, n do
+  local b = 2 + (i - 1) * 5
+  local etype, corr, attempt_s = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local wf = ARGV[b + 5]
+  local kind = KIND[etype]
+  if not kind then return {{'error', 'illegal', 'event', '', etype, 'unknown event type'}} end
+  if kind == 'run' then
+    if etype == 'run_created' and run_state ~= '' and stored_wf ~= '' and wf ~= stored_wf then
+      return {{'error', 'mismatch', 'run', stored_wf, etype, wf}}
+    end
+    local rule = T.run[run_state] and T.run[run_state][etype]
+    if not rule then
+      if run_state == '' then return {{'error', 'notfound', 'run', '', etype, ''}} end
+      if TERMINAL[run_state] then return {{'error', 'closed', 'run', run_state, etype, ''}} end
+      return {{'error', 'illegal', 'run', run_state, etype, ''}}
+    end
+    if rule[1] == 'w' then
+      run_state = rule[2]
+      plan[i] = {{true, 'run', rule[2], 0}}
+    else
+      plan[i] = {{false}}
+    end
+  else
+    if run_state == '' then return {{'error', 'notfound', 'run', '', etype, ''}} end
+    if TERMINAL[run_state] then return {{'error', 'closed', 'run', run_state, etype, ''}} end
+    if run_state ~= 'started' then return {{'error', 'illegal', 'run', run_state, etype, ''}} end
+    local e = load(corr)
+    local label = kind .. ' ' .. corr
+    if e[2] ~= '' and e[1] ~= kind then
+      return {{'error', 'illegal', label, e[1] .. ' ' .. e[2], etype, ''}}
+    end
+    local rule = T[kind][e[2]] and T[kind][e[2]][etype]
+    if (not rule) or rule[1] == 'i' then
+      local cur = e[2]
+      if cur == '' then cur = 'absent' end
+      return {{'error', 'illegal', label, cur, etype, ''}}
+    end
+    local write = rule[1] == 'w'
+    local attempt = tonumber(attempt_s) or 0
+    if write and rule[3] == 'ge' and attempt < e[3] then write = false end
+    if write and rule[3] == 'gt' and attempt <= e[3] then write = false end
+    if write then
+      local a = math.max(e[3], attempt)
+      entity[corr] = {{kind, rule[2], a}}
+      plan[i] = {{true, kind, rule[2], a, corr, attempt_s ~= ''}}
+    else
+      plan[i] = {{false}}
+    end
+  end
+end
+
+local t = redis.call('TIME')
+local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local reply = {{'ok'}}
+local written = 0
+for i = 1, n do
+  local p = plan[i]
+  if p[1] then
+    local b = 2 + (i - 1) * 5
+    local id = redis.call('XADD', stream, '*', 'type', ARGV[b + 1], 'corr', ARGV[b + 2],
+      'data', ARGV[b + 4], 'ts', now, 'v', '{SCHEMA_VERSION}')
+    reply[#reply + 1] = id
+    written = written + 1
+    if p[2] == 'run' then
+      redis.call('HSET', status, 'run', p[3], 'last', id)
+      if ARGV[b + 1] == 'run_created' then
+        redis.call('HSET', status, 'wf', ARGV[b + 5], 'created', now)
+      end
+    else
+      redis.call('HSET', status, 'c:' .. p[5], p[2] .. '.' .. p[3], 'last', id)
+      if p[6] then redis.call('HSET', status, 'a:' .. p[5], p[4]) end
+    end
+  else
+    reply[#reply + 1] = ''
+  end
+end
+if written > 0 then
+  redis.call('HINCRBY', status, 'n', written)
+  if TERMINAL[run_state] then
+    redis.call('ZREM', active, run_id)
+  else
+    redis.call('ZADD', active, now, run_id)
+  end
+end
+return reply
+"""

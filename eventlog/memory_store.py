@@ -1,0 +1,133 @@
+"""An in-memory event store with the Redis store's exact semantics.
+
+For the embedded mode (a newcomer with no servers) and fast unit tests; never a
+stand-in for the integration suite. It walks the same transition table as the
+Lua script, and the conformance suite runs against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from .events import SCHEMA_VERSION, AppendResult, Event, NewEvent, decode_entry
+from .names import Names, shard_of
+from .store import START, EventStore
+from .transitions import ABSENT, RUN_TERMINAL_STATES, plan_batch
+
+
+def _id_key(event_id: str) -> tuple[int, int]:
+    ms, seq = event_id.split("-")
+    return int(ms), int(seq)
+
+
+class MemoryEventStore(EventStore):
+    def __init__(self, names: Names | None = None) -> None:
+        self.names = names or Names()
+        self._streams: dict[str, list[Event]] = defaultdict(list)
+        self._status: dict[str, dict[str, str]] = defaultdict(dict)
+        self._active: dict[int, dict[str, int]] = defaultdict(dict)
+        self._changed: dict[str, asyncio.Condition] = {}
+        self._last_id = (0, 0)
+
+    def _next_id(self, now: int) -> str:
+        ms, seq = self._last_id
+        self._last_id = (now, 0) if now > ms else (ms, seq + 1)
+        return f"{self._last_id[0]}-{self._last_id[1]}"
+
+    def _condition(self, run_id: str) -> asyncio.Condition:
+        cond = self._changed.get(run_id)
+        if cond is None:
+            cond = self._changed[run_id] = asyncio.Condition()
+        return cond
+
+    async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
+        if not events:
+            return []
+        status = self._status[run_id]
+
+        def entity_state(corr: str) -> tuple[str, str, int]:
+            raw = status.get(f"c:{corr}")
+            if raw is None:
+                return "", ABSENT, 0
+            kind, _, state = raw.partition(".")
+            return kind, state, int(status.get(f"a:{corr}", "0"))
+
+        plan = plan_batch(
+            run_id, events, status.get("run", ABSENT), entity_state, status.get("wf", "")
+        )
+        now = int(time.time() * 1000)
+        results: list[AppendResult] = []
+        written = 0
+        for event, verdict in zip(events, plan, strict=True):
+            if not verdict.write:
+                results.append(AppendResult(event_id=None, duplicate=True))
+                continue
+            event_id = self._next_id(now)
+            self._streams[run_id].append(
+                decode_entry(
+                    event_id,
+                    {
+                        "type": event.type.value,
+                        "corr": event.corr,
+                        "data": event.payload,
+                        "ts": str(now),
+                        "v": str(SCHEMA_VERSION),
+                    },
+                )
+            )
+            written += 1
+            if verdict.kind == "run":
+                status["run"] = verdict.to
+                if event.type.value == "run_created":
+                    status["wf"] = event.workflow
+                    status["created"] = str(now)
+            else:
+                status[f"c:{event.corr}"] = f"{verdict.kind}.{verdict.to}"
+                if event.attempt is not None:
+                    status[f"a:{event.corr}"] = str(verdict.attempt)
+            status["last"] = event_id
+            results.append(AppendResult(event_id=event_id, duplicate=False))
+        if written:
+            status["n"] = str(int(status.get("n", "0")) + written)
+            shard = self._active[shard_of(run_id, self.names.shards)]
+            if status.get("run") in RUN_TERMINAL_STATES:
+                shard.pop(run_id, None)
+            else:
+                shard[run_id] = now
+            cond = self._condition(run_id)
+            async with cond:
+                cond.notify_all()
+        return results
+
+    async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
+        floor = _id_key(after)
+        found = [e for e in self._streams.get(run_id, []) if _id_key(e.id) > floor]
+        return found[:count] if count is not None else found
+
+    async def wait(self, run_id: str, after: str, timeout: float) -> list[Event]:
+        cond = self._condition(run_id)
+        async with cond:
+            try:
+                await asyncio.wait_for(
+                    cond.wait_for(lambda: bool(self._newer(run_id, after))), timeout
+                )
+            except TimeoutError:
+                return []
+        return self._newer(run_id, after)
+
+    def _newer(self, run_id: str, after: str) -> list[Event]:
+        floor = _id_key(after)
+        return [e for e in self._streams.get(run_id, []) if _id_key(e.id) > floor]
+
+    async def status(self, run_id: str) -> dict[str, str]:
+        return dict(self._status.get(run_id, {}))
+
+    async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
+        entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
+        return entries[:limit]
+
+    async def close(self) -> None:
+        return None

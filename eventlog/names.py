@@ -1,0 +1,104 @@
+"""Every Redis key, stream, queue and exchange name, built in one place.
+
+Names are derived from a namespace so that two deployments, or two tests, can
+share one Redis and one RabbitMQ without seeing each other. Per-run keys carry
+the ``{run_id}`` hash tag so one run lives in one Redis Cluster slot; global
+indexes are split into a fixed number of shards so no single key is hot.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+DEFAULT_NAMESPACE = "ledgerflow"
+DEFAULT_STEP_QUEUE = "default"
+INDEX_SHARDS = 16
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+
+
+def check_queue_name(queue: str) -> str:
+    """Reject queue suffixes that would collide with our own dotted names."""
+    if not _QUEUE_RE.match(queue):
+        raise ConfigurationError(f"invalid step queue name {queue!r}: use letters, digits, _ - .")
+    return queue
+
+
+def shard_of(run_id: str, shards: int = INDEX_SHARDS) -> int:
+    """Stable shard for a run; crc32 so every process and language agrees."""
+    return zlib.crc32(run_id.encode()) % shards
+
+
+@dataclass(frozen=True)
+class Names:
+    """The naming scheme of one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+    shards: int = INDEX_SHARDS
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.namespace):
+            raise ConfigurationError(
+                f"invalid namespace {self.namespace!r}: use letters, digits, _ and -"
+            )
+
+    # --- Redis: per run (all share the {run_id} hash tag) ----------------------------
+
+    def stream(self, run_id: str) -> str:
+        return f"{self.namespace}:run:{{{run_id}}}:log"
+
+    def status(self, run_id: str) -> str:
+        return f"{self.namespace}:run:{{{run_id}}}:status"
+
+    # --- Redis: global, sharded indexes ---------------------------------------------
+
+    def active_shard(self, shard: int) -> str:
+        return f"{self.namespace}:active:{shard}"
+
+    def active_for(self, run_id: str) -> str:
+        return self.active_shard(shard_of(run_id, self.shards))
+
+    def active_shards(self) -> list[str]:
+        return [self.active_shard(i) for i in range(self.shards)]
+
+    def timer_shard(self, shard: int) -> str:
+        return f"{self.namespace}:timers:{shard}"
+
+    def timer_for(self, run_id: str) -> str:
+        return self.timer_shard(shard_of(run_id, self.shards))
+
+    def timer_shards(self) -> list[str]:
+        return [self.timer_shard(i) for i in range(self.shards)]
+
+    def hook_tokens(self) -> str:
+        return f"{self.namespace}:hooks"
+
+    def key_pattern(self) -> str:
+        """Glob matching every Redis key of this namespace (tests and cleanup only)."""
+        return f"{self.namespace}:*"
+
+    # --- RabbitMQ ----------------------------------------------------------------------
+
+    @property
+    def exchange(self) -> str:
+        return self.namespace
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    def step_queue(self, queue: str = DEFAULT_STEP_QUEUE) -> str:
+        return f"{self.namespace}.steps.{check_queue_name(queue)}"
+
+    @property
+    def runs_queue(self) -> str:
+        return f"{self.namespace}.runs"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.namespace}.dead"

@@ -1,0 +1,100 @@
+"""Shared fixtures: real servers, one namespace per test, cleanup of what a test made."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from eventlog.names import Names
+from tests.servers import HOW_TO_START, Servers, configured, docker_running, reachable
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    wanted = configured()
+    if reachable(wanted.amqp_url, 5672) and reachable(wanted.redis_url, 6379):
+        yield wanted
+        return
+    if docker_running():
+        from testcontainers.rabbitmq import RabbitMqContainer
+        from testcontainers.redis import RedisContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as rabbit, RedisContainer(
+            "redis:7"
+        ) as red:
+            amqp = (
+                f"amqp://guest:guest@{rabbit.get_container_host_ip()}:"
+                f"{rabbit.get_exposed_port(5672)}/"
+            )
+            rurl = f"redis://{red.get_container_host_ip()}:{red.get_exposed_port(6379)}/0"
+            yield Servers(amqp_url=amqp, redis_url=rurl)
+        return
+    pytest.fail(
+        f"RabbitMQ at {wanted.amqp_url} or Redis at {wanted.redis_url} is not reachable "
+        f"and no Docker engine runs for testcontainers.\n{HOW_TO_START}",
+        pytrace=False,
+    )
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace no other test uses, so keys and queues never collide."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def names(namespace: str) -> Names:
+    return Names(namespace)
+
+
+@pytest.fixture
+async def redis_client(servers: Servers, names: Names) -> AsyncIterator[aioredis.Redis]:
+    client: aioredis.Redis = aioredis.Redis.from_url(servers.redis_url)
+    yield client
+    with contextlib.suppress(Exception):
+        keys = [k async for k in client.scan_iter(match=names.key_pattern(), count=1000)]
+        if keys:
+            await client.delete(*keys)
+    await client.aclose()
+
+
+async def delete_namespace_queues(amqp_url: str, names: Names, extra: list[str]) -> None:
+    """Remove the queues and exchanges a test's namespace declared."""
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        queues = [names.step_queue(), names.runs_queue, names.dead_queue, *extra]
+        for queue in dict.fromkeys(queues):
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+            with contextlib.suppress(Exception):
+                await channel.close()
+        for exchange in (names.exchange, names.dead_exchange):
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+            with contextlib.suppress(Exception):
+                await channel.close()
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def amqp_cleanup(servers: Servers, names: Names) -> AsyncIterator[list[str]]:
+    """Yield a list to append extra queue names to; all are deleted after the test."""
+    extra: list[str] = []
+    yield extra
+    await delete_namespace_queues(servers.amqp_url, names, extra)
+
+
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "servers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
