@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import itertools
 import sys
 import uuid
 from collections.abc import Callable
@@ -170,9 +171,14 @@ def _default(value: Any) -> msgpack.ExtType:
 def _sorted_items(items: set[Any] | frozenset[Any]) -> list[Any]:
     """Sets go out in a stable order so equal values encode to equal bytes (fingerprints)."""
     try:
-        return sorted(items)
+        ordered = sorted(items)
+        if all(a < b for a, b in itertools.pairwise(ordered)):
+            return ordered
     except TypeError:
-        return sorted(items, key=repr)
+        pass
+    # Mixed types, or a partial order (sets of sets, NaN) where sorted() depends on the
+    # iteration order: order by each item's encoding, a total order equal items share.
+    return sorted(items, key=_packb)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -212,11 +218,13 @@ def _unpackb(data: bytes) -> Any:
 
 def find_unserializable(value: Any, path: str = "value") -> tuple[str, type] | None:
     """Walk a value to name the first part msgpack cannot carry (for the error message)."""
-    if value is None or isinstance(value, (bool, int, float, str, bytes, bytearray)):
+    # Exact types, as msgpack's strict_types packs them: subclasses (OrderedDict, IntEnum,
+    # namedtuple) are not carried and must be named here, not passed over.
+    if value is None or type(value) in (bool, int, float, str, bytes, bytearray, memoryview):
         return None
     if isinstance(value, (dt.datetime, dt.date, dt.time, dt.timedelta, decimal.Decimal, uuid.UUID)):
         return None
-    if isinstance(value, dict):
+    if type(value) is dict:
         for key, item in value.items():
             found = find_unserializable(key, f"{path} key {key!r}") or find_unserializable(
                 item, f"{path}[{key!r}]"
@@ -224,7 +232,11 @@ def find_unserializable(value: Any, path: str = "value") -> tuple[str, type] | N
             if found:
                 return found
         return None
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if (
+        type(value) is list
+        or isinstance(value, (set, frozenset))
+        or (isinstance(value, tuple) and not hasattr(value, "_fields"))
+    ):
         for index, item in enumerate(value):
             found = find_unserializable(item, f"{path}[{index}]")
             if found:

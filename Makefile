@@ -1,0 +1,55 @@
+# The README's two set-up commands: `make demo` and `make test`. Each does all of
+# its own set-up (virtualenv, install, services) on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+REDIS_START := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+	--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+
+.PHONY: demo test lint unit integration bench services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev,speed]'
+	touch $(STAMP)
+
+# Start local RabbitMQ / Redis if they are installed here but stopped; otherwise
+# try Docker Compose; otherwise say so (the demo then runs embedded, the tests
+# fail with instructions).
+services:
+	@if ! (echo > /dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+	  if command -v redis-server >/dev/null; then \
+	    echo "starting redis-server"; mkdir -p /var/lib/redis /var/log/redis; $(REDIS_START); \
+	  elif docker info >/dev/null 2>&1; then docker compose up -d redis; \
+	  else echo "Redis is not running on 127.0.0.1:6379 and cannot be started here"; fi; \
+	fi
+	@if ! (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
+	  if command -v rabbitmq-server >/dev/null; then \
+	    echo "starting rabbitmq-server"; rabbitmq-server -detached; \
+	    for i in $$(seq 1 60); do (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; \
+	  elif docker info >/dev/null 2>&1; then docker compose up -d rabbitmq; \
+	  else echo "RabbitMQ is not running on 127.0.0.1:5672 and cannot be started here"; fi; \
+	fi
+
+demo: $(STAMP) services
+	$(PY) -m examples.demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) services lint
+	$(VENV)/bin/pytest -q
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not integration"
+
+bench: $(STAMP) services
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,45 @@
+"""structlog set-up shared by every ledgerflow process.
+
+JSON lines when stderr is not a terminal (for log shippers), readable console
+output when it is. Every line carries the process id so lines from a fleet
+can be told apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def _add_pid(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+    event.setdefault("pid", os.getpid())
+    return event
+
+
+def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
+    name = (level or os.environ.get("LEDGERFLOW_LOG_LEVEL") or "info").upper()
+    numeric = logging.getLevelName(name)
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    use_json = (not sys.stderr.isatty()) if json is None else json
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_pid,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

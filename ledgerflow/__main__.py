@@ -1,0 +1,3 @@
+from ledgerflow.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,242 @@
+"""The ``ledgerflow`` command: processes, producers and runbook commands.
+
+Only argument parsing and wiring live here; each command calls into the layers.
+Exit codes: 0 ok, 1 the run or command failed, 2 bad usage, 3 servers unreachable,
+4 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from eventlog.errors import (
+    LedgerflowError,
+    RunCancelled,
+    RunNotFoundError,
+    ServiceUnavailableError,
+    UnknownWorkflowError,
+    WorkflowFailedError,
+)
+from eventlog.events import Event
+from eventlog.fold import fold
+from eventlog.logs import configure_logging
+from eventlog.settings import Settings
+from eventlog.timeline import render, timeline
+from scheduler.client import Client
+from scheduler.registry import WorkflowFunction, workflows
+from scheduler.service import Scheduler
+from worker.backend import connect
+from worker.process import run_until_signalled
+from worker.service import DEFAULT_CONCURRENCY, Worker
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+
+
+def import_app(app: str) -> Any:
+    """Import the module that defines the workflows and steps (like ``celery -A``)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(app)
+    except ModuleNotFoundError as exc:
+        raise LedgerflowError(f"cannot import APP module {app!r}: {exc}") from exc
+
+
+def resolve_workflow(target: str) -> str:
+    """APP:WORKFLOW -> the registered workflow name (attribute name or registered name)."""
+    app, sep, name = target.partition(":")
+    if not sep or not name:
+        raise LedgerflowError(f"expected APP:WORKFLOW, got {target!r}")
+    module = import_app(app)
+    attribute = getattr(module, name, None)
+    if isinstance(attribute, WorkflowFunction):
+        return attribute.name
+    if name in workflows:
+        return name
+    raise UnknownWorkflowError(
+        f"{app!r} defines no workflow {name!r} (known: {', '.join(workflows.names()) or 'none'})"
+    )
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
+
+
+# --- process commands --------------------------------------------------------------------
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    import_app(args.app)
+    async with connect(settings_of(args)) as backends:
+        queues = args.queues.split(",") if args.queues else None
+        worker = Worker(backends.store, backends.broker, queues=queues, concurrency=args.concurrency)
+        await run_until_signalled(worker.start, worker.stop, what="worker")
+    return EXIT_OK
+
+
+async def cmd_scheduler(args: argparse.Namespace) -> int:
+    import_app(args.app)
+    async with connect(settings_of(args)) as backends:
+        scheduler = Scheduler(backends.store, backends.broker)
+        await run_until_signalled(scheduler.start, scheduler.stop, what="scheduler")
+    return EXIT_OK
+
+
+# --- producer and runbook commands ----------------------------------------------------
+
+
+def _json_arg(text: str, what: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LedgerflowError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise LedgerflowError(f"{what} must be a JSON {kind.__name__}")
+    return value
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    name = resolve_workflow(args.target)
+    call_args = _json_arg(args.args, "--args", list)
+    call_kwargs = _json_arg(args.kwargs, "--kwargs", dict)
+    async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
+        run = await client.start(name, *call_args, run_id=args.run_id, **call_kwargs)
+        print(run.run_id)
+        if not args.wait:
+            return EXIT_OK
+        try:
+            result = await run.result(timeout=args.timeout)
+        except (WorkflowFailedError, RunCancelled) as exc:
+            print(f"run {run.run_id} did not complete: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(json.dumps(result, default=repr))
+    return EXIT_OK
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type.value,
+        "corr": event.corr,
+        "ts": event.ts,
+        "v": event.v,
+        "data": event.data,
+    }
+
+
+async def _read_run(args: argparse.Namespace) -> list[Event]:
+    async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
+        events = await client.events(args.run_id)
+    if not events:
+        raise RunNotFoundError(args.run_id)
+    return events
+
+
+async def cmd_runs_events(args: argparse.Namespace) -> int:
+    events = await _read_run(args)
+    if args.json:
+        for event in events:
+            print(json.dumps(_event_json(event), default=_json_default))
+    else:
+        for event in events:
+            print(f"{event.id:<18} {event.type.value:<15} {event.corr:<6} {event.data!r}")
+    return EXIT_OK
+
+
+async def cmd_runs_show(args: argparse.Namespace) -> int:
+    events = await _read_run(args)
+    state = fold(args.run_id, events)
+    rows = timeline(events)
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], default=_json_default))
+        return EXIT_OK
+    print(f"run {state.run_id}  workflow {state.workflow}  status {state.status}")
+    print(render(rows))
+    if state.status == "completed":
+        print(f"result: {state.result!r}")
+    elif state.error is not None:
+        print(f"error: {state.error.type}: {state.error.message}")
+    return EXIT_OK
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledgerflow", description="Durable, event-sourced workflows on RabbitMQ and Redis."
+    )
+    parser.add_argument("--amqp-url", help="RabbitMQ URL (default $LEDGERFLOW_AMQP_URL)")
+    parser.add_argument("--redis-url", help="Redis URL (default $LEDGERFLOW_REDIS_URL)")
+    parser.add_argument("--namespace", help="key/queue namespace (default $LEDGERFLOW_NAMESPACE)")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run steps from the step queues")
+    worker.add_argument("app", help="module defining the workflows and steps")
+    worker.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
+    worker.set_defaults(handler=cmd_worker)
+
+    scheduler = sub.add_parser("scheduler", help="replay runs and schedule their steps")
+    scheduler.add_argument("app")
+    scheduler.set_defaults(handler=cmd_scheduler)
+
+    start = sub.add_parser("start", help="start a run of APP:WORKFLOW")
+    start.add_argument("target", metavar="APP:WORKFLOW")
+    start.add_argument("--args", default="[]", help="JSON list of positional arguments")
+    start.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    start.add_argument("--run-id", help="idempotency: starting twice with one id starts once")
+    start.add_argument("--wait", action="store_true", help="wait for and print the result")
+    start.add_argument("--timeout", type=float, default=None)
+    start.set_defaults(handler=cmd_start)
+
+    runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
+    show = runs.add_parser("show", help="a run's timeline")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_runs_show)
+    events = runs.add_parser("events", help="a run's raw events")
+    events.add_argument("run_id")
+    events.add_argument("--json", action="store_true")
+    events.set_defaults(handler=cmd_runs_events)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    handler: Callable[[argparse.Namespace], Awaitable[int]] = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except ServiceUnavailableError as exc:
+        print(f"ledgerflow: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except RunNotFoundError as exc:
+        print(f"ledgerflow: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except (LedgerflowError, TypeError) as exc:
+        print(f"ledgerflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (UnknownWorkflowError, TypeError)) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

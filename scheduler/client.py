@@ -1,0 +1,142 @@
+"""The client producer services use: start runs, wait for results, read logs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from broker import Activation, Broker
+from eventlog.errors import (
+    ResultTimeoutError,
+    RunCancelled,
+    RunNotFoundError,
+    WorkflowFailedError,
+)
+from eventlog.events import Event, EventType, NewEvent
+from eventlog.fold import ErrorInfo, RunState, fold
+from eventlog.settings import Settings
+from eventlog.store import START, EventStore
+
+from worker.backend import connect
+
+from .registry import WorkflowFunction, WorkflowRegistry, workflows
+
+WAIT_SLICE = 5.0
+
+
+class RunHandle:
+    """A started run: its id, and a way to wait for how it ended."""
+
+    def __init__(self, client: Client, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return await self.client.result(self.run_id, timeout=timeout)
+
+    async def events(self) -> list[Event]:
+        return await self.client.events(self.run_id)
+
+    async def state(self) -> RunState:
+        return await self.client.state(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+
+class Client:
+    def __init__(
+        self,
+        store: EventStore,
+        broker: Broker,
+        *,
+        registry: WorkflowRegistry = workflows,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        amqp_url: str | None = None,
+        redis_url: str | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> AsyncIterator[Client]:
+        """Connect to RabbitMQ and Redis (URLs from the environment unless given)."""
+        async with connect(Settings.from_env(amqp_url, redis_url, namespace)) as backends:
+            yield cls(backends.store, backends.broker)
+
+    async def start(
+        self,
+        workflow: WorkflowFunction[Any, Any] | str,
+        *args: Any,
+        run_id: str | None = None,
+        **kwargs: Any,
+    ) -> RunHandle:
+        """Record run_created and activate the run; idempotent for a given ``run_id``.
+
+        Starting again with the same run_id (a producer retrying after a timeout)
+        records nothing new and returns the same run.
+        """
+        name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
+        if isinstance(workflow, WorkflowFunction):
+            workflow.definition.check_args(args, kwargs)
+        elif name in self.registry:
+            self.registry.get(name).check_args(args, kwargs)
+        run_id = run_id or uuid.uuid4().hex
+        created = NewEvent.of(
+            EventType.RUN_CREATED,
+            data={"workflow": name, "args": list(args), "kwargs": kwargs},
+            workflow=name,
+            what=f"arguments of workflow {name!r}",
+        )
+        await self.store.append(run_id, [created])
+        # Published even for a duplicate: the first producer may have died before it.
+        await self.broker.publish_activation(Activation(run_id=run_id, reason="start"))
+        return RunHandle(self, run_id)
+
+    def get_handle(self, run_id: str) -> RunHandle:
+        return RunHandle(self, run_id)
+
+    async def events(self, run_id: str) -> list[Event]:
+        return await self.store.read(run_id)
+
+    async def state(self, run_id: str) -> RunState:
+        return fold(run_id, await self.store.read(run_id))
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run's end with blocking stream reads (XREAD BLOCK), never a sleep loop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events = await self.store.read(run_id)
+        if not events:
+            raise RunNotFoundError(run_id)
+        cursor = START
+        while True:
+            for event in events:
+                cursor = event.id
+                if event.type in (
+                    EventType.RUN_COMPLETED,
+                    EventType.RUN_FAILED,
+                    EventType.RUN_CANCELLED,
+                ):
+                    return _outcome(run_id, event)
+            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
+            events = await self.store.wait(run_id, cursor, min(remaining, WAIT_SLICE))
+
+
+def _outcome(run_id: str, event: Event) -> Any:
+    data = event.data if isinstance(event.data, dict) else {}
+    if event.type is EventType.RUN_COMPLETED:
+        return data.get("result")
+    if event.type is EventType.RUN_CANCELLED:
+        raise RunCancelled(f"run {run_id!r} was cancelled: {data.get('reason', '')}")
+    error = ErrorInfo.from_data(data.get("error"))
+    raise WorkflowFailedError(error.type, error.message, error.traceback)

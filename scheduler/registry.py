@@ -1,0 +1,109 @@
+"""The ``@workflow`` decorator and the registry schedulers look workflows up in."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from eventlog import codec
+from eventlog.errors import ConfigurationError, UnknownWorkflowError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    name: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    signature: inspect.Signature | None = field(default=None, compare=False)
+
+    def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Fail in the producer, naming the argument, before anything is written."""
+        if self.signature is None:
+            return
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"workflow {self.name!r} called with bad arguments: {exc}") from None
+        for param, value in bound.arguments.items():
+            codec.encode(value, what=f"argument {param!r} of workflow {self.name!r}", max_size=None)
+
+
+class WorkflowFunction(Generic[P, R]):
+    """What ``@workflow`` returns: pass it to ``client.start``; calling it runs it plainly."""
+
+    def __init__(self, definition: WorkflowDef) -> None:
+        self.definition = definition
+        functools.update_wrapper(self, definition.fn)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return self.definition.fn(*args, **kwargs)
+
+
+class WorkflowRegistry:
+    def __init__(self) -> None:
+        self._workflows: dict[str, WorkflowDef] = {}
+
+    def add(self, definition: WorkflowDef) -> None:
+        existing = self._workflows.get(definition.name)
+        if existing is not None and _origin(existing.fn) != _origin(definition.fn):
+            raise ConfigurationError(
+                f"two different functions are registered as workflow {definition.name!r}: "
+                f"{_origin(existing.fn)} and {_origin(definition.fn)}; pass name= to one"
+            )
+        self._workflows[definition.name] = definition
+
+    def get(self, name: str) -> WorkflowDef:
+        try:
+            return self._workflows[name]
+        except KeyError:
+            raise UnknownWorkflowError(
+                f"no workflow named {name!r} is registered in this process "
+                f"(known: {', '.join(sorted(self._workflows)) or 'none'})"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows
+
+    def names(self) -> list[str]:
+        return sorted(self._workflows)
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+workflows = WorkflowRegistry()
+
+
+@overload
+def workflow(fn: Callable[P, Awaitable[R]], /) -> WorkflowFunction[P, R]: ...
+@overload
+def workflow(
+    *, name: str | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], WorkflowFunction[P, R]]: ...
+
+
+def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Mark an ``async def`` as a durable workflow, replayed deterministically from its log."""
+
+    def register(func: Callable[..., Any]) -> WorkflowFunction[Any, Any]:
+        if not inspect.iscoroutinefunction(func):
+            raise ConfigurationError(f"workflow {func.__qualname__} must be an `async def`")
+        definition = WorkflowDef(
+            name=name or func.__qualname__, fn=func, signature=inspect.signature(func)
+        )
+        workflows.add(definition)
+        return WorkflowFunction(definition)
+
+    if fn is not None:
+        return register(fn)
+    return register

@@ -1,0 +1,45 @@
+"""The step context: who is running, for the step code that needs to know.
+
+``idempotency_key`` is stable across attempts of one step, so users can pass
+it to payment APIs and the like and a retried step cannot charge twice.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from eventlog.errors import LedgerflowError
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    run_id: str
+    step_id: str
+    step_name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.step_id}"
+
+
+_current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "ledgerflow_step_context", default=None
+)
+
+
+def step_context() -> StepContext:
+    """The context of the step running in this task; an error outside a step."""
+    ctx = _current.get()
+    if ctx is None:
+        raise LedgerflowError("lf.step_context() was called outside a running step")
+    return ctx
+
+
+def bind_step_context(ctx: StepContext) -> contextvars.Token[StepContext | None]:
+    return _current.set(ctx)
+
+
+def reset_step_context(token: contextvars.Token[StepContext | None]) -> None:
+    _current.reset(token)

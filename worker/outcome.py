@@ -1,0 +1,43 @@
+"""Turn a finished step call into the event that records it."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from eventlog.errors import SerializationError
+from eventlog.events import EventType, NewEvent
+
+MAX_TRACEBACK = 8000
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """Type, message and traceback text: what crosses the wire instead of the exception."""
+    kind = type(exc)
+    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return {
+        "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+        "traceback": text[-MAX_TRACEBACK:],
+    }
+
+
+def completed(step_id: str, attempt: int, result: Any, *, step_name: str, max_size: int) -> NewEvent:
+    """step_completed, or step_failed if the result itself cannot be recorded."""
+    try:
+        return NewEvent.of(
+            EventType.STEP_COMPLETED,
+            step_id,
+            {"result": result},
+            attempt=attempt,
+            what=f"result of step {step_name!r}",
+            max_size=max_size,
+        )
+    except SerializationError as exc:
+        return failed(step_id, attempt, exc)
+
+
+def failed(step_id: str, attempt: int, exc: BaseException) -> NewEvent:
+    return NewEvent.of(
+        EventType.STEP_FAILED, step_id, {"error": error_info(exc)}, attempt=attempt, max_size=None
+    )

@@ -1,0 +1,167 @@
+"""The ``@step`` decorator and the registry workers look steps up in."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from eventlog import codec
+from eventlog.errors import ConfigurationError, SerializationError, UnknownStepError
+from eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
+
+from .dispatch import current_dispatcher
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class StepDef:
+    """A registered step: its wire name, function and execution options."""
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str = DEFAULT_STEP_QUEUE
+    timeout: float | None = None
+    max_payload: int = codec.DEFAULT_MAX_PAYLOAD
+    signature: inspect.Signature | None = field(default=None, compare=False)
+
+    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """Check and encode a call's arguments, naming the bad one on failure.
+
+        Runs at the call site, before anything is written or sent.
+        """
+        if self.signature is not None:
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"step {self.name!r} called with bad arguments: {exc}") from None
+            for param, value in bound.arguments.items():
+                codec.encode(value, what=f"argument {param!r} of step {self.name!r}", max_size=None)
+        return codec.encode(
+            [list(args), kwargs], what=f"arguments of step {self.name!r}", max_size=self.max_payload
+        )
+
+    @staticmethod
+    def decode_args(blob: bytes) -> tuple[list[Any], dict[str, Any]]:
+        decoded = codec.decode(blob, what="step arguments")
+        if (
+            not isinstance(decoded, list)
+            or len(decoded) != 2
+            or not isinstance(decoded[0], list)
+            or not isinstance(decoded[1], dict)
+        ):
+            raise SerializationError("step arguments are not an [args, kwargs] pair")
+        return decoded[0], decoded[1]
+
+    async def invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run the user's function; plain ``def`` steps run in a thread."""
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(*args, **kwargs)
+        return await asyncio.to_thread(self.fn, *args, **kwargs)
+
+
+class StepFunction(Generic[P, R]):
+    """What ``@step`` returns: call it inside a workflow to schedule, outside to run."""
+
+    def __init__(self, definition: StepDef) -> None:
+        self.definition = definition
+        functools.update_wrapper(self, definition.fn)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        dispatcher = current_dispatcher.get()
+        if dispatcher is not None:
+            return dispatcher.call_step(self.definition, args, kwargs)
+        return self._direct(*args, **kwargs)
+
+    async def _direct(self, *args: Any, **kwargs: Any) -> R:
+        result: R = await self.definition.invoke(list(args), dict(kwargs))
+        return result
+
+
+class StepRegistry:
+    def __init__(self) -> None:
+        self._steps: dict[str, StepDef] = {}
+
+    def add(self, definition: StepDef) -> None:
+        existing = self._steps.get(definition.name)
+        if existing is not None and _origin(existing.fn) != _origin(definition.fn):
+            raise ConfigurationError(
+                f"two different functions are registered as step {definition.name!r}: "
+                f"{_origin(existing.fn)} and {_origin(definition.fn)}; pass name= to one"
+            )
+        self._steps[definition.name] = definition
+
+    def get(self, name: str) -> StepDef:
+        try:
+            return self._steps[name]
+        except KeyError:
+            raise UnknownStepError(
+                f"no step named {name!r} is registered in this process "
+                f"(known: {', '.join(sorted(self._steps)) or 'none'})"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._steps)
+
+    def queues(self) -> list[str]:
+        return sorted({d.queue for d in self._steps.values()})
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+steps = StepRegistry()
+
+
+@overload
+def step(fn: Callable[P, Awaitable[R]], /) -> StepFunction[P, R]: ...
+@overload
+def step(fn: Callable[P, R], /) -> StepFunction[P, R]: ...
+@overload
+def step(
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_STEP_QUEUE,
+    timeout: float | None = None,
+    max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
+) -> Callable[[Callable[P, Any]], StepFunction[P, Any]]: ...
+
+
+def step(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_STEP_QUEUE,
+    timeout: float | None = None,
+    max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
+) -> Any:
+    """Mark a function as a step: run at least once by a worker, its result recorded once."""
+
+    def register(func: Callable[..., Any]) -> StepFunction[Any, Any]:
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"step {func.__qualname__}: timeout must be positive")
+        definition = StepDef(
+            name=name or func.__qualname__,
+            fn=func,
+            queue=check_queue_name(queue),
+            timeout=timeout,
+            max_payload=max_payload,
+            signature=inspect.signature(func),
+        )
+        steps.add(definition)
+        return StepFunction(definition)
+
+    if fn is not None:
+        return register(fn)
+    return register
