@@ -18,8 +18,8 @@ DEFAULT_NAMESPACE = "ledgerflow"
 DEFAULT_STEP_QUEUE = "default"
 INDEX_SHARDS = 16
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\Z")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*\Z")
 
 
 def check_queue_name(queue: str) -> str:

@@ -19,6 +19,10 @@ from .events import AppendResult, Event, NewEvent, decode_entry
 from .lua import APPEND_SCRIPT
 from .names import Names
 from .store import START, EventStore
+from .watch import StreamWatcher
+
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT = 30.0
 
 
 def _text(value: Any) -> str:
@@ -33,11 +37,15 @@ class RedisEventStore(EventStore):
         self.names = names
         self._owns_client = owns_client
         self._append = client.register_script(APPEND_SCRIPT)
+        self._watcher: StreamWatcher | None = None
 
     @classmethod
     def from_url(cls, url: str, names: Names) -> RedisEventStore:
-        client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
-        return cls(client, names, owns_client=True)
+        # A blocking pool: a burst of callers waits for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, health_check_interval=30
+        )
+        return cls(aioredis.Redis(connection_pool=pool), names, owns_client=True)
 
     async def ping(self) -> None:
         try:
@@ -86,14 +94,10 @@ class RedisEventStore(EventStore):
         return [decode_entry(_text(entry_id), fields) for entry_id, fields in entries]
 
     async def wait(self, run_id: str, after: str, timeout: float) -> list[Event]:
-        block_ms = max(1, int(timeout * 1000))
-        reply: Any = await self.client.xread(
-            {self.names.stream(run_id): after}, block=block_ms, count=1000
-        )
-        events: list[Event] = []
-        for _stream, entries in reply or []:
-            events += [decode_entry(_text(entry_id), fields) for entry_id, fields in entries]
-        return events
+        if self._watcher is None:
+            self._watcher = StreamWatcher(self.client)
+        entries = await self._watcher.wait(self.names.stream(run_id), after, timeout)
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def status(self, run_id: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.names.status(run_id))
@@ -106,5 +110,8 @@ class RedisEventStore(EventStore):
         return [(_text(member), int(score)) for member, score in raw]
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.close()
+            self._watcher = None
         if self._owns_client:
             await self.client.aclose()

@@ -41,11 +41,16 @@ async def run_embedded() -> None:
 
 
 async def run_real(settings: Settings) -> None:
-    env = {**os.environ, "LEDGERFLOW_NAMESPACE": settings.namespace, "LEDGERFLOW_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "LEDGERFLOW_NAMESPACE": settings.namespace,
+        "LEDGERFLOW_LOG_LEVEL": "warning",
+    }
     cli = [sys.executable, "-m", "ledgerflow"]
+    worker = [*cli, "worker", "examples.orders", "--concurrency", "8"]
     procs = [
-        subprocess.Popen([*cli, "worker", "examples.orders", "--concurrency", "8"], env=env),
-        subprocess.Popen([*cli, "scheduler", "examples.orders"], env=env),
+        subprocess.Popen(worker, env=env),  # noqa: ASYNC220 - started before any awaiting
+        subprocess.Popen([*cli, "scheduler", "examples.orders"], env=env),  # noqa: ASYNC220
     ]
     print(f"started worker (pid {procs[0].pid}) and scheduler (pid {procs[1].pid})")
     try:
@@ -74,9 +79,11 @@ def main() -> int:
     try:
         asyncio.run(run_real(settings))
     except ServiceUnavailableError as exc:
-        print(f"\n{exc}\nRabbitMQ and Redis are needed for the real demo "
-              "(`docker compose up -d rabbitmq redis`, or see README).\n"
-              "Running the same workflow in embedded in-memory mode instead (--embedded):\n")
+        print(
+            f"\n{exc}\nRabbitMQ and Redis are needed for the real demo "
+            "(`docker compose up -d rabbitmq redis`, or see README).\n"
+            "Running the same workflow in embedded in-memory mode instead (--embedded):\n"
+        )
         asyncio.run(run_embedded())
     return 0
 

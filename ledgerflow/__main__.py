@@ -1,3 +1,5 @@
-from ledgerflow.cli import main
 import sys
+
+from ledgerflow.cli import main
+
 sys.exit(main())

@@ -13,7 +13,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from eventlog.errors import (
@@ -76,7 +76,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     import_app(args.app)
     async with connect(settings_of(args)) as backends:
         queues = args.queues.split(",") if args.queues else None
-        worker = Worker(backends.store, backends.broker, queues=queues, concurrency=args.concurrency)
+        worker = Worker(
+            backends.store, backends.broker, queues=queues, concurrency=args.concurrency
+        )
         await run_until_signalled(worker.start, worker.stop, what="worker")
     return EXIT_OK
 
@@ -222,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    handler: Callable[[argparse.Namespace], Awaitable[int]] = args.handler
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
         return asyncio.run(handler(args))
     except ServiceUnavailableError as exc:

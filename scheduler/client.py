@@ -19,7 +19,6 @@ from eventlog.events import Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
 from eventlog.settings import Settings
 from eventlog.store import START, EventStore
-
 from worker.backend import connect
 
 from .registry import WorkflowFunction, WorkflowRegistry, workflows

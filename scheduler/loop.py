@@ -40,7 +40,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
 
     # --- the part workflow code uses ---------------------------------------------------
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -53,7 +53,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
-    def create_task(  # type: ignore[override]
+    def create_task(
         self,
         coro: Coroutine[Any, Any, T] | Generator[Any, None, T],
         *,
@@ -103,7 +103,10 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     # --- everything that would make a run unrepeatable -------------------------------
 
     def call_later(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        _forbidden("asyncio.sleep() / loop.call_later()", "use `await lf.sleep(...)`")
+        _forbidden(
+            "asyncio.sleep() / asyncio.wait_for() / loop.call_later()",
+            "use `await lf.sleep(...)`",
+        )
 
     def call_at(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         _forbidden("an asyncio timer (asyncio.timeout, wait_for)", "use lf.sleep / lf.wait_for")
@@ -117,19 +120,19 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def _io(self, call: str) -> NoReturn:
         _forbidden(call, "do I/O in a step")
 
-    async def create_connection(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
-        self._io("a network connection")
+    async def create_connection(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._io("a network connection (asyncio.open_connection / loop.create_connection)")
 
-    async def create_server(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def create_server(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a network server")
 
-    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a DNS lookup")
 
-    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a subprocess")
 
-    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a subprocess")
 
     def add_reader(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
@@ -138,13 +141,13 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def add_writer(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         self._io("a file-descriptor writer")
 
-    async def sock_connect(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def sock_connect(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a socket")
 
-    async def sock_recv(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def sock_recv(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a socket")
 
-    async def sock_sendall(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    async def sock_sendall(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._io("a socket")
 
     def run_forever(self) -> NoReturn:

@@ -87,7 +87,8 @@ class WorkflowInstance:
         self.events_seen = 0
         self.divergence: ReplayDivergenceError | None = None
         self._now_ms = 0
-        self.loop = DeterministicLoop(clock=lambda: self._now_ms / 1000.0)
+        # typeshed marks the I/O half of AbstractEventLoop abstract; it raises here.
+        self.loop = DeterministicLoop(clock=lambda: self._now_ms / 1000.0)  # type: ignore[abstract]
         self._seq = 0
         self._uuid_seq = 0
         self._random = _random.Random(run_id)

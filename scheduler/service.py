@@ -12,13 +12,11 @@ lost even if the process dies at any point.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepMessage, decode_message
-
 from eventlog.errors import (
     MalformedMessageError,
     RunClosedError,
@@ -155,9 +153,7 @@ class Scheduler:
             results = await self.store.append(run_id, batch)
         except RunClosedError:
             return True
-        fresh = [
-            c for c, r in zip(decision.commands, results, strict=False) if r.appended
-        ]
+        fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         if fresh:
             await self.broker.publish_steps([self._message(run_id, c) for c in fresh])
         if decision.outcome is not None:
@@ -218,5 +214,3 @@ def _failed(error: BaseException) -> NewEvent:
     if not info["traceback"].strip():
         info["traceback"] = "".join(traceback.format_exception(error))
     return NewEvent.of(EventType.RUN_FAILED, data={"error": info}, max_size=None)
-
-

@@ -24,9 +24,10 @@ def servers() -> Iterator[Servers]:
         from testcontainers.rabbitmq import RabbitMqContainer
         from testcontainers.redis import RedisContainer
 
-        with RabbitMqContainer("rabbitmq:3.13-management") as rabbit, RedisContainer(
-            "redis:7"
-        ) as red:
+        with (
+            RabbitMqContainer("rabbitmq:3.13-management") as rabbit,
+            RedisContainer("redis:7") as red,
+        ):
             amqp = (
                 f"amqp://guest:guest@{rabbit.get_container_host_ip()}:"
                 f"{rabbit.get_exposed_port(5672)}/"
@@ -98,3 +99,34 @@ def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None
     for item in items:
         if "servers" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+async def backends(
+    servers: Servers, names: Names, redis_client: aioredis.Redis, amqp_cleanup: list[str]
+) -> AsyncIterator[Any]:
+    """Real Redis + RabbitMQ in this test's namespace."""
+    from eventlog.settings import Settings
+    from worker.backend import connect
+
+    settings = Settings(servers.amqp_url, servers.redis_url, names.namespace)
+    async with connect(settings) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def running(backends: Any) -> AsyncIterator[Any]:
+    """A worker and a scheduler in this process on the real servers, plus a client."""
+    from scheduler.client import Client
+    from scheduler.service import Scheduler
+    from worker.service import Worker
+
+    worker = Worker(backends.store, backends.broker, concurrency=16)
+    scheduler = Scheduler(backends.store, backends.broker)
+    await worker.start()
+    await scheduler.start()
+    try:
+        yield Client(backends.store, backends.broker)
+    finally:
+        await scheduler.stop()
+        await worker.stop()

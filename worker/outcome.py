@@ -11,18 +11,27 @@ from eventlog.events import EventType, NewEvent
 MAX_TRACEBACK = 8000
 
 
+def type_name(kind: type) -> str:
+    """Builtins by bare name (ValueError), everything else module-qualified."""
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def error_info(exc: BaseException) -> dict[str, str]:
     """Type, message and traceback text: what crosses the wire instead of the exception."""
     kind = type(exc)
     text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
     return {
-        "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+        "type": type_name(kind),
         "message": str(exc),
         "traceback": text[-MAX_TRACEBACK:],
     }
 
 
-def completed(step_id: str, attempt: int, result: Any, *, step_name: str, max_size: int) -> NewEvent:
+def completed(
+    step_id: str, attempt: int, result: Any, *, step_name: str, max_size: int
+) -> NewEvent:
     """step_completed, or step_failed if the result itself cannot be recorded."""
     try:
         return NewEvent.of(

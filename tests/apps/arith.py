@@ -1,0 +1,64 @@
+"""Workflows and steps the integration tests run, in-process and in CLI subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import ledgerflow as lf
+
+
+@lf.step(name="it_add")
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@lf.step(name="it_slow_add")
+async def slow_add(x: int, y: int) -> int:
+    await asyncio.sleep(0.005)
+    return x + y
+
+
+@lf.step(name="it_boom")
+async def boom(message: str) -> None:
+    raise RuntimeError(message)
+
+
+@lf.workflow(name="it_total")
+async def total(n: int) -> int:
+    parts = await asyncio.gather(*(add(i, i) for i in range(n)))
+    acc = 0
+    for part in parts:
+        acc = await add(acc, part)
+    return acc
+
+
+def expected_total(n: int) -> int:
+    return sum(2 * i for i in range(n))
+
+
+@lf.workflow(name="it_fan_chain")
+async def fan_chain(width: int, depth: int) -> int:
+    """A fan-out of `width`, then a chain of `depth`: the concurrency test's shape."""
+    parts = await asyncio.gather(*(slow_add(i, 1) for i in range(width)))
+    acc = sum(parts)
+    for i in range(depth):
+        acc = await slow_add(acc, i)
+    return acc
+
+
+def expected_fan_chain(width: int, depth: int) -> int:
+    return sum(i + 1 for i in range(width)) + sum(range(depth))
+
+
+@lf.workflow(name="it_failing")
+async def failing(message: str) -> None:
+    await boom(message)
+
+
+@lf.workflow(name="it_recovering")
+async def recovering(message: str) -> str:
+    try:
+        await boom(message)
+    except lf.StepFailedError as exc:
+        return f"recovered from {exc.type_name}: {exc.message}"
+    return "not reached"

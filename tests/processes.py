@@ -1,0 +1,69 @@
+"""Start ledgerflow CLI processes for tests, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.servers import Servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(servers: Servers, namespace: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LEDGERFLOW_AMQP_URL": servers.amqp_url,
+        "LEDGERFLOW_REDIS_URL": servers.redis_url,
+        "LEDGERFLOW_NAMESPACE": namespace,
+        "LEDGERFLOW_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def cli(
+    servers: Servers, namespace: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledgerflow", *args],
+        env=cli_env(servers, namespace),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextmanager
+def processes(
+    servers: Servers, namespace: str, commands: Sequence[Sequence[str]]
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run `ledgerflow <command>` processes for the block; SIGTERM (then SIGKILL) after."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ledgerflow", *command],
+            env=cli_env(servers, namespace),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for command in commands
+    ]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
