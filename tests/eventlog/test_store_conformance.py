@@ -1,0 +1,922 @@
+"""One conformance suite for both event stores: the Redis store and the in-memory store.
+
+Every behaviour the event model promises (DESIGN.md, "Events") is checked against
+both through the ``store`` fixture; the parity tests at the end run one table of
+cases, generated from ``eventlog.transitions.RULES``, through both stores side by
+side and demand the same verdict from each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from eventlog import codec
+from eventlog.errors import (
+    EventLogError,
+    IllegalTransitionError,
+    RunClosedError,
+    RunNotFoundError,
+    WorkflowMismatchError,
+)
+from eventlog.events import AppendResult, Event, EventType, NewEvent
+from eventlog.fold import fold
+from eventlog.memory_store import MemoryEventStore
+from eventlog.names import Names, shard_of
+from eventlog.redis_store import RedisEventStore
+from eventlog.store import START, EventStore
+from eventlog.transitions import ABSENT, RULES, RUN_TERMINAL_STATES, Action, Guard
+
+E = EventType
+WF = "orders.checkout"
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def ev(
+    type: EventType,
+    corr: str = "",
+    data: Any = None,
+    *,
+    attempt: int | None = None,
+    workflow: str = "",
+) -> NewEvent:
+    return NewEvent.of(type, corr, data, attempt=attempt, workflow=workflow)
+
+
+def run_created(workflow: str = WF) -> NewEvent:
+    data = {"workflow": workflow, "args": [1, "two"], "kwargs": {"k": 3}}
+    return ev(E.RUN_CREATED, data=data, workflow=workflow)
+
+
+def step_created(corr: str, name: str = "charge") -> NewEvent:
+    data = {"name": name, "queue": "default", "args": codec.encode([corr])}
+    return ev(E.STEP_CREATED, corr, data)
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    ms, seq = event_id.split("-")
+    return int(ms), int(seq)
+
+
+def new_run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:10]}"
+
+
+async def append_ok(store: EventStore, run_id: str, events: list[NewEvent]) -> list[str]:
+    """Append a batch that must be written in full; return the new ids."""
+    results = await store.append(run_id, events)
+    assert [r.appended for r in results] == [True] * len(events), results
+    ids = [r.event_id for r in results]
+    assert all(isinstance(i, str) for i in ids)
+    return [i for i in ids if i is not None]
+
+
+async def append_one(store: EventStore, run_id: str, event: NewEvent) -> AppendResult:
+    results = await store.append(run_id, [event])
+    assert len(results) == 1
+    return results[0]
+
+
+async def started_run(store: EventStore, run_id: str) -> None:
+    await append_ok(store, run_id, [run_created(), ev(E.RUN_STARTED)])
+
+
+async def started_step(store: EventStore, run_id: str, corr: str = "s1") -> None:
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [step_created(corr), ev(E.STEP_STARTED, corr, attempt=1)])
+
+
+async def snapshot(store: EventStore, run_id: str) -> tuple[list[Event], dict[str, str]]:
+    return await store.read(run_id), await store.status(run_id)
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store_client(request: pytest.FixtureRequest) -> aioredis.Redis | None:
+    """None for the memory store; only the redis flavour asks for servers (and cleanup)."""
+    if request.param == "memory":
+        return None
+    client: aioredis.Redis = request.getfixturevalue("redis_client")
+    return client
+
+
+@pytest.fixture
+async def store(store_client: aioredis.Redis | None, names: Names) -> AsyncIterator[EventStore]:
+    """The store under test, closed after the test (before its Redis client is)."""
+    if store_client is None:
+        built: EventStore = MemoryEventStore(names)
+    else:
+        built = RedisEventStore(store_client, names)
+    yield built
+    await built.close()
+
+
+@pytest.fixture
+def run_id() -> str:
+    return new_run_id()
+
+
+# --- run lifecycle ----------------------------------------------------------------------
+
+
+async def test_run_lifecycle_and_status_hash(store: EventStore, run_id: str) -> None:
+    assert await store.status(run_id) == {}
+    assert not await store.exists(run_id)
+
+    [created_id] = await append_ok(store, run_id, [run_created()])
+    status = await store.status(run_id)
+    assert set(status) == {"run", "wf", "created", "last", "n"}
+    assert status["run"] == "created"
+    assert status["wf"] == WF
+    assert status["last"] == created_id
+    assert status["n"] == "1"
+    assert abs(int(status["created"]) - time.time() * 1000) < 60_000
+    assert await store.exists(run_id)
+
+    [started_id] = await append_ok(store, run_id, [ev(E.RUN_STARTED)])
+    status = await store.status(run_id)
+    assert (status["run"], status["last"], status["n"]) == ("started", started_id, "2")
+
+    ids = await append_ok(
+        store,
+        run_id,
+        [
+            step_created("s1"),
+            ev(E.STEP_STARTED, "s1", attempt=1),
+            ev(E.STEP_COMPLETED, "s1", {"result": 42}, attempt=1),
+        ],
+    )
+    status = await store.status(run_id)
+    assert status["c:s1"] == "step.completed"
+    assert status["a:s1"] == "1"
+    assert status["last"] == ids[-1]
+    assert status["n"] == "5"
+
+    [done_id] = await append_ok(store, run_id, [ev(E.RUN_COMPLETED, data={"result": "ok"})])
+    status = await store.status(run_id)
+    assert (status["run"], status["last"], status["n"]) == ("completed", done_id, "6")
+    assert status["wf"] == WF
+
+    events = await store.read(run_id)
+    assert [e.type for e in events] == [
+        E.RUN_CREATED,
+        E.RUN_STARTED,
+        E.STEP_CREATED,
+        E.STEP_STARTED,
+        E.STEP_COMPLETED,
+        E.RUN_COMPLETED,
+    ]
+    assert [e.id for e in events] == [created_id, started_id, *ids, done_id]
+    assert [e.corr for e in events] == ["", "", "s1", "s1", "s1", ""]
+    assert events[0].data == {"workflow": WF, "args": [1, "two"], "kwargs": {"k": 3}}
+    assert events[3].data == {"attempt": 1}
+    assert events[3].attempt == 1
+    assert events[4].data == {"result": 42, "attempt": 1}
+    assert all(e.v == 1 for e in events)
+    assert all(abs(e.ts - time.time() * 1000) < 60_000 for e in events)
+    assert [id_key(e.id) for e in events] == sorted(id_key(e.id) for e in events)
+
+
+async def test_run_cancelled_from_created_and_failed_from_started(store: EventStore) -> None:
+    cancelled, failed = new_run_id(), new_run_id()
+    await append_ok(store, cancelled, [run_created(), ev(E.RUN_CANCELLED, data={"reason": "x"})])
+    assert (await store.status(cancelled))["run"] == "cancelled"
+    await started_run(store, failed)
+    await append_ok(store, failed, [ev(E.RUN_FAILED, data={"error": {"type": "E"}})])
+    assert (await store.status(failed))["run"] == "failed"
+    with pytest.raises(RunClosedError):
+        await store.append(cancelled, [ev(E.RUN_COMPLETED)])
+    with pytest.raises(RunClosedError):
+        await store.append(failed, [ev(E.RUN_CANCELLED)])
+
+
+async def test_empty_batch_writes_nothing(store: EventStore, run_id: str) -> None:
+    assert await store.append(run_id, []) == []
+    assert await store.read(run_id) == []
+    assert await store.status(run_id) == {}
+
+
+async def test_run_created_twice_is_a_duplicate(store: EventStore, run_id: str) -> None:
+    await append_ok(store, run_id, [run_created()])
+    before = await snapshot(store, run_id)
+    result = await append_one(store, run_id, run_created())
+    assert result.duplicate
+    assert not result.appended
+    assert result.event_id is None
+    assert await snapshot(store, run_id) == before
+    assert len(before[0]) == 1
+
+
+async def test_run_created_for_another_workflow_is_a_mismatch(
+    store: EventStore, run_id: str
+) -> None:
+    await append_ok(store, run_id, [run_created()])
+    before = await snapshot(store, run_id)
+    with pytest.raises(WorkflowMismatchError) as info:
+        await store.append(run_id, [run_created("billing.refund")])
+    assert run_id in str(info.value)
+    assert WF in str(info.value)
+    assert "billing.refund" in str(info.value)
+    assert await snapshot(store, run_id) == before
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev(E.RUN_STARTED),
+        ev(E.RUN_COMPLETED),
+        step_created("s1"),
+        ev(E.WAIT_CREATED, "s1", {"due": 1}),
+        ev(E.HOOK_CREATED, "h1", {"token": "t"}),
+    ],
+    ids=lambda e: e.type.value,
+)
+async def test_event_before_run_created_is_run_not_found(
+    store: EventStore, run_id: str, event: NewEvent
+) -> None:
+    with pytest.raises(RunNotFoundError) as info:
+        await store.append(run_id, [event])
+    assert info.value.run_id == run_id
+    assert run_id in str(info.value)
+    assert await store.read(run_id) == []
+    assert await store.status(run_id) == {}
+    assert not await store.exists(run_id)
+
+
+async def test_run_not_found_even_when_batch_starts_with_a_later_run_created(
+    store: EventStore, run_id: str
+) -> None:
+    with pytest.raises(RunNotFoundError):
+        await store.append(run_id, [ev(E.RUN_STARTED), run_created()])
+    assert await store.read(run_id) == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        step_created("s1"),
+        ev(E.WAIT_CREATED, "w1", {"due": 1}),
+        ev(E.HOOK_CREATED, "h1", {"token": "t"}),
+    ],
+    ids=lambda e: e.type.value,
+)
+async def test_entity_events_before_run_started_are_illegal(
+    store: EventStore, run_id: str, event: NewEvent
+) -> None:
+    await append_ok(store, run_id, [run_created()])
+    before = await snapshot(store, run_id)
+    with pytest.raises(IllegalTransitionError) as info:
+        await store.append(run_id, [event])
+    assert not isinstance(info.value, RunClosedError)
+    assert (info.value.run_id, info.value.entity, info.value.current) == (run_id, "run", "created")
+    assert info.value.event_type == event.type.value
+    assert await snapshot(store, run_id) == before
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+async def test_illegal_step_transition_names_everything_and_writes_nothing(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [step_created("s1")])
+    before = await snapshot(store, run_id)
+    with pytest.raises(IllegalTransitionError) as info:
+        await store.append(run_id, [ev(E.STEP_COMPLETED, "s1", {"result": 1}, attempt=1)])
+    err = info.value
+    assert type(err) is IllegalTransitionError
+    assert (err.run_id, err.entity, err.current, err.event_type) == (
+        run_id,
+        "step s1",
+        "created",
+        "step_completed",
+    )
+    message = str(err)
+    assert repr(run_id) in message
+    assert "step s1" in message
+    assert "'created'" in message
+    assert "'step_completed'" in message
+    assert await snapshot(store, run_id) == before
+
+
+async def test_batch_with_an_illegal_event_is_atomic(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    before = await snapshot(store, run_id)
+    active_before = await store.active_runs(shard_of(run_id, store.names.shards))
+    batch = [
+        step_created("s1"),
+        ev(E.WAIT_CREATED, "w1", {"due": 5}),
+        ev(E.STEP_COMPLETED, "s2", {"result": 0}, attempt=1),  # s2 was never created
+    ]
+    with pytest.raises(IllegalTransitionError) as info:
+        await store.append(run_id, batch)
+    assert info.value.entity == "step s2"
+    assert info.value.current == "absent"
+    events, status = await snapshot(store, run_id)
+    assert len(events) == len(before[0]) == 2
+    assert status == before[1]
+    assert "c:s1" not in status
+    assert "c:w1" not in status
+    assert await store.active_runs(shard_of(run_id, store.names.shards)) == active_before
+    # The valid part alone is still accepted afterwards: nothing half-applied remains.
+    await append_ok(store, run_id, batch[:2])
+
+
+async def test_later_events_in_a_batch_see_earlier_ones(store: EventStore, run_id: str) -> None:
+    ids = await append_ok(
+        store,
+        run_id,
+        [
+            run_created(),
+            ev(E.RUN_STARTED),
+            step_created("s1"),
+            ev(E.STEP_STARTED, "s1", attempt=1),
+            ev(E.STEP_COMPLETED, "s1", {"result": "r"}, attempt=1),
+        ],
+    )
+    assert len(ids) == 5
+    # Within one batch a repeat of the terminal event is a duplicate too.
+    results = await store.append(
+        run_id, [ev(E.WAIT_CREATED, "w1"), ev(E.WAIT_CREATED, "w1"), ev(E.WAIT_COMPLETED, "w1")]
+    )
+    assert [r.appended for r in results] == [True, False, True]
+    assert results[1].event_id is None
+
+
+async def test_repeated_terminal_step_event_is_a_duplicate(store: EventStore, run_id: str) -> None:
+    await started_step(store, run_id)
+    first = await append_one(store, run_id, ev(E.STEP_COMPLETED, "s1", {"result": 1}, attempt=1))
+    assert first.appended
+    before = await snapshot(store, run_id)
+    for late in (
+        ev(E.STEP_COMPLETED, "s1", {"result": 2}, attempt=1),
+        ev(E.STEP_FAILED, "s1", {"error": {"type": "E"}}, attempt=1),
+        ev(E.STEP_RETRYING, "s1", {"due": 1}, attempt=1),
+        ev(E.STEP_STARTED, "s1", attempt=2),
+        step_created("s1"),
+    ):
+        result = await append_one(store, run_id, late)
+        assert (result.duplicate, result.event_id) == (True, None), late.type
+    assert await snapshot(store, run_id) == before
+    completed = [e for e in before[0] if e.type is E.STEP_COMPLETED]
+    assert [e.data["result"] for e in completed] == [1]
+
+
+async def test_repeated_step_started_is_written(store: EventStore, run_id: str) -> None:
+    await started_step(store, run_id)
+    again = await append_one(store, run_id, ev(E.STEP_STARTED, "s1", attempt=1))
+    assert again.appended
+    assert again.event_id is not None
+    events = await store.read(run_id)
+    assert [e.type for e in events].count(E.STEP_STARTED) == 2
+    status = await store.status(run_id)
+    assert (status["c:s1"], status["a:s1"]) == ("step.started", "1")
+
+
+async def test_attempt_guards(store: EventStore, run_id: str) -> None:
+    await started_step(store, run_id)
+    retrying = await append_one(store, run_id, ev(E.STEP_RETRYING, "s1", {"due": 9}, attempt=1))
+    assert retrying.appended
+    # A redelivered message of attempt 1 after its retry was decided: stale.
+    stale_start = await append_one(store, run_id, ev(E.STEP_STARTED, "s1", attempt=1))
+    assert stale_start.duplicate
+    assert (await store.status(run_id))["c:s1"] == "step.retrying"
+    # The next attempt starts.
+    next_start = await append_one(store, run_id, ev(E.STEP_STARTED, "s1", attempt=2))
+    assert next_start.appended
+    status = await store.status(run_id)
+    assert (status["c:s1"], status["a:s1"]) == ("step.started", "2")
+    # A late retry decision of attempt 1 while attempt 2 runs: stale, nothing written.
+    before = await snapshot(store, run_id)
+    stale_retry = await append_one(store, run_id, ev(E.STEP_RETRYING, "s1", {"due": 1}, attempt=1))
+    assert stale_retry.duplicate
+    stale_fail = await append_one(store, run_id, ev(E.STEP_FAILED, "s1", attempt=1))
+    assert stale_fail.duplicate
+    assert await snapshot(store, run_id) == before
+    # The current attempt's outcome is written.
+    done = await append_one(store, run_id, ev(E.STEP_FAILED, "s1", {"error": {}}, attempt=2))
+    assert done.appended
+    types = [e.type for e in await store.read(run_id)]
+    assert types[-4:] == [E.STEP_STARTED, E.STEP_RETRYING, E.STEP_STARTED, E.STEP_FAILED]
+
+
+async def test_anything_after_run_completed_is_closed(store: EventStore, run_id: str) -> None:
+    await started_step(store, run_id)
+    await append_ok(store, run_id, [ev(E.RUN_COMPLETED, data={"result": None})])
+    before = await snapshot(store, run_id)
+    for late in (
+        ev(E.STEP_COMPLETED, "s1", {"result": 1}, attempt=1),
+        step_created("s9"),
+        ev(E.WAIT_CREATED, "w1"),
+        ev(E.HOOK_CREATED, "h1"),
+        ev(E.RUN_FAILED),
+        ev(E.RUN_CANCELLED),
+    ):
+        with pytest.raises(RunClosedError) as info:
+            await store.append(run_id, [late])
+        err = info.value
+        assert isinstance(err, IllegalTransitionError)
+        assert (err.run_id, err.entity, err.current, err.event_type) == (
+            run_id,
+            "run",
+            "completed",
+            late.type.value,
+        )
+    again = await append_one(store, run_id, ev(E.RUN_COMPLETED, data={"result": "other"}))
+    assert again.duplicate
+    assert await snapshot(store, run_id) == before
+
+
+# --- waits, hooks, kinds ----------------------------------------------------------------
+
+
+async def test_wait_completes_exactly_once(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    with pytest.raises(IllegalTransitionError) as info:
+        await store.append(run_id, [ev(E.WAIT_COMPLETED, "w1")])
+    assert (info.value.entity, info.value.current) == ("wait w1", "absent")
+    assert (await append_one(store, run_id, ev(E.WAIT_CREATED, "w1", {"due": 1}))).appended
+    assert (await append_one(store, run_id, ev(E.WAIT_CREATED, "w1", {"due": 2}))).duplicate
+    assert (await append_one(store, run_id, ev(E.WAIT_COMPLETED, "w1"))).appended
+    assert (await append_one(store, run_id, ev(E.WAIT_COMPLETED, "w1"))).duplicate
+    types = [e.type for e in await store.read(run_id)]
+    assert types.count(E.WAIT_CREATED) == 1
+    assert types.count(E.WAIT_COMPLETED) == 1
+    assert (await store.status(run_id))["c:w1"] == "wait.completed"
+
+
+async def test_hook_received_repeats_while_created_only(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    with pytest.raises(IllegalTransitionError):
+        await store.append(run_id, [ev(E.HOOK_RECEIVED, "h1", {"payload": 0})])
+    await append_ok(store, run_id, [ev(E.HOOK_CREATED, "h1", {"token": "tok"})])
+    for i in range(3):
+        result = await append_one(store, run_id, ev(E.HOOK_RECEIVED, "h1", {"payload": i}))
+        assert result.appended
+    assert (await store.status(run_id))["c:h1"] == "hook.created"
+    await append_ok(store, run_id, [ev(E.HOOK_DISPOSED, "h1")])
+    assert (await store.status(run_id))["c:h1"] == "hook.disposed"
+    before = await snapshot(store, run_id)
+    with pytest.raises(IllegalTransitionError) as info:
+        await store.append(run_id, [ev(E.HOOK_RECEIVED, "h1", {"payload": 9})])
+    assert (info.value.entity, info.value.current, info.value.event_type) == (
+        "hook h1",
+        "disposed",
+        "hook_received",
+    )
+    assert (await append_one(store, run_id, ev(E.HOOK_DISPOSED, "h1"))).duplicate
+    assert await snapshot(store, run_id) == before
+    received = [e.data["payload"] for e in before[0] if e.type is E.HOOK_RECEIVED]
+    assert received == [0, 1, 2]
+
+
+async def test_kind_mismatch_on_a_correlation_id_is_illegal(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [ev(E.WAIT_CREATED, "x1", {"due": 1})])
+    before = await snapshot(store, run_id)
+    with pytest.raises(IllegalTransitionError) as info:
+        await store.append(run_id, [ev(E.STEP_STARTED, "x1", attempt=1)])
+    assert (info.value.entity, info.value.current, info.value.event_type) == (
+        "step x1",
+        "wait created",
+        "step_started",
+    )
+    with pytest.raises(IllegalTransitionError):
+        await store.append(run_id, [step_created("x1")])
+    assert await snapshot(store, run_id) == before
+
+
+# --- batches and reads ------------------------------------------------------------------
+
+
+async def test_a_batch_of_1000_step_created_is_one_call(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    batch = [step_created(f"s{i}", name=f"step{i}") for i in range(1000)]
+    results = await store.append(run_id, batch)
+    assert len(results) == 1000
+    assert all(r.appended for r in results)
+    ids = [r.event_id for r in results]
+    assert all(isinstance(i, str) for i in ids)
+    keys = [id_key(i) for i in ids if i is not None]
+    assert keys == sorted(keys)
+    assert len(set(keys)) == 1000
+    events = await store.read(run_id)
+    assert len(events) == 1002
+    assert [e.id for e in events[2:]] == ids
+    assert [e.corr for e in events[2:]] == [f"s{i}" for i in range(1000)]
+    assert [e.data["name"] for e in events[2:]] == [f"step{i}" for i in range(1000)]
+    status = await store.status(run_id)
+    assert status["n"] == "1002"
+    assert status["c:s999"] == "step.created"
+    assert status["last"] == ids[-1]
+
+
+async def test_read_after_returns_strictly_later_events(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [step_created(f"s{i}") for i in range(5)])
+    events = await store.read(run_id)
+    assert len(events) == 7
+    assert await store.read(run_id, after=START) == events
+    for i, event in enumerate(events):
+        assert await store.read(run_id, after=event.id) == events[i + 1 :]
+    assert await store.read(run_id, after=events[-1].id) == []
+    assert await store.read(run_id, after=events[1].id, count=2) == events[2:4]
+    assert await store.read(run_id, count=3) == events[:3]
+    assert await store.read(new_run_id()) == []
+
+
+# --- wait -------------------------------------------------------------------------------
+
+
+async def test_wait_wakes_promptly_on_a_concurrent_append(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    last = (await store.read(run_id))[-1].id
+
+    async def append_later() -> list[str]:
+        await asyncio.sleep(0.2)
+        return await append_ok(store, run_id, [step_created("s1")])
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(append_later())
+    began = loop.time()
+    got = await store.wait(run_id, last, timeout=5)
+    elapsed = loop.time() - began
+    new_ids = await task
+    assert 0.15 <= elapsed < 2.0
+    assert [e.id for e in got] == new_ids
+    assert [(e.type, e.corr) for e in got] == [(E.STEP_CREATED, "s1")]
+
+
+async def test_wait_returns_empty_after_its_timeout(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    last = (await store.read(run_id))[-1].id
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    got = await store.wait(run_id, last, timeout=0.3)
+    elapsed = loop.time() - began
+    assert got == []
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_wait_returns_at_once_when_events_already_follow(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    events = await store.read(run_id)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    got = await store.wait(run_id, events[0].id, timeout=5)
+    assert loop.time() - began < 1.0
+    assert got == events[1:]
+
+
+# --- derived indexes and the fold -------------------------------------------------------
+
+
+async def test_active_runs_hold_unfinished_runs_only(store: EventStore) -> None:
+    unfinished, finished = new_run_id(), new_run_id()
+    await started_run(store, unfinished)
+    await started_run(store, finished)
+    shards = store.names.shards
+    finished_shard = shard_of(finished, shards)
+    assert finished in dict(await store.active_runs(finished_shard))
+    await append_ok(store, finished, [ev(E.RUN_COMPLETED, data={"result": 1})])
+
+    active = dict(await store.active_runs(shard_of(unfinished, shards)))
+    assert unfinished in active
+    assert abs(active[unfinished] - time.time() * 1000) < 60_000
+    assert finished not in dict(await store.active_runs(finished_shard))
+    everywhere = [run for s in range(shards) for run, _ in await store.active_runs(s)]
+    assert sorted(everywhere) == [unfinished]
+    # A duplicate (nothing written) does not put a finished run back.
+    assert (await append_one(store, finished, ev(E.RUN_COMPLETED))).duplicate
+    assert finished not in dict(await store.active_runs(finished_shard))
+
+
+async def test_active_runs_are_oldest_first_and_limited(store: EventStore) -> None:
+    runs = [new_run_id() for _ in range(40)]
+    by_shard: dict[int, list[str]] = {}
+    for run in runs:
+        await append_ok(store, run, [run_created()])
+        by_shard.setdefault(shard_of(run, store.names.shards), []).append(run)
+        await asyncio.sleep(0.002)
+    shard, members = max(by_shard.items(), key=lambda kv: len(kv[1]))
+    assert len(members) >= 3
+    listed = await store.active_runs(shard)
+    assert [run for run, _ in listed] == members
+    scores = [score for _, score in listed]
+    assert scores == sorted(scores)
+    assert [run for run, _ in await store.active_runs(shard, limit=2)] == members[:2]
+
+
+async def test_fold_of_read_gives_the_run_state(store: EventStore, run_id: str) -> None:
+    err = {"type": "TimeoutError", "message": "slow", "traceback": "tb"}
+    await append_ok(store, run_id, [run_created(), ev(E.RUN_STARTED)])
+    await append_ok(store, run_id, [step_created("s1", "charge"), step_created("s2", "ship")])
+    await append_ok(
+        store,
+        run_id,
+        [
+            ev(E.STEP_STARTED, "s1", attempt=1),
+            ev(E.STEP_RETRYING, "s1", {"error": err, "due": 12345}, attempt=1),
+            ev(E.STEP_STARTED, "s1", attempt=2),
+            ev(E.STEP_COMPLETED, "s1", {"result": {"charged": 10}}, attempt=2),
+            ev(E.STEP_STARTED, "s2", attempt=1),
+            ev(E.STEP_FAILED, "s2", {"error": err}, attempt=1),
+            ev(E.WAIT_CREATED, "w3", {"due": 777}),
+            ev(E.WAIT_COMPLETED, "w3"),
+            ev(E.HOOK_CREATED, "h4", {"token": "tok", "metadata": {"m": 1}}),
+            ev(E.HOOK_RECEIVED, "h4", {"payload": 1}),
+            ev(E.HOOK_RECEIVED, "h4", {"payload": 2}),
+            ev(E.HOOK_DISPOSED, "h4"),
+            ev(E.RUN_COMPLETED, data={"result": ["done", 10]}),
+        ],
+    )
+    events = await store.read(run_id)
+    state = fold(run_id, events)
+    assert state.run_id == run_id
+    assert (state.workflow, state.status, state.finished) == (WF, "completed", True)
+    assert state.args == [1, "two"]
+    assert state.kwargs == {"k": 3}
+    assert state.result == ["done", 10]
+    assert state.event_count == len(events) == 17
+    assert state.last_event_id == events[-1].id
+    assert state.created_ts == events[0].ts
+    assert state.finished_ts == events[-1].ts
+
+    s1, s2 = state.steps["s1"], state.steps["s2"]
+    assert (s1.name, s1.queue, s1.status, s1.attempt) == ("charge", "default", "completed", 2)
+    assert s1.result == {"charged": 10}
+    assert s1.retry_due is None
+    assert codec.decode(s1.args) == ["s1"]
+    assert (s2.name, s2.status, s2.attempt) == ("ship", "failed", 1)
+    assert s2.error is not None
+    assert (s2.error.type, s2.error.message, s2.error.traceback) == ("TimeoutError", "slow", "tb")
+    assert (state.waits["w3"].status, state.waits["w3"].due) == ("completed", 777)
+    hook = state.hooks["h4"]
+    assert (hook.token, hook.metadata, hook.received, hook.status) == (
+        "tok",
+        {"m": 1},
+        2,
+        "disposed",
+    )
+
+    # Folding a prefix gives the state at that point.
+    mid = fold(run_id, events[:5])
+    assert mid.status == "started"
+    assert (mid.steps["s1"].status, mid.steps["s1"].retry_due) == ("started", None)
+    retrying = fold(run_id, events[:6])
+    assert (retrying.steps["s1"].status, retrying.steps["s1"].retry_due) == ("retrying", 12345)
+    assert retrying.steps["s1"].attempt == 1
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+async def test_concurrent_identical_completions_record_once(store: EventStore, run_id: str) -> None:
+    await started_step(store, run_id)
+
+    async def complete(worker: int) -> AppendResult:
+        return await append_one(
+            store, run_id, ev(E.STEP_COMPLETED, "s1", {"result": worker}, attempt=1)
+        )
+
+    results = await asyncio.wait_for(asyncio.gather(*(complete(i) for i in range(20))), 5)
+    written = [r for r in results if r.appended]
+    assert len(written) == 1
+    assert sum(r.duplicate for r in results) == 19
+    completed = [e for e in await store.read(run_id) if e.type is E.STEP_COMPLETED]
+    assert len(completed) == 1
+    assert completed[0].id == written[0].event_id
+    assert (await store.status(run_id))["c:s1"] == "step.completed"
+
+
+# --- parity: one table of cases from RULES, both stores, the same verdicts ---------------
+
+ENTITY_KINDS = ("step", "wait", "hook")
+ENTITY_TYPES = [t for t in EventType if t.kind != "run"]
+ATTEMPTS: dict[str, tuple[int | None, ...]] = {
+    "step": (None, 1, 2),
+    "wait": (None,),
+    "hook": (None,),
+}
+
+
+def make(type: EventType, corr: str, attempt: int | None, workflow: str = WF) -> NewEvent:
+    if type is E.RUN_CREATED:
+        return run_created(workflow)
+    return ev(type, corr, {"n": 1}, attempt=attempt)
+
+
+@dataclass(frozen=True)
+class Case:
+    """Prior events (all of which must be written), then one new event."""
+
+    label: str
+    prior: tuple[tuple[EventType, str, int | None], ...]
+    new: tuple[EventType, str, int | None, str]
+    expected: str  # "written", "duplicate" or an exception class name
+
+
+def expected_verdict(
+    run_state: str,
+    entity: tuple[str, str, int],
+    type: EventType,
+    attempt: int | None,
+    workflow: str,
+) -> str:
+    """The verdict the table (and DESIGN.md) prescribe, worked out independently."""
+    kind = type.kind
+    if kind == "run":
+        if type is E.RUN_CREATED and run_state != ABSENT and workflow != WF:
+            return WorkflowMismatchError.__name__
+        rule = RULES["run"].get(run_state, {}).get(type)
+        if rule is None:
+            if run_state == ABSENT:
+                return RunNotFoundError.__name__
+            if run_state in RUN_TERMINAL_STATES:
+                return RunClosedError.__name__
+            return IllegalTransitionError.__name__
+        return "written" if rule.action is Action.WRITE else "duplicate"
+    if run_state == ABSENT:
+        return RunNotFoundError.__name__
+    if run_state in RUN_TERMINAL_STATES:
+        return RunClosedError.__name__
+    if run_state != "started":
+        return IllegalTransitionError.__name__
+    stored_kind, state, recorded = entity
+    if state != ABSENT and stored_kind != kind:
+        return IllegalTransitionError.__name__
+    rule = RULES[kind].get(state, {}).get(type)
+    if rule is None or rule.action is Action.ILLEGAL:
+        return IllegalTransitionError.__name__
+    if rule.action is Action.DUP:
+        return "duplicate"
+    new = attempt or 0
+    if rule.guard is Guard.GE and new < recorded:
+        return "duplicate"
+    if rule.guard is Guard.GT and new <= recorded:
+        return "duplicate"
+    return "written"
+
+
+def run_paths() -> dict[str, list[EventType]]:
+    """Shortest write-only path from nothing to every reachable run state."""
+    paths: dict[str, list[EventType]] = {ABSENT: []}
+    frontier = [ABSENT]
+    while frontier:
+        state = frontier.pop(0)
+        for type, rule in RULES["run"].get(state, {}).items():
+            if rule.action is Action.WRITE and rule.to not in paths:
+                paths[rule.to] = [*paths[state], type]
+                frontier.append(rule.to)
+    return paths
+
+
+def entity_paths(kind: str) -> dict[tuple[str, int], list[tuple[EventType, int | None]]]:
+    """Shortest write-only path to every reachable (state, recorded attempt) of a kind."""
+    start = (ABSENT, 0)
+    paths: dict[tuple[str, int], list[tuple[EventType, int | None]]] = {start: []}
+    frontier = [start]
+    while frontier:
+        state, recorded = frontier.pop(0)
+        for type in RULES[kind].get(state, {}):
+            for attempt in ATTEMPTS[kind]:
+                verdict = expected_verdict("started", (kind, state, recorded), type, attempt, WF)
+                if verdict != "written":
+                    continue
+                rule = RULES[kind][state][type]
+                nxt = (rule.to, max(recorded, attempt or 0))
+                if nxt not in paths:
+                    paths[nxt] = [*paths[(state, recorded)], (type, attempt)]
+                    frontier.append(nxt)
+    return paths
+
+
+def run_cases() -> list[Case]:
+    cases = []
+    for state, path in run_paths().items():
+        prior = tuple((t, "", None) for t in path)
+        for type in EventType:
+            corr = "" if type.kind == "run" else "x1"
+            attempt = 1 if type.kind == "step" else None
+            expected = expected_verdict(state, ("", ABSENT, 0), type, attempt, WF)
+            cases.append(
+                Case(
+                    f"run {state or 'absent'} + {type.value}",
+                    prior,
+                    (type, corr, attempt, WF),
+                    expected,
+                )
+            )
+        expected = expected_verdict(state, ("", ABSENT, 0), E.RUN_CREATED, None, "other.wf")
+        cases.append(
+            Case(
+                f"run {state or 'absent'} + run_created(other)",
+                prior,
+                (E.RUN_CREATED, "", None, "other.wf"),
+                expected,
+            )
+        )
+    return cases
+
+
+def entity_cases(kind: str) -> list[Case]:
+    cases = []
+    base = ((E.RUN_CREATED, "", None), (E.RUN_STARTED, "", None))
+    for (state, recorded), path in entity_paths(kind).items():
+        prior = base + tuple((t, "c1", a) for t, a in path)
+        for type in ENTITY_TYPES:
+            for attempt in ATTEMPTS[type.kind]:
+                expected = expected_verdict("started", (kind, state, recorded), type, attempt, WF)
+                label = f"{kind} {state or 'absent'}@{recorded} + {type.value}@{attempt}"
+                cases.append(Case(label, prior, (type, "c1", attempt, WF), expected))
+    return cases
+
+
+def cases_for(kind: str) -> list[Case]:
+    return run_cases() if kind == "run" else entity_cases(kind)
+
+
+def comparable_status(status: dict[str, str]) -> dict[str, str]:
+    """The status hash without clock readings and ids, which differ between stores."""
+    return {k: v for k, v in status.items() if k not in ("created", "last")}
+
+
+async def verdict_of(store: EventStore, run_id: str, case: Case) -> tuple[str, str, Any]:
+    prior = [make(t, c, a) for t, c, a in case.prior]
+    if prior:
+        await append_ok(store, run_id, prior)
+    before = await snapshot(store, run_id)
+    type, corr, attempt, workflow = case.new
+    try:
+        [result] = await store.append(run_id, [make(type, corr, attempt, workflow)])
+    except EventLogError as exc:
+        assert await snapshot(store, run_id) == before, f"{case.label}: error wrote something"
+        return type_name(exc), str(exc), comparable_status(before[1])
+    events, status = await snapshot(store, run_id)
+    if result.duplicate:
+        assert (events, status) == before, f"{case.label}: duplicate wrote something"
+        return "duplicate", "", comparable_status(status)
+    assert len(events) == len(before[0]) + 1
+    assert events[-1].id == result.event_id
+    assert (events[-1].type, events[-1].corr) == (type, corr)
+    return "written", "", comparable_status(status)
+
+
+def type_name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def test_parity_table_covers_every_state_and_event() -> None:
+    for kind, states in RULES.items():
+        paths = run_paths() if kind == "run" else entity_paths(kind)
+        reached = {key if isinstance(key, str) else key[0] for key in paths}
+        assert reached == set(states), kind
+    assert len(run_cases()) == len(RULES["run"]) * (len(EventType) + 1)
+    # Guards are exercised: the step table holds stale duplicates and fresh writes alike.
+    step = entity_cases("step")
+    assert any(c.new[0] is E.STEP_STARTED and c.expected == "duplicate" for c in step)
+    assert any(c.new[0] is E.STEP_STARTED and c.expected == "written" for c in step)
+    verdicts = {c.expected for kind in RULES for c in cases_for(kind)}
+    assert verdicts == {
+        "written",
+        "duplicate",
+        RunNotFoundError.__name__,
+        RunClosedError.__name__,
+        IllegalTransitionError.__name__,
+        WorkflowMismatchError.__name__,
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", list(RULES))
+async def test_both_stores_give_the_same_verdicts(
+    kind: str, names: Names, redis_client: aioredis.Redis
+) -> None:
+    cases = cases_for(kind)
+    assert len(cases) >= 20
+    disagreements = []
+    async with MemoryEventStore(names) as memory, RedisEventStore(redis_client, names) as redis:
+        for case in cases:
+            run_id = new_run_id()
+            got_memory = await verdict_of(memory, run_id, case)
+            got_redis = await verdict_of(redis, run_id, case)
+            if got_memory != got_redis or got_memory[0] != case.expected:
+                disagreements.append(
+                    f"{case.label}: expected {case.expected}; "
+                    f"memory {got_memory}; redis {got_redis}"
+                )
+    assert not disagreements, "\n".join(disagreements)
