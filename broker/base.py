@@ -1,0 +1,319 @@
+"""The broker contract shared by RabbitMQ and the in-memory broker.
+
+Everything above this layer (workers, schedulers, the reconciler) talks to a
+``Broker`` and never to aio-pika, so the embedded mode and the unit tests run
+the same code paths as production. Behaviour that does not depend on the
+transport (message ids, batching, dead-lettering, turning a failing handler
+into a redelivery) lives here once, so the two implementations cannot drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from eventlog.errors import BrokerError, PublishError
+from eventlog.names import Names
+
+from .messages import Activation, StepMessage, encode_message
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_DELIVERY_LIMIT: Final = 20
+"""Redeliveries RabbitMQ allows before it dead-letters a message by itself."""
+
+MAX_IN_FLIGHT: Final = 1000
+"""Unconfirmed publishes one ``publish_many`` keeps outstanding; bounds memory, not speed."""
+
+REASON_HEADER: Final = "x-ledgerflow-reason"
+QUEUE_HEADER: Final = "x-ledgerflow-queue"
+DEAD_AT_HEADER: Final = "x-ledgerflow-dead-at"
+
+DELIVERY_LIMIT_REASON: Final = "delivery limit exceeded"
+REJECTED_REASON: Final = "rejected"
+
+# Headers the broker maintains itself; copying them onto a republished message would
+# make the copy look like it had already been delivered.
+BROKER_OWNED_HEADERS: Final = frozenset({"x-delivery-count"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish; ``queue`` is the full queue name (the routing key)."""
+
+    queue: str
+    body: bytes
+    headers: Mapping[str, Any] | None = None
+    message_id: str | None = None
+
+
+class Delivery(ABC):
+    """One received message, to be settled exactly once with ack or nack.
+
+    Settling twice raises instead of being ignored: it means two code paths both
+    believe they own the message, which is a bug worth hearing about.
+    """
+
+    def __init__(
+        self,
+        *,
+        body: bytes,
+        headers: dict[str, Any],
+        queue: str,
+        redelivered: bool,
+        delivery_count: int,
+        message_id: str | None,
+    ) -> None:
+        self.body = body
+        self.headers = headers
+        self.queue = queue
+        self.redelivered = redelivered
+        self.delivery_count = delivery_count
+        self.message_id = message_id
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        """True once ack or nack was called, even if the call then failed."""
+        return self._settled
+
+    async def ack(self) -> None:
+        """Remove the message for good; call only after its effects are recorded."""
+        self._claim("ack")
+        await self._ack()
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Give the message back (``requeue``) or dead-letter it (``requeue=False``)."""
+        self._claim("nack")
+        await self._nack(requeue)
+
+    def _claim(self, operation: str) -> None:
+        if self._settled:
+            raise BrokerError(
+                f"cannot {operation} message {self.message_id!r} from {self.queue!r}: "
+                "it was already acked or nacked"
+            )
+        self._settled = True
+
+    @abstractmethod
+    async def _ack(self) -> None: ...
+
+    @abstractmethod
+    async def _nack(self, requeue: bool) -> None: ...
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} queue={self.queue!r} message_id={self.message_id!r} "
+            f"delivery_count={self.delivery_count}>"
+        )
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer(ABC):
+    """A running subscription; cancel it to stop receiving."""
+
+    @abstractmethod
+    async def cancel(self, *, timeout: float = 10.0) -> None:
+        """Stop new deliveries, let running handlers finish for up to ``timeout`` seconds.
+
+        Handlers still running after that are cancelled; whatever they had not
+        settled goes back to the queue, so nothing is lost, only redelivered.
+        """
+
+
+class HandlerRunner:
+    """Runs one consumer's handlers: bounded concurrency, failures become redeliveries.
+
+    A broker's prefetch bounds unacked messages, not running handlers: a
+    handler that acks early and keeps working would let more start. The
+    semaphore makes ``prefetch`` a true bound on concurrent handlers.
+    """
+
+    def __init__(self, handler: Handler, prefetch: int, queue: str) -> None:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        self._handler = handler
+        self._queue = queue
+        self._slots = asyncio.Semaphore(prefetch)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Start no more handlers; deliveries already received stay unsettled and go back."""
+        self._stopped = True
+
+    async def run(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            async with self._slots:
+                if not self._stopped:
+                    await self._call(delivery)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _call(self, delivery: Delivery) -> None:
+        try:
+            await self._handler(delivery)
+        except Exception:
+            log.exception(
+                "broker.handler_failed",
+                queue=self._queue,
+                message_id=delivery.message_id,
+                delivery_count=delivery.delivery_count,
+            )
+            if delivery.settled:
+                return
+            try:
+                await delivery.nack(requeue=True)
+            except BrokerError as exc:
+                # The channel is gone; the broker requeues unacked messages by itself.
+                log.warning("broker.nack_failed", queue=self._queue, error=str(exc))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for running handlers, then cancel the ones that overstay."""
+        current = asyncio.current_task()
+        pending = {t for t in self._tasks if t is not current and not t.done()}
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=max(timeout, 0.0))
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+class Broker(ABC):
+    """Publish with confirms, consume with manual acks, dead-letter what cannot be handled."""
+
+    names: Names
+    delivery_limit: int
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Connect and declare the fixed topology; safe to call again."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Cancel consumers (their unacked messages are redelivered) and disconnect."""
+
+    @abstractmethod
+    async def declare_step_queue(self, queue: str = "default") -> str:
+        """Declare a step queue by short name and return its full name; cached."""
+
+    # --- publishing ----------------------------------------------------------------
+
+    @abstractmethod
+    async def _publish_one(self, out: Outgoing) -> None:
+        """Publish and wait for the broker's confirm; PublishError if it was not routed."""
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Return only once the broker has the message; ``queue`` is a full queue name."""
+        await self._publish_one(Outgoing(queue, body, headers, message_id or _new_id()))
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes] | Outgoing]) -> None:
+        """Keep many publishes in flight and return when all are confirmed.
+
+        Confirms are awaited together instead of one round trip each, which is
+        what makes a fan-out of hundreds of steps cheap. Every message is
+        attempted even if some fail, so one bad queue does not hide the rest.
+        """
+        outgoing = [_as_outgoing(item) for item in items]
+        failures: list[BaseException] = []
+        for start in range(0, len(outgoing), MAX_IN_FLIGHT):
+            chunk = outgoing[start : start + MAX_IN_FLIGHT]
+            results = await asyncio.gather(
+                *(self._publish_one(out) for out in chunk), return_exceptions=True
+            )
+            failures.extend(r for r in results if isinstance(r, BaseException))
+        if failures:
+            raise PublishError(
+                f"{len(failures)} of {len(outgoing)} messages were not confirmed; "
+                f"first failure: {failures[0]}"
+            ) from failures[0]
+
+    async def publish_step(self, msg: StepMessage) -> None:
+        """Declare the step's queue on first use, so a new queue name needs no deploy step."""
+        full = await self.declare_step_queue(msg.queue)
+        await self.publish(full, encode_message(msg), message_id=msg.message_id)
+
+    async def publish_steps(self, msgs: Sequence[StepMessage]) -> None:
+        """Publish a batch of step messages with all confirms awaited together."""
+        full_names: dict[str, str] = {}
+        for short in dict.fromkeys(m.queue for m in msgs):
+            full_names[short] = await self.declare_step_queue(short)
+        await self.publish_many(
+            [Outgoing(full_names[m.queue], encode_message(m), None, m.message_id) for m in msgs]
+        )
+
+    async def publish_activation(self, msg: Activation) -> None:
+        await self.publish(self.names.runs_queue, encode_message(msg))
+
+    # --- consuming -----------------------------------------------------------------
+
+    @abstractmethod
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+        """Run ``handler`` for each message of the full-named ``queue``, manual ack.
+
+        Up to ``prefetch`` handlers run at once. A handler that raises is logged
+        and its message nacked with requeue, so nothing is lost.
+        """
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Park a message on the dead queue with why and where from, then ack the original.
+
+        The copy is confirmed before the ack, so a crash in between leaves two
+        copies rather than none.
+        """
+        headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
+        headers[REASON_HEADER] = reason
+        headers[QUEUE_HEADER] = delivery.queue
+        headers[DEAD_AT_HEADER] = int(time.time() * 1000)
+        await self.publish(
+            self.names.dead_queue, delivery.body, headers=headers, message_id=delivery.message_id
+        )
+        await delivery.ack()
+
+    @abstractmethod
+    async def get(self, queue: str, *, timeout: float = 0.0) -> Delivery | None:
+        """Take one message without a subscription, waiting up to ``timeout`` seconds."""
+
+    @abstractmethod
+    async def queue_depth(self, queue: str) -> int:
+        """Messages ready for delivery (unacked in-flight ones are not counted)."""
+
+    @abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Drop every ready message of ``queue``; return how many were dropped."""
+
+
+def _as_outgoing(item: tuple[str, bytes] | Outgoing) -> Outgoing:
+    if isinstance(item, Outgoing):
+        return item if item.message_id else Outgoing(item.queue, item.body, item.headers, _new_id())
+    queue, body = item
+    return Outgoing(queue, body, None, _new_id())
+
+
+def _new_id() -> str:
+    """Every message gets an id: aio-pika matches returned messages to publishes by it."""
+    return uuid.uuid4().hex

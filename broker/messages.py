@@ -1,0 +1,134 @@
+"""The two message types that travel through the broker, and their wire format.
+
+Queue messages are derived data (the run's stream is the truth), so they carry
+only what a consumer needs to find its place in the log: ids, a step name, an
+attempt number and the already-encoded arguments as an opaque blob. They are
+plain msgpack maps rather than the eventlog codec because they hold nothing but
+primitives, and a map with a version and a kind lets an older or newer process
+reject what it does not understand with a clear error instead of guessing.
+Never pickle: a queue is an input from the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import msgpack
+
+from eventlog.errors import MalformedMessageError
+
+SCHEMA_VERSION: Final = 1
+KIND_STEP: Final = "step"
+KIND_ACTIVATION: Final = "activation"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class StepMessage:
+    """Asks a worker to run one attempt of one step of one run."""
+
+    run_id: str
+    step_id: str
+    step_name: str
+    attempt: int
+    args: bytes
+    queue: str
+
+    @property
+    def message_id(self) -> str:
+        """Identifies the attempt, so duplicates of one publish are recognisable downstream."""
+        return f"{self.run_id}:{self.step_id}:{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """Tells a scheduler that a run has new events to replay."""
+
+    run_id: str
+    reason: str = ""
+
+
+def encode_message(msg: StepMessage | Activation) -> bytes:
+    """Encode with a version and kind so that decoders can refuse what they cannot read."""
+    if isinstance(msg, StepMessage):
+        payload: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "k": KIND_STEP,
+            "run_id": msg.run_id,
+            "step_id": msg.step_id,
+            "step_name": msg.step_name,
+            "attempt": msg.attempt,
+            "args": msg.args,
+            "queue": msg.queue,
+        }
+    elif isinstance(msg, Activation):
+        payload = {
+            "v": SCHEMA_VERSION,
+            "k": KIND_ACTIVATION,
+            "run_id": msg.run_id,
+            "reason": msg.reason,
+        }
+    else:  # pragma: no cover - guarded by the type checker
+        raise TypeError(f"cannot encode {type(msg).__name__} as a broker message")
+    packed: bytes = msgpack.packb(payload, use_bin_type=True)
+    return packed
+
+
+def decode_message(body: bytes) -> StepMessage | Activation:
+    """Decode a queue body; anything unexpected is a MalformedMessageError naming the problem."""
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise MalformedMessageError(
+            f"message body ({len(body)} bytes) is not valid msgpack: {exc}"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise MalformedMessageError(f"message body must be a msgpack map, got {type(raw).__name__}")
+    version = raw.get("v")
+    if version != SCHEMA_VERSION:
+        raise MalformedMessageError(
+            f"unsupported message schema version {version!r}; "
+            f"this process supports version {SCHEMA_VERSION}"
+        )
+    kind = raw.get("k")
+    if kind == KIND_STEP:
+        return StepMessage(
+            run_id=_field(raw, kind, "run_id", str),
+            step_id=_field(raw, kind, "step_id", str),
+            step_name=_field(raw, kind, "step_name", str),
+            attempt=_attempt(raw),
+            args=_field(raw, kind, "args", bytes),
+            queue=_field(raw, kind, "queue", str),
+        )
+    if kind == KIND_ACTIVATION:
+        return Activation(
+            run_id=_field(raw, kind, "run_id", str),
+            reason=_field(raw, kind, "reason", str) if "reason" in raw else "",
+        )
+    raise MalformedMessageError(
+        f"unknown message kind {kind!r}; expected {KIND_STEP!r} or {KIND_ACTIVATION!r}"
+    )
+
+
+def _field(raw: dict[Any, Any], kind: str, name: str, expected: type[_T]) -> _T:
+    """Fetch one field, naming it when it is missing or of the wrong type."""
+    if name not in raw:
+        raise MalformedMessageError(f"{kind} message is missing field {name!r}")
+    value = raw[name]
+    if not isinstance(value, expected):
+        raise MalformedMessageError(
+            f"{kind} message field {name!r} must be {expected.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _attempt(raw: dict[Any, Any]) -> int:
+    """bool is an int subclass in Python; an attempt of True is a bug on the sender's side."""
+    attempt = _field(raw, KIND_STEP, "attempt", int)
+    if isinstance(attempt, bool) or attempt < 1:
+        raise MalformedMessageError(
+            f"step message field 'attempt' must be a positive int, got {attempt!r}"
+        )
+    return attempt

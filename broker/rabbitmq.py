@@ -1,0 +1,388 @@
+"""The production broker: RabbitMQ quorum queues through aio-pika.
+
+Channel layout, and why:
+
+* one robust channel with publisher confirms and ``on_return_raises`` for all
+  publishing, so a publish returns only once RabbitMQ has the message and an
+  unroutable ``mandatory`` message raises instead of vanishing;
+* one robust channel per consumer, so a consumer's prefetch is its own and
+  closing it hands exactly its unacked messages back to the queue;
+* one channel per queue used with ``get``, because a failing operation closes
+  a channel and with it requeues every message it had not acked;
+* short-lived channels for declarations and admin calls, because a refused
+  declaration (PRECONDITION_FAILED, NOT_FOUND) closes the channel it ran on.
+
+``connect_robust`` reconnects after a broker restart and re-subscribes the
+consumers (aio-pika remembers queues declared through a robust channel).
+Publishes that were in flight when the connection dropped raise PublishError;
+they are not replayed, because the caller decides whether to retry and a
+retry may duplicate, which the event log makes harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import MessageProcessError
+
+from eventlog.errors import BrokerError, PublishError, ServiceUnavailableError
+from eventlog.names import DEFAULT_STEP_QUEUE, Names
+
+from .base import (
+    DEFAULT_DELIVERY_LIMIT,
+    Broker,
+    Consumer,
+    Delivery,
+    Handler,
+    HandlerRunner,
+    Outgoing,
+)
+from .topology import declare_topology, declare_work_queue, work_queue_arguments
+
+log = structlog.get_logger(__name__)
+
+# Errors aio-pika/aiormq raise when the channel or connection under an operation is gone.
+_CHANNEL_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
+
+
+class RabbitDelivery(Delivery):
+    """A delivery from a quorum queue; settles through the channel it arrived on."""
+
+    def __init__(self, message: AbstractIncomingMessage, queue: str) -> None:
+        headers: dict[str, Any] = dict(message.headers or {})
+        super().__init__(
+            body=message.body,
+            headers=headers,
+            queue=queue,
+            redelivered=bool(message.redelivered),
+            delivery_count=_delivery_count(headers),
+            message_id=message.message_id,
+        )
+        self._message = message
+
+    async def _ack(self) -> None:
+        try:
+            await self._message.ack()
+        except (*_CHANNEL_ERRORS, MessageProcessError) as exc:
+            raise BrokerError(
+                f"could not ack message {self.message_id!r} from {self.queue!r} ({exc!r}); "
+                "its channel is gone, so RabbitMQ will deliver it again"
+            ) from exc
+
+    async def _nack(self, requeue: bool) -> None:
+        try:
+            await self._message.nack(requeue=requeue)
+        except (*_CHANNEL_ERRORS, MessageProcessError) as exc:
+            raise BrokerError(
+                f"could not nack message {self.message_id!r} from {self.queue!r} ({exc!r}); "
+                "its channel is gone, so RabbitMQ will deliver it again"
+            ) from exc
+
+
+def _delivery_count(headers: dict[str, Any]) -> int:
+    """Quorum queues count earlier deliveries in ``x-delivery-count``; absent the first time."""
+    previous = headers.get("x-delivery-count", 0)
+    return (previous if isinstance(previous, int) else 0) + 1
+
+
+class RabbitConsumer(Consumer):
+    """A subscription on its own channel; cancelling closes the channel."""
+
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        tag: str,
+        runner: HandlerRunner,
+    ) -> None:
+        self._broker = broker
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+        self._runner = runner
+        self._cancelled = False
+
+    async def cancel(self, *, timeout: float = 10.0) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._runner.stop()
+        with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+            await self._queue.cancel(self._tag, timeout=timeout)
+        await self._runner.drain(timeout)
+        # Closing the channel hands every message still unacked back to the queue.
+        with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+            await self._channel.close()
+        self._broker._forget(self)
+
+
+class RabbitBroker(Broker):
+    """RabbitMQ with quorum queues, publisher confirms, mandatory routing and manual acks."""
+
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        *,
+        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        reconnect_interval: float = 5.0,
+        timeout: float = 30.0,
+    ) -> None:
+        work_queue_arguments(names, delivery_limit)  # reject a bad limit before connecting
+        self.names = names
+        self.delivery_limit = delivery_limit
+        self._url = url
+        self._reconnect_interval = reconnect_interval
+        self._timeout = timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._get_channels: dict[str, tuple[AbstractChannel, AbstractQueue]] = {}
+        self._declared: dict[str, str] = {}
+        self._consumers: set[RabbitConsumer] = set()
+        self._in_flight_ids: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._connection is not None and not self._connection.is_closed:
+                return
+            try:
+                connection = await aio_pika.connect_robust(
+                    self._url,
+                    timeout=self._timeout,
+                    reconnect_interval=self._reconnect_interval,
+                    client_properties={"connection_name": f"ledgerflow:{self.names.namespace}"},
+                )
+            except (OSError, aiormq.exceptions.AMQPError) as exc:
+                raise ServiceUnavailableError(
+                    f"cannot connect to RabbitMQ at {_redact(self._url)}: {exc!r}. "
+                    "Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) "
+                    "or point the AMQP URL at a running server."
+                ) from exc
+            try:
+                async with _temporary_channel(connection) as channel:
+                    await declare_topology(channel, self.names, self.delivery_limit)
+                publish_channel = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                exchange = await publish_channel.get_exchange(self.names.exchange, ensure=False)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection = connection
+            self._publish_channel = publish_channel
+            self._exchange = exchange
+            self._declared = {DEFAULT_STEP_QUEUE: self.names.step_queue()}
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.cancel()
+        connection, self._connection = self._connection, None
+        self._exchange = self._publish_channel = None
+        self._get_channels.clear()
+        self._declared.clear()
+        if connection is not None:
+            await connection.close()
+
+    def _forget(self, consumer: RabbitConsumer) -> None:
+        self._consumers.discard(consumer)
+
+    def _require(self) -> AbstractRobustConnection:
+        if self._connection is None or self._exchange is None:
+            raise BrokerError("the RabbitMQ broker is not connected; call connect() first")
+        return self._connection
+
+    async def declare_step_queue(self, queue: str = DEFAULT_STEP_QUEUE) -> str:
+        full = self._declared.get(queue)
+        if full is not None:
+            return full
+        full = self.names.step_queue(queue)
+        async with _temporary_channel(self._require()) as channel:
+            await declare_work_queue(channel, self.names, full, self.delivery_limit)
+        self._declared[queue] = full
+        return full
+
+    # --- publishing ----------------------------------------------------------------
+
+    async def _publish_one(self, out: Outgoing) -> None:
+        exchange, channel = self._exchange, self._publish_channel
+        if exchange is None or channel is None:
+            raise BrokerError("the RabbitMQ broker is not connected; call connect() first")
+        try:
+            # While the robust connection is reconnecting, wait for it rather than fail.
+            await asyncio.wait_for(channel.ready(), self._timeout)
+        except TimeoutError as exc:
+            raise PublishError(
+                f"RabbitMQ did not come back within {self._timeout}s; "
+                f"nothing was published to {out.queue!r}"
+            ) from exc
+        message_id = out.message_id or uuid.uuid4().hex
+        message = aio_pika.Message(
+            out.body,
+            headers=dict(out.headers) if out.headers else None,
+            message_id=message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        async with self._exclusive_id(message_id):
+            try:
+                result = await exchange.publish(
+                    message, routing_key=out.queue, mandatory=True, timeout=self._timeout
+                )
+            except aiormq.exceptions.PublishError as exc:
+                raise PublishError(
+                    f"RabbitMQ returned message {message_id!r} as unroutable: no queue "
+                    f"{out.queue!r} is bound to exchange {self.names.exchange!r}"
+                ) from exc
+            except aiormq.exceptions.DeliveryError as exc:
+                raise PublishError(
+                    f"RabbitMQ refused (nacked) message {message_id!r} to {out.queue!r}"
+                ) from exc
+            except (*_CHANNEL_ERRORS, TimeoutError) as exc:
+                raise PublishError(
+                    f"message {message_id!r} to {out.queue!r} was not confirmed ({exc!r}); "
+                    "it may or may not have arrived"
+                ) from exc
+        if not isinstance(result, aiormq.spec.Basic.Ack):
+            raise PublishError(
+                f"message {message_id!r} to {out.queue!r} was not confirmed: got {result!r}"
+            )
+
+    @contextlib.asynccontextmanager
+    async def _exclusive_id(self, message_id: str) -> AsyncIterator[None]:
+        """Never have two unconfirmed publishes with one message id on the channel.
+
+        aiormq matches a returned (unroutable) message to its publish by message
+        id; with two in flight under one id the return would fail the wrong one
+        and the unroutable one would be reported as confirmed.
+        """
+        while (earlier := self._in_flight_ids.get(message_id)) is not None:
+            await earlier.wait()
+        done = asyncio.Event()
+        self._in_flight_ids[message_id] = done
+        try:
+            yield
+        finally:
+            del self._in_flight_ids[message_id]
+            done.set()
+
+    # --- consuming -----------------------------------------------------------------
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
+        runner = HandlerRunner(handler, prefetch, queue)
+        channel = await self._require().channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=prefetch)
+            # Declared (passively) through the robust channel so that aio-pika
+            # re-subscribes it after a reconnect.
+            declared = await _passive(channel, queue)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await runner.run(RabbitDelivery(message, queue))
+
+            tag = await declared.consume(on_message, no_ack=False)
+        except BaseException:
+            with contextlib.suppress(*_CHANNEL_ERRORS):
+                await channel.close()
+            raise
+        consumer = RabbitConsumer(self, channel, declared, tag, runner)
+        self._consumers.add(consumer)
+        return consumer
+
+    async def get(self, queue: str, *, timeout: float = 0.0) -> Delivery | None:
+        declared = await self._get_queue(queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                message = await declared.get(no_ack=False, fail=False, timeout=self._timeout)
+            except _CHANNEL_ERRORS as exc:
+                self._get_channels.pop(queue, None)
+                raise BrokerError(f"basic.get on {queue!r} failed: {exc!r}") from exc
+            if message is not None:
+                return RabbitDelivery(message, queue)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(0.05, remaining))
+
+    async def _get_queue(self, queue: str) -> AbstractQueue:
+        known = self._get_channels.get(queue)
+        if known is not None and not known[0].is_closed:
+            return known[1]
+        channel = await self._require().channel(publisher_confirms=False)
+        try:
+            declared = await _passive(channel, queue)
+        except BaseException:
+            with contextlib.suppress(*_CHANNEL_ERRORS):
+                await channel.close()
+            raise
+        self._get_channels[queue] = (channel, declared)
+        return declared
+
+    async def queue_depth(self, queue: str) -> int:
+        async with _temporary_channel(self._require()) as channel:
+            declared = await _passive(channel, queue)
+            count = declared.declaration_result.message_count
+        return int(count or 0)
+
+    async def purge(self, queue: str) -> int:
+        async with _temporary_channel(self._require()) as channel:
+            declared = await _passive(channel, queue)
+            result = await declared.purge()
+        return int(result.message_count or 0)
+
+
+async def _passive(channel: AbstractChannel, queue: str) -> AbstractQueue:
+    """Look a queue up without creating it; a missing queue is a BrokerError."""
+    try:
+        return await channel.declare_queue(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise BrokerError(f"queue {queue!r} does not exist; declare it first") from exc
+
+
+@contextlib.asynccontextmanager
+async def _temporary_channel(
+    connection: AbstractRobustConnection,
+) -> AsyncIterator[AbstractChannel]:
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        yield channel
+    finally:
+        if not channel.is_closed:
+            with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+                await channel.close()
+
+
+def _redact(url: str) -> str:
+    """Keep passwords out of error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

@@ -1,0 +1,91 @@
+"""RabbitMQ exchanges and queues of one namespace, declared idempotently.
+
+All queues are quorum queues: replicated, durable, and they count deliveries
+(``x-delivery-count``) so RabbitMQ itself dead-letters a message that keeps
+coming back (a poison message crashing workers) instead of looping forever.
+Every queue is bound to the namespace's direct exchange under its own full
+name, so publishing with ``mandatory`` to an undeclared queue is returned to
+the publisher rather than silently dropped.
+
+Declaring with arguments that differ from an existing queue's is refused by
+RabbitMQ (PRECONDITION_FAILED); that is turned into a ConfigurationError that
+says what to do, because it is always a deployment mismatch, never transient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel
+
+from eventlog.errors import ConfigurationError
+from eventlog.names import Names
+
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+def work_queue_arguments(names: Names, delivery_limit: int) -> dict[str, Any]:
+    """Arguments of every queue that is consumed (step queues and the runs queue)."""
+    if delivery_limit < 1:
+        raise ConfigurationError(f"delivery_limit must be at least 1, got {delivery_limit}")
+    return {
+        **QUORUM,
+        "x-dead-letter-exchange": names.dead_exchange,
+        "x-dead-letter-routing-key": names.dead_queue,
+        "x-delivery-limit": delivery_limit,
+    }
+
+
+async def declare_exchanges(channel: AbstractChannel, names: Names) -> None:
+    """Declare the main and the dead-letter exchange."""
+    try:
+        await channel.declare_exchange(names.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        await channel.declare_exchange(
+            names.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise _mismatch("exchange", names.exchange, exc) from exc
+
+
+async def declare_work_queue(
+    channel: AbstractChannel, names: Names, queue: str, delivery_limit: int
+) -> None:
+    """Declare a consumed queue with dead-lettering and its binding to the exchange."""
+    try:
+        declared = await channel.declare_queue(
+            queue, durable=True, arguments=work_queue_arguments(names, delivery_limit)
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise _mismatch("queue", queue, exc) from exc
+    await declared.bind(names.exchange, routing_key=queue)
+
+
+async def declare_dead_queue(channel: AbstractChannel, names: Names) -> None:
+    """The dead queue takes RabbitMQ's own dead-letters and our explicit ones.
+
+    It has no dead-letter exchange and no delivery limit: it is the end of the
+    line, and a tool reading it must never lose a message by nacking it.
+    """
+    try:
+        declared = await channel.declare_queue(names.dead_queue, durable=True, arguments=QUORUM)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise _mismatch("queue", names.dead_queue, exc) from exc
+    await declared.bind(names.dead_exchange, routing_key=names.dead_queue)
+    await declared.bind(names.exchange, routing_key=names.dead_queue)
+
+
+async def declare_topology(channel: AbstractChannel, names: Names, delivery_limit: int) -> None:
+    """Exchanges, the runs queue, the dead queue and the default step queue."""
+    await declare_exchanges(channel, names)
+    await declare_dead_queue(channel, names)
+    await declare_work_queue(channel, names, names.runs_queue, delivery_limit)
+    await declare_work_queue(channel, names, names.step_queue(), delivery_limit)
+
+
+def _mismatch(kind: str, name: str, exc: Exception) -> ConfigurationError:
+    return ConfigurationError(
+        f"RabbitMQ {kind} {name!r} already exists with different settings ({exc}); "
+        "use the same settings (e.g. delivery_limit) everywhere, or delete it first"
+    )

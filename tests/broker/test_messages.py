@@ -1,0 +1,137 @@
+"""Wire format of step messages and activations: round trips and every way to be malformed."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from broker.messages import (
+    SCHEMA_VERSION,
+    Activation,
+    StepMessage,
+    decode_message,
+    encode_message,
+)
+from eventlog.errors import MalformedMessageError
+
+STEP = StepMessage(
+    run_id="run-1",
+    step_id="s3",
+    step_name="charge_card",
+    attempt=2,
+    args=b"\x93\x01\x02\x03",
+    queue="payments",
+)
+
+
+def _step_map(**changes: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "v": SCHEMA_VERSION,
+        "k": "step",
+        "run_id": "r",
+        "step_id": "s1",
+        "step_name": "n",
+        "attempt": 1,
+        "args": b"",
+        "queue": "default",
+    }
+    raw.update(changes)
+    return raw
+
+
+def _pack(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def test_step_round_trip() -> None:
+    assert decode_message(encode_message(STEP)) == STEP
+
+
+def test_activation_round_trip() -> None:
+    for msg in (Activation("run-1"), Activation("run-2", reason="step s1 completed")):
+        assert decode_message(encode_message(msg)) == msg
+
+
+def test_envelope_carries_version_and_kind() -> None:
+    raw = msgpack.unpackb(encode_message(STEP), raw=False)
+    assert raw["v"] == 1 and raw["k"] == "step"
+    raw = msgpack.unpackb(encode_message(Activation("r")), raw=False)
+    assert raw["v"] == 1 and raw["k"] == "activation"
+
+
+def test_args_stay_opaque_bytes() -> None:
+    blob = bytes(range(256))
+    decoded = decode_message(encode_message(StepMessage("r", "s1", "n", 1, blob, "default")))
+    assert isinstance(decoded, StepMessage) and decoded.args == blob
+
+
+def test_step_message_id_names_the_attempt() -> None:
+    assert STEP.message_id == "run-1:s3:2"
+
+
+def test_activation_reason_is_optional_on_the_wire() -> None:
+    assert decode_message(_pack({"v": 1, "k": "activation", "run_id": "r"})) == Activation("r")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "not valid msgpack"),
+        (b"\xc1", "not valid msgpack"),  # 0xc1 is never used by msgpack
+        (b"\x92\x01", "not valid msgpack"),  # truncated array
+        (_pack({"v": 1, "k": "activation", "run_id": "r"}) + b"\x00", "not valid msgpack"),
+        (_pack([1, "step"]), "must be a msgpack map, got list"),
+        (_pack("hello"), "must be a msgpack map, got str"),
+        (_pack({"k": "step"}), "unsupported message schema version None"),
+        (_pack(_step_map(v=2)), "version 2; this process supports version 1"),
+        (_pack(_step_map(v="1")), "unsupported message schema version '1'"),
+        (_pack(_step_map(k="timer")), "unknown message kind 'timer'"),
+        (_pack({"v": 1, "run_id": "r"}), "unknown message kind None"),
+        (_pack({"v": 1, "k": "activation"}), "activation message is missing field 'run_id'"),
+        (
+            _pack({"v": 1, "k": "activation", "run_id": "r", "reason": 5}),
+            "field 'reason' must be str, got int",
+        ),
+        (_pack({1: 2}), "not valid msgpack"),  # strict_map_key: non-str keys are refused
+    ],
+)
+def test_malformed_envelopes(body: bytes, fragment: str) -> None:
+    with pytest.raises(MalformedMessageError) as info:
+        decode_message(body)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["run_id", "step_id", "step_name", "attempt", "args", "queue"])
+def test_missing_step_field_is_named(field: str) -> None:
+    raw = _step_map()
+    del raw[field]
+    with pytest.raises(MalformedMessageError, match=f"step message is missing field '{field}'"):
+        decode_message(_pack(raw))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("run_id", 7, "field 'run_id' must be str, got int"),
+        ("step_id", b"s1", "field 'step_id' must be str, got bytes"),
+        ("step_name", None, "field 'step_name' must be str, got NoneType"),
+        ("attempt", "1", "field 'attempt' must be int, got str"),
+        ("attempt", 1.0, "field 'attempt' must be int, got float"),
+        ("attempt", True, "'attempt' must be a positive int, got True"),
+        ("attempt", 0, "'attempt' must be a positive int, got 0"),
+        ("args", "text", "field 'args' must be bytes, got str"),
+        ("queue", ["default"], "field 'queue' must be str, got list"),
+    ],
+)
+def test_wrongly_typed_step_field_is_named(field: str, value: object, fragment: str) -> None:
+    with pytest.raises(MalformedMessageError) as info:
+        decode_message(_pack(_step_map(**{field: value})))
+    assert fragment in str(info.value)
+
+
+def test_pickle_is_not_accepted() -> None:
+    import pickle
+
+    with pytest.raises(MalformedMessageError):
+        decode_message(pickle.dumps(Activation("r")))
