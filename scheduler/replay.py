@@ -93,7 +93,7 @@ class WorkflowInstance:
         self._uuid_seq = 0
         self._random = _random.Random(run_id)
         self._recorded: dict[str, Event] = {}
-        self._issued: set[str] = set()
+        self._issued: dict[str, str] = {}  # corr -> name of the step this instance asked for
         self._futures: dict[str, asyncio.Future[Any]] = {}
         self._early: dict[str, Event] = {}
         self._new: list[StepCommand] = []
@@ -106,9 +106,11 @@ class WorkflowInstance:
         for event in batch:
             if event.type in _CREATIONS:
                 self._recorded[event.corr] = event
+                self._check_issued(event)
         for event in batch:
             self._now_ms = event.ts
-            self._deliver(event)
+            if self.divergence is None:
+                self._deliver(event)
             self.cursor = event.id
             self.events_seen += 1
         self._check_unissued()
@@ -154,6 +156,21 @@ class WorkflowInstance:
             )
         )
 
+    def _check_issued(self, event: Event) -> None:
+        """A creation recorded after this instance asked for that position must match the ask.
+
+        Without this a cached instance would take another step's result (sticky
+        cache and full replay would disagree).
+        """
+        asked = self._issued.get(event.corr)
+        if asked is None or self.divergence is not None:
+            return
+        recorded_name = event.data.get("name") if isinstance(event.data, dict) else None
+        if event.type is not EventType.STEP_CREATED or recorded_name != asked:
+            self.divergence = ReplayDivergenceError(
+                self.run_id, event.corr, _describe(event), f"step {asked!r}"
+            )
+
     def _check_unissued(self) -> None:
         if self.divergence is not None or self._task is None:
             return
@@ -182,7 +199,7 @@ class WorkflowInstance:
         self._check_recorded(corr, f"step {step.name!r}", EventType.STEP_CREATED, step.name)
         future = self.loop.create_future()
         self._futures[corr] = future
-        self._issued.add(corr)
+        self._issued[corr] = step.name
         if corr not in self._recorded:
             self._new.append(StepCommand(corr=corr, step=step, args=blob))
         early = self._early.pop(corr, None)
@@ -220,7 +237,12 @@ class WorkflowInstance:
 
     def decide(self) -> Decision:
         commands, self._new = self._new, []
-        return Decision(commands=commands, outcome=self._outcome())
+        outcome = self._outcome()
+        if outcome is not None:
+            # Steps the workflow started but never awaited would only run after the
+            # run ended (and be refused): a finished run schedules nothing more.
+            commands = []
+        return Decision(commands=commands, outcome=outcome)
 
     def _outcome(self) -> Outcome | None:
         if self.divergence is not None:
