@@ -26,7 +26,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -137,6 +137,24 @@ class RabbitConsumer(Consumer):
         self._broker._forget(self)
 
 
+DEFAULT_HEARTBEAT = 15
+
+
+def with_default_heartbeat(url: str, seconds: int) -> str:
+    """Add an AMQP heartbeat to a URL that names none.
+
+    A frozen or partitioned worker keeps its TCP connection, and with it every
+    message in its prefetch window, until heartbeats go missing; the usual 60 s
+    default holds such messages for two minutes. ``?heartbeat=N`` in the URL wins.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if "heartbeat" in query:
+        return url
+    query["heartbeat"] = str(seconds)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 class RabbitBroker(Broker):
     """RabbitMQ with quorum queues, publisher confirms, mandatory routing and manual acks."""
 
@@ -152,7 +170,7 @@ class RabbitBroker(Broker):
         work_queue_arguments(names, delivery_limit)  # reject a bad limit before connecting
         self.names = names
         self.delivery_limit = delivery_limit
-        self._url = url
+        self._url = with_default_heartbeat(url, DEFAULT_HEARTBEAT)
         self._reconnect_interval = reconnect_interval
         self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None

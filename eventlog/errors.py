@@ -176,3 +176,15 @@ class BrokerError(LedgerflowError):
 
 class PublishError(BrokerError):
     """A message was not confirmed: unroutable, nacked, or the channel went away first."""
+
+
+class StepTimeoutError(LedgerflowError):
+    """A step ran past its ``timeout`` (start to close); recorded as a retryable failure."""
+
+
+class HeartbeatTimeoutError(StepTimeoutError):
+    """A step with ``heartbeat_timeout`` stopped calling ``lf.heartbeat()``."""
+
+
+class WorkerLostError(LedgerflowError):
+    """The worker running a step vanished (killed, partitioned) before recording an outcome."""

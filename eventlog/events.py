@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
+from .timers import Timer
 
 SCHEMA_VERSION = 1
 
@@ -77,6 +78,19 @@ class NewEvent:
     payload: bytes
     attempt: int | None = None
     workflow: str = ""
+    # A timer-index entry added in the same atomic append, due `delay_ms` after
+    # the append (by the Redis clock) or at `due_ms`.
+    timer: Timer | None = None
+    delay_ms: int | None = None
+    due_ms: int | None = None
+
+    @property
+    def timer_due(self) -> str:
+        if self.timer is None:
+            return ""
+        if self.due_ms is not None:
+            return str(int(self.due_ms))
+        return f"+{int(self.delay_ms or 0)}"
 
     @classmethod
     def of(
@@ -87,6 +101,9 @@ class NewEvent:
         *,
         attempt: int | None = None,
         workflow: str = "",
+        timer: Timer | None = None,
+        delay_ms: int | None = None,
+        due_ms: int | None = None,
         what: str | None = None,
         max_size: int | None = codec.DEFAULT_MAX_PAYLOAD,
     ) -> NewEvent:
@@ -95,7 +112,16 @@ class NewEvent:
         if attempt is not None and isinstance(data, dict) and "attempt" not in data:
             data = {**data, "attempt": attempt}
         payload = codec.encode(data, what=what or f"data of {type.value}", max_size=max_size)
-        return cls(type=type, corr=corr, payload=payload, attempt=attempt, workflow=workflow)
+        return cls(
+            type=type,
+            corr=corr,
+            payload=payload,
+            attempt=attempt,
+            workflow=workflow,
+            timer=timer,
+            delay_ms=delay_ms,
+            due_ms=due_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,7 +144,10 @@ def apply(state: RunState, event: Event) -> RunState:
         elif t is EventType.STEP_RETRYING:
             step.status = "retrying"
             step.error = ErrorInfo.from_data(data.get("error"))
-            step.retry_due = int(data.get("due", 0))
+            due = data.get("due")
+            step.retry_due = (
+                int(due) if due is not None else event.ts + int(data.get("delay_ms", 0))
+            )
     elif t is EventType.WAIT_CREATED:
         state.waits[event.corr] = WaitState(
             id=event.corr, due=int(data.get("due", 0)), created_ts=event.ts

@@ -4,8 +4,12 @@ Rendered from ``transitions.RULES`` so the rules are written once. Redis runs a
 script as one atomic step, which is what makes concurrent appenders (two
 schedulers, a redelivered worker) unable to record anything twice.
 
-KEYS: stream, status hash, active-index shard.
-ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, workflow.
+KEYS: stream, status hash, active-index shard, timer-index shard.
+ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, workflow,
+timer member ("" for none), timer due ("+ms" after now, or absolute ms).
+Besides the stream entry, a written step_created records its entry id (x:<corr>,
+so a retry can re-dispatch the step's arguments) and a written step_started
+stamps the step's heartbeat (h:<corr>).
 Reply: {"ok", id-or-"", ...} or {"error", code, entity, current, event_type, detail}.
 """
 
@@ -18,10 +22,11 @@ _KINDS = ",".join(f'["{t.value}"]="{t.kind}"' for t in EventType)
 _TERMINAL = ",".join(f'["{s}"]=true' for s in sorted(RUN_TERMINAL_STATES))
 
 APPEND_SCRIPT = f"""
+local W = 7
 local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
-local stream, status, active = KEYS[1], KEYS[2], KEYS[3]
+local stream, status, active, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 local run_state = redis.call('HGET', status, 'run') or ''
 local stored_wf = redis.call('HGET', status, 'wf') or ''
@@ -44,7 +49,7 @@ local function load(corr)
 end
 
 for i = 1, n do
-  local b = 2 + (i - 1) * 5
+  local b = 2 + (i - 1) * W
   local etype, corr, attempt_s = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local wf = ARGV[b + 5]
   local kind = KIND[etype]
@@ -101,7 +106,7 @@ local written = 0
 for i = 1, n do
   local p = plan[i]
   if p[1] then
-    local b = 2 + (i - 1) * 5
+    local b = 2 + (i - 1) * W
     local id = redis.call('XADD', stream, '*', 'type', ARGV[b + 1], 'corr', ARGV[b + 2],
       'data', ARGV[b + 4], 'ts', now, 'v', '{SCHEMA_VERSION}')
     reply[#reply + 1] = id
@@ -114,6 +119,18 @@ for i = 1, n do
     else
       redis.call('HSET', status, 'c:' .. p[5], p[2] .. '.' .. p[3], 'last', id)
       if p[6] then redis.call('HSET', status, 'a:' .. p[5], p[4]) end
+      if ARGV[b + 1] == 'step_created' then redis.call('HSET', status, 'x:' .. p[5], id) end
+      if ARGV[b + 1] == 'step_started' then redis.call('HSET', status, 'h:' .. p[5], now) end
+    end
+    local member, due = ARGV[b + 6], ARGV[b + 7]
+    if member ~= '' then
+      local at
+      if string.sub(due, 1, 1) == '+' then
+        at = tonumber(now) + tonumber(string.sub(due, 2))
+      else
+        at = tonumber(due)
+      end
+      redis.call('ZADD', timers, at, member)
     end
   else
     reply[#reply + 1] = ''
@@ -128,4 +145,63 @@ if written > 0 then
   end
 end
 return reply
+"""
+
+# Claim due timer entries of one shard under a lease: re-scored to now + lease so
+# no other claimer sees them, and due again by themselves if the claimer dies.
+# KEYS: timer shard. ARGV: limit, lease ms. Reply: {now, member, due, member, due, ...}
+CLAIM_TIMERS_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[1]))
+local reply = {tostring(now)}
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), due[i])
+  reply[#reply + 1] = due[i]
+  reply[#reply + 1] = due[i + 1]
+end
+return reply
+"""
+
+# Remove a claimed timer only if it still carries our lease (not re-armed meanwhile).
+# KEYS: timer shard. ARGV: member, lease score.
+RELEASE_TIMER_SCRIPT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# Add a timer due `+ms` from now (Redis clock) or at absolute ms. KEYS: shard. ARGV: member, due.
+ADD_TIMER_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at
+if string.sub(ARGV[2], 1, 1) == '+' then at = now + tonumber(string.sub(ARGV[2], 2))
+else at = tonumber(ARGV[2]) end
+redis.call('ZADD', KEYS[1], at, ARGV[1])
+return tostring(at)
+"""
+
+# Stamp a step's heartbeat with the Redis clock, only while that attempt is running.
+# KEYS: status hash. ARGV: corr, attempt. Reply: 1 if stamped.
+HEARTBEAT_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'c:' .. ARGV[1])
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'a:' .. ARGV[1]) or '0')
+if state ~= 'step.started' or attempt ~= tonumber(ARGV[2]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'h:' .. ARGV[1], now)
+return 1
+"""
+
+# An entity's status plus the Redis clock. KEYS: status hash. ARGV: corr.
+ENTITY_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HMGET', KEYS[1], 'run', 'c:' .. ARGV[1], 'a:' .. ARGV[1],
+  'x:' .. ARGV[1], 'h:' .. ARGV[1])
+return {v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now)}
 """

@@ -12,10 +12,15 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .events import SCHEMA_VERSION, AppendResult, Event, NewEvent, decode_entry
+from .events import SCHEMA_VERSION, AppendResult, Event, EventType, NewEvent, decode_entry
 from .names import Names, shard_of
 from .store import START, EventStore
+from .timers import DueTimer, EntityStatus, Timer
 from .transitions import ABSENT, RUN_TERMINAL_STATES, plan_batch
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _id_key(event_id: str) -> tuple[int, int]:
@@ -29,6 +34,7 @@ class MemoryEventStore(EventStore):
         self._streams: dict[str, list[Event]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
         self._active: dict[int, dict[str, int]] = defaultdict(dict)
+        self._timers: dict[int, dict[str, int]] = defaultdict(dict)
         self._changed: dict[str, asyncio.Condition] = {}
         self._last_id = (0, 0)
 
@@ -58,7 +64,7 @@ class MemoryEventStore(EventStore):
         plan = plan_batch(
             run_id, events, status.get("run", ABSENT), entity_state, status.get("wf", "")
         )
-        now = int(time.time() * 1000)
+        now = _now_ms()
         results: list[AppendResult] = []
         written = 0
         for event, verdict in zip(events, plan, strict=True):
@@ -88,6 +94,13 @@ class MemoryEventStore(EventStore):
                 status[f"c:{event.corr}"] = f"{verdict.kind}.{verdict.to}"
                 if event.attempt is not None:
                     status[f"a:{event.corr}"] = str(verdict.attempt)
+                if event.type is EventType.STEP_CREATED:
+                    status[f"x:{event.corr}"] = event_id
+                if event.type is EventType.STEP_STARTED:
+                    status[f"h:{event.corr}"] = str(now)
+            if event.timer is not None:
+                due = event.due_ms if event.due_ms is not None else now + (event.delay_ms or 0)
+                self._timer_shard(run_id)[event.timer.member] = int(due)
             status["last"] = event_id
             results.append(AppendResult(event_id=event_id, duplicate=False))
         if written:
@@ -128,6 +141,75 @@ class MemoryEventStore(EventStore):
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
         return entries[:limit]
+
+    def _timer_shard(self, run_id: str) -> dict[str, int]:
+        return self._timers[shard_of(run_id, self.names.shards)]
+
+    async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
+        now = _now_ms()
+        due = sorted(
+            (
+                (score, member, shard)
+                for shard in self._timers.values()
+                for member, score in shard.items()
+                if score <= now
+            ),
+            key=lambda item: item[0],
+        )[:limit]
+        claimed = []
+        for score, member, shard in due:
+            shard[member] = now + lease_ms
+            claimed.append(DueTimer(timer=Timer.parse(member), due=score, lease=now + lease_ms))
+        return claimed
+
+    async def release_timer(self, due: DueTimer) -> None:
+        shard = self._timer_shard(due.timer.run_id)
+        if shard.get(due.timer.member) == due.lease:
+            del shard[due.timer.member]
+
+    async def add_timer(
+        self, timer: Timer, *, delay_ms: int | None = None, due_ms: int | None = None
+    ) -> int:
+        at = int(due_ms) if due_ms is not None else _now_ms() + int(delay_ms or 0)
+        self._timer_shard(timer.run_id)[timer.member] = at
+        return at
+
+    async def pending_timers(self, run_id: str) -> list[tuple[Timer, int]]:
+        return [
+            (timer, score)
+            for member, score in self._timer_shard(run_id).items()
+            if (timer := Timer.parse(member)).run_id == run_id
+        ]
+
+    async def entity(self, run_id: str, corr: str) -> EntityStatus:
+        status = self._status.get(run_id, {})
+        kind, _, state = status.get(f"c:{corr}", "").partition(".")
+        beat = status.get(f"h:{corr}")
+        return EntityStatus(
+            run_state=status.get("run", ""),
+            kind=kind,
+            state=state,
+            attempt=int(status.get(f"a:{corr}", "0")),
+            created_id=status.get(f"x:{corr}"),
+            heartbeat=int(beat) if beat else None,
+            now=_now_ms(),
+        )
+
+    async def read_event(self, run_id: str, event_id: str) -> Event | None:
+        for event in self._streams.get(run_id, []):
+            if event.id == event_id:
+                return event
+        return None
+
+    async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
+        status = self._status.get(run_id, {})
+        if (
+            status.get(f"c:{corr}") != "step.started"
+            or int(status.get(f"a:{corr}", "0")) != attempt
+        ):
+            return False
+        status[f"h:{corr}"] = str(_now_ms())
+        return True
 
     async def close(self) -> None:
         return None

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from .errors import (
     IllegalTransitionError,
@@ -16,9 +19,17 @@ from .errors import (
     WorkflowMismatchError,
 )
 from .events import AppendResult, Event, NewEvent, decode_entry
-from .lua import APPEND_SCRIPT
+from .lua import (
+    ADD_TIMER_SCRIPT,
+    APPEND_SCRIPT,
+    CLAIM_TIMERS_SCRIPT,
+    ENTITY_SCRIPT,
+    HEARTBEAT_SCRIPT,
+    RELEASE_TIMER_SCRIPT,
+)
 from .names import Names
 from .store import START, EventStore
+from .timers import DueTimer, EntityStatus, Timer
 from .watch import StreamWatcher
 
 MAX_CONNECTIONS = 64
@@ -37,13 +48,26 @@ class RedisEventStore(EventStore):
         self.names = names
         self._owns_client = owns_client
         self._append = client.register_script(APPEND_SCRIPT)
+        self._claim = client.register_script(CLAIM_TIMERS_SCRIPT)
+        self._release = client.register_script(RELEASE_TIMER_SCRIPT)
+        self._add_timer = client.register_script(ADD_TIMER_SCRIPT)
+        self._heartbeat = client.register_script(HEARTBEAT_SCRIPT)
+        self._entity = client.register_script(ENTITY_SCRIPT)
         self._watcher: StreamWatcher | None = None
 
     @classmethod
     def from_url(cls, url: str, names: Names) -> RedisEventStore:
         # A blocking pool: a burst of callers waits for a connection instead of failing.
+        # Killed or dropped connections are retried by redis-py itself (the append
+        # is safe to repeat: a repeat is a duplicate); longer outages are ridden out
+        # by the callers' backoff (eventlog.retrying).
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, health_check_interval=30
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_TIMEOUT,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionResetError],
         )
         return cls(aioredis.Redis(connection_pool=pool), names, owns_client=True)
 
@@ -64,11 +88,14 @@ class RedisEventStore(EventStore):
                 "" if event.attempt is None else str(event.attempt),
                 event.payload,
                 event.workflow,
+                event.timer.member if event.timer is not None else "",
+                event.timer_due,
             ]
         keys = [
             self.names.stream(run_id),
             self.names.status(run_id),
             self.names.active_for(run_id),
+            self.names.timer_for(run_id),
         ]
         reply = await self._append(keys=keys, args=argv)
         status = _text(reply[0])
@@ -108,6 +135,73 @@ class RedisEventStore(EventStore):
             self.names.active_shard(shard), 0, limit - 1, withscores=True
         )
         return [(_text(member), int(score)) for member, score in raw]
+
+    async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in self.names.timer_shards():
+                await self._claim(keys=[shard], args=[limit, lease_ms], client=pipe)
+            replies: list[Any] = await pipe.execute()
+        claimed: list[DueTimer] = []
+        for reply in replies:
+            now = int(_text(reply[0]))
+            for i in range(1, len(reply), 2):
+                timer = Timer.parse(_text(reply[i]))
+                claimed.append(
+                    DueTimer(timer=timer, due=int(float(reply[i + 1])), lease=now + lease_ms)
+                )
+        claimed.sort(key=lambda d: d.due)
+        return claimed[:limit]
+
+    async def release_timer(self, due: DueTimer) -> None:
+        await self._release(
+            keys=[self.names.timer_for(due.timer.run_id)], args=[due.timer.member, due.lease]
+        )
+
+    async def add_timer(
+        self, timer: Timer, *, delay_ms: int | None = None, due_ms: int | None = None
+    ) -> int:
+        spec = str(int(due_ms)) if due_ms is not None else f"+{int(delay_ms or 0)}"
+        at = await self._add_timer(
+            keys=[self.names.timer_for(timer.run_id)], args=[timer.member, spec]
+        )
+        return int(_text(at))
+
+    async def pending_timers(self, run_id: str) -> list[tuple[Timer, int]]:
+        found: list[tuple[Timer, int]] = []
+        async for member, score in self.client.zscan_iter(
+            self.names.timer_for(run_id), match=f"*|{run_id}|*", count=1000
+        ):
+            timer = Timer.parse(_text(member))
+            if timer.run_id == run_id:
+                found.append((timer, int(score)))
+        return found
+
+    async def entity(self, run_id: str, corr: str) -> EntityStatus:
+        raw: Any = await self._entity(keys=[self.names.status(run_id)], args=[corr])
+        run_state, entity, attempt, created, beat, now = (_text(v) for v in raw)
+        kind, _, state = entity.partition(".")
+        return EntityStatus(
+            run_state=run_state,
+            kind=kind,
+            state=state,
+            attempt=int(attempt or 0),
+            created_id=created or None,
+            heartbeat=int(beat) if beat else None,
+            now=int(now),
+        )
+
+    async def read_event(self, run_id: str, event_id: str) -> Event | None:
+        entries: Any = await self.client.xrange(
+            self.names.stream(run_id), min=event_id, max=event_id, count=1
+        )
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return decode_entry(_text(entry_id), fields)
+
+    async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
+        stamped = await self._heartbeat(keys=[self.names.status(run_id)], args=[corr, attempt])
+        return bool(stamped)
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from .events import AppendResult, Event, NewEvent
 from .names import Names
+from .timers import DueTimer, EntityStatus, Timer
 
 START = "0-0"
 
@@ -39,6 +40,37 @@ class EventStore(ABC):
     @abstractmethod
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         """(run_id, last progress ms) of unfinished runs in one index shard, oldest first."""
+
+    # --- the timer index and heartbeats (derived state, rebuilt from the log) ----------
+
+    @abstractmethod
+    async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
+        """Due timers of every shard, leased to the caller for ``lease_ms``."""
+
+    @abstractmethod
+    async def release_timer(self, due: DueTimer) -> None:
+        """Drop a claimed timer once acted on (unless it was re-armed meanwhile)."""
+
+    @abstractmethod
+    async def add_timer(
+        self, timer: Timer, *, delay_ms: int | None = None, due_ms: int | None = None
+    ) -> int:
+        """Arm (or re-arm) a timer; returns its due time in ms."""
+
+    @abstractmethod
+    async def pending_timers(self, run_id: str) -> list[tuple[Timer, int]]:
+        """A run's armed timers (for checks and repairs); scans its shard."""
+
+    @abstractmethod
+    async def entity(self, run_id: str, corr: str) -> EntityStatus:
+        """One step/wait/hook's state as the status hash has it, with the store's clock."""
+
+    @abstractmethod
+    async def read_event(self, run_id: str, event_id: str) -> Event | None: ...
+
+    @abstractmethod
+    async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
+        """Record that attempt ``attempt`` of step ``corr`` is alive; False if it is not running."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -48,9 +48,11 @@ class StreamWatcher:
     def __init__(self, client: aioredis.Redis) -> None:
         pool = client.connection_pool
         self._client = client
+        # Its reads block for BLOCK_MS by design: the socket timeout must outlast them.
+        kwargs = {**pool.connection_kwargs, "socket_timeout": BLOCK_MS / 1000 + 10}
         self._conn = aioredis.Redis(
             connection_pool=aioredis.ConnectionPool(
-                connection_class=pool.connection_class, **pool.connection_kwargs
+                connection_class=pool.connection_class, **kwargs
             ),
             single_connection_client=True,
         )

@@ -8,6 +8,7 @@ from eventlog.codec import serializable
 from eventlog.errors import (
     ConfigurationError,
     FatalError,
+    HeartbeatTimeoutError,
     IllegalTransitionError,
     LedgerflowError,
     NonDeterminismError,
@@ -21,14 +22,18 @@ from eventlog.errors import (
     SerializationError,
     ServiceUnavailableError,
     StepFailedError,
+    StepTimeoutError,
     UnknownStepError,
     UnknownWorkflowError,
+    WorkerLostError,
     WorkflowFailedError,
 )
 from eventlog.events import Event, EventType
 from eventlog.fold import RunState, StepState
 from scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
-from worker import StepContext, step, step_context
+from worker import StepContext, heartbeat, step, step_context
+from worker.registry import set_default_retry
+from worker.retry import RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -38,12 +43,14 @@ __all__ = [
     "Event",
     "EventType",
     "FatalError",
+    "HeartbeatTimeoutError",
     "IllegalTransitionError",
     "LedgerflowError",
     "NonDeterminismError",
     "PayloadTooLargeError",
     "ReplayDivergenceError",
     "ResultTimeoutError",
+    "RetryPolicy",
     "RetryableError",
     "RunCancelled",
     "RunClosedError",
@@ -55,13 +62,17 @@ __all__ = [
     "StepContext",
     "StepFailedError",
     "StepState",
+    "StepTimeoutError",
     "UnknownStepError",
     "UnknownWorkflowError",
+    "WorkerLostError",
     "WorkflowFailedError",
     "embedded",
+    "heartbeat",
     "now",
     "random",
     "serializable",
+    "set_default_retry",
     "step",
     "step_context",
     "uuid4",

@@ -34,7 +34,7 @@ from scheduler.registry import WorkflowFunction, workflows
 from scheduler.service import Scheduler
 from worker.backend import connect
 from worker.process import run_until_signalled
-from worker.service import DEFAULT_CONCURRENCY, Worker
+from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -77,7 +77,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends:
         queues = args.queues.split(",") if args.queues else None
         worker = Worker(
-            backends.store, backends.broker, queues=queues, concurrency=args.concurrency
+            backends.store,
+            backends.broker,
+            queues=queues,
+            concurrency=args.concurrency,
+            grace=args.grace,
         )
         await run_until_signalled(worker.start, worker.stop, what="worker")
     return EXIT_OK
@@ -193,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", help="module defining the workflows and steps")
     worker.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
+    worker.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        help="seconds running steps get to finish on SIGTERM before they go back to the queue",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     scheduler = sub.add_parser("scheduler", help="replay runs and schedule their steps")

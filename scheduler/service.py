@@ -24,12 +24,15 @@ from eventlog.errors import (
     UnknownWorkflowError,
 )
 from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
+from eventlog.retrying import retrying
 from eventlog.store import EventStore
 from worker.outcome import error_info
+from worker.registry import StepRegistry, steps
 
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
 from .registry import WorkflowRegistry, workflows
 from .replay import Completed, Decision, Failed, StepCommand, WorkflowInstance
+from .timers import TimerLoop
 
 log = structlog.get_logger("ledgerflow.scheduler")
 
@@ -48,6 +51,7 @@ class Scheduler:
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,
+        step_registry: StepRegistry = steps,
         cache_size: int = DEFAULT_CACHE_SIZE,
         prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
@@ -58,14 +62,17 @@ class Scheduler:
         self.prefetch = prefetch
         self._busy: dict[str, _Busy] = {}
         self._consumer: Consumer | None = None
+        self.timers = TimerLoop(store, broker, registry=step_registry)
 
     async def start(self) -> None:
         self._consumer = await self.broker.consume(
             self.broker.names.runs_queue, self.handle, prefetch=self.prefetch
         )
+        self.timers.start()
         log.info("scheduler started", workflows=self.registry.names())
 
     async def stop(self) -> None:
+        await self.timers.stop()
         if self._consumer is not None:
             await self._consumer.cancel()
             self._consumer = None
@@ -155,7 +162,8 @@ class Scheduler:
             return True
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         if fresh:
-            await self.broker.publish_steps([self._message(run_id, c) for c in fresh])
+            messages = [self._message(run_id, c) for c in fresh]
+            await retrying("publish steps", lambda: self.broker.publish_steps(messages))
         if decision.outcome is not None:
             log.info(
                 "run finished",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from tests.servers import HOW_TO_START, Servers, configured, docker_running, rea
 def servers() -> Iterator[Servers]:
     wanted = configured()
     if reachable(wanted.amqp_url, 5672) and reachable(wanted.redis_url, 6379):
+        _export(wanted)
         yield wanted
         return
     if docker_running():
@@ -33,13 +35,21 @@ def servers() -> Iterator[Servers]:
                 f"{rabbit.get_exposed_port(5672)}/"
             )
             rurl = f"redis://{red.get_container_host_ip()}:{red.get_exposed_port(6379)}/0"
-            yield Servers(amqp_url=amqp, redis_url=rurl)
+            found = Servers(amqp_url=amqp, redis_url=rurl)
+            _export(found)
+            yield found
         return
     pytest.fail(
         f"RabbitMQ at {wanted.amqp_url} or Redis at {wanted.redis_url} is not reachable "
         f"and no Docker engine runs for testcontainers.\n{HOW_TO_START}",
         pytrace=False,
     )
+
+
+def _export(found: Servers) -> None:
+    """Steps and subprocesses started by tests find the same servers."""
+    os.environ["LEDGERFLOW_AMQP_URL"] = found.amqp_url
+    os.environ["LEDGERFLOW_REDIS_URL"] = found.redis_url
 
 
 @pytest.fixture
@@ -130,3 +140,17 @@ async def running(backends: Any) -> AsyncIterator[Any]:
     finally:
         await scheduler.stop()
         await worker.stop()
+
+
+@pytest.fixture
+async def scheduling(backends: Any) -> AsyncIterator[Any]:
+    """A scheduler (with its timer loop) and a client in this process; tests bring workers."""
+    from scheduler.client import Client
+    from scheduler.service import Scheduler
+
+    scheduler = Scheduler(backends.store, backends.broker)
+    await scheduler.start()
+    try:
+        yield Client(backends.store, backends.broker)
+    finally:
+        await scheduler.stop()

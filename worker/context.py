@@ -7,7 +7,8 @@ it to payment APIs and the like and a retried step cannot charge twice.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from eventlog.errors import LedgerflowError
 
@@ -18,6 +19,13 @@ class StepContext:
     step_id: str
     step_name: str
     attempt: int
+    on_heartbeat: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    cancel_requested: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled: finish or stop early, the outcome is not needed."""
+        return bool(self.cancel_requested and self.cancel_requested())
 
     @property
     def idempotency_key(self) -> str:
@@ -43,3 +51,13 @@ def bind_step_context(ctx: StepContext) -> contextvars.Token[StepContext | None]
 
 def reset_step_context(token: contextvars.Token[StepContext | None]) -> None:
     _current.reset(token)
+
+
+def heartbeat() -> None:
+    """Tell the worker (and, throttled, the log's watchers) that this step is alive.
+
+    Cheap enough to call in a tight loop: the Redis write is rate-limited.
+    """
+    ctx = step_context()
+    if ctx.on_heartbeat is not None:
+        ctx.on_heartbeat()

@@ -7,6 +7,9 @@ from typing import Any
 
 from eventlog.errors import SerializationError
 from eventlog.events import EventType, NewEvent
+from eventlog.timers import Timer, TimerKind
+
+from .retry import RetryPolicy
 
 MAX_TRACEBACK = 8000
 
@@ -49,4 +52,26 @@ def completed(
 def failed(step_id: str, attempt: int, exc: BaseException) -> NewEvent:
     return NewEvent.of(
         EventType.STEP_FAILED, step_id, {"error": error_info(exc)}, attempt=attempt, max_size=None
+    )
+
+
+def failure_event(
+    run_id: str, step_id: str, attempt: int, exc: BaseException, policy: RetryPolicy
+) -> NewEvent:
+    """step_retrying with a timer for the next attempt, or step_failed when the policy gives up.
+
+    The delay goes into the timer index in the same atomic append, never into
+    RabbitMQ, so the wake-up survives any process dying.
+    """
+    if not policy.should_retry(exc, attempt):
+        return failed(step_id, attempt, exc)
+    delay_ms = int(policy.delay(exc, attempt) * 1000)
+    return NewEvent.of(
+        EventType.STEP_RETRYING,
+        step_id,
+        {"error": error_info(exc), "delay_ms": delay_ms},
+        attempt=attempt,
+        timer=Timer(TimerKind.STEP_RETRY, run_id, step_id, attempt + 1),
+        delay_ms=delay_ms,
+        max_size=None,
     )

@@ -14,6 +14,7 @@ from eventlog.errors import ConfigurationError, SerializationError, UnknownStepE
 from eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 
 from .dispatch import current_dispatcher
+from .retry import DEFAULT_RETRY, RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,6 +29,8 @@ class StepDef:
     queue: str = DEFAULT_STEP_QUEUE
     timeout: float | None = None
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD
+    retry: RetryPolicy | None = None
+    heartbeat_timeout: float | None = None
     signature: inspect.Signature | None = field(default=None, compare=False)
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -90,6 +93,14 @@ class StepFunction(Generic[P, R]):
 class StepRegistry:
     def __init__(self) -> None:
         self._steps: dict[str, StepDef] = {}
+        self.default_retry: RetryPolicy = DEFAULT_RETRY
+
+    def retry_policy_for(self, name: str, fallback: RetryPolicy | None = None) -> RetryPolicy:
+        """The step's own policy, else the worker's, else the app default."""
+        definition = self._steps.get(name)
+        if definition is not None and definition.retry is not None:
+            return definition.retry
+        return fallback or self.default_retry
 
     def add(self, definition: StepDef) -> None:
         existing = self._steps.get(definition.name)
@@ -133,6 +144,8 @@ def step(
     name: str | None = None,
     queue: str = DEFAULT_STEP_QUEUE,
     timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
+    retry: RetryPolicy | None = None,
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
 ) -> Callable[[Callable[P, Any]], StepFunction[P, Any]]: ...
 
@@ -144,18 +157,23 @@ def step(
     name: str | None = None,
     queue: str = DEFAULT_STEP_QUEUE,
     timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
+    retry: RetryPolicy | None = None,
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
 ) -> Any:
     """Mark a function as a step: run at least once by a worker, its result recorded once."""
 
     def register(func: Callable[..., Any]) -> StepFunction[Any, Any]:
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError(f"step {func.__qualname__}: timeout must be positive")
+        for label, limit in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
+            if limit is not None and limit <= 0:
+                raise ConfigurationError(f"step {func.__qualname__}: {label} must be positive")
         definition = StepDef(
             name=name or func.__qualname__,
             fn=func,
             queue=check_queue_name(queue),
             timeout=timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            retry=retry,
             max_payload=max_payload,
             signature=inspect.signature(func),
         )
@@ -165,3 +183,8 @@ def step(
     if fn is not None:
         return register(fn)
     return register
+
+
+def set_default_retry(policy: RetryPolicy) -> None:
+    """The app-wide retry policy for steps that do not name their own."""
+    steps.default_retry = policy

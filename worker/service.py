@@ -1,10 +1,16 @@
 """The worker: consume step messages, record started, run, record the outcome, ack.
 
 The order is the delivery guarantee: the message is acked only after the
-outcome is appended and the run's activation is confirmed by the broker, so a
-crash at any point leaves either an unacked message (redelivered) or a log that
-says what is missing (found by the reconciler). A bad message never stops the
-worker: it goes to the dead-letter queue with its reason.
+outcome is appended (and, for a final outcome, the run's activation confirmed
+by the broker), so a crash at any point leaves either an unacked message
+(redelivered) or a log that says what is missing (found by the reconciler).
+A bad message never stops the worker: it goes to the dead-letter queue with
+its reason.
+
+Every delivery of a step message is an attempt: a redelivery (the previous
+holder died or was stopped mid-step) runs as the next attempt number, so a
+step that kills its worker cannot loop forever; past the policy's attempts it
+is recorded as failed with ``WorkerLostError``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -23,17 +30,23 @@ from eventlog.errors import (
     RunClosedError,
     SerializationError,
     UnknownStepError,
+    WorkerLostError,
 )
 from eventlog.events import EventType, NewEvent
+from eventlog.retrying import retrying
 from eventlog.store import EventStore
+from eventlog.timers import Timer, TimerKind
 
 from . import outcome
 from .context import StepContext, bind_step_context, reset_step_context
+from .limits import Beats, run_limited
 from .registry import StepDef, StepRegistry, steps
+from .retry import RetryPolicy
 
 log = structlog.get_logger("ledgerflow.worker")
 
 DEFAULT_CONCURRENCY = 16
+DEFAULT_GRACE = 30.0
 
 
 def worker_identity() -> str:
@@ -51,27 +64,33 @@ class Worker:
         queues: Sequence[str] | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         registry: StepRegistry = steps,
+        retry: RetryPolicy | None = None,
+        grace: float = DEFAULT_GRACE,
     ) -> None:
         self.store = store
         self.broker = broker
         self.registry = registry
         self.queues = list(queues) if queues else (registry.queues() or ["default"])
         self.concurrency = concurrency
+        self.retry = retry
+        self.grace = grace
         self.identity = worker_identity()
         self._consumers: list[Consumer] = []
-        self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         for queue in self.queues:
             full = await self.broker.declare_step_queue(queue)
+            # prefetch == concurrency: every delivered message starts at once, so a
+            # shutdown never hands back a message that was only waiting in memory.
             consumer = await self.broker.consume(full, self.handle, prefetch=self.concurrency)
             self._consumers.append(consumer)
         log.info("worker started", queues=self.queues, concurrency=self.concurrency)
 
-    async def stop(self) -> None:
-        for consumer in self._consumers:
-            await consumer.cancel()
-        self._consumers.clear()
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop consuming; let running steps finish within the grace period; hand back the rest."""
+        consumers, self._consumers = self._consumers, []
+        timeout = self.grace if grace is None else grace
+        await asyncio.gather(*(c.cancel(timeout=timeout) for c in consumers))
 
     async def handle(self, delivery: Delivery) -> None:
         try:
@@ -90,25 +109,31 @@ class Worker:
         await self._run(delivery, message, definition)
 
     async def _run(self, delivery: Delivery, message: StepMessage, definition: StepDef) -> None:
+        attempt = message.attempt + max(0, delivery.delivery_count - 1)
         bound = log.bind(
-            run_id=message.run_id,
-            step=message.step_name,
-            corr=message.step_id,
-            attempt=message.attempt,
+            run_id=message.run_id, step=message.step_name, corr=message.step_id, attempt=attempt
         )
         try:
             args, kwargs = StepDef.decode_args(message.args)
         except SerializationError as exc:
             await self._dead_letter(delivery, f"undecodable step arguments: {exc}")
             return
-        started = NewEvent.of(
-            EventType.STEP_STARTED,
-            message.step_id,
-            {"worker": self.identity},
-            attempt=message.attempt,
-        )
+        policy = self.registry.retry_policy_for(definition.name, self.retry)
+        started = self._started(message, definition, attempt)
+        if attempt > policy.max_attempts:
+            lost = WorkerLostError(
+                f"step {definition.name!r} was delivered {delivery.delivery_count} times without "
+                f"an outcome (its workers died or were stopped); {policy.max_attempts} attempts "
+                "allowed"
+            )
+            await self._record(
+                delivery, message, [started, outcome.failed(message.step_id, attempt, lost)], bound
+            )
+            return
         try:
-            (result,) = await self.store.append(message.run_id, [started])
+            (result,) = await retrying(
+                "append step_started", lambda: self.store.append(message.run_id, [started])
+            )
         except RunClosedError:
             bound.info("run already ended; step skipped")
             await delivery.ack()
@@ -122,16 +147,42 @@ class Worker:
             await self._activate(message.run_id)
             await delivery.ack()
             return
-        event = await self._execute(message, definition, args, kwargs)
+        event = await self._execute(message, definition, args, kwargs, attempt, policy)
+        await self._record(delivery, message, [event], bound)
+
+    def _started(self, message: StepMessage, definition: StepDef, attempt: int) -> NewEvent:
+        timer = None
+        timeout_ms = 0
+        if definition.heartbeat_timeout is not None:
+            timeout_ms = int(definition.heartbeat_timeout * 1000)
+            timer = Timer(TimerKind.HEARTBEAT, message.run_id, message.step_id, attempt, timeout_ms)
+        return NewEvent.of(
+            EventType.STEP_STARTED,
+            message.step_id,
+            {"worker": self.identity},
+            attempt=attempt,
+            timer=timer,
+            delay_ms=timeout_ms,
+        )
+
+    async def _record(
+        self,
+        delivery: Delivery,
+        message: StepMessage,
+        events: list[NewEvent],
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         try:
-            await self.store.append(message.run_id, [event])
+            await retrying("append step outcome", lambda: self.store.append(message.run_id, events))
         except RunClosedError:
             bound.info("run ended while the step ran; outcome dropped")
             await delivery.ack()
             return
-        await self._activate(message.run_id)
+        final = events[-1].type
+        if final is not EventType.STEP_RETRYING:
+            await self._activate(message.run_id)
         await delivery.ack()
-        bound.debug("step recorded", outcome=event.type.value)
+        bound.debug("step recorded", outcome=final.value)
 
     async def _execute(
         self,
@@ -139,34 +190,79 @@ class Worker:
         definition: StepDef,
         args: list[object],
         kwargs: dict[str, object],
+        attempt: int,
+        policy: RetryPolicy,
     ) -> NewEvent:
+        beats = Beats()
+        recorder = _HeartbeatRecorder(self.store, message, attempt, definition.heartbeat_timeout)
+
+        def on_heartbeat() -> None:
+            beats.beat()
+            recorder.maybe_record()
+
         ctx = StepContext(
             run_id=message.run_id,
             step_id=message.step_id,
             step_name=message.step_name,
-            attempt=message.attempt,
+            attempt=attempt,
+            on_heartbeat=on_heartbeat,
         )
         token = bind_step_context(ctx)
         try:
-            if definition.timeout is not None:
-                value = await asyncio.wait_for(definition.invoke(args, kwargs), definition.timeout)
-            else:
-                value = await definition.invoke(args, kwargs)
+            value = await run_limited(
+                definition.invoke(args, kwargs),
+                timeout=definition.timeout,
+                heartbeat_timeout=definition.heartbeat_timeout,
+                beats=beats,
+                step_name=definition.name,
+            )
         except Exception as exc:
-            return outcome.failed(message.step_id, message.attempt, exc)
+            return outcome.failure_event(message.run_id, message.step_id, attempt, exc, policy)
         finally:
             reset_step_context(token)
+            await recorder.close()
         return outcome.completed(
             message.step_id,
-            message.attempt,
+            attempt,
             value,
             step_name=message.step_name,
             max_size=definition.max_payload,
         )
 
     async def _activate(self, run_id: str) -> None:
-        await self.broker.publish_activation(Activation(run_id=run_id, reason="step"))
+        activation = Activation(run_id=run_id, reason="step")
+        await retrying("publish activation", lambda: self.broker.publish_activation(activation))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("message dead-lettered", queue=delivery.queue, reason=reason)
         await self.broker.dead_letter(delivery, reason)
+
+
+class _HeartbeatRecorder:
+    """Writes a running step's heartbeats to Redis at most every third of its timeout."""
+
+    def __init__(
+        self, store: EventStore, message: StepMessage, attempt: int, timeout: float | None
+    ) -> None:
+        self._store = store
+        self._message = message
+        self._attempt = attempt
+        self._every = (timeout / 3.0) if timeout else None
+        self._last = time.monotonic()
+        self._task: asyncio.Task[bool] | None = None
+
+    def maybe_record(self) -> None:
+        if self._every is None or (self._task is not None and not self._task.done()):
+            return
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return
+        self._last = now
+        self._task = asyncio.get_running_loop().create_task(
+            self._store.heartbeat(self._message.run_id, self._message.step_id, self._attempt)
+        )
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None

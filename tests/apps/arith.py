@@ -18,7 +18,7 @@ async def slow_add(x: int, y: int) -> int:
     return x + y
 
 
-@lf.step(name="it_boom")
+@lf.step(name="it_boom", retry=lf.RetryPolicy(max_attempts=1))
 async def boom(message: str) -> None:
     raise RuntimeError(message)
 

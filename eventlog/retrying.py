@@ -1,0 +1,69 @@
+"""Retrying infrastructure calls: ride out a broker restart or a dropped connection.
+
+Publishes are safe to repeat (a duplicate step message or activation is
+harmless by construction), so they are retried with backoff and a structured
+warning per attempt, never in a busy loop, before the error is allowed to
+surface (and the message being handled goes back to its queue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from .errors import BrokerError, ServiceUnavailableError
+
+log = structlog.get_logger("ledgerflow.retrying")
+
+T = TypeVar("T")
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    BrokerError,
+    ServiceUnavailableError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+RETRY_FOR = 60.0
+
+
+def _warn(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "infrastructure call failed; retrying",
+            what=what,
+            attempt=state.attempt_number,
+            error=f"{type(error).__name__}: {error}",
+            next_in=round(state.upcoming_sleep, 2),
+        )
+
+    return before_sleep
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]], *, for_s: float = RETRY_FOR) -> T:
+    """Run ``call`` until it succeeds or ``for_s`` seconds of transient failures pass."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.1),
+        stop=stop_after_delay(for_s),
+        before_sleep=_warn(what),
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity reraises")

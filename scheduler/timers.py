@@ -1,0 +1,185 @@
+"""The timer loop: act on due entries of the timer index.
+
+Every scheduler runs one. Entries are claimed atomically under a lease, so two
+schedulers never act on the same entry at once and an entry whose claimer died
+comes due again by itself. Each action checks the log's view first (through
+the status hash), so a late or repeated firing does nothing harmful:
+
+- retry: dispatch the next attempt of a step that is still retrying;
+- hb: a running attempt whose heartbeat went stale is failed (and retried or
+  given up on by its policy), otherwise the check is re-armed;
+- wait: complete a durable sleep and activate its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from broker import Activation, Broker, StepMessage
+from eventlog.errors import EventLogError, HeartbeatTimeoutError, RunClosedError
+from eventlog.events import EventType, NewEvent
+from eventlog.retrying import retrying
+from eventlog.store import EventStore
+from eventlog.timers import DueTimer, TimerKind
+from worker.outcome import failure_event
+from worker.registry import StepRegistry, steps
+
+log = structlog.get_logger("ledgerflow.timers")
+
+TICK = 0.02
+BATCH = 500
+LEASE_MS = 30_000
+STOP_TIMEOUT = 5.0
+
+
+class TimerLoop:
+    def __init__(
+        self,
+        store: EventStore,
+        broker: Broker,
+        *,
+        registry: StepRegistry = steps,
+        tick: float = TICK,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+        self.tick = tick
+        self.fired = 0
+        self.late_ms_max = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="ledgerflow-timers")
+
+    async def stop(self) -> None:
+        """Stop the loop. A flag as well as a cancel: a client library that turns a
+        cancellation into a connection error must not keep the loop alive."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, STOP_TIMEOUT)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                claimed = await self.store.claim_timers(BATCH, LEASE_MS)
+            except Exception as exc:  # Redis away: back off, keep the loop alive
+                log.warning("timer claim failed; retrying", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            for due in claimed:
+                if self._stopping:
+                    return  # unacted entries stay leased and come due again
+                try:
+                    await self.fire(due)
+                except Exception:
+                    # The lease makes it due again later; never lose the loop over one entry.
+                    log.exception("timer action failed", timer=due.timer.member)
+            if len(claimed) < BATCH:
+                await asyncio.sleep(self.tick)
+
+    async def fire(self, due: DueTimer) -> None:
+        timer = due.timer
+        if timer.kind is TimerKind.STEP_RETRY:
+            await self._retry(due)
+        elif timer.kind is TimerKind.HEARTBEAT:
+            await self._heartbeat(due)
+        elif timer.kind is TimerKind.WAIT:
+            await self._wake(due)
+        self.fired += 1
+
+    async def _retry(self, due: DueTimer) -> None:
+        timer = due.timer
+        entity = await self.store.entity(timer.run_id, timer.corr)
+        if (
+            entity.run_state == "started"
+            and entity.state == "retrying"
+            and entity.attempt == timer.attempt - 1
+            and entity.created_id is not None
+        ):
+            created = await self.store.read_event(timer.run_id, entity.created_id)
+            if created is not None and isinstance(created.data, dict):
+                message = StepMessage(
+                    run_id=timer.run_id,
+                    step_id=timer.corr,
+                    step_name=str(created.data.get("name", "")),
+                    attempt=timer.attempt,
+                    args=bytes(created.data.get("args", b"")),
+                    queue=str(created.data.get("queue", "default")),
+                )
+                await retrying("publish retry", lambda: self.broker.publish_step(message))
+                self.late_ms_max = max(self.late_ms_max, entity.now - due.due)
+                log.info(
+                    "step retry dispatched",
+                    run_id=timer.run_id,
+                    corr=timer.corr,
+                    attempt=timer.attempt,
+                    late_ms=entity.now - due.due,
+                )
+        await self.store.release_timer(due)
+
+    async def _heartbeat(self, due: DueTimer) -> None:
+        timer = due.timer
+        entity = await self.store.entity(timer.run_id, timer.corr)
+        if not (
+            entity.run_state == "started"
+            and entity.state == "started"
+            and entity.attempt == timer.attempt
+        ):
+            await self.store.release_timer(due)
+            return
+        last = entity.heartbeat or 0
+        if entity.now - last < timer.timeout_ms:
+            await self.store.add_timer(timer, due_ms=last + timer.timeout_ms)
+            return
+        created = (
+            await self.store.read_event(timer.run_id, entity.created_id)
+            if entity.created_id
+            else None
+        )
+        name = (
+            str(created.data.get("name", "")) if created and isinstance(created.data, dict) else ""
+        )
+        policy = self.registry.retry_policy_for(name)
+        error = HeartbeatTimeoutError(
+            f"step {name!r} attempt {timer.attempt}: no heartbeat for "
+            f"{(entity.now - last) / 1000:.1f} s (limit {timer.timeout_ms / 1000:g} s); "
+            "its worker is presumed lost"
+        )
+        event = failure_event(timer.run_id, timer.corr, timer.attempt, error, policy)
+        try:
+            await self.store.append(timer.run_id, [event])
+        except (RunClosedError, EventLogError):
+            pass
+        else:
+            log.warning("stale heartbeat: attempt failed", run_id=timer.run_id, corr=timer.corr)
+            if event.type is EventType.STEP_FAILED:
+                await self._activate(timer.run_id)
+        await self.store.release_timer(due)
+
+    async def _wake(self, due: DueTimer) -> None:
+        timer = due.timer
+        event = NewEvent.of(EventType.WAIT_COMPLETED, timer.corr, {"due": due.due})
+        try:
+            results = await self.store.append(timer.run_id, [event])
+        except RunClosedError:
+            results = []
+        if results and results[0].appended:
+            entity = await self.store.entity(timer.run_id, timer.corr)
+            self.late_ms_max = max(self.late_ms_max, entity.now - due.due)
+            await self._activate(timer.run_id)
+        await self.store.release_timer(due)
+
+    async def _activate(self, run_id: str) -> None:
+        activation = Activation(run_id=run_id, reason="timer")
+        await retrying("publish activation", lambda: self.broker.publish_activation(activation))
