@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from .errors import (
     IllegalTransitionError,
@@ -28,6 +28,7 @@ from .lua import (
     RELEASE_TIMER_SCRIPT,
 )
 from .names import Names
+from .retrying import retried
 from .store import START, EventStore
 from .timers import DueTimer, EntityStatus, Timer
 from .watch import StreamWatcher
@@ -77,6 +78,7 @@ class RedisEventStore(EventStore):
         except (RedisConnectionError, OSError) as exc:
             raise ServiceUnavailableError(f"Redis is not reachable: {exc}") from exc
 
+    @retried("append events")
     async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
         if not events:
             return []
@@ -114,6 +116,7 @@ class RedisEventStore(EventStore):
             )
         raise IllegalTransitionError(run_id, entity, current, event_type)
 
+    @retried("read a log")
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
         entries: Any = await self.client.xrange(
             self.names.stream(run_id), min=f"({after}" if after != START else "-", count=count
@@ -126,10 +129,12 @@ class RedisEventStore(EventStore):
         entries = await self._watcher.wait(self.names.stream(run_id), after, timeout)
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
+    @retried("read a status hash")
     async def status(self, run_id: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.names.status(run_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    @retried("read the active-runs index")
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         raw: Any = await self.client.zrange(
             self.names.active_shard(shard), 0, limit - 1, withscores=True
@@ -152,11 +157,13 @@ class RedisEventStore(EventStore):
         claimed.sort(key=lambda d: d.due)
         return claimed[:limit]
 
+    @retried("release a timer")
     async def release_timer(self, due: DueTimer) -> None:
         await self._release(
             keys=[self.names.timer_for(due.timer.run_id)], args=[due.timer.member, due.lease]
         )
 
+    @retried("arm a timer")
     async def add_timer(
         self, timer: Timer, *, delay_ms: int | None = None, due_ms: int | None = None
     ) -> int:
@@ -176,6 +183,7 @@ class RedisEventStore(EventStore):
                 found.append((timer, int(score)))
         return found
 
+    @retried("read an entity's status")
     async def entity(self, run_id: str, corr: str) -> EntityStatus:
         raw: Any = await self._entity(keys=[self.names.status(run_id)], args=[corr])
         run_state, entity, attempt, created, beat, now = (_text(v) for v in raw)
@@ -190,6 +198,7 @@ class RedisEventStore(EventStore):
             now=int(now),
         )
 
+    @retried("read an event")
     async def read_event(self, run_id: str, event_id: str) -> Event | None:
         entries: Any = await self.client.xrange(
             self.names.stream(run_id), min=event_id, max=event_id, count=1

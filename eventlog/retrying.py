@@ -8,8 +8,9 @@ surface (and the message being handled goes back to its queue).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,6 +29,7 @@ from .errors import BrokerError, ServiceUnavailableError
 log = structlog.get_logger("ledgerflow.retrying")
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     BrokerError,
@@ -67,3 +69,16 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], *, for_s: float 
         with attempt:
             return await call()
     raise AssertionError("unreachable: tenacity reraises")
+
+
+def retried(what: str, *, for_s: float = RETRY_FOR) -> Callable[[F], F]:
+    """Decorate an async method so transient infrastructure errors are retried."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await retrying(what, lambda: fn(*args, **kwargs), for_s=for_s)
+
+        return cast(F, wrapper)
+
+    return decorate

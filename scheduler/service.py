@@ -97,18 +97,26 @@ class Scheduler:
             while True:
                 busy.dirty = False
                 try:
-                    await self.activate(run_id)
+                    # Idempotent, so a Redis or broker outage is waited out here rather
+                    # than bounced back to the queue (where redeliveries would count
+                    # towards the delivery limit and end in the dead-letter queue).
+                    await retrying("activate run", lambda: self._activate_or_forget(run_id))
                 except UnknownWorkflowError as exc:
                     await self._dead_letter(delivery, str(exc))
                     return
-                except Exception:
-                    self.cache.evict(run_id)
-                    raise
                 if not busy.dirty:
                     break
         finally:
             del self._busy[run_id]
         await delivery.ack()
+
+    async def _activate_or_forget(self, run_id: str) -> None:
+        """Activate; on any failure drop the cached instance so a retry replays afresh."""
+        try:
+            await self.activate(run_id)
+        except Exception:
+            self.cache.evict(run_id)
+            raise
 
     async def activate(self, run_id: str) -> None:
         """Bring one run up to date with its log; safe to call any number of times."""

@@ -31,7 +31,8 @@ log = structlog.get_logger("ledgerflow.timers")
 
 TICK = 0.02
 BATCH = 500
-LEASE_MS = 30_000
+LEASE_MS = 15_000
+RETRY_FAILED_MS = 1_000
 STOP_TIMEOUT = 5.0
 
 
@@ -83,8 +84,11 @@ class TimerLoop:
                 try:
                     await self.fire(due)
                 except Exception:
-                    # The lease makes it due again later; never lose the loop over one entry.
+                    # Never lose the loop over one entry: try again soon (and if even
+                    # that fails, the lease makes it due again by itself).
                     log.exception("timer action failed", timer=due.timer.member)
+                    with contextlib.suppress(Exception):
+                        await self.store.add_timer(due.timer, delay_ms=RETRY_FAILED_MS)
             if len(claimed) < BATCH:
                 await asyncio.sleep(self.tick)
 

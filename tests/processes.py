@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,16 +47,21 @@ def processes(
     servers: Servers, namespace: str, commands: Sequence[Sequence[str]]
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Run `ledgerflow <command>` processes for the block; SIGTERM (then SIGKILL) after."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ledgerflow", *command],
-            env=cli_env(servers, namespace),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for command in commands
-    ]
+    # Logs go to files, never to a pipe nobody reads: a full pipe would block the
+    # process the moment it logs a burst (say, reconnect warnings during an outage).
+    log_dir = Path(tempfile.mkdtemp(prefix=f"lf-{namespace}-"))
+    procs = []
+    for index, command in enumerate(commands):
+        with open(log_dir / f"{index}-{command[0]}.log", "wb") as log_file:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "ledgerflow", *command],
+                    env=cli_env(servers, namespace),
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                )
+            )
     try:
         yield procs
     finally:
@@ -67,3 +74,4 @@ def processes(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(log_dir, ignore_errors=True)

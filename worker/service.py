@@ -131,9 +131,7 @@ class Worker:
             )
             return
         try:
-            (result,) = await retrying(
-                "append step_started", lambda: self.store.append(message.run_id, [started])
-            )
+            (result,) = await self.store.append(message.run_id, [started])
         except RunClosedError:
             bound.info("run already ended; step skipped")
             await delivery.ack()
@@ -173,7 +171,7 @@ class Worker:
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         try:
-            await retrying("append step outcome", lambda: self.store.append(message.run_id, events))
+            await self.store.append(message.run_id, events)
         except RunClosedError:
             bound.info("run ended while the step ran; outcome dropped")
             await delivery.ack()

@@ -62,3 +62,18 @@ async def recovering(message: str) -> str:
     except lf.StepFailedError as exc:
         return f"recovered from {exc.type_name}: {exc.message}"
     return "not reached"
+
+
+@lf.step(name="it_tick", retry=lf.RetryPolicy(max_attempts=10, initial=0.2, max_interval=2.0))
+async def tick(acc: int, i: int) -> int:
+    await asyncio.sleep(0.05)
+    return acc + i
+
+
+@lf.workflow(name="it_long_chain")
+async def long_chain(n: int) -> int:
+    """n sequential steps of ~50 ms: long enough to be interrupted mid-run."""
+    acc = 0
+    for i in range(n):
+        acc = await tick(acc, i)
+    return acc

@@ -134,19 +134,6 @@ async def many_slow(label: str, n: int, seconds: float) -> list[str]:
     return list(await asyncio.gather(*(slow(f"{label}-{i}", seconds) for i in range(n))))
 
 
-STEPS = {
-    "fails_twice": fails_twice,
-    "rate_limited": rate_limited,
-    "fatal": fatal,
-    "bad_input": bad_input,
-    "hangs_once": hangs_once,
-    "heartbeats": heartbeats,
-    "stalls_once": stalls_once,
-    "slow": slow,
-    "slow_heartbeat": slow_heartbeat,
-}
-
-
 @lf.step(name="fl_keyed", retry=FAST)
 async def keyed(label: str) -> list[str]:
     """Fails twice, recording the idempotency key each attempt saw."""
@@ -167,3 +154,24 @@ async def keyed(label: str) -> list[str]:
 @lf.workflow(name="fl_keyed_wf")
 async def keyed_workflow(label: str) -> list[str]:
     return await keyed(label)
+
+
+@lf.step(name="fl_kills_worker", retry=lf.RetryPolicy(max_attempts=3, initial=0.05))
+async def kills_worker(label: str) -> None:
+    """Takes its whole worker process down, every time (a segfaulting C library, say)."""
+    await count_attempt(label)
+    os._exit(70)
+
+
+STEPS = {
+    "fails_twice": fails_twice,
+    "rate_limited": rate_limited,
+    "fatal": fatal,
+    "bad_input": bad_input,
+    "hangs_once": hangs_once,
+    "heartbeats": heartbeats,
+    "stalls_once": stalls_once,
+    "slow": slow,
+    "slow_heartbeat": slow_heartbeat,
+    "kills_worker": kills_worker,
+}
