@@ -1,6 +1,9 @@
 # The README's two set-up commands: `make demo` and `make test`. Each does all of
 # its own set-up (virtualenv, install, services) on a fresh machine.
 
+# bash, not sh: the service checks use bash's /dev/tcp.
+SHELL := /bin/bash
+
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

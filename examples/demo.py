@@ -16,6 +16,7 @@ import uuid
 
 from eventlog.errors import ServiceUnavailableError
 from eventlog.fold import fold
+from eventlog.logs import configure_logging
 from eventlog.settings import Settings
 from eventlog.timeline import render, timeline
 from scheduler.client import Client
@@ -41,37 +42,39 @@ async def run_embedded() -> None:
 
 
 async def run_real(settings: Settings) -> None:
-    env = {
-        **os.environ,
-        "LEDGERFLOW_NAMESPACE": settings.namespace,
-        "LEDGERFLOW_LOG_LEVEL": "warning",
-    }
-    cli = [sys.executable, "-m", "ledgerflow"]
-    worker = [*cli, "worker", "examples.orders", "--concurrency", "8"]
-    procs = [
-        subprocess.Popen(worker, env=env),  # noqa: ASYNC220 - started before any awaiting
-        subprocess.Popen([*cli, "scheduler", "examples.orders"], env=env),  # noqa: ASYNC220
-    ]
-    print(f"started worker (pid {procs[0].pid}) and scheduler (pid {procs[1].pid})")
-    try:
-        async with Client.connect(
-            settings.amqp_url, settings.redis_url, namespace=settings.namespace
-        ) as client:
+    # Connect first: without servers, say so before starting any process.
+    async with Client.connect(
+        settings.amqp_url, settings.redis_url, namespace=settings.namespace
+    ) as client:
+        env = {
+            **os.environ,
+            "LEDGERFLOW_NAMESPACE": settings.namespace,
+            "LEDGERFLOW_LOG_LEVEL": "warning",
+        }
+        cli = [sys.executable, "-m", "ledgerflow"]
+        worker = [*cli, "worker", "examples.orders", "--concurrency", "8"]
+        procs = [
+            subprocess.Popen(worker, env=env),  # noqa: ASYNC220 - started before any awaiting
+            subprocess.Popen([*cli, "scheduler", "examples.orders"], env=env),  # noqa: ASYNC220
+        ]
+        print(f"started worker (pid {procs[0].pid}) and scheduler (pid {procs[1].pid})")
+        try:
             run = await client.start(process_order, f"order-{uuid.uuid4().hex[:6]}", ITEMS)
             print(f"started run {run.run_id}; waiting for it")
             result = await run.result(timeout=60)
             show(run.run_id, await client.events(run.run_id), result)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--embedded", action="store_true", help="in-memory, no servers needed")
     args = parser.parse_args()
+    configure_logging("warning")
     if args.embedded:
         asyncio.run(run_embedded())
         return 0
