@@ -188,3 +188,22 @@ class HeartbeatTimeoutError(StepTimeoutError):
 
 class WorkerLostError(LedgerflowError):
     """The worker running a step vanished (killed, partitioned) before recording an outcome."""
+
+
+# --- durable waiting and control --------------------------------------------------------
+
+
+class HookTokenConflictError(EventLogError):
+    """Another live hook already uses this token; tokens are unique among live hooks."""
+
+
+class HookNotFoundError(LedgerflowError, LookupError):
+    """No live hook has this token (never created, or disposed because its run ended)."""
+
+
+class WaitTimeout(LedgerflowError, TimeoutError):
+    """``lf.wait_for`` reached its durable timeout before the awaited thing happened."""
+
+
+class ChildWorkflowError(RemoteError):
+    """A child workflow ended in failure; raised in the parent where it was awaited."""

@@ -78,6 +78,7 @@ class NewEvent:
     payload: bytes
     attempt: int | None = None
     workflow: str = ""
+    token: str = ""
     # A timer-index entry added in the same atomic append, due `delay_ms` after
     # the append (by the Redis clock) or at `due_ms`.
     timer: Timer | None = None
@@ -101,6 +102,7 @@ class NewEvent:
         *,
         attempt: int | None = None,
         workflow: str = "",
+        token: str = "",
         timer: Timer | None = None,
         delay_ms: int | None = None,
         due_ms: int | None = None,
@@ -118,6 +120,7 @@ class NewEvent:
             payload=payload,
             attempt=attempt,
             workflow=workflow,
+            token=token,
             timer=timer,
             delay_ms=delay_ms,
             due_ms=due_ms,

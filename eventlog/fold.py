@@ -41,6 +41,7 @@ class StepState:
     result: Any = None
     error: ErrorInfo | None = None
     retry_due: int | None = None
+    child_run_id: str | None = None
     created_ts: int = 0
     started_ts: int | None = None
     finished_ts: int | None = None
@@ -122,6 +123,7 @@ def apply(state: RunState, event: Event) -> RunState:
             name=str(data.get("name", "")),
             queue=str(data.get("queue", "")),
             args=bytes(data.get("args", b"")),
+            child_run_id=str(data["child_run_id"]) if data.get("child_run_id") else None,
             created_ts=event.ts,
         )
     elif t.kind == "step":

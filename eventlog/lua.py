@@ -4,12 +4,14 @@ Rendered from ``transitions.RULES`` so the rules are written once. Redis runs a
 script as one atomic step, which is what makes concurrent appenders (two
 schedulers, a redelivered worker) unable to record anything twice.
 
-KEYS: stream, status hash, active-index shard, timer-index shard.
-ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, workflow,
+KEYS: stream, status hash, active-index shard, timer-index shard, hook-token index.
+ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
+workflow name of run_created, the token of hook_created),
 timer member ("" for none), timer due ("+ms" after now, or absolute ms).
 Besides the stream entry, a written step_created records its entry id (x:<corr>,
 so a retry can re-dispatch the step's arguments) and a written step_started
-stamps the step's heartbeat (h:<corr>).
+stamps the step's heartbeat (h:<corr>). A hook's token must be unused by any other
+live hook (the token index maps token -> run|corr; hook_disposed removes it).
 Reply: {"ok", id-or-"", ...} or {"error", code, entity, current, event_type, detail}.
 """
 
@@ -26,7 +28,7 @@ local W = 7
 local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
-local stream, status, active, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, status, active, timers, hooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 local run_state = redis.call('HGET', status, 'run') or ''
 local stored_wf = redis.call('HGET', status, 'wf') or ''
@@ -86,6 +88,12 @@ for i = 1, n do
       return {{'error', 'illegal', label, cur, etype, ''}}
     end
     local write = rule[1] == 'w'
+    if write and etype == 'hook_created' and wf ~= '' then
+      local owner = redis.call('HGET', hooks, wf)
+      if owner and owner ~= run_id .. '|' .. corr then
+        return {{'error', 'tokenclash', label, owner, etype, wf}}
+      end
+    end
     local attempt = tonumber(attempt_s) or 0
     if write and rule[3] == 'ge' and attempt < e[3] then write = false end
     if write and rule[3] == 'gt' and attempt <= e[3] then write = false end
@@ -121,6 +129,16 @@ for i = 1, n do
       if p[6] then redis.call('HSET', status, 'a:' .. p[5], p[4]) end
       if ARGV[b + 1] == 'step_created' then redis.call('HSET', status, 'x:' .. p[5], id) end
       if ARGV[b + 1] == 'step_started' then redis.call('HSET', status, 'h:' .. p[5], now) end
+      if ARGV[b + 1] == 'hook_created' and ARGV[b + 5] ~= '' then
+        redis.call('HSET', hooks, ARGV[b + 5], run_id .. '|' .. p[5])
+        redis.call('HSET', status, 'k:' .. p[5], ARGV[b + 5])
+      end
+      if ARGV[b + 1] == 'hook_disposed' then
+        local token = redis.call('HGET', status, 'k:' .. p[5])
+        if token and redis.call('HGET', hooks, token) == run_id .. '|' .. p[5] then
+          redis.call('HDEL', hooks, token)
+        end
+      end
     end
     local member, due = ARGV[b + 6], ARGV[b + 7]
     if member ~= '' then
@@ -204,4 +222,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local v = redis.call('HMGET', KEYS[1], 'run', 'c:' .. ARGV[1], 'a:' .. ARGV[1],
   'x:' .. ARGV[1], 'h:' .. ARGV[1])
 return {v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now)}
+"""
+
+# Drop a hook token only if it still maps to the given owner. KEYS: token index. ARGV: token, owner.
+FORGET_HOOK_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
 """

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
+from .errors import HookTokenConflictError
 from .events import SCHEMA_VERSION, AppendResult, Event, EventType, NewEvent, decode_entry
 from .names import Names, shard_of
 from .store import START, EventStore
@@ -35,6 +36,7 @@ class MemoryEventStore(EventStore):
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
         self._active: dict[int, dict[str, int]] = defaultdict(dict)
         self._timers: dict[int, dict[str, int]] = defaultdict(dict)
+        self._hooks: dict[str, str] = {}
         self._changed: dict[str, asyncio.Condition] = {}
         self._last_id = (0, 0)
 
@@ -64,6 +66,14 @@ class MemoryEventStore(EventStore):
         plan = plan_batch(
             run_id, events, status.get("run", ABSENT), entity_state, status.get("wf", "")
         )
+        for event, verdict in zip(events, plan, strict=True):
+            if verdict.write and event.type is EventType.HOOK_CREATED and event.token:
+                owner = self._hooks.get(event.token)
+                if owner is not None and owner != f"{run_id}|{event.corr}":
+                    raise HookTokenConflictError(
+                        f"hook token {event.token!r} is already used by a live hook of run "
+                        f"{owner.partition('|')[0]!r}"
+                    )
         now = _now_ms()
         results: list[AppendResult] = []
         written = 0
@@ -98,6 +108,13 @@ class MemoryEventStore(EventStore):
                     status[f"x:{event.corr}"] = event_id
                 if event.type is EventType.STEP_STARTED:
                     status[f"h:{event.corr}"] = str(now)
+                if event.type is EventType.HOOK_CREATED and event.token:
+                    self._hooks[event.token] = f"{run_id}|{event.corr}"
+                    status[f"k:{event.corr}"] = event.token
+                if event.type is EventType.HOOK_DISPOSED:
+                    token = status.get(f"k:{event.corr}")
+                    if token is not None and self._hooks.get(token) == f"{run_id}|{event.corr}":
+                        del self._hooks[token]
             if event.timer is not None:
                 due = event.due_ms if event.due_ms is not None else now + (event.delay_ms or 0)
                 self._timer_shard(run_id)[event.timer.member] = int(due)
@@ -210,6 +227,20 @@ class MemoryEventStore(EventStore):
             return False
         status[f"h:{corr}"] = str(_now_ms())
         return True
+
+    async def hook_owner(self, token: str) -> tuple[str, str] | None:
+        owner = self._hooks.get(token)
+        if owner is None:
+            return None
+        run_id, _, corr = owner.partition("|")
+        return run_id, corr
+
+    async def forget_hook(self, token: str, run_id: str, corr: str) -> None:
+        if self._hooks.get(token) == f"{run_id}|{corr}":
+            del self._hooks[token]
+
+    async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
+        return {r: self._status.get(r, {}).get("run", "") for r in run_ids}
 
     async def close(self) -> None:
         return None

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import (
+    HookTokenConflictError,
     IllegalTransitionError,
     RunClosedError,
     RunNotFoundError,
@@ -24,6 +25,7 @@ from .lua import (
     APPEND_SCRIPT,
     CLAIM_TIMERS_SCRIPT,
     ENTITY_SCRIPT,
+    FORGET_HOOK_SCRIPT,
     HEARTBEAT_SCRIPT,
     RELEASE_TIMER_SCRIPT,
 )
@@ -54,6 +56,7 @@ class RedisEventStore(EventStore):
         self._add_timer = client.register_script(ADD_TIMER_SCRIPT)
         self._heartbeat = client.register_script(HEARTBEAT_SCRIPT)
         self._entity = client.register_script(ENTITY_SCRIPT)
+        self._forget_hook = client.register_script(FORGET_HOOK_SCRIPT)
         self._watcher: StreamWatcher | None = None
 
     @classmethod
@@ -89,7 +92,7 @@ class RedisEventStore(EventStore):
                 event.corr,
                 "" if event.attempt is None else str(event.attempt),
                 event.payload,
-                event.workflow,
+                event.workflow or event.token,
                 event.timer.member if event.timer is not None else "",
                 event.timer_due,
             ]
@@ -98,6 +101,7 @@ class RedisEventStore(EventStore):
             self.names.status(run_id),
             self.names.active_for(run_id),
             self.names.timer_for(run_id),
+            self.names.hook_tokens(),
         ]
         reply = await self._append(keys=keys, args=argv)
         status = _text(reply[0])
@@ -110,6 +114,11 @@ class RedisEventStore(EventStore):
             raise RunNotFoundError(run_id)
         if code == "closed":
             raise RunClosedError(run_id, entity, current, event_type)
+        if code == "tokenclash":
+            owner_run = current.partition("|")[0]
+            raise HookTokenConflictError(
+                f"hook token {detail!r} is already used by a live hook of run {owner_run!r}"
+            )
         if code == "mismatch":
             raise WorkflowMismatchError(
                 f"run {run_id!r} already exists for workflow {current!r}, not {detail!r}"
@@ -211,6 +220,27 @@ class RedisEventStore(EventStore):
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         stamped = await self._heartbeat(keys=[self.names.status(run_id)], args=[corr, attempt])
         return bool(stamped)
+
+    @retried("look up a hook")
+    async def hook_owner(self, token: str) -> tuple[str, str] | None:
+        owner = await self.client.hget(self.names.hook_tokens(), token)
+        if owner is None:
+            return None
+        run_id, _, corr = _text(owner).partition("|")
+        return run_id, corr
+
+    async def forget_hook(self, token: str, run_id: str, corr: str) -> None:
+        await self._forget_hook(keys=[self.names.hook_tokens()], args=[token, f"{run_id}|{corr}"])
+
+    @retried("read run states")
+    async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
+        if not run_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(self.names.status(run_id), "run")
+            replies: list[Any] = await pipe.execute()
+        return {r: _text(v) if v is not None else "" for r, v in zip(run_ids, replies, strict=True)}
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -72,6 +72,20 @@ class EventStore(ABC):
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         """Record that attempt ``attempt`` of step ``corr`` is alive; False if it is not running."""
 
+    # --- hooks and run states ---------------------------------------------------------
+
+    @abstractmethod
+    async def hook_owner(self, token: str) -> tuple[str, str] | None:
+        """(run_id, corr) of the live hook with this token, if any."""
+
+    @abstractmethod
+    async def forget_hook(self, token: str, run_id: str, corr: str) -> None:
+        """Drop a token whose run ended without disposing it (a race with cancellation)."""
+
+    @abstractmethod
+    async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """Each run's state ("" if unknown) in one round trip: for cancellation checks."""
+
     @abstractmethod
     async def close(self) -> None: ...
 

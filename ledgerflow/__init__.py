@@ -6,9 +6,12 @@ behaviour lives in eventlog/, broker/, worker/ and scheduler/.
 
 from eventlog.codec import serializable
 from eventlog.errors import (
+    ChildWorkflowError,
     ConfigurationError,
     FatalError,
     HeartbeatTimeoutError,
+    HookNotFoundError,
+    HookTokenConflictError,
     IllegalTransitionError,
     LedgerflowError,
     NonDeterminismError,
@@ -25,12 +28,15 @@ from eventlog.errors import (
     StepTimeoutError,
     UnknownStepError,
     UnknownWorkflowError,
+    WaitTimeout,
     WorkerLostError,
     WorkflowFailedError,
 )
 from eventlog.events import Event, EventType
 from eventlog.fold import RunState, StepState
 from scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
+from scheduler.durable import create_hook, sleep, wait_for
+from scheduler.replay import Hook
 from worker import StepContext, heartbeat, step, step_context
 from worker.registry import set_default_retry
 from worker.retry import RetryPolicy
@@ -38,12 +44,16 @@ from worker.retry import RetryPolicy
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChildWorkflowError",
     "Client",
     "ConfigurationError",
     "Event",
     "EventType",
     "FatalError",
     "HeartbeatTimeoutError",
+    "Hook",
+    "HookNotFoundError",
+    "HookTokenConflictError",
     "IllegalTransitionError",
     "LedgerflowError",
     "NonDeterminismError",
@@ -65,16 +75,20 @@ __all__ = [
     "StepTimeoutError",
     "UnknownStepError",
     "UnknownWorkflowError",
+    "WaitTimeout",
     "WorkerLostError",
     "WorkflowFailedError",
+    "create_hook",
     "embedded",
     "heartbeat",
     "now",
     "random",
     "serializable",
     "set_default_retry",
+    "sleep",
     "step",
     "step_context",
     "uuid4",
+    "wait_for",
     "workflow",
 ]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from eventlog.errors import (
+    HookNotFoundError,
     LedgerflowError,
     RunCancelled,
     RunNotFoundError,
@@ -172,6 +173,21 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
+        await client.cancel(args.run_id, reason=args.reason)
+    print(f"run {args.run_id} cancelled")
+    return EXIT_OK
+
+
+async def cmd_hooks_resume(args: argparse.Namespace) -> int:
+    payload = _json_arg(args.payload, "--payload", object)
+    async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
+        run_id = await client.resume_hook(args.token, payload)
+    print(f"hook {args.token} resumed (run {run_id})")
+    return EXIT_OK
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
@@ -227,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("run_id")
     events.add_argument("--json", action="store_true")
     events.set_defaults(handler=cmd_runs_events)
+    cancel = runs.add_parser("cancel", help="cancel a run (and its children)")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="cancelled from the command line")
+    cancel.set_defaults(handler=cmd_runs_cancel)
+
+    hooks = sub.add_parser("hooks", help="durable hooks").add_subparsers(
+        dest="hooks", required=True
+    )
+    resume = hooks.add_parser("resume", help="send a payload to a waiting hook")
+    resume.add_argument("token")
+    resume.add_argument("--payload", default="null", help="JSON payload")
+    resume.set_defaults(handler=cmd_hooks_resume)
     return parser
 
 
@@ -240,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceUnavailableError as exc:
         print(f"ledgerflow: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    except RunNotFoundError as exc:
+    except (RunNotFoundError, HookNotFoundError) as exc:
         print(f"ledgerflow: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except (LedgerflowError, TypeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,8 +11,11 @@ from typing import Any
 
 from broker import Activation, Broker
 from eventlog.errors import (
+    HookNotFoundError,
+    IllegalTransitionError,
     ResultTimeoutError,
     RunCancelled,
+    RunClosedError,
     RunNotFoundError,
     WorkflowFailedError,
 )
@@ -21,6 +25,7 @@ from eventlog.settings import Settings
 from eventlog.store import START, EventStore
 from worker.backend import connect
 
+from .children import parent_of, report_to_parent
 from .registry import WorkflowFunction, WorkflowRegistry, workflows
 
 WAIT_SLICE = 5.0
@@ -99,6 +104,55 @@ class Client:
         # Published even for a duplicate: the first producer may have died before it.
         await self.broker.publish_activation(Activation(run_id=run_id, reason="start"))
         return RunHandle(self, run_id)
+
+    async def cancel(self, run_id: str, reason: str = "") -> None:
+        """Cancel a run: run_cancelled is recorded, its hooks disposed, its children cancelled.
+
+        Steps not yet started never start; running steps see
+        ``lf.step_context().cancelled``. Cancelling a cancelled run does nothing;
+        cancelling a completed or failed one raises RunClosedError.
+        """
+        events = await self.store.read(run_id)
+        if not events:
+            raise RunNotFoundError(run_id)
+        state = fold(run_id, events)
+        if state.status == "cancelled":
+            return
+        if state.finished:
+            raise RunClosedError(run_id, "run", state.status, EventType.RUN_CANCELLED.value)
+        batch = [
+            NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
+            for hook in state.hooks.values()
+            if hook.status == "created"
+        ]
+        cancelled = NewEvent.of(EventType.RUN_CANCELLED, data={"reason": reason})
+        await self.store.append(run_id, [*batch, cancelled])
+        for step in state.steps.values():
+            if step.child_run_id and step.status in ("created", "started"):
+                with contextlib.suppress(RunClosedError, RunNotFoundError):
+                    await self.cancel(step.child_run_id, f"parent run {run_id} was cancelled")
+        parent = parent_of(events[0])
+        if parent is not None:
+            await report_to_parent(self.store, self.broker, parent, cancelled)
+
+    async def resume_hook(self, token: str, payload: Any = None) -> str:
+        """Deliver ``payload`` to the live hook with this token; returns its run id."""
+        owner = await self.store.hook_owner(token)
+        if owner is None:
+            raise HookNotFoundError(f"no live hook has token {token!r}")
+        run_id, corr = owner
+        received = NewEvent.of(
+            EventType.HOOK_RECEIVED, corr, {"payload": payload}, what="hook payload"
+        )
+        try:
+            await self.store.append(run_id, [received])
+        except IllegalTransitionError as exc:
+            await self.store.forget_hook(token, run_id, corr)
+            raise HookNotFoundError(
+                f"the hook with token {token!r} was disposed (run {run_id!r} ended)"
+            ) from exc
+        await self.broker.publish_activation(Activation(run_id=run_id, reason="hook"))
+        return run_id
 
     def get_handle(self, run_id: str) -> RunHandle:
         return RunHandle(self, run_id)

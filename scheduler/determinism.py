@@ -11,7 +11,7 @@ import datetime as dt
 import random as _random
 import uuid as _uuid
 
-from .replay import current_instance
+from .context import current_instance
 
 
 def now() -> dt.datetime:

@@ -11,6 +11,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from eventlog import codec
 from eventlog.errors import ConfigurationError, UnknownWorkflowError
 
+from .context import current_instance
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -45,6 +47,10 @@ class WorkflowFunction(Generic[P, R]):
         return self.definition.name
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """Inside a workflow: start a child run and await it. Outside: run the function."""
+        instance = current_instance.get()
+        if instance is not None:
+            return instance.call_child(self.definition, args, kwargs)
         return self.definition.fn(*args, **kwargs)
 
 

@@ -16,25 +16,30 @@ import datetime as dt
 import hashlib
 import random as _random
 import uuid as _uuid
-from collections.abc import Coroutine, Iterable
+from collections import deque
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from eventlog.errors import ReplayDivergenceError, StepFailedError
+from eventlog import codec
+from eventlog.errors import (
+    ChildWorkflowError,
+    ReplayDivergenceError,
+    RunCancelled,
+    StepFailedError,
+    WaitTimeout,
+)
 from eventlog.events import RUN_TERMINAL, Event, EventType
 from eventlog.fold import ErrorInfo
 from eventlog.store import START
 from worker.dispatch import current_dispatcher
 from worker.registry import StepDef
 
+from .context import current_instance
 from .loop import DeterministicLoop
 from .registry import WorkflowDef
 
 _CREATIONS = frozenset({EventType.STEP_CREATED, EventType.WAIT_CREATED, EventType.HOOK_CREATED})
-
-current_instance: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
-    "ledgerflow_workflow_instance", default=None
-)
 
 
 def fingerprint(blob: bytes) -> str:
@@ -55,6 +60,84 @@ class StepCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitCommand:
+    """A durable sleep: wait_created with its due time (workflow clock + delay)."""
+
+    corr: str
+    due_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HookCommand:
+    corr: str
+    token: str
+    metadata: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCommand:
+    """A child run, recorded in the parent's log as a step named ``workflow:<name>``."""
+
+    corr: str
+    workflow: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    child_run_id: str
+
+
+Command = StepCommand | WaitCommand | HookCommand | ChildCommand
+CHILD_PREFIX = "workflow:"
+
+
+def child_run_id(parent_run_id: str, corr: str) -> str:
+    """Deterministic, so starting a child twice (a replay, a crash) starts it once."""
+    return f"{parent_run_id}.{corr}"
+
+
+class Hook:
+    """A durable hook: ``await hook`` for the next payload, ``async for`` for all of them.
+
+    Payloads arrive as hook_received events and are handed out in log order, so
+    replay sees exactly the deliveries the first execution saw.
+    """
+
+    def __init__(self, instance: WorkflowInstance, corr: str, token: str, metadata: Any) -> None:
+        self._instance = instance
+        self.corr = corr
+        self.token = token
+        self.metadata = metadata
+        self._buffer: deque[Any] = deque()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+
+    def _deliver(self, payload: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        self._buffer.append(payload)
+
+    async def next(self) -> Any:
+        if self._buffer:
+            return self._buffer.popleft()
+        waiter: asyncio.Future[Any] = self._instance.loop.create_future()
+        self._waiters.append(waiter)
+        return await waiter
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.next().__await__()
+
+    def __aiter__(self) -> Hook:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.next()
+
+    def __repr__(self) -> str:
+        return f"Hook(token={self.token!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     result: Any
 
@@ -69,7 +152,7 @@ Outcome = Completed | Failed
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    commands: list[StepCommand]
+    commands: list[Command]
     outcome: Outcome | None
 
 
@@ -77,9 +160,16 @@ class WorkflowInstance:
     """One live workflow: its private loop, its task, and what the log told it so far."""
 
     def __init__(
-        self, run_id: str, definition: WorkflowDef, args: list[Any], kwargs: dict[str, Any]
+        self,
+        run_id: str,
+        definition: WorkflowDef,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        *,
+        parent: tuple[str, str] | None = None,
     ) -> None:
         self.run_id = run_id
+        self._parent = parent
         self.definition = definition
         self.args = args
         self.kwargs = kwargs
@@ -93,10 +183,14 @@ class WorkflowInstance:
         self._uuid_seq = 0
         self._random = _random.Random(run_id)
         self._recorded: dict[str, Event] = {}
-        self._issued: dict[str, str] = {}  # corr -> name of the step this instance asked for
+        # corr -> (creation event type, name) of what this instance asked for there
+        self._issued: dict[str, tuple[EventType, str]] = {}
+        self._hooks: dict[str, Hook] = {}
+        self._disposed: set[str] = set()
+        self._children_started: set[str] = set()
         self._futures: dict[str, asyncio.Future[Any]] = {}
         self._early: dict[str, Event] = {}
-        self._new: list[StepCommand] = []
+        self._new: list[Command] = []
         self._task: asyncio.Task[Any] | None = None
 
     # --- feeding the log ------------------------------------------------------------------
@@ -119,12 +213,28 @@ class WorkflowInstance:
         if event.type is EventType.RUN_STARTED:
             if self._task is None:
                 self._start()
-        elif event.type in (EventType.STEP_COMPLETED, EventType.STEP_FAILED):
+        elif event.type in (
+            EventType.STEP_COMPLETED,
+            EventType.STEP_FAILED,
+            EventType.WAIT_COMPLETED,
+        ):
             future = self._futures.get(event.corr)
             if future is None:
                 self._early[event.corr] = event
                 return
             self._settle(future, event)
+        elif event.type is EventType.HOOK_RECEIVED:
+            hook = self._hooks.get(event.corr)
+            data = event.data if isinstance(event.data, dict) else {}
+            if hook is None:
+                return
+            hook._deliver(data.get("payload"))
+        elif event.type is EventType.HOOK_DISPOSED:
+            self._disposed.add(event.corr)
+            return
+        elif event.type is EventType.STEP_STARTED:
+            self._children_started.add(event.corr)
+            return
         else:
             return
         self.loop.run_ready()
@@ -140,12 +250,21 @@ class WorkflowInstance:
         if future.done():
             return
         data = event.data if isinstance(event.data, dict) else {}
+        if event.type is EventType.WAIT_COMPLETED:
+            future.set_result(None)
+            return
         if event.type is EventType.STEP_COMPLETED:
             future.set_result(data.get("result"))
             return
         error = ErrorInfo.from_data(data.get("error"))
         created = self._recorded.get(event.corr)
         name = str(created.data.get("name", "")) if created is not None else event.corr
+        if name.startswith(CHILD_PREFIX):
+            if error.type.endswith("RunCancelled"):
+                future.set_exception(RunCancelled(error.message))
+            else:
+                future.set_exception(ChildWorkflowError(error.type, error.message, error.traceback))
+            return
         future.set_exception(
             StepFailedError(
                 name,
@@ -165,10 +284,10 @@ class WorkflowInstance:
         asked = self._issued.get(event.corr)
         if asked is None or self.divergence is not None:
             return
-        recorded_name = event.data.get("name") if isinstance(event.data, dict) else None
-        if event.type is not EventType.STEP_CREATED or recorded_name != asked:
+        kind, name = asked
+        if not _matches(event, kind, name):
             self.divergence = ReplayDivergenceError(
-                self.run_id, event.corr, _describe(event), f"step {asked!r}"
+                self.run_id, event.corr, _describe(event), _describe_ask(kind, name)
             )
 
     def _check_unissued(self) -> None:
@@ -195,30 +314,115 @@ class WorkflowInstance:
 
     async def _call_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         blob = step.encode_args(args, kwargs)
-        corr = self._next_corr()
-        self._check_recorded(corr, f"step {step.name!r}", EventType.STEP_CREATED, step.name)
-        future = self.loop.create_future()
-        self._futures[corr] = future
-        self._issued[corr] = step.name
+        corr = self._claim(EventType.STEP_CREATED, step.name)
         if corr not in self._recorded:
             self._new.append(StepCommand(corr=corr, step=step, args=blob))
+        return await self._outcome_of(corr)
+
+    async def call_child(
+        self, definition: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        definition.check_args(args, kwargs)
+        corr = self._claim(EventType.STEP_CREATED, CHILD_PREFIX + definition.name)
+        if corr not in self._recorded:
+            self._new.append(
+                ChildCommand(
+                    corr=corr,
+                    workflow=definition.name,
+                    args=list(args),
+                    kwargs=dict(kwargs),
+                    child_run_id=child_run_id(self.run_id, corr),
+                )
+            )
+        return await self._outcome_of(corr)
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        await self._wait_future(int(seconds * 1000))
+
+    def _wait_future(self, delay_ms: int) -> asyncio.Future[Any]:
+        """A durable timer as a future: resolved when its wait_completed is replayed."""
+        corr = self._claim(EventType.WAIT_CREATED, "")
+        if corr not in self._recorded:
+            self._new.append(WaitCommand(corr=corr, due_ms=self._now_ms + delay_ms))
+        return self._future_for(corr)
+
+    def create_hook(self, token: str | None, metadata: Any) -> Hook:
+        corr = self._claim(EventType.HOOK_CREATED, "")
+        recorded = self._recorded.get(corr)
+        if recorded is not None and isinstance(recorded.data, dict):
+            token = str(recorded.data.get("token", token or ""))
+        token = token or hashlib.sha256(f"{self.run_id}:{corr}".encode()).hexdigest()[:32]
+        hook = Hook(self, corr, token, metadata)
+        self._hooks[corr] = hook
+        if recorded is None:
+            codec.encode(metadata, what="hook metadata")
+            self._new.append(HookCommand(corr=corr, token=token, metadata=metadata))
+        return hook
+
+    async def wait_for(self, awaitable: Awaitable[Any], timeout: float) -> Any:
+        """Whichever the log records first wins: the awaited thing, or a durable timer."""
+        timer = self._wait_future(max(0, int(timeout * 1000)))
+        task = asyncio.ensure_future(awaitable)
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise WaitTimeout(f"nothing arrived within {timeout:g} s (a durable timeout)")
+
+    def live_hooks(self) -> list[str]:
+        return [c for c in self._hooks if c not in self._disposed]
+
+    def unstarted_children(self) -> list[ChildCommand]:
+        """Children recorded in the log whose start may not have happened (a crash)."""
+        pending = []
+        for corr, event in self._recorded.items():
+            data = event.data if isinstance(event.data, dict) else {}
+            name = str(data.get("name", ""))
+            if name.startswith(CHILD_PREFIX) and corr not in self._children_started:
+                pending.append(
+                    ChildCommand(
+                        corr=corr,
+                        workflow=name[len(CHILD_PREFIX) :],
+                        args=list(data.get("child_args", [])),
+                        kwargs=dict(data.get("child_kwargs", {})),
+                        child_run_id=str(data.get("child_run_id", "")),
+                    )
+                )
+        return pending
+
+    @property
+    def parent(self) -> tuple[str, str] | None:
+        return self._parent
+
+    def _claim(self, kind: EventType, name: str) -> str:
+        """Take the next position, checking it against what the log recorded there."""
+        corr = self._next_corr()
+        event = self._recorded.get(corr)
+        if event is not None and not _matches(event, kind, name):
+            self.divergence = ReplayDivergenceError(
+                self.run_id, corr, _describe(event), _describe_ask(kind, name)
+            )
+            raise self.divergence
+        self._issued[corr] = (kind, name)
+        return corr
+
+    def _future_for(self, corr: str) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        self._futures[corr] = future
         early = self._early.pop(corr, None)
         if early is not None:
             self._settle(future, early)
-        return await future
+        return future
+
+    async def _outcome_of(self, corr: str) -> Any:
+        return await self._future_for(corr)
 
     def _next_corr(self) -> str:
         self._seq += 1
         return f"s{self._seq}"
-
-    def _check_recorded(self, corr: str, now: str, expected: EventType, name: str) -> None:
-        event = self._recorded.get(corr)
-        if event is None:
-            return
-        recorded_name = event.data.get("name") if isinstance(event.data, dict) else None
-        if event.type is not expected or recorded_name != name:
-            self.divergence = ReplayDivergenceError(self.run_id, corr, _describe(event), now)
-            raise self.divergence
 
     # --- determinism helpers ------------------------------------------------------------
 
@@ -263,10 +467,28 @@ class WorkflowInstance:
         self.loop.close()
 
 
+def _matches(event: Event, kind: EventType, name: str) -> bool:
+    if event.type is not kind:
+        return False
+    if kind is EventType.STEP_CREATED:
+        return isinstance(event.data, dict) and event.data.get("name") == name
+    return True
+
+
 def _describe(event: Event) -> str:
     if event.type is EventType.STEP_CREATED and isinstance(event.data, dict):
-        return f"step {event.data.get('name')!r}"
-    return event.type.value.replace("_created", "")
+        return _describe_ask(event.type, str(event.data.get("name")))
+    return {EventType.WAIT_CREATED: "a sleep", EventType.HOOK_CREATED: "a hook"}.get(
+        event.type, event.type.value
+    )
+
+
+def _describe_ask(kind: EventType, name: str) -> str:
+    if kind is EventType.STEP_CREATED:
+        if name.startswith(CHILD_PREFIX):
+            return f"child workflow {name[len(CHILD_PREFIX) :]!r}"
+        return f"step {name!r}"
+    return "a sleep" if kind is EventType.WAIT_CREATED else "a hook"
 
 
 def is_terminal(event: Event) -> bool:

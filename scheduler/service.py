@@ -18,6 +18,7 @@ import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepMessage, decode_message
 from eventlog.errors import (
+    HookTokenConflictError,
     MalformedMessageError,
     RunClosedError,
     SerializationError,
@@ -26,12 +27,25 @@ from eventlog.errors import (
 from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
+from eventlog.timers import Timer, TimerKind
 from worker.outcome import error_info
 from worker.registry import StepRegistry, steps
 
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
+from .children import parent_of, report_to_parent, start_child
 from .registry import WorkflowRegistry, workflows
-from .replay import Completed, Decision, Failed, StepCommand, WorkflowInstance
+from .replay import (
+    CHILD_PREFIX,
+    ChildCommand,
+    Command,
+    Completed,
+    Decision,
+    Failed,
+    HookCommand,
+    StepCommand,
+    WaitCommand,
+    WorkflowInstance,
+)
 from .timers import TimerLoop
 
 log = structlog.get_logger("ledgerflow.scheduler")
@@ -126,7 +140,12 @@ class Scheduler:
             if not events:
                 log.warning("activation for a run with no log", run_id=run_id)
                 return
-            if any(e.type in RUN_TERMINAL for e in events):
+            terminal = next((e for e in events if e.type in RUN_TERMINAL), None)
+            if terminal is not None:
+                # Finished: make sure a parent heard about it (idempotent repair).
+                parent = parent_of(events[0])
+                if parent is not None:
+                    await report_to_parent(self.store, self.broker, parent, terminal)
                 return
             instance = self._instantiate(run_id, events[0])
             if not any(e.type is EventType.RUN_STARTED for e in events):
@@ -153,47 +172,96 @@ class Scheduler:
             raise MalformedMessageError(f"run {run_id!r}: the log does not start with run_created")
         definition = self.registry.get(str(data.get("workflow", "")))
         return WorkflowInstance(
-            run_id, definition, list(data.get("args", [])), dict(data.get("kwargs", {}))
+            run_id,
+            definition,
+            list(data.get("args", [])),
+            dict(data.get("kwargs", {})),
+            parent=parent_of(first),
         )
 
     async def _record(self, instance: WorkflowInstance, decision: Decision) -> bool:
-        """Append the decision in one batch and publish its steps; True if the run ended."""
+        """Append the decision in one batch, then publish and start what it asked for.
+
+        Returns True if the run ended. A run that ends disposes its live hooks in
+        the same batch, and reports its outcome to its parent, if it has one.
+        """
         run_id = instance.run_id
-        batch = [self._step_created(c) for c in decision.commands]
+        batch = [self._created(instance, c) for c in decision.commands]
         if decision.outcome is not None:
+            batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
             batch.append(self._terminal(instance, decision.outcome))
-        if not batch:
-            return False
-        try:
-            results = await self.store.append(run_id, batch)
-        except RunClosedError:
-            return True
+        if batch:
+            try:
+                results = await self.store.append(run_id, batch)
+            except RunClosedError:
+                return True
+            except HookTokenConflictError as exc:
+                await self.store.append(run_id, [_failed(exc)])
+                return True
+        else:
+            results = []
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
-        if fresh:
-            messages = [self._message(run_id, c) for c in fresh]
-            await retrying("publish steps", lambda: self.broker.publish_steps(messages))
-        if decision.outcome is not None:
-            log.info(
-                "run finished",
-                run_id=run_id,
-                workflow=instance.definition.name,
-                outcome=batch[-1].type.value,
-            )
-            return True
-        return False
+        steps = [self._message(run_id, c) for c in fresh if isinstance(c, StepCommand)]
+        if steps:
+            await retrying("publish steps", lambda: self.broker.publish_steps(steps))
+        if decision.outcome is None:
+            # Children asked for just now, plus any recorded earlier whose start a
+            # crash may have cut short (start_child is idempotent).
+            children = {c.corr: c for c in instance.unstarted_children()}
+            children.update({c.corr: c for c in fresh if isinstance(c, ChildCommand)})
+            for child in children.values():
+                await start_child(self.store, self.broker, run_id, child)
+            return False
+        log.info(
+            "run finished",
+            run_id=run_id,
+            workflow=instance.definition.name,
+            outcome=batch[-1].type.value,
+        )
+        if instance.parent is not None:
+            await report_to_parent(self.store, self.broker, instance.parent, batch[-1])
+        return True
 
     @staticmethod
-    def _step_created(command: StepCommand) -> NewEvent:
+    def _created(instance: WorkflowInstance, command: Command) -> NewEvent:
+        if isinstance(command, StepCommand):
+            return NewEvent.of(
+                EventType.STEP_CREATED,
+                command.corr,
+                {
+                    "name": command.step.name,
+                    "queue": command.step.queue,
+                    "args": command.args,
+                    "fp": command.fingerprint,
+                },
+                max_size=None,
+            )
+        if isinstance(command, WaitCommand):
+            return NewEvent.of(
+                EventType.WAIT_CREATED,
+                command.corr,
+                {"due": command.due_ms},
+                timer=Timer(TimerKind.WAIT, instance.run_id, command.corr),
+                due_ms=command.due_ms,
+            )
+        if isinstance(command, HookCommand):
+            return NewEvent.of(
+                EventType.HOOK_CREATED,
+                command.corr,
+                {"token": command.token, "metadata": command.metadata},
+                token=command.token,
+            )
         return NewEvent.of(
             EventType.STEP_CREATED,
             command.corr,
             {
-                "name": command.step.name,
-                "queue": command.step.queue,
-                "args": command.args,
-                "fp": command.fingerprint,
+                "name": CHILD_PREFIX + command.workflow,
+                "queue": "",
+                "child_run_id": command.child_run_id,
+                "child_args": command.args,
+                "child_kwargs": command.kwargs,
             },
-            max_size=None,
+            what=f"arguments of child workflow {command.workflow!r}",
         )
 
     @staticmethod

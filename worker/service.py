@@ -16,9 +16,11 @@ is recorded as failed with ``WorkerLostError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import structlog
@@ -47,6 +49,7 @@ log = structlog.get_logger("ledgerflow.worker")
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_GRACE = 30.0
+CANCEL_POLL = 0.5
 
 
 def worker_identity() -> str:
@@ -76,8 +79,12 @@ class Worker:
         self.grace = grace
         self.identity = worker_identity()
         self._consumers: list[Consumer] = []
+        self._running: Counter[str] = Counter()
+        self._cancelled: set[str] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self._watch = asyncio.create_task(self._watch_cancellations(), name="cancel-watch")
         for queue in self.queues:
             full = await self.broker.declare_step_queue(queue)
             # prefetch == concurrency: every delivered message starts at once, so a
@@ -91,6 +98,30 @@ class Worker:
         consumers, self._consumers = self._consumers, []
         timeout = self.grace if grace is None else grace
         await asyncio.gather(*(c.cancel(timeout=timeout) for c in consumers))
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
+    async def _watch_cancellations(self) -> None:
+        """Poll the runs with steps running here, so a step can see its run was cancelled.
+
+        One pipelined read per interval for all of them; a missed poll only delays
+        the flag, since the run's log already refuses the step's outcome.
+        """
+        while True:
+            await asyncio.sleep(CANCEL_POLL)
+            running = list(self._running)
+            if not running:
+                self._cancelled.clear()
+                continue
+            try:
+                states = await self.store.run_states(running)
+            except Exception as exc:
+                log.warning("cancellation poll failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            self._cancelled = {r for r, s in states.items() if s in ("cancelled", "failed")}
 
     async def handle(self, delivery: Delivery) -> None:
         try:
@@ -198,14 +229,17 @@ class Worker:
             beats.beat()
             recorder.maybe_record()
 
+        run_id = message.run_id
         ctx = StepContext(
-            run_id=message.run_id,
+            run_id=run_id,
             step_id=message.step_id,
             step_name=message.step_name,
             attempt=attempt,
             on_heartbeat=on_heartbeat,
+            cancel_requested=lambda: run_id in self._cancelled,
         )
         token = bind_step_context(ctx)
+        self._running[run_id] += 1
         try:
             value = await run_limited(
                 definition.invoke(args, kwargs),
@@ -218,6 +252,9 @@ class Worker:
             return outcome.failure_event(message.run_id, message.step_id, attempt, exc, policy)
         finally:
             reset_step_context(token)
+            self._running[run_id] -= 1
+            if self._running[run_id] <= 0:
+                del self._running[run_id]
             await recorder.close()
         return outcome.completed(
             message.step_id,

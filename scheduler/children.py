@@ -1,0 +1,103 @@
+"""Child workflows: start them from the parent, report their end back to it.
+
+A child is recorded in the parent's log as a step named ``workflow:<name>``
+(created when the parent asks, started when the child's run_created is
+written, completed or failed with the child's outcome), and the child's
+run_created carries ``parent: {run_id, corr}``: linked in both logs, and no new
+event types. Every write here is idempotent, so a crash between two of them is
+repaired by doing them again on the next activation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from broker import Activation, Broker
+from eventlog import codec
+from eventlog.errors import IllegalTransitionError
+from eventlog.events import Event, EventType, NewEvent
+from eventlog.retrying import retrying
+from eventlog.store import EventStore
+
+from .replay import ChildCommand
+
+
+async def start_child(
+    store: EventStore, broker: Broker, parent_run_id: str, command: ChildCommand
+) -> None:
+    created = NewEvent.of(
+        EventType.RUN_CREATED,
+        data={
+            "workflow": command.workflow,
+            "args": command.args,
+            "kwargs": command.kwargs,
+            "parent": {"run_id": parent_run_id, "corr": command.corr},
+        },
+        workflow=command.workflow,
+        what=f"arguments of child workflow {command.workflow!r}",
+    )
+    (result,) = await store.append(command.child_run_id, [created])
+    entity = await store.entity(parent_run_id, command.corr)
+    if entity.state == "created":
+        started = NewEvent.of(
+            EventType.STEP_STARTED, command.corr, {"child_run_id": command.child_run_id}, attempt=1
+        )
+        try:
+            await store.append(parent_run_id, [started])
+        except IllegalTransitionError:
+            # The parent ended (say, cancelled) before the child's start was recorded:
+            # the child must not run orphaned.
+            cancelled = NewEvent.of(EventType.RUN_CANCELLED, data={"reason": "parent run ended"})
+            with contextlib.suppress(IllegalTransitionError):
+                await store.append(command.child_run_id, [cancelled])
+            return
+    elif result.duplicate:
+        return  # started before, by this or another scheduler
+    activation = Activation(run_id=command.child_run_id, reason="child")
+    await retrying("publish activation", lambda: broker.publish_activation(activation))
+
+
+def parent_of(first: Event) -> tuple[str, str] | None:
+    data = first.data if isinstance(first.data, dict) else {}
+    parent = data.get("parent")
+    if isinstance(parent, dict) and parent.get("run_id") and parent.get("corr"):
+        return str(parent["run_id"]), str(parent["corr"])
+    return None
+
+
+async def report_to_parent(
+    store: EventStore, broker: Broker, parent: tuple[str, str], terminal: Event | NewEvent
+) -> None:
+    """Record a finished child's outcome as its step's outcome in the parent's log."""
+    parent_run, corr = parent
+    kind = terminal.type
+    data: dict[str, Any] = {}
+    if isinstance(terminal, Event):
+        data = terminal.data if isinstance(terminal.data, dict) else {}
+    else:
+        decoded = codec.decode(terminal.payload)
+        data = decoded if isinstance(decoded, dict) else {}
+    if kind is EventType.RUN_COMPLETED:
+        outcome = NewEvent.of(
+            EventType.STEP_COMPLETED, corr, {"result": data.get("result")}, attempt=1, max_size=None
+        )
+    else:
+        error = data.get("error") or {
+            "type": "eventlog.errors.RunCancelled",
+            "message": f"the child run was cancelled: {data.get('reason', '')}",
+            "traceback": "",
+        }
+        outcome = NewEvent.of(
+            EventType.STEP_FAILED, corr, {"error": error}, attempt=1, max_size=None
+        )
+    entity = await store.entity(parent_run, corr)
+    batch = [outcome]
+    if entity.state == "created":
+        batch.insert(0, NewEvent.of(EventType.STEP_STARTED, corr, {}, attempt=1))
+    try:
+        await store.append(parent_run, batch)
+    except IllegalTransitionError:
+        return  # the parent already ended
+    activation = Activation(run_id=parent_run, reason="child")
+    await retrying("publish activation", lambda: broker.publish_activation(activation))
