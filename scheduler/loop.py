@@ -17,6 +17,10 @@ from typing import Any, NoReturn, TypeVar
 
 from eventlog.errors import NonDeterminismError
 
+from . import sandbox
+
+sandbox.install()
+
 T = TypeVar("T")
 
 _set_running = asyncio.events._set_running_loop
@@ -92,10 +96,11 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
         _set_running(self)
         self._running = True
         try:
-            while self._ready:
-                handle = self._ready.popleft()
-                if not handle._cancelled:
-                    handle._run()
+            with sandbox.workflow_code():
+                while self._ready:
+                    handle = self._ready.popleft()
+                    if not handle._cancelled:
+                        handle._run()
         finally:
             self._running = False
             _set_running(previous)

@@ -106,3 +106,20 @@ async def deterministic() -> list[Any]:
     await mark("between")
     values += [lf.now().isoformat(), str(lf.uuid4()), lf.random()]
     return values
+
+
+@lf.workflow(name="wt_reads_clock")
+async def reads_clock(which: str) -> float:
+    import random
+    import time
+    import uuid
+
+    calls = {
+        "time": time.time,
+        "monotonic": time.monotonic,
+        "sleep": lambda: time.sleep(0.01),
+        "random": random.random,
+        "uuid4": uuid.uuid4,
+    }
+    calls[which]()
+    return 0.0

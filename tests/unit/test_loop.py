@@ -243,3 +243,28 @@ async def test_embedded_workflow_with_asyncio_sleep_ends_run_failed() -> None:
         assert tally["run_failed"] == 1
         assert tally["run_completed"] == 0
         assert (await client.state(run.run_id)).status == "failed"
+
+
+@pytest.mark.parametrize(
+    ("which", "named"),
+    [
+        ("time", "time.time()"),
+        ("monotonic", "time.monotonic()"),
+        ("sleep", "time.sleep()"),
+        ("random", "random.random()"),
+        ("uuid4", "uuid.uuid4()"),
+    ],
+)
+async def test_wall_clock_and_randomness_fail_inside_workflow_code(which: str, named: str) -> None:
+    import time as real_time
+
+    from scheduler.embedded import embedded
+    from tests.apps.waiting import reads_clock
+
+    async with embedded(f"unit-clock-{which}") as client:
+        run = await client.start(reads_clock, which)
+        with pytest.raises(lf.WorkflowFailedError) as info:
+            await run.result(timeout=5)
+    assert info.value.type_name == "eventlog.errors.NonDeterminismError"
+    assert named in info.value.message
+    assert real_time.time() > 0  # outside workflow code the clock still works
