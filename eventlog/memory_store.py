@@ -242,5 +242,12 @@ class MemoryEventStore(EventStore):
     async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
         return {r: self._status.get(r, {}).get("run", "") for r in run_ids}
 
+    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
+        entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
+        return [run for run, seen in entries if seen <= older_than_ms][:limit]
+
+    async def now_ms(self) -> int:
+        return _now_ms()
+
     async def close(self) -> None:
         return None

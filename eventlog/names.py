@@ -78,6 +78,12 @@ class Names:
     def hook_tokens(self) -> str:
         return f"{self.namespace}:hooks"
 
+    def reconciler_lease(self) -> str:
+        return f"{self.namespace}:reconciler:lease"
+
+    def reconciler_fence(self) -> str:
+        return f"{self.namespace}:reconciler:fence"
+
     def key_pattern(self) -> str:
         """Glob matching every Redis key of this namespace (tests and cleanup only)."""
         return f"{self.namespace}:*"

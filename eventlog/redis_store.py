@@ -242,6 +242,18 @@ class RedisEventStore(EventStore):
             replies: list[Any] = await pipe.execute()
         return {r: _text(v) if v is not None else "" for r, v in zip(run_ids, replies, strict=True)}
 
+    @retried("read stale runs")
+    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
+        raw: Any = await self.client.zrangebyscore(
+            self.names.active_shard(shard), "-inf", older_than_ms, start=0, num=limit
+        )
+        return [_text(member) for member in raw]
+
+    @retried("read the clock")
+    async def now_ms(self) -> int:
+        seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def close(self) -> None:
         if self._watcher is not None:
             await self._watcher.close()

@@ -86,6 +86,16 @@ class EventStore(ABC):
     async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
         """Each run's state ("" if unknown) in one round trip: for cancellation checks."""
 
+    # --- for the reconciler ------------------------------------------------------------
+
+    @abstractmethod
+    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
+        """Unfinished runs of one index shard with no progress since ``older_than_ms``."""
+
+    @abstractmethod
+    async def now_ms(self) -> int:
+        """The store's clock (Redis TIME), the one event timestamps use."""
+
     @abstractmethod
     async def close(self) -> None: ...
 

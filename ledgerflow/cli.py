@@ -27,15 +27,18 @@ from eventlog.errors import (
 )
 from eventlog.events import Event
 from eventlog.fold import fold
+from eventlog.lease import Lease
 from eventlog.logs import configure_logging
+from eventlog.redis_store import RedisEventStore
 from eventlog.settings import Settings
 from eventlog.timeline import render, timeline
 from scheduler.client import Client
+from scheduler.reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
 from scheduler.registry import WorkflowFunction, workflows
 from scheduler.service import Scheduler
 from worker.backend import connect
 from worker.process import run_until_signalled
-from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker
+from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_identity
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -93,6 +96,38 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends:
         scheduler = Scheduler(backends.store, backends.broker)
         await run_until_signalled(scheduler.start, scheduler.stop, what="scheduler")
+    return EXIT_OK
+
+
+async def cmd_reconciler(args: argparse.Namespace) -> int:
+    async with connect(settings_of(args)) as backends:
+        if not isinstance(backends.store, RedisEventStore):
+            raise LedgerflowError("the reconciler needs the Redis event store")
+        lease = Lease(
+            backends.store.client,
+            backends.names,
+            owner=worker_identity(),
+            ttl_ms=int(args.lease_ttl * 1000),
+        )
+        reconciler = Reconciler(
+            backends.store,
+            backends.broker,
+            lease,
+            stale_after=args.stale_after,
+            interval=args.interval,
+        )
+        task: asyncio.Task[None] | None = None
+
+        async def start() -> None:
+            nonlocal task
+            task = asyncio.create_task(reconciler.run())
+
+        async def stop() -> None:
+            reconciler.stop()
+            if task is not None:
+                await task
+
+        await run_until_signalled(start, stop, what="reconciler")
     return EXIT_OK
 
 
@@ -224,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler = sub.add_parser("scheduler", help="replay runs and schedule their steps")
     scheduler.add_argument("app")
     scheduler.set_defaults(handler=cmd_scheduler)
+
+    reconciler = sub.add_parser(
+        "reconciler", help="find and re-enqueue what the queues lost (one active at a time)"
+    )
+    reconciler.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
+    reconciler.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
+    reconciler.add_argument("--lease-ttl", type=float, default=10.0)
+    reconciler.set_defaults(handler=cmd_reconciler)
 
     start = sub.add_parser("start", help="start a run of APP:WORKFLOW")
     start.add_argument("target", metavar="APP:WORKFLOW")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepMessage, decode_message
+from eventlog import faults
 from eventlog.errors import (
     HookTokenConflictError,
     MalformedMessageError,
@@ -202,8 +203,14 @@ class Scheduler:
             results = []
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         steps = [self._message(run_id, c) for c in fresh if isinstance(c, StepCommand)]
+        if steps and faults.hit(faults.SCHEDULER_AFTER_STEP_CREATED):
+            steps = []
+        elif len(steps) > 1 and faults.hit(faults.SCHEDULER_MID_BATCH):
+            steps = steps[: len(steps) // 2]
         if steps:
             await retrying("publish steps", lambda: self.broker.publish_steps(steps))
+            if faults.hit(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK):
+                raise faults.InjectedCrash(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK)
         if decision.outcome is None:
             # Children asked for just now, plus any recorded earlier whose start a
             # crash may have cut short (start_child is idempotent).

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepMessage, decode_message
+from eventlog import faults
 from eventlog.errors import (
     EventLogError,
     MalformedMessageError,
@@ -185,10 +186,12 @@ class Worker:
         if definition.heartbeat_timeout is not None:
             timeout_ms = int(definition.heartbeat_timeout * 1000)
             timer = Timer(TimerKind.HEARTBEAT, message.run_id, message.step_id, attempt, timeout_ms)
+        limits = {"timeout": definition.timeout, "heartbeat_timeout": definition.heartbeat_timeout}
         return NewEvent.of(
             EventType.STEP_STARTED,
             message.step_id,
-            {"worker": self.identity},
+            # The limits let the reconciler tell a stuck step from a slow one.
+            {"worker": self.identity, **{k: v for k, v in limits.items() if v is not None}},
             attempt=attempt,
             timer=timer,
             delay_ms=timeout_ms,
@@ -208,7 +211,9 @@ class Worker:
             await delivery.ack()
             return
         final = events[-1].type
-        if final is not EventType.STEP_RETRYING:
+        if final is not EventType.STEP_RETRYING and not faults.hit(
+            faults.WORKER_AFTER_STEP_COMPLETED
+        ):
             await self._activate(message.run_id)
         await delivery.ack()
         bound.debug("step recorded", outcome=final.value)

@@ -77,3 +77,16 @@ async def long_chain(n: int) -> int:
     for i in range(n):
         acc = await tick(acc, i)
     return acc
+
+
+@lf.step(name="it_slow_once", retry=lf.RetryPolicy(max_attempts=5))
+async def slow_once(seconds: float) -> str:
+    """Attempt 1 is slow; later attempts (re-dispatched while it still runs) are quick."""
+    if lf.step_context().attempt == 1:
+        await asyncio.sleep(seconds)
+    return f"attempt {lf.step_context().attempt}"
+
+
+@lf.workflow(name="it_slow_once_wf")
+async def slow_once_wf(seconds: float) -> str:
+    return await slow_once(seconds)

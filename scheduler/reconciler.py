@@ -1,0 +1,240 @@
+"""The reconciler: find what the queue lost by replaying logs, and re-enqueue it.
+
+Every ``interval`` the lease holder sweeps the active-runs index (shard by
+shard, in batches, never a scan of the keyspace) for unfinished runs with no
+progress for ``stale_after``, folds each one's log, and puts back exactly what
+is missing:
+
+- a run that was created but never started, or whose log holds outcomes the
+  scheduler never acted on (a step result, a wake-up, a hook delivery): an
+  activation;
+- a step created but never started, or a retry that is due but never
+  dispatched: its step message;
+- a step started long ago (twice its time limit) with no outcome: a new attempt;
+- a wait or retry whose timer entry is missing: the timer entry.
+
+It never appends step results or run outcomes itself: it only re-sends
+messages and rebuilds derived entries, all of which are harmless to repeat.
+Every action is preceded by a lease check, so a reconciler that lost its lease
+(paused, partitioned) never acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from broker import Activation, Broker, StepMessage
+from eventlog.events import Event, EventType
+from eventlog.fold import RunState, StepState, fold
+from eventlog.lease import Lease
+from eventlog.store import EventStore
+from eventlog.timers import Timer, TimerKind
+
+from .replay import CHILD_PREFIX
+
+log = structlog.get_logger("ledgerflow.reconciler")
+
+DEFAULT_STALE_AFTER = 30.0
+DEFAULT_INTERVAL = 5.0
+DEFAULT_STEP_LIMIT = 600.0  # for steps with no timeout of their own
+BATCH = 200
+
+# Events the scheduler writes; outcomes after the last of them may be unacted on.
+_SCHEDULER_WRITES = frozenset(
+    {
+        EventType.RUN_STARTED,
+        EventType.STEP_CREATED,
+        EventType.WAIT_CREATED,
+        EventType.HOOK_CREATED,
+        EventType.HOOK_DISPOSED,
+    }
+)
+_NEEDS_SCHEDULER = frozenset(
+    {
+        EventType.STEP_COMPLETED,
+        EventType.STEP_FAILED,
+        EventType.WAIT_COMPLETED,
+        EventType.HOOK_RECEIVED,
+    }
+)
+
+
+class LeaseLost(Exception):
+    """Raised inside a sweep the moment the lease is found to be someone else's."""
+
+
+@dataclass
+class SweepReport:
+    runs_checked: int = 0
+    recoveries: Counter[str] = field(default_factory=Counter)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: EventStore,
+        broker: Broker,
+        lease: Lease,
+        *,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        interval: float = DEFAULT_INTERVAL,
+        default_step_limit: float = DEFAULT_STEP_LIMIT,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.lease = lease
+        self.stale_after_ms = int(stale_after * 1000)
+        self.interval = interval
+        self.default_step_limit_ms = int(default_step_limit * 1000)
+        self.recoveries: Counter[str] = Counter()
+        self.sweeps = 0
+        self._stopping = asyncio.Event()
+
+    # --- the daemon ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Hold (or wait for) the lease and sweep until stopped."""
+        while not self._stopping.is_set():
+            try:
+                if await self.lease.check() or await self.lease.acquire():
+                    await self.sweep()
+            except LeaseLost:
+                log.warning("lease lost mid-sweep; standing by", owner=self.lease.owner)
+            except Exception as exc:
+                log.warning("sweep failed; retrying", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+        with contextlib.suppress(Exception):
+            await self.lease.release()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # --- one sweep -------------------------------------------------------------------
+
+    async def sweep(self) -> SweepReport:
+        report = SweepReport()
+        now = await self.store.now_ms()
+        cutoff = now - self.stale_after_ms
+        for shard in range(self.store.names.shards):
+            for run_id in await self.store.stale_runs(shard, cutoff, BATCH):
+                await self._fence()
+                report.runs_checked += 1
+                for reason in await self.repair(run_id, now):
+                    report.recoveries[reason] += 1
+        self.sweeps += 1
+        self.recoveries.update(report.recoveries)
+        return report
+
+    async def repair(self, run_id: str, now: int) -> list[str]:
+        """Re-enqueue what one run's log says is missing; returns the reasons acted on."""
+        events = await self.store.read(run_id)
+        if not events:
+            return []
+        state = fold(run_id, events)
+        if state.finished:
+            return []
+        done: list[str] = []
+        if state.status == "created":
+            await self._activate(run_id, "run never started", done)
+            return done
+        timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
+        last_started = _last_started(events)
+        for step in state.steps.values():
+            if step.name.startswith(CHILD_PREFIX):
+                continue
+            if step.status == "created":
+                await self._dispatch(run_id, step, 1, "step never started", done)
+            elif step.status == "retrying":
+                timer = Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1)
+                if step.retry_due is not None and step.retry_due + self.stale_after_ms <= now:
+                    await self._dispatch(
+                        run_id, step, step.attempt + 1, "retry never dispatched", done
+                    )
+                elif timer.member not in timers and step.retry_due is not None:
+                    await self._arm(
+                        timer, step.retry_due, run_id, step.id, "retry timer missing", done
+                    )
+            elif step.status == "started":
+                limit = _limit_ms(last_started.get(step.id), self.default_step_limit_ms)
+                if step.started_ts is not None and now - step.started_ts > 2 * limit:
+                    await self._dispatch(
+                        run_id, step, step.attempt + 1, "step started long ago, no outcome", done
+                    )
+        for wait in state.waits.values():
+            timer = Timer(TimerKind.WAIT, run_id, wait.id)
+            if wait.status == "created" and timer.member not in timers:
+                await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
+        if _unacted(events, state):
+            await self._activate(run_id, "outcome not acted on", done)
+        return done
+
+    # --- fenced actions ----------------------------------------------------------------
+
+    async def _fence(self) -> None:
+        if not await self.lease.check():
+            raise LeaseLost
+
+    async def _activate(self, run_id: str, reason: str, done: list[str]) -> None:
+        await self._fence()
+        await self.broker.publish_activation(Activation(run_id=run_id, reason="reconciler"))
+        self._recovered(run_id, "run", reason, done)
+
+    async def _dispatch(
+        self, run_id: str, step: StepState, attempt: int, reason: str, done: list[str]
+    ) -> None:
+        await self._fence()
+        message = StepMessage(
+            run_id=run_id,
+            step_id=step.id,
+            step_name=step.name,
+            attempt=attempt,
+            args=step.args,
+            queue=step.queue or "default",
+        )
+        await self.broker.publish_step(message)
+        self._recovered(run_id, f"step {step.id}", reason, done, attempt=attempt)
+
+    async def _arm(
+        self, timer: Timer, due: int, run_id: str, entity: str, reason: str, done: list[str]
+    ) -> None:
+        await self._fence()
+        await self.store.add_timer(timer, due_ms=due)
+        self._recovered(run_id, entity, reason, done)
+
+    def _recovered(
+        self, run_id: str, entity: str, reason: str, done: list[str], **extra: Any
+    ) -> None:
+        done.append(reason)
+        log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
+
+
+def _last_started(events: list[Event]) -> dict[str, dict[str, Any]]:
+    started: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event.type is EventType.STEP_STARTED and isinstance(event.data, dict):
+            started[event.corr] = event.data
+    return started
+
+
+def _limit_ms(started: dict[str, Any] | None, default_ms: int) -> int:
+    if not started:
+        return default_ms
+    limits = [v for v in (started.get("timeout"), started.get("heartbeat_timeout")) if v]
+    return int(max(limits) * 1000) if limits else default_ms
+
+
+def _unacted(events: list[Event], state: RunState) -> bool:
+    """Does the log end with outcomes after the scheduler last wrote anything?"""
+    for event in reversed(events):
+        if event.type in _SCHEDULER_WRITES:
+            return False
+        if event.type in _NEEDS_SCHEDULER:
+            return True
+    return state.status == "started" and not state.steps and not state.waits and not state.hooks

@@ -1,0 +1,167 @@
+"""The reconciler: lease, fencing, and recovery of every window between two writes (issue 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import ledgerflow as lf
+from eventlog import faults
+from eventlog.events import EventType
+from eventlog.lease import Lease
+from scheduler.reconciler import Reconciler
+from scheduler.service import Scheduler
+from tests.apps import arith
+
+pytestmark = pytest.mark.integration
+
+
+def lease_for(backends: Any, owner: str, ttl_ms: int = 2000) -> Lease:
+    return Lease(backends.store.client, backends.names, owner=owner, ttl_ms=ttl_ms)
+
+
+@pytest.fixture
+async def reconciler(backends: Any) -> AsyncIterator[Reconciler]:
+    """A fast reconciler in this process: stale after 0.5 s, sweeping every 0.2 s."""
+    rec = Reconciler(
+        backends.store,
+        backends.broker,
+        lease_for(backends, "test-reconciler"),
+        stale_after=0.5,
+        interval=0.2,
+        default_step_limit=0.5,
+    )
+    task = asyncio.create_task(rec.run())
+    try:
+        yield rec
+    finally:
+        rec.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left() -> Any:
+    faults.disarm_all()
+    yield
+    faults.disarm_all()
+
+
+def assert_clean(events: list[Any]) -> None:
+    completed = Counter(e.corr for e in events if e.type is EventType.STEP_COMPLETED)
+    assert not completed or max(completed.values()) == 1
+    assert sum(e.type is EventType.RUN_COMPLETED for e in events) == 1
+
+
+@pytest.mark.parametrize(
+    ("point", "shape", "reason"),
+    [
+        # A chain: the lost activation is the only thing that would move the run on.
+        (faults.WORKER_AFTER_STEP_COMPLETED, "chain", "outcome not acted on"),
+        (faults.SCHEDULER_AFTER_STEP_CREATED, "chain", "step never started"),
+        # A fan-out of 4: half of the batch's step messages are lost.
+        (faults.SCHEDULER_MID_BATCH, "fan-out", "step never started"),
+        # The activation is left unacked (the process "died"); the steps it published
+        # carry the run on, and nothing may be recorded twice.
+        (faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK, "chain", None),
+    ],
+)
+async def test_each_fault_window_is_repaired_within_stale_after_plus_a_sweep(
+    running: lf.Client, reconciler: Reconciler, point: str, shape: str, reason: str | None
+) -> None:
+    faults.arm(point)
+    if shape == "chain":
+        run = await running.start(arith.long_chain, 3)
+        expected = sum(range(3))
+    else:
+        run = await running.start(arith.total, 4)
+        expected = arith.expected_total(4)
+    assert await run.result(timeout=15) == expected
+    assert faults.fired[point] == 1
+    if reason is not None:
+        assert reconciler.recoveries[reason] >= 1, reconciler.recoveries
+    assert_clean(await running.events(run.run_id))
+
+
+async def test_nothing_to_repair_means_no_recoveries(
+    running: lf.Client, reconciler: Reconciler
+) -> None:
+    runs = [await running.start(arith.total, 3) for _ in range(5)]
+    for run in runs:
+        await run.result(timeout=15)
+    await asyncio.sleep(1.0)
+    assert reconciler.recoveries == Counter()
+    assert reconciler.sweeps > 0
+
+
+async def test_a_slow_worker_redispatched_records_one_result(
+    running: lf.Client, reconciler: Reconciler
+) -> None:
+    """The reconciler re-sends a step whose first attempt is still running: one result."""
+    run = await running.start(arith.slow_once_wf, 3.0)
+    assert await run.result(timeout=15) == "attempt 2"
+    await asyncio.sleep(3.0)  # attempt 1 finishes too, and must not be recorded
+    events = await running.events(run.run_id)
+    assert reconciler.recoveries["step started long ago, no outcome"] >= 1
+    starts = [e.data["attempt"] for e in events if e.type is EventType.STEP_STARTED]
+    assert starts[:2] == [1, 2]
+    assert_clean(events)
+
+
+async def test_two_schedulers_activating_the_same_runs_record_nothing_twice(
+    backends: Any, running: lf.Client
+) -> None:
+    other = Scheduler(backends.store, backends.broker)
+    runs = [await running.start(arith.fan_chain, 5, 3) for _ in range(10)]
+    for _ in range(20):  # hammer every run from both schedulers at once
+        await asyncio.gather(
+            *(s.activate(r.run_id) for r in runs for s in (other, other)),
+            return_exceptions=False,
+        )
+        await asyncio.sleep(0.01)
+    for run in runs:
+        assert await run.result(timeout=30) == arith.expected_fan_chain(5, 3)
+        events = await running.events(run.run_id)
+        created = Counter(e.corr for e in events if e.type is EventType.STEP_CREATED)
+        assert max(created.values()) == 1
+        assert_clean(events)
+
+
+async def test_one_reconciler_acts_and_a_standby_takes_over(backends: Any) -> None:
+    first = lease_for(backends, "reconciler-a", ttl_ms=800)
+    second = lease_for(backends, "reconciler-b", ttl_ms=800)
+    assert await first.acquire()
+    assert not await second.acquire()
+    assert first.holding is not None
+    token_a = first.holding.token
+    # a is killed (never releases); b takes over within the lease time
+    await asyncio.sleep(0.9)
+    assert await second.acquire()
+    assert second.holding is not None
+    assert second.holding.token > token_a
+    assert not await first.check()  # a, resumed, must not act
+
+
+async def test_a_stale_reconciler_never_acts(backends: Any, running: lf.Client) -> None:
+    faults.arm(faults.SCHEDULER_AFTER_STEP_CREATED)
+    run = await running.start(arith.total, 2)
+    await asyncio.sleep(1.0)
+    stale = Reconciler(
+        backends.store,
+        backends.broker,
+        lease_for(backends, "paused", ttl_ms=300),
+        stale_after=0.2,
+    )
+    assert await stale.lease.acquire()
+    await asyncio.sleep(0.5)  # paused past its TTL ...
+    usurper = lease_for(backends, "usurper", ttl_ms=5000)
+    assert await usurper.acquire()  # ... while another took over
+    with contextlib.suppress(Exception):
+        await stale.sweep()
+    assert stale.recoveries == Counter()
+    assert (await running.state(run.run_id)).status == "started"  # still stuck: nobody acted
+    await usurper.release()
