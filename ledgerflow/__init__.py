@@ -41,6 +41,8 @@ from worker import StepContext, heartbeat, step, step_context
 from worker.registry import set_default_retry
 from worker.retry import RetryPolicy
 
+from . import testing
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "sleep",
     "step",
     "step_context",
+    "testing",
     "uuid4",
     "wait_for",
     "workflow",

@@ -1,0 +1,41 @@
+"""``lf.testing``: check saved run histories against today's workflow code in your tests.
+
+Export a real run once (``ledgerflow runs export RUN_ID > tests/histories/order.jsonl``),
+commit it, and replay it in a test::
+
+    from ledgerflow import testing
+
+    def test_order_history_still_replays() -> None:
+        testing.replay("tests/histories/order.jsonl", process_order)
+
+``replay`` raises ``lf.ReplayDivergenceError``, naming the position (``s5``,
+``start`` or ``end``), when the code would now do something other than what the
+log recorded: exactly what would break that run if it were still in flight when
+you deploy. The file format is described in ``scheduler.history``; this module
+only re-exports.
+"""
+
+from eventlog.errors import ReplayDivergenceError
+from scheduler.history import (
+    History,
+    HistoryError,
+    HistoryFormatError,
+    ReplayResult,
+    dump_history,
+    load_history,
+    replay,
+)
+from scheduler.replay import Completed, Failed
+
+__all__ = [
+    "Completed",
+    "Failed",
+    "History",
+    "HistoryError",
+    "HistoryFormatError",
+    "ReplayDivergenceError",
+    "ReplayResult",
+    "dump_history",
+    "load_history",
+    "replay",
+]

@@ -1,0 +1,528 @@
+"""Saved run histories, and replaying them against today's workflow code.
+
+A history file lets a user keep a real run's log next to their tests and find
+out, before deploying, whether the workflow code still does what the log
+recorded: the same check the scheduler makes when it replays a live run after a
+deploy, but in a test instead of in production.
+
+File format (JSON Lines, UTF-8), one JSON object per line:
+
+* line 1, the header: ``{"ledgerflow_history": 1, "run_id": ..., "workflow": ...,
+  "events": N}``. ``run_id`` matters: ``lf.uuid4()`` and ``lf.random()`` are
+  seeded by it, so replaying under another id would compute other values.
+  ``events`` lets loading notice a truncated file. The header is optional when
+  loading (``replay`` then needs ``run_id=``).
+* one line per event, in log order: ``{"id", "type", "corr", "ts", "v", "data",
+  "msgpack"}``. ``msgpack`` is the base64 of the event data encoded with the
+  same codec the event log uses, and is the only part loading reads, so a
+  history round-trips exactly (Decimal, UUID, datetime, tuples, sets, bytes,
+  dataclasses). ``data`` is a JSON view of the same data for humans reading a
+  diff (bytes as hex; Decimal, UUID, dates as strings; objects with their type
+  under ``"__type__"``); loading ignores it.
+
+Every event type is carried the same way: nothing here knows what a step, a
+wait or a hook is, so new event kinds need no change to the format.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import decimal
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import msgpack
+
+from eventlog import codec
+from eventlog.errors import (
+    HookTokenConflictError,
+    LedgerflowError,
+    ReplayDivergenceError,
+    SerializationError,
+)
+from eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
+from eventlog.fold import ErrorInfo
+from worker.outcome import type_name
+
+from .registry import WorkflowDef, WorkflowFunction, workflows
+from .replay import (
+    ChildCommand,
+    Command,
+    Completed,
+    Failed,
+    HookCommand,
+    Outcome,
+    StepCommand,
+    WaitCommand,
+    WorkflowInstance,
+)
+
+FORMAT_VERSION = 1
+HEADER_KEY = "ledgerflow_history"
+
+# Run failures the scheduler records on its own, not as the workflow's outcome (the
+# hook it asked for could not be created): the code never got to see them, so the
+# log cannot be held to what the code does next.
+_RECORDED_BY_SCHEDULER = frozenset({type_name(HookTokenConflictError)})
+
+Source = str | os.PathLike[str]
+WorkflowRef = WorkflowFunction[Any, Any] | WorkflowDef | str
+
+
+class HistoryError(LedgerflowError):
+    """A history cannot be used: unreadable, empty, not starting with run_created, no run id."""
+
+
+class HistoryFormatError(HistoryError):
+    """A history file is malformed; the message names the file and the line."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class History(list[Event]):
+    """A run's events, plus what the file's header said about the run they belong to."""
+
+    def __init__(
+        self,
+        events: Iterable[Event] = (),
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+    ) -> None:
+        super().__init__(events)
+        self.run_id = run_id
+        self.workflow = workflow
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def dump_history(
+    events: Iterable[Event], fp: IO[str] | Source, *, run_id: str | None = None
+) -> int:
+    """Write a run's events as a history file (or to a text stream); returns the event count.
+
+    ``run_id`` defaults to the one a loaded :class:`History` carries. Every line is
+    built before anything is written, so an event that cannot be encoded leaves no
+    half-written file behind.
+    """
+    if run_id is None and isinstance(events, History):
+        run_id = events.run_id
+    events = list(events)
+    if not run_id:
+        raise HistoryError(
+            "dump_history() needs run_id=: lf.uuid4() and lf.random() are seeded by it, "
+            "so a replay under another id would compute other values"
+        )
+    workflow = _created_workflow(events)
+    header = {
+        HEADER_KEY: FORMAT_VERSION,
+        "run_id": run_id,
+        "workflow": workflow,
+        "events": len(events),
+    }
+    lines = [_dumps(header)]
+    lines.extend(_dumps(_event_line(event)) for event in events)
+    text = "".join(line + "\n" for line in lines)
+    if isinstance(fp, (str, os.PathLike)):
+        with open(fp, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        fp.write(text)
+    return len(events)
+
+
+def _event_line(event: Event) -> dict[str, Any]:
+    blob = codec.encode(event.data, what=f"data of event {event.id}", max_size=None)
+    return {
+        "id": event.id,
+        "type": event.type.value,
+        "corr": event.corr,
+        "ts": event.ts,
+        "v": event.v,
+        "data": json_view(event.data),
+        "msgpack": base64.b64encode(blob).decode("ascii"),
+    }
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def json_view(value: Any) -> Any:
+    """A JSON-safe rendering of event data, for people reading a history or its diff.
+
+    Lossy on purpose (a Decimal and its string look alike): loading never reads it.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (dt.timedelta, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, msgpack.ExtType):  # a namedtuple: before tuples
+        return {"__ext__": value.code, "hex": value.data.hex()}
+    if isinstance(value, dict):
+        return {_key_view(k): json_view(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_view(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((json_view(item) for item in value), key=_dumps)
+    state = _object_view(value)
+    if state is not None:
+        klass = type(value)
+        return {"__type__": f"{klass.__module__}.{klass.__qualname__}", **state}
+    return repr(value)
+
+
+def _key_view(key: Any) -> str:
+    return key if isinstance(key, str) else _dumps(json_view(key))
+
+
+def _object_view(value: Any) -> dict[str, Any] | None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_view(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return {str(k): json_view(v) for k, v in dict(dump(mode="python")).items()}
+    encode = getattr(value, "__lf_encode__", None)
+    if callable(encode):
+        return {str(k): json_view(v) for k, v in dict(encode()).items()}
+    return None
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def load_history(source: IO[str] | Source) -> History:
+    """Read a history file (a path, or an open text stream).
+
+    Classes in the data (dataclasses, pydantic models) are rebuilt only if their
+    module is imported, as everywhere in ledgerflow: import the workflow's module
+    first (``replay`` and ``ledgerflow replay`` do).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        try:
+            with open(source, encoding="utf-8") as fp:
+                return _load(fp, name)
+        except OSError as exc:
+            raise HistoryError(f"cannot read history file {name}: {exc.strerror or exc}") from exc
+    return _load(source, str(getattr(source, "name", "<stream>")))
+
+
+def _load(fp: IO[str], name: str) -> History:
+    history = History()
+    declared: int | None = None
+    seen_line = False
+    for number, raw in enumerate(fp, 1):
+        if not raw.strip():
+            continue
+        where = f"{name}, line {number}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise HistoryFormatError(f"{where}: not valid JSON ({exc})", line=number) from None
+        if not isinstance(obj, dict):
+            raise HistoryFormatError(f"{where}: expected a JSON object", line=number)
+        if HEADER_KEY in obj:
+            if seen_line:
+                raise HistoryFormatError(
+                    f"{where}: a history header may only be the first line", line=number
+                )
+            declared = _read_header(obj, history, where, number)
+        else:
+            history.append(_read_event(obj, where, number))
+        seen_line = True
+    if not history:
+        raise HistoryFormatError(f"{name} holds no events")
+    if declared is not None and declared != len(history):
+        raise HistoryFormatError(
+            f"{name}: the header says {declared} events but the file holds {len(history)} "
+            "(truncated or edited?)"
+        )
+    return history
+
+
+def _read_header(obj: dict[str, Any], history: History, where: str, number: int) -> int | None:
+    version = obj[HEADER_KEY]
+    if version != FORMAT_VERSION:
+        raise HistoryFormatError(
+            f"{where}: history format version {version!r} is not supported (this ledgerflow "
+            f"reads version {FORMAT_VERSION}; was it written by a newer one?)",
+            line=number,
+        )
+    run_id, workflow, count = obj.get("run_id"), obj.get("workflow"), obj.get("events")
+    if not isinstance(run_id, str) or not run_id:
+        raise HistoryFormatError(f"{where}: the header has no run_id", line=number)
+    if workflow is not None and not isinstance(workflow, str):
+        raise HistoryFormatError(f"{where}: the header's workflow is not a string", line=number)
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+        raise HistoryFormatError(f"{where}: the header's events is not a number", line=number)
+    history.run_id, history.workflow = run_id, workflow
+    return count
+
+
+def _read_event(obj: dict[str, Any], where: str, number: int) -> Event:
+    def field(key: str, kind: type) -> Any:
+        if key not in obj:
+            raise HistoryFormatError(f"{where}: the event has no {key!r}", line=number)
+        value = obj[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise HistoryFormatError(
+                f"{where}: the event's {key!r} must be a {kind.__name__}, not {value!r}",
+                line=number,
+            )
+        return value
+
+    event_id, type_text, corr = field("id", str), field("type", str), field("corr", str)
+    ts, encoded = field("ts", int), field("msgpack", str)
+    version = field("v", int) if "v" in obj else SCHEMA_VERSION
+    try:
+        event_type = EventType(type_text)
+    except ValueError:
+        raise HistoryFormatError(
+            f"{where}: unknown event type {type_text!r} (written by a newer ledgerflow?)",
+            line=number,
+        ) from None
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HistoryFormatError(f"{where}: 'msgpack' is not base64 ({exc})", line=number) from None
+    try:
+        data = codec.decode(blob, what=f"the data of event {event_id}")
+    except SerializationError as exc:
+        raise HistoryFormatError(
+            f"{where}: {exc} (import the module defining the workflow before loading)",
+            line=number,
+        ) from exc
+    return Event(id=event_id, type=event_type, corr=corr, data=data, ts=ts, v=version)
+
+
+# --- replaying ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a consistent replay found: how far it got and how the code ends the run."""
+
+    run_id: str
+    workflow: str
+    events: int
+    outcome: Outcome | None
+    finished: bool
+    # Positions the code would ask for next that the (unfinished) log does not record yet.
+    pending: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One line for the command line and test output."""
+        head = f"run {self.run_id} ({self.workflow}): {self.events} events replayed, consistent"
+        if isinstance(self.outcome, Completed):
+            return f"{head}; completed with {_short(self.outcome.result)}"
+        if isinstance(self.outcome, Failed):
+            error = self.outcome.error
+            return f"{head}; failed with {type(error).__name__}: {_short_text(str(error))}"
+        if self.pending:
+            return f"{head}; still running, next {', '.join(self.pending)}"
+        return f"{head}; still running"
+
+
+def replay(
+    history: Iterable[Event] | Source,
+    workflow: WorkflowRef,
+    *,
+    run_id: str | None = None,
+) -> ReplayResult:
+    """Replay a saved history against today's code; raise ReplayDivergenceError if they disagree.
+
+    ``history`` is a list of events (a :class:`History` from :func:`load_history`,
+    or ``await client.events(run_id)`` with ``run_id=``) or a history file's path.
+    ``workflow`` is the code to hold it to: a ``@workflow`` function, its
+    definition, or a registered name; it need not be the one that recorded the run,
+    so an edited copy can be checked against an old log.
+
+    The error names the position: ``s<n>`` for a step, sleep or hook call the code
+    now makes differently (or no longer makes, or makes where a finished log has
+    nothing), ``start`` when the recorded arguments no longer fit, ``end`` when the
+    code would end the run otherwise than the log says. A history of a run still
+    going is consistent as long as what it recorded matches.
+    """
+    definition = _definition(workflow)  # first: it imports what decoding the data needs
+    if isinstance(history, (str, os.PathLike)):
+        history = load_history(history)
+    events = list(history)
+    if not run_id and isinstance(history, History):
+        run_id = history.run_id
+    if not run_id:
+        raise HistoryError(
+            "replay() needs run_id= for a plain list of events: lf.uuid4() and lf.random() "
+            "are seeded by it (a history loaded from a file carries it)"
+        )
+    if not events or events[0].type is not EventType.RUN_CREATED:
+        raise HistoryError(f"the history of run {run_id!r} does not start with run_created")
+    data = events[0].data if isinstance(events[0].data, dict) else {}
+    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
+    _check_arguments(run_id, definition, args, kwargs)
+
+    instance = WorkflowInstance(run_id, definition, args, kwargs)
+    try:
+        instance.feed(events)
+        decision = instance.decide()
+    finally:
+        instance.close()
+    outcome = _as_recorded(decision.outcome)
+    if isinstance(outcome, Failed) and isinstance(outcome.error, ReplayDivergenceError):
+        raise outcome.error
+    terminal = next((e for e in reversed(events) if e.type in RUN_TERMINAL), None)
+    if terminal is not None and _held_to_outcome(terminal):
+        if decision.commands:
+            first = min(decision.commands, key=lambda c: _position_key(c.corr))
+            raise ReplayDivergenceError(
+                run_id,
+                first.corr,
+                f"nothing there (the run ended with {terminal.type.value})",
+                describe_command(first),
+            )
+        _check_outcome(run_id, terminal, outcome)
+    return ReplayResult(
+        run_id=run_id,
+        workflow=definition.name,
+        events=len(events),
+        outcome=outcome,
+        finished=terminal is not None,
+        pending=tuple(f"{c.corr} {describe_command(c)}" for c in decision.commands),
+    )
+
+
+def _definition(workflow: WorkflowRef) -> WorkflowDef:
+    if isinstance(workflow, WorkflowFunction):
+        return workflow.definition
+    if isinstance(workflow, WorkflowDef):
+        return workflow
+    return workflows.get(workflow)
+
+
+def _check_arguments(
+    run_id: str, definition: WorkflowDef, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    """Signature changes show up as a divergence at ``start``, not a TypeError mid-replay."""
+    if definition.signature is None:
+        return
+    try:
+        definition.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        call = ", ".join([*map(_short, args), *(f"{k}={_short(v)}" for k, v in kwargs.items())])
+        raise ReplayDivergenceError(
+            run_id, "start", f"a start with arguments ({call})", f"not accept them ({exc})"
+        ) from None
+
+
+def _held_to_outcome(terminal: Event) -> bool:
+    """Whether the log's end says what the code must do; a cancel or scheduler failure does not.
+
+    A cancel lands between activations, so the code may well ask for more than the
+    log recorded before it; a failure the scheduler recorded on its own likewise.
+    """
+    if terminal.type is EventType.RUN_CANCELLED:
+        return False
+    if terminal.type is EventType.RUN_FAILED:
+        return _recorded_error(terminal).type not in _RECORDED_BY_SCHEDULER
+    return True
+
+
+def _recorded_error(terminal: Event) -> ErrorInfo:
+    data = terminal.data if isinstance(terminal.data, dict) else {}
+    return ErrorInfo.from_data(data.get("error"))
+
+
+def _check_outcome(run_id: str, terminal: Event, outcome: Outcome | None) -> None:
+    """The run must end as the log says: the same result, or the same type of error."""
+    data = terminal.data if isinstance(terminal.data, dict) else {}
+    if terminal.type is EventType.RUN_COMPLETED:
+        recorded_result = data.get("result")
+        if isinstance(outcome, Completed) and _same_result(recorded_result, outcome.result):
+            return
+        recorded = f"run_completed with result {_short(recorded_result)}"
+    else:
+        error_type = _recorded_error(terminal).type
+        if isinstance(outcome, Failed) and type_name(type(outcome.error)) == error_type:
+            return
+        recorded = f"run_failed with {error_type}"
+    raise ReplayDivergenceError(run_id, "end", recorded, _describe_outcome(outcome))
+
+
+def _as_recorded(outcome: Outcome | None) -> Outcome | None:
+    """A result the log cannot hold ends the run failed, as the scheduler would record it."""
+    if isinstance(outcome, Completed):
+        try:
+            codec.encode(outcome.result, what="the workflow's result")
+        except SerializationError as exc:
+            return Failed(exc)
+    return outcome
+
+
+def _same_result(recorded: Any, replayed: Any) -> bool:
+    """Equal as the log would hold them: compared after a codec round trip, else by bytes."""
+    normalized = codec.decode(codec.encode(replayed, max_size=None))
+    try:
+        if bool(normalized == recorded):
+            return True
+    except Exception:  # an __eq__ that refuses to compare (arrays, say): fall back to bytes
+        pass
+    return codec.encode(normalized, max_size=None) == codec.encode(recorded, max_size=None)
+
+
+def _describe_outcome(outcome: Outcome | None) -> str:
+    if isinstance(outcome, Completed):
+        return f"complete with result {_short(outcome.result)}"
+    if isinstance(outcome, Failed):
+        error = outcome.error
+        return f"fail with {type_name(type(error))}: {_short_text(str(error))}"
+    return "not finish (it is still waiting for something the log does not record)"
+
+
+def describe_command(command: Command) -> str:
+    """What a command asks for, worded like the divergence messages of the replay itself."""
+    if isinstance(command, StepCommand):
+        return f"step {command.step.name!r}"
+    if isinstance(command, ChildCommand):
+        return f"child workflow {command.workflow!r}"
+    if isinstance(command, WaitCommand):
+        return "a sleep"
+    if isinstance(command, HookCommand):
+        return "a hook"
+    return type(command).__name__
+
+
+def _position_key(corr: str) -> tuple[int, str]:
+    digits = corr[1:]
+    return (int(digits), corr) if digits.isdigit() else (1 << 62, corr)
+
+
+def _created_workflow(events: list[Event]) -> str | None:
+    if events and events[0].type is EventType.RUN_CREATED and isinstance(events[0].data, dict):
+        name = events[0].data.get("workflow")
+        return str(name) if name is not None else None
+    return None
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    return _short_text(repr(value), limit)
+
+
+def _short_text(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,1 @@
+"""Golden run histories of the examples, replayed against today's code."""
