@@ -207,3 +207,7 @@ class WaitTimeout(LedgerflowError, TimeoutError):
 
 class ChildWorkflowError(RemoteError):
     """A child workflow ended in failure; raised in the parent where it was awaited."""
+
+
+class RepairRaceError(EventLogError):
+    """A run's stream kept moving while its derived state was being rebuilt; try again."""

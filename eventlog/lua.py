@@ -231,3 +231,48 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+
+# Rewrite a run's derived state from its stream, but only if the stream has not moved
+# since the caller read it (so a concurrent append is never overwritten).
+# KEYS: stream, status, active shard, timer shard, hook-token index.
+# ARGV: run_id, expected last id, active ("1"/"0"), nfields, field, value, ...,
+#       ntimers, member, due, ..., nhooks, token, owner, ...
+REWRITE_DERIVED_SCRIPT = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local newest_id = ''
+if newest[1] then newest_id = newest[1][1] end
+if newest_id ~= ARGV[2] then return 0 end
+local old = redis.call('HGETALL', KEYS[2])
+local keep = {}
+for i = 1, #old, 2 do
+  if string.sub(old[i], 1, 2) == 'h:' then
+    keep[#keep + 1] = old[i]
+    keep[#keep + 1] = old[i + 1]
+  end
+end
+redis.call('DEL', KEYS[2])
+local i = 4
+local nfields = tonumber(ARGV[i])
+for j = 1, nfields do
+  redis.call('HSET', KEYS[2], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+end
+i = i + 2 * nfields + 1
+for j = 1, #keep, 2 do redis.call('HSET', KEYS[2], keep[j], keep[j + 1]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[3], 'NX', now, ARGV[1])
+else
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+local ntimers = tonumber(ARGV[i])
+for j = 1, ntimers do
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[i + 2 * j], ARGV[i + 2 * j - 1])
+end
+i = i + 2 * ntimers + 1
+local nhooks = tonumber(ARGV[i])
+for j = 1, nhooks do
+  redis.call('HSET', KEYS[5], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+end
+return 1
+"""

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
+from .derived import Expected
 from .errors import HookTokenConflictError
 from .events import SCHEMA_VERSION, AppendResult, Event, EventType, NewEvent, decode_entry
 from .names import Names, shard_of
@@ -248,6 +249,27 @@ class MemoryEventStore(EventStore):
 
     async def now_ms(self) -> int:
         return _now_ms()
+
+    async def is_active(self, run_id: str) -> bool:
+        return run_id in self._active.get(shard_of(run_id, self.names.shards), {})
+
+    async def rewrite_derived(self, run_id: str, expected: Expected, last_id: str) -> bool:
+        stream = self._streams.get(run_id, [])
+        if (stream[-1].id if stream else "") != last_id:
+            return False
+        old = self._status.get(run_id, {})
+        fresh = dict(expected.status)
+        fresh.update({k: v for k, v in old.items() if k.startswith("h:")})
+        self._status[run_id] = fresh
+        shard = self._active[shard_of(run_id, self.names.shards)]
+        if expected.active:
+            shard.setdefault(run_id, _now_ms())
+        else:
+            shard.pop(run_id, None)
+        for timer, due in expected.timers:
+            self._timer_shard(run_id).setdefault(timer.member, due)
+        self._hooks.update(expected.hooks)
+        return True
 
     async def close(self) -> None:
         return None

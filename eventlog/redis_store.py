@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .derived import Expected
 from .errors import (
     HookTokenConflictError,
     IllegalTransitionError,
@@ -28,6 +29,7 @@ from .lua import (
     FORGET_HOOK_SCRIPT,
     HEARTBEAT_SCRIPT,
     RELEASE_TIMER_SCRIPT,
+    REWRITE_DERIVED_SCRIPT,
 )
 from .names import Names
 from .retrying import retried
@@ -57,6 +59,7 @@ class RedisEventStore(EventStore):
         self._heartbeat = client.register_script(HEARTBEAT_SCRIPT)
         self._entity = client.register_script(ENTITY_SCRIPT)
         self._forget_hook = client.register_script(FORGET_HOOK_SCRIPT)
+        self._rewrite = client.register_script(REWRITE_DERIVED_SCRIPT)
         self._watcher: StreamWatcher | None = None
 
     @classmethod
@@ -253,6 +256,29 @@ class RedisEventStore(EventStore):
     async def now_ms(self) -> int:
         seconds, micros = await self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+    async def is_active(self, run_id: str) -> bool:
+        score = await self.client.zscore(self.names.active_for(run_id), run_id)
+        return score is not None
+
+    async def rewrite_derived(self, run_id: str, expected: Expected, last_id: str) -> bool:
+        argv: list[Any] = [run_id, last_id, "1" if expected.active else "0", len(expected.status)]
+        for key, value in expected.status.items():
+            argv += [key, value]
+        argv.append(len(expected.timers))
+        for timer, due in expected.timers:
+            argv += [timer.member, due]
+        argv.append(len(expected.hooks))
+        for token, owner in expected.hooks.items():
+            argv += [token, owner]
+        keys = [
+            self.names.stream(run_id),
+            self.names.status(run_id),
+            self.names.active_for(run_id),
+            self.names.timer_for(run_id),
+            self.names.hook_tokens(),
+        ]
+        return bool(await self._rewrite(keys=keys, args=argv))
 
     async def close(self) -> None:
         if self._watcher is not None:

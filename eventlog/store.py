@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .events import AppendResult, Event, NewEvent
 from .names import Names
 from .timers import DueTimer, EntityStatus, Timer
+
+if TYPE_CHECKING:
+    from .derived import Expected
 
 START = "0-0"
 
@@ -95,6 +99,16 @@ class EventStore(ABC):
     @abstractmethod
     async def now_ms(self) -> int:
         """The store's clock (Redis TIME), the one event timestamps use."""
+
+    # --- checking and rebuilding derived state -------------------------------------------
+
+    @abstractmethod
+    async def is_active(self, run_id: str) -> bool:
+        """Is the run in the active-runs index?"""
+
+    @abstractmethod
+    async def rewrite_derived(self, run_id: str, expected: Expected, last_id: str) -> bool:
+        """Rewrite the run's status hash and index entries; False if the stream moved on."""
 
     @abstractmethod
     async def close(self) -> None: ...

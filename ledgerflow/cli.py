@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from eventlog.derived import repair_run, verify_run
 from eventlog.errors import (
     HookNotFoundError,
     LedgerflowError,
@@ -31,6 +32,7 @@ from eventlog.lease import Lease
 from eventlog.logs import configure_logging
 from eventlog.redis_store import RedisEventStore
 from eventlog.settings import Settings
+from eventlog.store import EventStore
 from eventlog.timeline import render, timeline
 from scheduler.client import Client
 from scheduler.reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
@@ -225,6 +227,55 @@ async def cmd_hooks_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _runs_to_check(args: argparse.Namespace, store: EventStore) -> list[str]:
+    if args.run_id:
+        return [args.run_id]
+    if not args.all:
+        raise LedgerflowError("name a RUN_ID or pass --all")
+    found: list[str] = []
+    for shard in range(store.names.shards):
+        found += [run for run, _ in await store.active_runs(shard, limit=100_000)]
+    return found
+
+
+async def cmd_runs_verify(args: argparse.Namespace) -> int:
+    """Exit 0 if every checked run's derived state matches its stream, 1 otherwise."""
+    async with connect(settings_of(args)) as backends:
+        report = {
+            run_id: await verify_run(backends.store, run_id)
+            for run_id in await _runs_to_check(args, backends.store)
+        }
+    return _print_checks(report, args.json, verb="consistent")
+
+
+async def cmd_runs_repair(args: argparse.Namespace) -> int:
+    async with connect(settings_of(args)) as backends:
+        report = {
+            run_id: await repair_run(backends.store, run_id)
+            for run_id in await _runs_to_check(args, backends.store)
+        }
+    _print_checks(report, args.json, verb="already consistent", fixed=True)
+    return EXIT_OK
+
+
+def _print_checks(
+    report: dict[str, list[str]], as_json: bool, *, verb: str, fixed: bool = False
+) -> int:
+    if as_json:
+        print(json.dumps({"runs": len(report), "problems": report}))
+    else:
+        for run_id, problems in report.items():
+            if not problems:
+                print(f"{run_id}: {verb}")
+                continue
+            print(f"{run_id}: {'repaired' if fixed else 'INCONSISTENT'}")
+            for problem in problems:
+                print(f"  - {problem}")
+        bad = sum(1 for p in report.values() if p)
+        print(f"{len(report)} run(s) checked, {bad} {'repaired' if fixed else 'inconsistent'}")
+    return EXIT_FAILED if any(report.values()) else EXIT_OK
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
@@ -292,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", default="cancelled from the command line")
     cancel.set_defaults(handler=cmd_runs_cancel)
+
+    for name, handler, text in (
+        ("verify", cmd_runs_verify, "report where derived state disagrees with the stream"),
+        ("repair", cmd_runs_repair, "rebuild derived state (hash, indexes) from the stream"),
+    ):
+        check = runs.add_parser(name, help=text)
+        check.add_argument("run_id", nargs="?")
+        check.add_argument("--all", action="store_true", help="every unfinished run")
+        check.add_argument("--json", action="store_true")
+        check.set_defaults(handler=handler)
 
     hooks = sub.add_parser("hooks", help="durable hooks").add_subparsers(
         dest="hooks", required=True

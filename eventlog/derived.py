@@ -1,0 +1,141 @@
+"""What the derived state of a run should be, computed from its stream alone.
+
+The status hash, the active-runs index, the timer index and the hook-token
+index are caches of the fold; this module says what they must contain, so
+``ledgerflow runs verify`` can report where they disagree with the stream and
+``ledgerflow runs repair`` can rewrite them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .errors import RepairRaceError
+from .events import Event, EventType
+from .fold import fold
+from .store import EventStore
+from .timers import Timer, TimerKind
+
+# Fields the append stamps from the clock: present, but their value is not derivable.
+VOLATILE_PREFIXES = ("h:",)
+
+_STATE_AFTER = {
+    EventType.RUN_CREATED: "created",
+    EventType.RUN_STARTED: "started",
+    EventType.RUN_COMPLETED: "completed",
+    EventType.RUN_FAILED: "failed",
+    EventType.RUN_CANCELLED: "cancelled",
+    EventType.STEP_CREATED: "created",
+    EventType.STEP_STARTED: "started",
+    EventType.STEP_RETRYING: "retrying",
+    EventType.STEP_COMPLETED: "completed",
+    EventType.STEP_FAILED: "failed",
+    EventType.WAIT_CREATED: "created",
+    EventType.WAIT_COMPLETED: "completed",
+    EventType.HOOK_CREATED: "created",
+    EventType.HOOK_RECEIVED: "created",
+    EventType.HOOK_DISPOSED: "disposed",
+}
+
+
+@dataclass
+class Expected:
+    """The derived state one run's stream implies."""
+
+    status: dict[str, str]
+    active: bool
+    timers: list[tuple[Timer, int]] = field(default_factory=list)
+    hooks: dict[str, str] = field(default_factory=dict)  # token -> "run|corr"
+
+
+def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
+    status: dict[str, str] = {}
+    attempts: dict[str, int] = {}
+    for event in events:
+        after = _STATE_AFTER[event.type]
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.type.kind == "run":
+            status["run"] = after
+            if event.type is EventType.RUN_CREATED:
+                status["wf"] = str(data.get("workflow", ""))
+                status["created"] = str(event.ts)
+        else:
+            status[f"c:{event.corr}"] = f"{event.type.kind}.{after}"
+            attempt = data.get("attempt")
+            if isinstance(attempt, int):
+                attempts[event.corr] = max(attempts.get(event.corr, 0), attempt)
+            if event.type is EventType.STEP_CREATED:
+                status[f"x:{event.corr}"] = event.id
+            if event.type is EventType.HOOK_CREATED and data.get("token"):
+                status[f"k:{event.corr}"] = str(data["token"])
+    for corr, attempt in attempts.items():
+        status[f"a:{corr}"] = str(attempt)
+    if events:
+        status["last"] = events[-1].id
+        status["n"] = str(len(events))
+    state = fold(run_id, events)
+    timers: list[tuple[Timer, int]] = []
+    hooks: dict[str, str] = {}
+    if not state.finished and state.status != "absent":
+        for wait in state.waits.values():
+            if wait.status == "created":
+                timers.append((Timer(TimerKind.WAIT, run_id, wait.id), wait.due))
+        for step in state.steps.values():
+            if step.status == "retrying" and step.retry_due is not None:
+                timers.append(
+                    (Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1), step.retry_due)
+                )
+        for hook in state.hooks.values():
+            if hook.status == "created" and hook.token:
+                hooks[hook.token] = f"{run_id}|{hook.id}"
+    return Expected(
+        status=status, active=not state.finished and bool(events), timers=timers, hooks=hooks
+    )
+
+
+def compare_status(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """Differences between the derived and the stored status hash, as readable lines."""
+    problems = []
+    for key in sorted(set(expected) | set(actual)):
+        if key.startswith(VOLATILE_PREFIXES):
+            continue
+        want, have = expected.get(key), actual.get(key)
+        if want != have:
+            problems.append(f"status field {key!r}: stream says {want!r}, hash has {have!r}")
+    return problems
+
+
+async def verify_run(store: EventStore, run_id: str) -> list[str]:
+    """Every way the run's derived state disagrees with its stream (empty: consistent)."""
+    events = await store.read(run_id)
+    if not events:
+        return [f"run {run_id!r} has no stream"]
+    expected = expected_state(run_id, events)
+    problems = compare_status(expected.status, await store.status(run_id))
+    if expected.active != await store.is_active(run_id):
+        where = "missing from" if expected.active else "still in"
+        problems.append(f"run is {where} the active-runs index")
+    armed = {timer.member for timer, _ in await store.pending_timers(run_id)}
+    for timer, _due in expected.timers:
+        if timer.member not in armed:
+            problems.append(f"timer entry missing: {timer.member}")
+    for token, owner in expected.hooks.items():
+        found = await store.hook_owner(token)
+        if found is None or "|".join(found) != owner:
+            problems.append(f"hook token {token!r} not indexed to {owner}")
+    return problems
+
+
+async def repair_run(store: EventStore, run_id: str, *, attempts: int = 5) -> list[str]:
+    """Rebuild the run's derived state from its stream; returns what was wrong."""
+    for _ in range(attempts):
+        problems = await verify_run(store, run_id)
+        if not problems:
+            return []
+        events = await store.read(run_id)
+        if not events:
+            return problems
+        if await store.rewrite_derived(run_id, expected_state(run_id, events), events[-1].id):
+            return problems
+    raise RepairRaceError(f"run {run_id!r} kept changing while it was being repaired")
