@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from eventlog import codec
 from eventlog.errors import ConfigurationError, UnknownWorkflowError
+from worker.naming import Registry, check_arguments
 
 from .context import current_instance
 
@@ -25,14 +25,7 @@ class WorkflowDef:
 
     def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Fail in the producer, naming the argument, before anything is written."""
-        if self.signature is None:
-            return
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"workflow {self.name!r} called with bad arguments: {exc}") from None
-        for param, value in bound.arguments.items():
-            codec.encode(value, what=f"argument {param!r} of workflow {self.name!r}", max_size=None)
+        check_arguments(self.signature, args, kwargs, what=f"workflow {self.name!r}")
 
 
 class WorkflowFunction(Generic[P, R]):
@@ -54,37 +47,9 @@ class WorkflowFunction(Generic[P, R]):
         return self.definition.fn(*args, **kwargs)
 
 
-class WorkflowRegistry:
+class WorkflowRegistry(Registry[WorkflowDef]):
     def __init__(self) -> None:
-        self._workflows: dict[str, WorkflowDef] = {}
-
-    def add(self, definition: WorkflowDef) -> None:
-        existing = self._workflows.get(definition.name)
-        if existing is not None and _origin(existing.fn) != _origin(definition.fn):
-            raise ConfigurationError(
-                f"two different functions are registered as workflow {definition.name!r}: "
-                f"{_origin(existing.fn)} and {_origin(definition.fn)}; pass name= to one"
-            )
-        self._workflows[definition.name] = definition
-
-    def get(self, name: str) -> WorkflowDef:
-        try:
-            return self._workflows[name]
-        except KeyError:
-            raise UnknownWorkflowError(
-                f"no workflow named {name!r} is registered in this process "
-                f"(known: {', '.join(sorted(self._workflows)) or 'none'})"
-            ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._workflows
-
-    def names(self) -> list[str]:
-        return sorted(self._workflows)
-
-
-def _origin(fn: Callable[..., Any]) -> str:
-    return f"{fn.__module__}.{fn.__qualname__}"
+        super().__init__("workflow", UnknownWorkflowError)
 
 
 workflows = WorkflowRegistry()

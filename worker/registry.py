@@ -14,6 +14,7 @@ from eventlog.errors import ConfigurationError, SerializationError, UnknownStepE
 from eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 
 from .dispatch import current_dispatcher
+from .naming import Registry, check_arguments
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 P = ParamSpec("P")
@@ -38,13 +39,7 @@ class StepDef:
 
         Runs at the call site, before anything is written or sent.
         """
-        if self.signature is not None:
-            try:
-                bound = self.signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"step {self.name!r} called with bad arguments: {exc}") from None
-            for param, value in bound.arguments.items():
-                codec.encode(value, what=f"argument {param!r} of step {self.name!r}", max_size=None)
+        check_arguments(self.signature, args, kwargs, what=f"step {self.name!r}")
         return codec.encode(
             [list(args), kwargs], what=f"arguments of step {self.name!r}", max_size=self.max_payload
         )
@@ -90,45 +85,20 @@ class StepFunction(Generic[P, R]):
         return result
 
 
-class StepRegistry:
+class StepRegistry(Registry[StepDef]):
     def __init__(self) -> None:
-        self._steps: dict[str, StepDef] = {}
+        super().__init__("step", UnknownStepError)
         self.default_retry: RetryPolicy = DEFAULT_RETRY
 
     def retry_policy_for(self, name: str, fallback: RetryPolicy | None = None) -> RetryPolicy:
         """The step's own policy, else the worker's, else the app default."""
-        definition = self._steps.get(name)
+        definition = self.find(name)
         if definition is not None and definition.retry is not None:
             return definition.retry
         return fallback or self.default_retry
 
-    def add(self, definition: StepDef) -> None:
-        existing = self._steps.get(definition.name)
-        if existing is not None and _origin(existing.fn) != _origin(definition.fn):
-            raise ConfigurationError(
-                f"two different functions are registered as step {definition.name!r}: "
-                f"{_origin(existing.fn)} and {_origin(definition.fn)}; pass name= to one"
-            )
-        self._steps[definition.name] = definition
-
-    def get(self, name: str) -> StepDef:
-        try:
-            return self._steps[name]
-        except KeyError:
-            raise UnknownStepError(
-                f"no step named {name!r} is registered in this process "
-                f"(known: {', '.join(sorted(self._steps)) or 'none'})"
-            ) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._steps)
-
     def queues(self) -> list[str]:
-        return sorted({d.queue for d in self._steps.values()})
-
-
-def _origin(fn: Callable[..., Any]) -> str:
-    return f"{fn.__module__}.{fn.__qualname__}"
+        return sorted({d.queue for d in self})
 
 
 steps = StepRegistry()
