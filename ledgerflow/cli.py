@@ -91,7 +91,20 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             grace=args.grace,
         )
-        await run_until_signalled(worker.start, worker.stop, what="worker")
+        if not args.with_scheduler:
+            await run_until_signalled(worker.start, worker.stop, what="worker")
+            return EXIT_OK
+        scheduler = Scheduler(backends.store, backends.broker)
+
+        async def start() -> None:
+            await scheduler.start()
+            await worker.start()
+
+        async def stop() -> None:
+            await worker.stop()
+            await scheduler.stop()
+
+        await run_until_signalled(start, stop, what="worker+scheduler")
     return EXIT_OK
 
 
@@ -301,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("app", help="module defining the workflows and steps")
     worker.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
+    worker.add_argument(
+        "--with-scheduler",
+        action="store_true",
+        help="also run the scheduler role in this process (small deployments)",
+    )
     worker.add_argument(
         "--grace",
         type=float,

@@ -86,3 +86,13 @@ async def test_two_schedulers_three_workers_two_hundred_runs(
         assert sum(e.type is EventType.RUN_COMPLETED for e in events) == 1
         workers_seen |= {e.data["worker"] for e in events if e.type is EventType.STEP_STARTED}
     assert len(workers_seen) == 3, workers_seen
+
+
+async def test_worker_with_scheduler_runs_both_roles_in_one_process(
+    servers: Servers, backends: Any
+) -> None:
+    ns = backends.names.namespace
+    client = lf.Client(backends.store, backends.broker)
+    with processes(servers, ns, [["worker", APP, "--with-scheduler"]]):
+        run = await client.start(arith.total, 6)
+        assert await run.result(timeout=60) == arith.expected_total(6)
