@@ -188,6 +188,9 @@ class WorkflowInstance:
         self._hooks: dict[str, Hook] = {}
         self._disposed: set[str] = set()
         self._children_started: set[str] = set()
+        # Kept incrementally so an activation costs O(new events), not O(whole log):
+        self._unissued: set[str] = set()  # recorded creations the code has not reached
+        self._pending_children: dict[str, Event] = {}  # recorded children not yet started
         self._futures: dict[str, asyncio.Future[Any]] = {}
         self._early: dict[str, Event] = {}
         self._new: list[Command] = []
@@ -200,6 +203,13 @@ class WorkflowInstance:
         for event in batch:
             if event.type in _CREATIONS:
                 self._recorded[event.corr] = event
+                if event.corr not in self._issued:
+                    self._unissued.add(event.corr)
+                data = event.data if isinstance(event.data, dict) else {}
+                if str(data.get("name", "")).startswith(CHILD_PREFIX) and (
+                    event.corr not in self._children_started
+                ):
+                    self._pending_children[event.corr] = event
                 self._check_issued(event)
         for event in batch:
             self._now_ms = event.ts
@@ -234,6 +244,7 @@ class WorkflowInstance:
             return
         elif event.type is EventType.STEP_STARTED:
             self._children_started.add(event.corr)
+            self._pending_children.pop(event.corr, None)
             return
         else:
             return
@@ -293,9 +304,7 @@ class WorkflowInstance:
     def _check_unissued(self) -> None:
         if self.divergence is not None or self._task is None:
             return
-        missing = sorted(
-            (c for c in self._recorded if c not in self._issued), key=lambda c: int(c[1:])
-        )
+        missing = sorted(self._unissued, key=lambda c: int(c[1:]))
         if missing:
             event = self._recorded[missing[0]]
             self.divergence = ReplayDivergenceError(
@@ -378,10 +387,10 @@ class WorkflowInstance:
     def unstarted_children(self) -> list[ChildCommand]:
         """Children recorded in the log whose start may not have happened (a crash)."""
         pending = []
-        for corr, event in self._recorded.items():
+        for corr, event in self._pending_children.items():
             data = event.data if isinstance(event.data, dict) else {}
             name = str(data.get("name", ""))
-            if name.startswith(CHILD_PREFIX) and corr not in self._children_started:
+            if corr not in self._children_started:
                 pending.append(
                     ChildCommand(
                         corr=corr,
@@ -407,6 +416,7 @@ class WorkflowInstance:
             )
             raise self.divergence
         self._issued[corr] = (kind, name)
+        self._unissued.discard(corr)
         return corr
 
     def _future_for(self, corr: str) -> asyncio.Future[Any]:

@@ -129,7 +129,10 @@ class Scheduler:
         """Activate; on any failure drop the cached instance so a retry replays afresh."""
         try:
             await self.activate(run_id)
-        except Exception:
+        except BaseException:
+            # BaseException too: a consumer channel closing (a broker restart) cancels
+            # the handler, and a cached instance that already handed out its commands
+            # would then never publish them on the redelivery.
             self.cache.evict(run_id)
             raise
 
