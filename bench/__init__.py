@@ -1,0 +1,1 @@
+"""The ledgerflow benchmark: ``python -m bench.run`` (see bench/RESULTS.md)."""

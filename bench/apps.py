@@ -1,0 +1,56 @@
+"""The workflows and steps the benchmark runs (the APP its worker and scheduler import).
+
+Steps do no work on purpose: every figure then measures ledgerflow's own cost
+(log appends, confirmed publishes, replay), not the step's. Every name is
+explicit and prefixed ``bench_`` so it can never collide with an application's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import ledgerflow as lf
+
+MANY_WIDTH = 10
+
+
+@lf.step(name="bench_noop")
+async def noop(i: int) -> int:
+    """A trivial parallel step: returns its argument."""
+    return i
+
+
+@lf.step(name="bench_inc")
+async def inc(acc: int) -> int:
+    """A trivial sequential step: each call depends on the previous result."""
+    return acc + 1
+
+
+@lf.workflow(name="bench_fanout")
+async def fanout(n: int) -> int:
+    """One run fanning out ``n`` parallel steps: measures throughput."""
+    parts = await asyncio.gather(*(noop(i) for i in range(n)))
+    return sum(parts)
+
+
+@lf.workflow(name="bench_chain")
+async def chain(n: int) -> int:
+    """``n`` sequential steps: measures per-step latency and replay cost on long runs."""
+    acc = 0
+    for _ in range(n):
+        acc = await inc(acc)
+    return acc
+
+
+@lf.workflow(name="bench_many")
+async def many(width: int = MANY_WIDTH) -> int:
+    """The "many runs" shape: a small fan-out, started hundreds of times at once."""
+    parts = await asyncio.gather(*(noop(i) for i in range(width)))
+    return sum(parts)
+
+
+@lf.workflow(name="bench_sleeper")
+async def sleeper(seconds: float) -> float:
+    """A durable sleep and nothing else: measures timer precision."""
+    await lf.sleep(seconds)
+    return seconds
