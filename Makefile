@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 REDIS_START := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
 	--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
-.PHONY: demo test lint unit integration bench services clean
+.PHONY: demo test lint unit integration bench chaos services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ unit: $(STAMP)
 
 bench: $(STAMP) services
 	$(PY) -m bench.run
+
+# Many runs while processes are killed, queues purged, Redis connections killed and
+# RabbitMQ restarted; exits non-zero unless nothing was lost, wrong or duplicated.
+chaos: $(STAMP) services
+	$(PY) -m tests.chaos.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
