@@ -95,6 +95,9 @@ class Reconciler:
         self.recoveries: Counter[str] = Counter()
         self.sweeps = 0
         self._stopping = asyncio.Event()
+        # run -> last event id an activation was sent for: a run waiting on a running
+        # step keeps the same tail, and one activation for that tail is enough.
+        self._activated_at: dict[str, str] = {}
 
     # --- the daemon ------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Reconciler:
             return []
         state = fold(run_id, events)
         if state.finished:
+            self._activated_at.pop(run_id, None)
             return []
         done: list[str] = []
         if state.status == "created":
@@ -171,8 +175,9 @@ class Reconciler:
             timer = Timer(TimerKind.WAIT, run_id, wait.id)
             if wait.status == "created" and timer.member not in timers:
                 await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
-        if _unacted(events, state):
+        if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
             await self._activate(run_id, "outcome not acted on", done)
+            self._activated_at[run_id] = events[-1].id
         return done
 
     # --- fenced actions ----------------------------------------------------------------
