@@ -145,11 +145,18 @@ class HandlerRunner:
         self._queue = queue
         self._slots = asyncio.Semaphore(prefetch)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._owned: set[asyncio.Task[None]] = set()
         self._stopped = False
 
     def stop(self) -> None:
         """Start no more handlers; deliveries already received stay unsettled and go back."""
         self._stopped = True
+
+    def spawn(self, delivery: Delivery) -> None:
+        """Run the handler in a task owned here, not by the delivering library."""
+        task = asyncio.get_running_loop().create_task(self.run(delivery))
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
 
     async def run(self, delivery: Delivery) -> None:
         task = asyncio.current_task()

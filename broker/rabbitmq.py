@@ -319,7 +319,11 @@ class RabbitBroker(Broker):
             declared = await _passive(channel, queue)
 
             async def on_message(message: AbstractIncomingMessage) -> None:
-                await runner.run(RabbitDelivery(message, queue))
+                # Hand off to a task we own: aiormq cancels its callback tasks when the
+                # channel closes (a broker restart), which would cut a handler off
+                # between two writes. Ours keep going and ride out the restart; their
+                # late ack fails harmlessly and the redelivery finds the work done.
+                runner.spawn(RabbitDelivery(message, queue))
 
             tag = await declared.consume(on_message, no_ack=False)
         except BaseException:

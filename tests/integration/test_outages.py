@@ -31,6 +31,8 @@ from worker.backend import connect
 pytestmark = pytest.mark.integration
 
 APP = "tests.apps.arith"
+# Deployed as in production: whatever an outage cuts between two writes, it repairs.
+RECONCILER = ["reconciler", "--stale-after", "2", "--interval", "0.5", "--lease-ttl", "3"]
 
 
 def assert_clean(events: list[Event]) -> None:
@@ -42,7 +44,7 @@ def assert_clean(events: list[Event]) -> None:
 async def test_runs_complete_through_a_rabbitmq_restart(servers: Servers, backends: Any) -> None:
     ns = backends.names.namespace
     client = lf.Client(backends.store, backends.broker)
-    commands = [["scheduler", APP], ["worker", APP, "--concurrency", "8"]]
+    commands = [["scheduler", APP], ["worker", APP, "--concurrency", "8"], RECONCILER]
     with processes(servers, ns, commands):
         runs = [await client.start(arith.long_chain, 40) for _ in range(10)]
         await asyncio.sleep(1.0)
@@ -59,7 +61,7 @@ async def test_runs_complete_when_redis_connections_are_killed(
 ) -> None:
     ns = backends.names.namespace
     client = lf.Client(backends.store, backends.broker)
-    commands = [["scheduler", APP], ["worker", APP, "--concurrency", "8"]]
+    commands = [["scheduler", APP], ["worker", APP, "--concurrency", "8"], RECONCILER]
     with processes(servers, ns, commands):
         runs = [await client.start(arith.long_chain, 40) for _ in range(10)]
         killed = 0
@@ -125,7 +127,7 @@ async def test_a_run_survives_a_redis_crash_with_the_aof_on(
         settings = Settings(servers.amqp_url, redis_url, namespace)
         async with connect(settings) as backends:
             client = lf.Client(backends.store, backends.broker)
-            commands = [["scheduler", APP], ["worker", APP, "--concurrency", "4"]]
+            commands = [["scheduler", APP], ["worker", APP, "--concurrency", "4"], RECONCILER]
             with processes(local, namespace, commands):
                 run = await client.start(arith.long_chain, 60)
                 await asyncio.sleep(1.0)
