@@ -15,14 +15,16 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 
-from eventlog.errors import BrokerError, PublishError
+from eventlog.errors import BrokerError, MalformedMessageError, PublishError
 from eventlog.names import Names
 
-from .messages import Activation, StepMessage, encode_message
+from .messages import Activation, StepMessage, decode_message, encode_message
+
+M = TypeVar("M", StepMessage, Activation)
 
 log = structlog.get_logger(__name__)
 
@@ -285,6 +287,24 @@ class Broker(ABC):
         Up to ``prefetch`` handlers run at once. A handler that raises is logged
         and its message nacked with requeue, so nothing is lost.
         """
+
+    async def receive(self, delivery: Delivery, kind: type[M], *, wrong_kind: str) -> M | None:
+        """Decode a delivery as ``kind``; anything else is dead-lettered with its reason.
+
+        None means the message was not for us and has been dealt with: a bad
+        message never stops a consumer and is never lost.
+        """
+        try:
+            message = decode_message(delivery.body)
+        except MalformedMessageError as exc:
+            reason = f"malformed message: {exc}"
+        else:
+            if isinstance(message, kind):
+                return message
+            reason = wrong_kind
+        log.warning("message dead-lettered", queue=delivery.queue, reason=reason)
+        await self.dead_letter(delivery, reason)
+        return None
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park a message on the dead queue with why and where from, then ack the original.

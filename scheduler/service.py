@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from broker import Activation, Broker, Consumer, Delivery, StepMessage, decode_message
+from broker import Activation, Broker, Consumer, Delivery, StepMessage
 from eventlog import faults
 from eventlog.errors import (
     HookTokenConflictError,
@@ -93,13 +93,10 @@ class Scheduler:
             self._consumer = None
 
     async def handle(self, delivery: Delivery) -> None:
-        try:
-            message = decode_message(delivery.body)
-        except MalformedMessageError as exc:
-            await self._dead_letter(delivery, f"malformed message: {exc}")
-            return
-        if not isinstance(message, Activation):
-            await self._dead_letter(delivery, "the runs queue received a non-activation message")
+        message = await self.broker.receive(
+            delivery, Activation, wrong_kind="the runs queue received a non-activation message"
+        )
+        if message is None:
             return
         run_id = message.run_id
         busy = self._busy.get(run_id)

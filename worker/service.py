@@ -25,11 +25,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from broker import Activation, Broker, Consumer, Delivery, StepMessage, decode_message
+from broker import Activation, Broker, Consumer, Delivery, StepMessage
 from eventlog import faults
 from eventlog.errors import (
     EventLogError,
-    MalformedMessageError,
     RunClosedError,
     SerializationError,
     UnknownStepError,
@@ -125,13 +124,10 @@ class Worker:
             self._cancelled = {r for r, s in states.items() if s in ("cancelled", "failed")}
 
     async def handle(self, delivery: Delivery) -> None:
-        try:
-            message = decode_message(delivery.body)
-        except MalformedMessageError as exc:
-            await self._dead_letter(delivery, f"malformed message: {exc}")
-            return
-        if not isinstance(message, StepMessage):
-            await self._dead_letter(delivery, "a step queue received a non-step message")
+        message = await self.broker.receive(
+            delivery, StepMessage, wrong_kind="a step queue received a non-step message"
+        )
+        if message is None:
             return
         try:
             definition = self.registry.get(message.step_name)
