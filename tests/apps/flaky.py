@@ -75,15 +75,20 @@ async def hangs_once(label: str) -> str:
     return "finished"
 
 
-@lf.step(name="fl_heartbeats", heartbeat_timeout=0.5, retry=FAST)
-async def heartbeats(label: str, seconds: float) -> str:
-    """Works for longer than its heartbeat timeout, heartbeating all along."""
-    await count_attempt(label)
+async def work_heartbeating(seconds: float) -> None:
+    """Busy for ``seconds``, calling lf.heartbeat() every 50 ms."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while loop.time() < end:
         lf.heartbeat()
         await asyncio.sleep(0.05)
+
+
+@lf.step(name="fl_heartbeats", heartbeat_timeout=0.5, retry=FAST)
+async def heartbeats(label: str, seconds: float) -> str:
+    """Works for longer than its heartbeat timeout, heartbeating all along."""
+    await count_attempt(label)
+    await work_heartbeating(seconds)
     return "alive"
 
 
@@ -106,11 +111,7 @@ async def slow(label: str, seconds: float) -> str:
 @lf.step(name="fl_slow_heartbeat", heartbeat_timeout=1.0, retry=FAST)
 async def slow_heartbeat(label: str, seconds: float) -> str:
     await count_attempt(label)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while loop.time() < end:
-        lf.heartbeat()
-        await asyncio.sleep(0.05)
+    await work_heartbeating(seconds)
     return "done"
 
 
