@@ -116,6 +116,8 @@ async def verify_run(store: EventStore, run_id: str) -> list[str]:
     if expected.active != await store.is_active(run_id):
         where = "missing from" if expected.active else "still in"
         problems.append(f"run is {where} the active-runs index")
+    if "created" in expected.status and not await store.is_listed(run_id):
+        problems.append("run is missing from the runs index")
     armed = {timer.member for timer, _ in await store.pending_timers(run_id)}
     for timer, _due in expected.timers:
         if timer.member not in armed:

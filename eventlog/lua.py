@@ -4,7 +4,8 @@ Rendered from ``transitions.RULES`` so the rules are written once. Redis runs a
 script as one atomic step, which is what makes concurrent appenders (two
 schedulers, a redelivered worker) unable to record anything twice.
 
-KEYS: stream, status hash, active-index shard, timer-index shard, hook-token index.
+KEYS: stream, status hash, active-index shard, timer-index shard, hook-token index,
+runs-index shard (every run, scored by creation time).
 ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
 workflow name of run_created, the token of hook_created),
 timer member ("" for none), timer due ("+ms" after now, or absolute ms).
@@ -29,6 +30,7 @@ local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
 local stream, status, active, timers, hooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local runs = KEYS[6]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 local run_state = redis.call('HGET', status, 'run') or ''
 local stored_wf = redis.call('HGET', status, 'wf') or ''
@@ -123,6 +125,7 @@ for i = 1, n do
       redis.call('HSET', status, 'run', p[3], 'last', id)
       if ARGV[b + 1] == 'run_created' then
         redis.call('HSET', status, 'wf', ARGV[b + 5], 'created', now)
+        redis.call('ZADD', runs, now, run_id)
       end
     else
       redis.call('HSET', status, 'c:' .. p[5], p[2] .. '.' .. p[3], 'last', id)
@@ -234,7 +237,7 @@ return 0
 
 # Rewrite a run's derived state from its stream, but only if the stream has not moved
 # since the caller read it (so a concurrent append is never overwritten).
-# KEYS: stream, status, active shard, timer shard, hook-token index.
+# KEYS: stream, status, active shard, timer shard, hook-token index, runs-index shard.
 # ARGV: run_id, expected last id, active ("1"/"0"), nfields, field, value, ...,
 #       ntimers, member, due, ..., nhooks, token, owner, ...
 REWRITE_DERIVED_SCRIPT = """
@@ -258,6 +261,8 @@ for j = 1, nfields do
 end
 i = i + 2 * nfields + 1
 for j = 1, #keep, 2 do redis.call('HSET', KEYS[2], keep[j], keep[j + 1]) end
+local created = redis.call('HGET', KEYS[2], 'created')
+if created then redis.call('ZADD', KEYS[6], 'NX', created, ARGV[1]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[3] == '1' then

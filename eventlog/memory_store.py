@@ -16,7 +16,7 @@ from .derived import Expected
 from .errors import HookTokenConflictError
 from .events import SCHEMA_VERSION, AppendResult, Event, EventType, NewEvent, decode_entry
 from .names import Names, shard_of
-from .store import START, EventStore
+from .store import START, EventStore, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer
 from .transitions import ABSENT, RUN_TERMINAL_STATES, plan_batch
 
@@ -246,6 +246,28 @@ class MemoryEventStore(EventStore):
     async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
         return [run for run, seen in entries if seen <= older_than_ms][:limit]
+
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 50,
+    ) -> list[RunSummary]:
+        rows = [summary_of(run_id, dict(fields)) for run_id, fields in self._status.items()]
+        found = [
+            r
+            for r in rows
+            if r is not None
+            and r.matches(status, workflow)
+            and (since_ms is None or r.created_ms >= since_ms)
+        ]
+        found.sort(key=lambda r: r.created_ms, reverse=True)
+        return found[:limit]
+
+    async def is_listed(self, run_id: str) -> bool:
+        return bool(self._status.get(run_id, {}).get("created"))
 
     async def now_ms(self) -> int:
         return _now_ms()

@@ -75,6 +75,16 @@ class Names:
     def timer_shards(self) -> list[str]:
         return [self.timer_shard(i) for i in range(self.shards)]
 
+    def runs_shard(self, shard: int) -> str:
+        """Every run ever created, scored by its creation time (for listing runs)."""
+        return f"{self.namespace}:runs:{shard}"
+
+    def runs_for(self, run_id: str) -> str:
+        return self.runs_shard(shard_of(run_id, self.shards))
+
+    def runs_shards(self) -> list[str]:
+        return [self.runs_shard(i) for i in range(self.shards)]
+
     def hook_tokens(self) -> str:
         return f"{self.namespace}:hooks"
 

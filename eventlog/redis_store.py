@@ -33,7 +33,7 @@ from .lua import (
 )
 from .names import Names
 from .retrying import retried
-from .store import START, EventStore
+from .store import START, EventStore, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer
 from .watch import StreamWatcher
 
@@ -105,6 +105,7 @@ class RedisEventStore(EventStore):
             self.names.active_for(run_id),
             self.names.timer_for(run_id),
             self.names.hook_tokens(),
+            self.names.runs_for(run_id),
         ]
         reply = await self._append(keys=keys, args=argv)
         status = _text(reply[0])
@@ -245,6 +246,64 @@ class RedisEventStore(EventStore):
             replies: list[Any] = await pipe.execute()
         return {r: _text(v) if v is not None else "" for r, v in zip(run_ids, replies, strict=True)}
 
+    @retried("list runs")
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 50,
+    ) -> list[RunSummary]:
+        """Merge the index shards newest first, a page per shard at a time, filtering as it goes.
+
+        A filter that matches few runs reads more pages, never the whole index at once.
+        """
+        low: float | str = "-inf" if since_ms is None else since_ms
+        page = max(limit, 100)
+        offsets = dict.fromkeys(self.names.runs_shards(), 0)
+        heads: dict[str, list[tuple[str, float]]] = {}
+        found: list[RunSummary] = []
+        while len(found) < limit:
+            empty = [k for k in offsets if not heads.get(k)]
+            if empty:
+                pipe = self.client.pipeline(transaction=False)
+                for key in empty:
+                    pipe.zrevrangebyscore(
+                        key, "+inf", low, start=offsets[key], num=page, withscores=True
+                    )
+                for key, rows in zip(empty, await pipe.execute(), strict=True):
+                    if rows:
+                        heads[key] = [(_text(m), float(sc)) for m, sc in rows]
+                        offsets[key] += len(rows)
+                    else:
+                        del offsets[key]
+                        heads.pop(key, None)
+            if not heads:
+                break
+            # The newest page-full across shards: every shard head is at least this new.
+            floor = max(rows[-1][1] for rows in heads.values())
+            batch: list[tuple[str, float]] = []
+            for key in list(heads):
+                rows = heads[key]
+                take = [r for r in rows if r[1] >= floor]
+                heads[key] = rows[len(take) :]
+                batch += take
+            batch.sort(key=lambda r: r[1], reverse=True)
+            pipe = self.client.pipeline(transaction=False)
+            for run_id, _ in batch:
+                pipe.hmget(self.names.status(run_id), "run", "wf", "created", "last", "n")
+            for (run_id, _), fields in zip(batch, await pipe.execute(), strict=True):
+                keys = ("run", "wf", "created", "last", "n")
+                row = {k: _text(v) for k, v in zip(keys, fields, strict=True) if v is not None}
+                summary = summary_of(run_id, row)
+                if summary is not None and summary.matches(status, workflow):
+                    found.append(summary)
+        return found[:limit]
+
+    async def is_listed(self, run_id: str) -> bool:
+        return await self.client.zscore(self.names.runs_for(run_id), run_id) is not None
+
     @retried("read stale runs")
     async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
         raw: Any = await self.client.zrangebyscore(
@@ -277,6 +336,7 @@ class RedisEventStore(EventStore):
             self.names.active_for(run_id),
             self.names.timer_for(run_id),
             self.names.hook_tokens(),
+            self.names.runs_for(run_id),
         ]
         return bool(await self._rewrite(keys=keys, args=argv))
 

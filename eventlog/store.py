@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .events import AppendResult, Event, NewEvent
@@ -14,6 +15,38 @@ if TYPE_CHECKING:
     from .derived import Expected
 
 START = "0-0"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One line of a runs listing, read from the status hash (a cache of the log)."""
+
+    run_id: str
+    workflow: str
+    status: str
+    created_ms: int
+    updated_ms: int
+    events: int
+
+    def matches(self, status: str | None, workflow: str | None) -> bool:
+        return (status is None or self.status == status) and (
+            workflow is None or self.workflow == workflow
+        )
+
+
+def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
+    """A listing line from a status hash; None for a run with no hash (not yet created)."""
+    if not status.get("run"):
+        return None
+    last = status.get("last", "")
+    return RunSummary(
+        run_id=run_id,
+        workflow=status.get("wf", ""),
+        status=status["run"],
+        created_ms=int(status.get("created", "0") or 0),
+        updated_ms=int(last.partition("-")[0]) if last else 0,
+        events=int(status.get("n", "0") or 0),
+    )
 
 
 class EventStore(ABC):
@@ -44,6 +77,21 @@ class EventStore(ABC):
     @abstractmethod
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         """(run_id, last progress ms) of unfinished runs in one index shard, oldest first."""
+
+    @abstractmethod
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 50,
+    ) -> list[RunSummary]:
+        """The newest runs first (by creation time), filtered; reads the runs index."""
+
+    @abstractmethod
+    async def is_listed(self, run_id: str) -> bool:
+        """Whether the runs index holds the run (the derived-state checker asks)."""
 
     # --- the timer index and heartbeats (derived state, rebuilt from the log) ----------
 

@@ -621,6 +621,39 @@ async def test_active_runs_are_oldest_first_and_limited(store: EventStore) -> No
     assert [run for run, _ in await store.active_runs(shard, limit=2)] == members[:2]
 
 
+async def test_list_runs_is_newest_first_filtered_and_limited(store: EventStore) -> None:
+    made: list[str] = []
+    for i in range(30):
+        run = new_run_id()
+        workflow = "orders.refund" if i % 3 == 0 else WF
+        await append_ok(store, run, [run_created(workflow)])
+        if i % 5 == 0:
+            await append_ok(store, run, [ev(E.RUN_STARTED), ev(E.RUN_COMPLETED)])
+        made.append(run)
+        await asyncio.sleep(0.002)
+    ours = set(made)
+    listed = [r for r in await store.list_runs(limit=1000) if r.run_id in ours]
+    assert [r.run_id for r in listed] == made[::-1]
+    assert [r.created_ms for r in listed] == sorted((r.created_ms for r in listed), reverse=True)
+    first = listed[0]
+    assert (first.workflow, first.status, first.events) == (WF, "created", 1)
+    assert first.updated_ms >= first.created_ms
+    done = await store.list_runs(status="completed", limit=1000)
+    completed = [r for r in done if r.run_id in ours]
+    assert [r.run_id for r in completed] == [r for i, r in enumerate(made) if i % 5 == 0][::-1]
+    assert all(r.events == 3 for r in completed)
+    refunds = [
+        r for r in await store.list_runs(workflow="orders.refund", limit=1000) if r.run_id in ours
+    ]
+    assert [r.run_id for r in refunds] == [r for i, r in enumerate(made) if i % 3 == 0][::-1]
+    since = listed[9].created_ms
+    recent = [r for r in await store.list_runs(since_ms=since, limit=1000) if r.run_id in ours]
+    assert [r.run_id for r in recent] == [r.run_id for r in listed if r.created_ms >= since]
+    assert len(await store.list_runs(limit=4)) == 4
+    assert [await store.is_listed(r) for r in made] == [True] * len(made)
+    assert not await store.is_listed(new_run_id())
+
+
 async def test_fold_of_read_gives_the_run_state(store: EventStore, run_id: str) -> None:
     err = {"type": "TimeoutError", "message": "slow", "traceback": "tb"}
     await append_ok(store, run_id, [run_created(), ev(E.RUN_STARTED)])

@@ -42,6 +42,7 @@ async def test_every_kind_of_drift_is_reported_and_repaired(
     await redis_client.hset(names.status(sleeping.run_id), "run", "completed")
     await redis_client.hdel(names.status(sleeping.run_id), "c:s1")
     await redis_client.zrem(names.active_for(sleeping.run_id), sleeping.run_id)
+    await redis_client.zrem(names.runs_for(sleeping.run_id), sleeping.run_id)
     await redis_client.delete(names.timer_for(sleeping.run_id))
     await redis_client.hdel(names.hook_tokens(), token)
     problems = await verify_run(backends.store, sleeping.run_id)
@@ -49,6 +50,7 @@ async def test_every_kind_of_drift_is_reported_and_repaired(
     assert "status field 'run': stream says 'started', hash has 'completed'" in text
     assert "status field 'c:s1': stream says 'wait.created', hash has None" in text
     assert "missing from the active-runs index" in text
+    assert "missing from the runs index" in text
     assert "timer entry missing: wait|" in text
     assert any("hook token" in p for p in await verify_run(backends.store, hooked.run_id))
 
