@@ -54,7 +54,7 @@ RESULTS_JSON = Path(__file__).resolve().parent / "results.json"
 APP = "bench.apps"
 WORKERS = 2
 WORKER_CONCURRENCY = 64
-SCHEDULERS = 1
+SCHEDULERS = 0  # 0: every worker runs with --with-scheduler (the layout)
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 # A healthy run here takes seconds; a stuck one should cost a minute, not the budget.
@@ -221,7 +221,8 @@ async def start_processes(settings: Settings, log_dir: Path, *, uvloop: bool) ->
     commands = [
         (
             f"worker-{i + 1}",
-            ["worker", APP, "--concurrency", str(WORKER_CONCURRENCY), "--grace", "5"],
+            ["worker", APP, "--concurrency", str(WORKER_CONCURRENCY), "--grace", "5"]
+            + (["--with-scheduler"] if SCHEDULERS == 0 else []),
         )
         for i in range(WORKERS)
     ] + [(f"scheduler-{i + 1}", ["scheduler", APP]) for i in range(SCHEDULERS)]
@@ -310,7 +311,7 @@ async def wait_until_consuming(
                 )
             steps = await consumer_count(connection, names.step_queue())
             runs = await consumer_count(connection, names.runs_queue)
-            if steps >= WORKERS and runs >= SCHEDULERS:
+            if steps >= WORKERS and runs >= (SCHEDULERS or WORKERS):
                 return time.monotonic() - began
             if time.monotonic() - began > timeout:
                 raise RuntimeError(

@@ -20,7 +20,15 @@ from .base import (
     Outgoing,
 )
 from .memory import MemoryBroker
-from .messages import SCHEMA_VERSION, Activation, StepMessage, decode_message, encode_message
+from .messages import (
+    SCHEMA_VERSION,
+    Activation,
+    Message,
+    StepBatch,
+    StepMessage,
+    decode_message,
+    encode_message,
+)
 from .rabbitmq import RabbitBroker
 
 __all__ = [
@@ -37,8 +45,10 @@ __all__ = [
     "Delivery",
     "Handler",
     "MemoryBroker",
+    "Message",
     "Outgoing",
     "RabbitBroker",
+    "StepBatch",
     "StepMessage",
     "decode_message",
     "encode_message",

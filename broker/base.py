@@ -22,9 +22,9 @@ import structlog
 from eventlog.errors import BrokerError, MalformedMessageError, PublishError
 from eventlog.names import Names
 
-from .messages import Activation, StepMessage, decode_message, encode_message
+from .messages import Activation, StepBatch, StepMessage, decode_message, encode_message
 
-M = TypeVar("M", StepMessage, Activation)
+M = TypeVar("M", StepMessage, StepBatch, Activation)
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +33,14 @@ DEFAULT_DELIVERY_LIMIT: Final = 20
 
 MAX_IN_FLIGHT: Final = 1000
 """Unconfirmed publishes one ``publish_many`` keeps outstanding; bounds memory, not speed."""
+
+STEPS_PER_MESSAGE: Final = 32
+"""Steps of one run that ``publish_steps`` packs into one message.
+
+Large enough that a fan-out's publishing cost drops by an order of magnitude
+(bench: fan-out), small enough that a 10,000-step fan-out still spreads over
+hundreds of messages, hence over every worker.
+"""
 
 REASON_HEADER: Final = "x-ledgerflow-reason"
 QUEUE_HEADER: Final = "x-ledgerflow-queue"
@@ -266,14 +274,27 @@ class Broker(ABC):
         full = await self.declare_step_queue(msg.queue)
         await self.publish(full, encode_message(msg), message_id=msg.message_id)
 
-    async def publish_steps(self, msgs: Sequence[StepMessage]) -> None:
-        """Publish a batch of step messages with all confirms awaited together."""
+    async def publish_steps(
+        self, msgs: Sequence[StepMessage], *, per_message: int = STEPS_PER_MESSAGE
+    ) -> None:
+        """Publish steps packed per run and queue, with all confirms awaited together."""
         full_names: dict[str, str] = {}
         for short in dict.fromkeys(m.queue for m in msgs):
             full_names[short] = await self.declare_step_queue(short)
-        await self.publish_many(
-            [Outgoing(full_names[m.queue], encode_message(m), None, m.message_id) for m in msgs]
-        )
+        groups: dict[tuple[str, str], list[StepMessage]] = {}
+        for m in msgs:
+            groups.setdefault((m.run_id, m.queue), []).append(m)
+        outgoing: list[Outgoing] = []
+        for (_, queue), group in groups.items():
+            for start in range(0, len(group), max(1, per_message)):
+                chunk = group[start : start + max(1, per_message)]
+                message: StepMessage | StepBatch = (
+                    chunk[0] if len(chunk) == 1 else StepBatch(tuple(chunk))
+                )
+                outgoing.append(
+                    Outgoing(full_names[queue], encode_message(message), None, message.message_id)
+                )
+        await self.publish_many(outgoing)
 
     async def publish_activation(self, msg: Activation) -> None:
         await self.publish(self.names.runs_queue, encode_message(msg))
@@ -299,6 +320,9 @@ class Broker(ABC):
         except MalformedMessageError as exc:
             reason = f"malformed message: {exc}"
         else:
+            if kind is StepBatch and isinstance(message, StepMessage):
+                # A single step is a batch of one for a consumer that takes batches.
+                message = StepBatch((message,))
             if isinstance(message, kind):
                 return message
             reason = wrong_kind

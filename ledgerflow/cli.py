@@ -94,11 +94,13 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         if not args.with_scheduler:
             await run_until_signalled(worker.start, worker.stop, what="worker")
             return EXIT_OK
-        scheduler = Scheduler(backends.store, backends.broker)
+        # The worker runs what this scheduler just scheduled, when it has room (eager
+        # dispatch), and its outcomes activate this scheduler directly.
+        scheduler = Scheduler(backends.store, backends.broker, local=worker)
 
         async def start() -> None:
-            await scheduler.start()
             await worker.start()
+            await scheduler.start()
 
         async def stop() -> None:
             await worker.stop()

@@ -25,12 +25,13 @@ from eventlog.errors import (
     SerializationError,
     UnknownWorkflowError,
 )
-from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
+from eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEvent
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
 from eventlog.timers import Timer, TimerKind
 from worker.outcome import error_info
 from worker.registry import StepRegistry, steps
+from worker.service import Worker
 
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
 from .children import parent_of, report_to_parent, start_child
@@ -52,6 +53,8 @@ from .timers import TimerLoop
 log = structlog.get_logger("ledgerflow.scheduler")
 
 DEFAULT_PREFETCH = 64
+APPEND_CHUNK = 500
+"""Events per append call: about 3 ms of Redis time, so other clients never wait long."""
 
 
 @dataclass
@@ -69,12 +72,19 @@ class Scheduler:
         step_registry: StepRegistry = steps,
         cache_size: int = DEFAULT_CACHE_SIZE,
         prefetch: int = DEFAULT_PREFETCH,
+        local: Worker | None = None,
+        append_chunk: int = APPEND_CHUNK,
     ) -> None:
         self.store = store
         self.broker = broker
         self.registry = registry
         self.cache = InstanceCache(cache_size)
         self.prefetch = prefetch
+        self.append_chunk = append_chunk
+        # A worker in this process: the steps it has room for run here, at once.
+        self.local = local
+        if local is not None:
+            local.attach_scheduler(self.drive)
         self._busy: dict[str, _Busy] = {}
         self._consumer: Consumer | None = None
         self.timers = TimerLoop(store, broker, registry=step_registry)
@@ -98,29 +108,36 @@ class Scheduler:
         )
         if message is None:
             return
-        run_id = message.run_id
+        try:
+            await self.drive(message.run_id)
+        except UnknownWorkflowError as exc:
+            await self._dead_letter(delivery, str(exc))
+            return
+        await delivery.ack()
+
+    async def drive(self, run_id: str) -> None:
+        """Bring the run up to date, or, if that is under way here, make it go round again.
+
+        The entry point for an activation from the queue and for one from this
+        process's own worker (eager dispatch). Returning means the run's log up
+        to this call has been acted on, or will be by the round in flight.
+        """
         busy = self._busy.get(run_id)
         if busy is not None:
             busy.dirty = True
-            await delivery.ack()
             return
         busy = self._busy[run_id] = _Busy()
         try:
             while True:
                 busy.dirty = False
-                try:
-                    # Idempotent, so a Redis or broker outage is waited out here rather
-                    # than bounced back to the queue (where redeliveries would count
-                    # towards the delivery limit and end in the dead-letter queue).
-                    await retrying("activate run", lambda: self._activate_or_forget(run_id))
-                except UnknownWorkflowError as exc:
-                    await self._dead_letter(delivery, str(exc))
-                    return
+                # Idempotent, so a Redis or broker outage is waited out here rather
+                # than bounced back to the queue (where redeliveries would count
+                # towards the delivery limit and end in the dead-letter queue).
+                await retrying("activate run", lambda: self._activate_or_forget(run_id))
                 if not busy.dirty:
                     break
         finally:
             del self._busy[run_id]
-        await delivery.ack()
 
     async def _activate_or_forget(self, run_id: str) -> None:
         """Activate; on any failure drop the cached instance so a retry replays afresh."""
@@ -191,22 +208,20 @@ class Scheduler:
         if decision.outcome is not None:
             batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
             batch.append(self._terminal(instance, decision.outcome))
-        if batch:
-            try:
-                results = await self.store.append(run_id, batch)
-            except RunClosedError:
-                return True
-            except HookTokenConflictError as exc:
-                await self.store.append(run_id, [_failed(exc)])
-                return True
-        else:
-            results = []
+        try:
+            results = await self._append_chunked(run_id, batch)
+        except RunClosedError:
+            return True
+        except HookTokenConflictError as exc:
+            await self.store.append(run_id, [_failed(exc)])
+            return True
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         steps = [self._message(run_id, c) for c in fresh if isinstance(c, StepCommand)]
         if steps and faults.hit(faults.SCHEDULER_AFTER_STEP_CREATED):
             steps = []
         elif len(steps) > 1 and faults.hit(faults.SCHEDULER_MID_BATCH):
             steps = steps[: len(steps) // 2]
+        steps = self._run_here(steps)
         if steps:
             await retrying("publish steps", lambda: self.broker.publish_steps(steps))
             if faults.hit(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK):
@@ -228,6 +243,37 @@ class Scheduler:
         if instance.parent is not None:
             await report_to_parent(self.store, self.broker, instance.parent, batch[-1])
         return True
+
+    async def _append_chunked(self, run_id: str, batch: list[NewEvent]) -> list[AppendResult]:
+        """Append a decision in chunks, so a 10,000-step fan-out never blocks Redis for long.
+
+        Each chunk is atomic; a crash between chunks leaves a prefix of the
+        decision, which the next replay completes (the written creations come back
+        as duplicates) and the reconciler dispatches, as after any crash between an
+        append and its publish. The run's terminal event is always in the last chunk.
+        """
+        results: list[AppendResult] = []
+        for start in range(0, len(batch), self.append_chunk):
+            results += await self.store.append(run_id, batch[start : start + self.append_chunk])
+        return results
+
+    def _run_here(self, steps: list[StepMessage]) -> list[StepMessage]:
+        """Hand what this process's worker has room for to it (eager dispatch); return the rest."""
+        if self.local is None or not steps:
+            return steps
+        rest: list[StepMessage] = []
+        here: list[StepMessage] = []
+        room: dict[str, int] = {}
+        for step in steps:
+            if step.queue not in room:
+                room[step.queue] = self.local.local_capacity(step.queue)
+            if room[step.queue] > 0:
+                room[step.queue] -= 1
+                here.append(step)
+            else:
+                rest.append(step)
+        self.local.run_local(here)
+        return rest
 
     @staticmethod
     def _created(instance: WorkflowInstance, command: Command) -> NewEvent:

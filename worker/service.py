@@ -21,11 +21,11 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from broker import Activation, Broker, Consumer, Delivery, StepMessage
+from broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
 from eventlog import faults
 from eventlog.errors import (
     EventLogError,
@@ -40,6 +40,7 @@ from eventlog.store import EventStore
 from eventlog.timers import Timer, TimerKind
 
 from . import outcome
+from .batching import Coalesced, GroupCommit
 from .context import StepContext, bind_step_context, reset_step_context
 from .limits import Beats, run_limited
 from .registry import StepDef, StepRegistry, steps
@@ -56,8 +57,16 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+ActivateLocal = Callable[[str], Awaitable[None]]
+
+
 class Worker:
-    """Runs steps from one or more step queues with bounded concurrency."""
+    """Runs steps from one or more step queues, and steps handed over in-process.
+
+    ``concurrency`` bounds the steps running at once, whatever their source: a
+    message of one step, a message of a batch of steps, or the scheduler of the
+    same process running what it just scheduled (eager dispatch).
+    """
 
     def __init__(
         self,
@@ -82,6 +91,12 @@ class Worker:
         self._running: Counter[str] = Counter()
         self._cancelled: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._accepted = 0  # steps taken (from any source) and not yet finished
+        self._writes = GroupCommit(store)
+        self._activations = Coalesced(self._publish_activation)
+        self._activate_local: ActivateLocal | None = None
+        self._local: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._watch = asyncio.create_task(self._watch_cancellations(), name="cancel-watch")
@@ -97,12 +112,67 @@ class Worker:
         """Stop consuming; let running steps finish within the grace period; hand back the rest."""
         consumers, self._consumers = self._consumers, []
         timeout = self.grace if grace is None else grace
-        await asyncio.gather(*(c.cancel(timeout=timeout) for c in consumers))
+        await asyncio.gather(
+            *(c.cancel(timeout=timeout) for c in consumers), self._drain_local(timeout)
+        )
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+
+    # --- eager dispatch: steps handed over by the scheduler of this process ----------
+
+    def attach_scheduler(self, activate: ActivateLocal) -> None:
+        """Send this process's step outcomes straight to its scheduler, not through RabbitMQ."""
+        self._activate_local = activate
+
+    def local_capacity(self, queue: str) -> int:
+        """How many more steps of ``queue`` this worker would run right now."""
+        if queue not in self.queues or not self._consumers:
+            return 0
+        return max(0, self.concurrency - self._accepted)
+
+    def run_local(self, messages: Sequence[StepMessage]) -> None:
+        """Run steps whose step_created is already in the log, here and now.
+
+        Each is recorded started, run and recorded finished exactly as if it had
+        come through the queue; if this process dies meanwhile, the log shows a
+        step created or started with no outcome, which the reconciler re-enqueues.
+        """
+        if not messages:
+            return
+        self._accepted += len(messages)
+        task = asyncio.get_running_loop().create_task(self._run_local(list(messages)))
+        self._local.add(task)
+        task.add_done_callback(self._local.discard)
+
+    async def _run_local(self, messages: list[StepMessage]) -> None:
+        try:
+            plans = [
+                (m, self.registry.get(m.step_name), *StepDef.decode_args(m.args)) for m in messages
+            ]
+        except (UnknownStepError, SerializationError) as exc:
+            self._accepted -= len(messages)
+            # The scheduler resolved these very names and encoded these very arguments.
+            log.error("local dispatch refused; left to the queue", error=str(exc))
+            await retrying("publish steps", lambda: self.broker.publish_steps(messages))
+            return
+        await asyncio.gather(
+            *(self._invoke(m, d, a, k, m.attempt, local=True) for m, d, a, k in plans)
+        )
+
+    async def _drain_local(self, timeout: float) -> None:
+        """Wait for in-process steps; those that overstay go to the queue as a new attempt."""
+        if not self._local:
+            return
+        _, late = await asyncio.wait(set(self._local), timeout=max(timeout, 0.0))
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+
+    # --- steps from the queue --------------------------------------------------------
 
     async def _watch_cancellations(self) -> None:
         """Poll the runs with steps running here, so a step can see its run was cancelled.
@@ -124,57 +194,113 @@ class Worker:
             self._cancelled = {r for r, s in states.items() if s in ("cancelled", "failed")}
 
     async def handle(self, delivery: Delivery) -> None:
-        message = await self.broker.receive(
-            delivery, StepMessage, wrong_kind="a step queue received a non-step message"
+        batch = await self.broker.receive(
+            delivery, StepBatch, wrong_kind="a step queue received a non-step message"
         )
-        if message is None:
+        if batch is None:
             return
-        try:
-            definition = self.registry.get(message.step_name)
-        except UnknownStepError as exc:
-            await self._dead_letter(delivery, str(exc))
+        plans = []
+        for message in batch.steps:
+            try:
+                definition = self.registry.get(message.step_name)
+            except UnknownStepError as exc:
+                await self._dead_letter(delivery, str(exc))
+                return
+            try:
+                args, kwargs = StepDef.decode_args(message.args)
+            except SerializationError as exc:
+                await self._dead_letter(
+                    delivery, f"undecodable arguments of step {message.step_id}: {exc}"
+                )
+                return
+            plans.append((message, definition, args, kwargs))
+        # Every delivery is an attempt: a redelivery is the next one.
+        extra = max(0, delivery.delivery_count - 1)
+        verdicts = await asyncio.gather(
+            *(self._invoke(m, d, a, k, m.attempt + extra) for m, d, a, k in plans)
+        )
+        problems = [v for v in verdicts if v]
+        if problems:
+            await self._dead_letter(delivery, problems[0])
             return
-        await self._run(delivery, message, definition)
+        await delivery.ack()
 
-    async def _run(self, delivery: Delivery, message: StepMessage, definition: StepDef) -> None:
-        attempt = message.attempt + max(0, delivery.delivery_count - 1)
+    async def _invoke(
+        self,
+        message: StepMessage,
+        definition: StepDef,
+        args: list[object],
+        kwargs: dict[str, object],
+        attempt: int,
+        *,
+        local: bool = False,
+    ) -> str:
+        """Run one attempt of one step and record it; returns a dead-letter reason or ''."""
+        if not local:  # run_local counted its steps when it accepted them
+            self._accepted += 1
+        try:
+            async with self._slots:
+                return await self._attempt(message, definition, args, kwargs, attempt, local)
+        finally:
+            self._accepted -= 1
+
+    async def _attempt(
+        self,
+        message: StepMessage,
+        definition: StepDef,
+        args: list[object],
+        kwargs: dict[str, object],
+        attempt: int,
+        local: bool,
+    ) -> str:
         bound = log.bind(
             run_id=message.run_id, step=message.step_name, corr=message.step_id, attempt=attempt
         )
-        try:
-            args, kwargs = StepDef.decode_args(message.args)
-        except SerializationError as exc:
-            await self._dead_letter(delivery, f"undecodable step arguments: {exc}")
-            return
         policy = self.registry.retry_policy_for(definition.name, self.retry)
         started = self._started(message, definition, attempt)
         if attempt > policy.max_attempts:
             lost = WorkerLostError(
-                f"step {definition.name!r} was delivered {delivery.delivery_count} times without "
-                f"an outcome (its workers died or were stopped); {policy.max_attempts} attempts "
-                "allowed"
+                f"step {definition.name!r} was delivered {attempt - message.attempt + 1} times "
+                f"without an outcome (its workers died or were stopped); {policy.max_attempts} "
+                "attempts allowed"
             )
             await self._record(
-                delivery, message, [started, outcome.failed(message.step_id, attempt, lost)], bound
+                message, [started, outcome.failed(message.step_id, attempt, lost)], bound
             )
-            return
+            return ""
         try:
-            (result,) = await self.store.append(message.run_id, [started])
+            (result,) = await self._writes.append(message.run_id, [started])
         except RunClosedError:
             bound.info("run already ended; step skipped")
-            await delivery.ack()
-            return
+            return ""
         except EventLogError as exc:
-            await self._dead_letter(delivery, f"cannot start step: {exc}")
-            return
+            return f"cannot start step {message.step_id}: {exc}"
         if result.duplicate:
             # Already has an outcome, or this attempt is stale: never run it again.
             bound.info("step already recorded; skipped")
             await self._activate(message.run_id)
-            await delivery.ack()
-            return
-        event = await self._execute(message, definition, args, kwargs, attempt, policy)
-        await self._record(delivery, message, [event], bound)
+            return ""
+        try:
+            event = await self._execute(message, definition, args, kwargs, attempt, policy)
+        except asyncio.CancelledError:
+            if local:  # a queued step goes back by itself: its message is unacked
+                await self._hand_back(message, attempt)
+            raise
+        await self._record(message, [event], bound)
+        return ""
+
+    async def _hand_back(self, message: StepMessage, attempt: int) -> None:
+        """An in-process step cut off by shutdown goes to the queue as its next attempt."""
+        retry = StepMessage(
+            run_id=message.run_id,
+            step_id=message.step_id,
+            step_name=message.step_name,
+            attempt=attempt + 1,
+            args=message.args,
+            queue=message.queue,
+        )
+        with contextlib.suppress(Exception):
+            await self.broker.publish_step(retry)
 
     def _started(self, message: StepMessage, definition: StepDef, attempt: int) -> NewEvent:
         timer = None
@@ -195,23 +321,20 @@ class Worker:
 
     async def _record(
         self,
-        delivery: Delivery,
         message: StepMessage,
         events: list[NewEvent],
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         try:
-            await self.store.append(message.run_id, events)
+            await self._writes.append(message.run_id, events)
         except RunClosedError:
             bound.info("run ended while the step ran; outcome dropped")
-            await delivery.ack()
             return
         final = events[-1].type
         if final is not EventType.STEP_RETRYING and not faults.hit(
             faults.WORKER_AFTER_STEP_COMPLETED
         ):
             await self._activate(message.run_id)
-        await delivery.ack()
         bound.debug("step recorded", outcome=final.value)
 
     async def _execute(
@@ -266,6 +389,20 @@ class Worker:
         )
 
     async def _activate(self, run_id: str) -> None:
+        """Tell a scheduler the run moved: this process's own if it has one, else RabbitMQ's."""
+        if self._activate_local is not None:
+            try:
+                await self._activate_local(run_id)
+                return
+            except Exception as exc:
+                log.warning(
+                    "local activation failed; publishing it",
+                    run_id=run_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        await self._activations(run_id)
+
+    async def _publish_activation(self, run_id: str) -> None:
         activation = Activation(run_id=run_id, reason="step")
         await retrying("publish activation", lambda: self.broker.publish_activation(activation))
 

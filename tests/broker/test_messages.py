@@ -8,6 +8,7 @@ import pytest
 from broker.messages import (
     SCHEMA_VERSION,
     Activation,
+    StepBatch,
     StepMessage,
     decode_message,
     encode_message,
@@ -127,6 +128,47 @@ def test_missing_step_field_is_named(field: str) -> None:
 def test_wrongly_typed_step_field_is_named(field: str, value: object, fragment: str) -> None:
     with pytest.raises(MalformedMessageError) as info:
         decode_message(_pack(_step_map(**{field: value})))
+    assert fragment in str(info.value)
+
+
+def _batch_map(steps: object) -> dict[str, object]:
+    return {"v": SCHEMA_VERSION, "k": "steps", "run_id": "r", "queue": "q", "steps": steps}
+
+
+def test_step_batch_round_trip_and_id() -> None:
+    batch = StepBatch(
+        tuple(
+            StepMessage("run-1", f"s{i}", "noop", 1, bytes([i]), queue="payments")
+            for i in range(1, 4)
+        )
+    )
+    assert decode_message(encode_message(batch)) == batch
+    assert batch.message_id == "run-1:s1..s3:1"
+    assert (batch.run_id, batch.queue) == ("run-1", "payments")
+
+
+def test_a_step_batch_holds_one_run_and_one_queue() -> None:
+    with pytest.raises(ValueError, match="at least one step"):
+        StepBatch(())
+    with pytest.raises(ValueError, match="one run and one queue"):
+        StepBatch((STEP, StepMessage("run-2", "s1", "n", 1, b"", queue="payments")))
+
+
+@pytest.mark.parametrize(
+    ("steps", "fragment"),
+    [
+        ([], "empty 'steps' list"),
+        ("s1", "field 'steps' must be list, got str"),
+        ([["s1", "n", 1]], "item 0 must be [step_id, step_name, attempt, args]"),
+        ([["s1", "n", 1, b""], "s2"], "item 1 must be"),
+        ([["s1", 5, 1, b""]], "steps[0] message field 'step_name' must be str, got int"),
+        ([["s1", "n", 0, b""]], "steps[0] message field 'attempt' must be a positive int"),
+        ([["s1", "n", 1, "text"]], "field 'args' must be bytes, got str"),
+    ],
+)
+def test_malformed_step_batches_are_named(steps: object, fragment: str) -> None:
+    with pytest.raises(MalformedMessageError) as info:
+        decode_message(_pack(_batch_map(steps)))
     assert fragment in str(info.value)
 
 

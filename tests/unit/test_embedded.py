@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import ledgerflow as lf
-from broker import QUEUE_HEADER, REASON_HEADER, Activation, StepMessage, decode_message
+from broker import QUEUE_HEADER, REASON_HEADER, Activation, StepBatch, StepMessage, decode_message
 from broker import encode_message as encode
 from eventlog.errors import ReplayDivergenceError
 from eventlog.events import EventType, NewEvent
@@ -238,7 +238,13 @@ async def test_concurrent_activations_of_one_run_are_coalesced() -> None:
         assert tally["run_started"] == 1
         assert tally["step_created"] == 3
         step_queue = s.names.step_queue()
-        assert await s.broker.queue_depth(step_queue) == 3  # published once each
+        # Published once, the three steps together in one message.
+        assert await s.broker.queue_depth(step_queue) == 1
+        delivery = await s.broker.get(step_queue, timeout=1)
+        assert delivery is not None
+        message = decode_message(delivery.body)
+        assert isinstance(message, StepBatch)
+        assert [m.step_id for m in message.steps] == ["s1", "s2", "s3"]
 
 
 async def test_unknown_workflow_is_dead_lettered_and_the_run_stays_created() -> None:
