@@ -18,6 +18,7 @@ from .base import (
     Delivery,
     Handler,
     Outgoing,
+    QueueInfo,
 )
 from .memory import MemoryBroker
 from .messages import SCHEMA_VERSION, Activation, StepMessage, decode_message, encode_message
@@ -38,6 +39,7 @@ __all__ = [
     "Handler",
     "MemoryBroker",
     "Outgoing",
+    "QueueInfo",
     "RabbitBroker",
     "StepMessage",
     "decode_message",
