@@ -18,6 +18,7 @@ from .base import (
     Delivery,
     Handler,
     Outgoing,
+    QueueInfo,
 )
 from .memory import MemoryBroker
 from .messages import (
@@ -47,6 +48,7 @@ __all__ = [
     "MemoryBroker",
     "Message",
     "Outgoing",
+    "QueueInfo",
     "RabbitBroker",
     "StepBatch",
     "StepMessage",

@@ -14,6 +14,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -64,6 +65,15 @@ class Outgoing:
     message_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """What a passive declare tells about a queue: ready messages and consumers."""
+
+    queue: str
+    depth: int
+    consumers: int
+
+
 class Delivery(ABC):
     """One received message, to be settled exactly once with ack or nack.
 
@@ -80,6 +90,7 @@ class Delivery(ABC):
         redelivered: bool,
         delivery_count: int,
         message_id: str | None,
+        timestamp_ms: int | None = None,
     ) -> None:
         self.body = body
         self.headers = headers
@@ -87,6 +98,8 @@ class Delivery(ABC):
         self.redelivered = redelivered
         self.delivery_count = delivery_count
         self.message_id = message_id
+        # When it was published (the AMQP ``timestamp`` property), if the publisher said.
+        self.timestamp_ms = timestamp_ms
         self._settled = False
 
     @property
@@ -356,6 +369,23 @@ class Broker(ABC):
     @abstractmethod
     async def purge(self, queue: str) -> int:
         """Drop every ready message of ``queue``; return how many were dropped."""
+
+    @abstractmethod
+    async def queue_info(self, queue: str) -> QueueInfo:
+        """Depth and consumer count of a full-named queue, without creating it."""
+
+    @abstractmethod
+    def hold_dead_letters(self, limit: int) -> AbstractAsyncContextManager[list[Delivery]]:
+        """Take up to ``limit`` messages from the head of the dead queue, unsettled.
+
+        The caller may ack some (after publishing a copy elsewhere, confirmed);
+        on leaving the block every message not settled goes back to the dead
+        queue in its original order. This is only offered for the dead queue:
+        returning a message counts as a delivery on a quorum queue, which on a
+        work queue would burn one of the step's attempts, while the dead queue
+        has no delivery limit and nobody reads its count. Messages held here are
+        invisible to anyone else (another operator's listing) until released.
+        """
 
 
 def _as_outgoing(item: tuple[str, bytes] | Outgoing) -> Outgoing:

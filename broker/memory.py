@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from .base import (
     Handler,
     HandlerRunner,
     Outgoing,
+    QueueInfo,
 )
 
 
@@ -46,6 +48,7 @@ class _Stored:
     headers: dict[str, Any]
     message_id: str | None
     returns: int = 0
+    published_ms: int | None = None
 
 
 class _MemoryQueue:
@@ -123,6 +126,7 @@ class MemoryDelivery(Delivery):
             redelivered=stored.returns > 0,
             delivery_count=stored.returns + 1,
             message_id=stored.message_id,
+            timestamp_ms=stored.published_ms,
         )
         self._source = source
         self._stored = stored
@@ -147,6 +151,7 @@ class MemoryConsumer(Consumer):
     ) -> None:
         self._broker = broker
         self._queue = queue
+        self.queue_name = queue.name
         self._runner = HandlerRunner(handler, prefetch, queue.name)
         self._channel = _Channel(broker, prefetch)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -251,7 +256,9 @@ class MemoryBroker(Broker):
         headers[REASON_HEADER] = reason
         headers[QUEUE_HEADER] = queue.name
         headers[DEAD_AT_HEADER] = int(time.time() * 1000)
-        self._queues[self.names.dead_queue].put(_Stored(stored.body, headers, stored.message_id))
+        self._queues[self.names.dead_queue].put(
+            _Stored(stored.body, headers, stored.message_id, published_ms=stored.published_ms)
+        )
 
     # --- publishing and consuming ---------------------------------------------------
 
@@ -264,7 +271,7 @@ class MemoryBroker(Broker):
                 f"is bound to exchange {self.names.exchange!r}"
             )
         headers = {k: v for k, v in (out.headers or {}).items() if k not in BROKER_OWNED_HEADERS}
-        queue.put(_Stored(out.body, headers, out.message_id))
+        queue.put(_Stored(out.body, headers, out.message_id, published_ms=int(time.time() * 1000)))
         await asyncio.sleep(0)  # a publish is a suspension point on RabbitMQ too
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
@@ -294,3 +301,22 @@ class MemoryBroker(Broker):
         count = len(source.ready)
         source.ready.clear()
         return count
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        source = self._queue(queue)
+        consumers = sum(1 for c in self._consumers if c.queue_name == queue)
+        return QueueInfo(queue, len(source.ready), consumers)
+
+    @contextlib.asynccontextmanager
+    async def hold_dead_letters(self, limit: int) -> AsyncIterator[list[Delivery]]:
+        """Hand out up to ``limit`` dead letters on a channel of their own; closing it returns
+        the unsettled ones to the head in their original order, as on RabbitMQ."""
+        source = self._queue(self.names.dead_queue)
+        channel = _Channel(self, None)
+        held: list[Delivery] = []
+        while len(held) < limit and source.ready:
+            held.append(MemoryDelivery(source, source.ready.popleft(), channel))
+        try:
+            yield held
+        finally:
+            channel.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,6 +53,7 @@ from .base import (
     Handler,
     HandlerRunner,
     Outgoing,
+    QueueInfo,
 )
 from .topology import declare_topology, declare_work_queue, work_queue_arguments
 
@@ -77,6 +79,7 @@ class RabbitDelivery(Delivery):
             redelivered=bool(message.redelivered),
             delivery_count=_delivery_count(headers),
             message_id=message.message_id,
+            timestamp_ms=_ms(message.timestamp),
         )
         self._message = message
 
@@ -97,6 +100,11 @@ class RabbitDelivery(Delivery):
                 f"could not nack message {self.message_id!r} from {self.queue!r} ({exc!r}); "
                 "its channel is gone, so RabbitMQ will deliver it again"
             ) from exc
+
+
+def _ms(value: datetime.datetime | None) -> int | None:
+    """An AMQP timestamp (whole seconds, decoded as an aware UTC datetime) in ms."""
+    return None if value is None else int(value.timestamp() * 1000)
 
 
 def _delivery_count(headers: dict[str, Any]) -> int:
@@ -264,6 +272,8 @@ class RabbitBroker(Broker):
             headers=dict(out.headers) if out.headers else None,
             message_id=message_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            # Lets an operator tell how long a message has waited (`ledgerflow dlq`).
+            timestamp=datetime.datetime.now(datetime.UTC),
         )
         async with self._exclusive_id(message_id):
             try:
@@ -376,6 +386,67 @@ class RabbitBroker(Broker):
             declared = await _passive(channel, queue)
             result = await declared.purge()
         return int(result.message_count or 0)
+
+    async def queue_info(self, queue: str) -> QueueInfo:
+        async with _temporary_channel(self._require()) as channel:
+            declared = await _passive(channel, queue)
+            result = declared.declaration_result
+        return QueueInfo(queue, int(result.message_count or 0), int(result.consumer_count or 0))
+
+    def server_version(self) -> tuple[int, ...] | None:
+        """RabbitMQ's version from the connection handshake; None while disconnected."""
+        transport = self._require().transport
+        if transport is None:
+            return None
+        raw = transport.connection.server_properties.get("version")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        parts = [int(p) for p in text.split("-")[0].split(".") if p.isdigit()]
+        return tuple(parts) or None
+
+    @contextlib.asynccontextmanager
+    async def hold_dead_letters(self, limit: int) -> AsyncIterator[list[Delivery]]:
+        """basic.get up to ``limit`` messages on a channel of their own, nack the rest after.
+
+        Returning a message counts as a delivery on a quorum queue before
+        RabbitMQ 4.3 (``x-delivery-count`` goes up by one), which is harmless on
+        the dead queue only while it has no delivery limit: it is declared
+        without one, and before 4.0 that means none. RabbitMQ 4.0-4.2 give
+        every quorum queue a default limit of 20 and, the dead queue having no
+        dead-letter exchange, would drop a message listed 20 times; there this
+        refuses rather than risk it. Unsettled messages are nacked one by one
+        in the order they came, which puts them back at the head in that order
+        (quorum queues serve returned messages first, in return order).
+        """
+        version = self.server_version()
+        if version is not None and (4, 0) <= version[:2] < (4, 3):
+            raise BrokerError(
+                f"RabbitMQ {'.'.join(map(str, version))} counts every return against the "
+                "default delivery limit of 20, so reading the dead queue could drop messages; "
+                "give it `x-delivery-limit: -1` with a policy first, or upgrade to 4.3+"
+            )
+        queue = self.names.dead_queue
+        channel = await self._require().channel(publisher_confirms=False)
+        held: list[Delivery] = []
+        try:
+            declared = await _passive(channel, queue)
+            while len(held) < limit:
+                try:
+                    message = await declared.get(no_ack=False, fail=False, timeout=self._timeout)
+                except _CHANNEL_ERRORS as exc:
+                    raise BrokerError(f"basic.get on {queue!r} failed: {exc!r}") from exc
+                if message is None:
+                    break
+                held.append(RabbitDelivery(message, queue))
+            yield held
+        finally:
+            try:
+                for delivery in held:
+                    if not delivery.settled:
+                        await delivery.nack(requeue=True)
+            finally:
+                # Whatever a failed nack left unsettled, closing the channel returns.
+                with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+                    await channel.close()
 
 
 async def _passive(channel: AbstractChannel, queue: str) -> AbstractQueue:

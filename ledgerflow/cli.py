@@ -42,7 +42,11 @@ from worker.backend import connect
 from worker.process import run_until_signalled
 from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_identity
 
+from .cli_dlq import register as register_dlq
+from .cli_format import EXIT_CODES
+from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
+from .cli_runs import register as register_runs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -230,7 +234,10 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
 async def cmd_runs_cancel(args: argparse.Namespace) -> int:
     async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
         await client.cancel(args.run_id, reason=args.reason)
-    print(f"run {args.run_id} cancelled")
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "status": "cancelled"}))
+    else:
+        print(f"run {args.run_id} cancelled")
     return EXIT_OK
 
 
@@ -238,7 +245,10 @@ async def cmd_hooks_resume(args: argparse.Namespace) -> int:
     payload = _json_arg(args.payload, "--payload", object)
     async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
         run_id = await client.resume_hook(args.token, payload)
-    print(f"hook {args.token} resumed (run {run_id})")
+    if args.json:
+        print(json.dumps({"token": args.token, "run_id": run_id}))
+    else:
+        print(f"hook {args.token} resumed (run {run_id})")
     return EXIT_OK
 
 
@@ -304,7 +314,9 @@ def _json_default(value: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ledgerflow", description="Durable, event-sourced workflows on RabbitMQ and Redis."
+        prog="ledgerflow",
+        description="Durable, event-sourced workflows on RabbitMQ and Redis.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--amqp-url", help="RabbitMQ URL (default $LEDGERFLOW_AMQP_URL)")
     parser.add_argument("--redis-url", help="Redis URL (default $LEDGERFLOW_REDIS_URL)")
@@ -362,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = runs.add_parser("cancel", help="cancel a run (and its children)")
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", default="cancelled from the command line")
+    cancel.add_argument("--json", action="store_true")
     cancel.set_defaults(handler=cmd_runs_cancel)
 
     for name, handler, text in (
@@ -380,8 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume = hooks.add_parser("resume", help="send a payload to a waiting hook")
     resume.add_argument("token")
     resume.add_argument("--payload", default="null", help="JSON payload")
+    resume.add_argument("--json", action="store_true")
     resume.set_defaults(handler=cmd_hooks_resume)
     register_replay(sub, runs)
+    register_runs(runs)
+    register_dlq(sub)
+    register_queues(sub)
     return parser
 
 

@@ -17,6 +17,11 @@ It never appends step results or run outcomes itself: it only re-sends
 messages and rebuilds derived entries, all of which are harmless to repeat.
 Every action is preceded by a lease check, so a reconciler that lost its lease
 (paused, partitioned) never acts.
+
+``redrive`` is the operator's version of one run's repair (``ledgerflow runs
+redrive``): no staleness grace, an activation whatever the log's tail, and no
+lease, because an operator asked for it and everything it sends is harmless to
+repeat.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import structlog
 
 from broker import Activation, Broker, StepMessage
+from eventlog.errors import ConfigurationError
 from eventlog.events import Event, EventType
 from eventlog.fold import RunState, StepState, fold
 from eventlog.lease import Lease
@@ -69,6 +75,14 @@ class LeaseLost(Exception):
     """Raised inside a sweep the moment the lease is found to be someone else's."""
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """One thing put back: the entity (``run``, ``step s3``, ``s4``) and why."""
+
+    entity: str
+    reason: str
+
+
 @dataclass
 class SweepReport:
     runs_checked: int = 0
@@ -80,7 +94,7 @@ class Reconciler:
         self,
         store: EventStore,
         broker: Broker,
-        lease: Lease,
+        lease: Lease | None,
         *,
         stale_after: float = DEFAULT_STALE_AFTER,
         interval: float = DEFAULT_INTERVAL,
@@ -103,18 +117,21 @@ class Reconciler:
 
     async def run(self) -> None:
         """Hold (or wait for) the lease and sweep until stopped."""
+        lease = self.lease
+        if lease is None:
+            raise ConfigurationError("the reconciler daemon needs a lease")
         while not self._stopping.is_set():
             try:
-                if await self.lease.check() or await self.lease.acquire():
+                if await lease.check() or await lease.acquire():
                     await self.sweep()
             except LeaseLost:
-                log.warning("lease lost mid-sweep; standing by", owner=self.lease.owner)
+                log.warning("lease lost mid-sweep; standing by", owner=lease.owner)
             except Exception as exc:
                 log.warning("sweep failed; retrying", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
         with contextlib.suppress(Exception):
-            await self.lease.release()
+            await lease.release()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -137,6 +154,21 @@ class Reconciler:
 
     async def repair(self, run_id: str, now: int) -> list[str]:
         """Re-enqueue what one run's log says is missing; returns the reasons acted on."""
+        return [r.reason for r in await self._repair(run_id, now, force=False)]
+
+    async def redrive(self, run_id: str) -> list[Recovery] | None:
+        """Force one run along: what ``repair`` would re-enqueue, without waiting.
+
+        Unlike a sweep it does not wait ``stale_after`` past a retry's due time,
+        and it always sends an activation, so a scheduler replays the run now
+        whatever its log's tail says. None if the run does not exist; an empty
+        list for a finished run (nothing is ever sent for one).
+        """
+        if not await self.store.read(run_id, count=1):
+            return None
+        return await self._repair(run_id, await self.store.now_ms(), force=True)
+
+    async def _repair(self, run_id: str, now: int, *, force: bool) -> list[Recovery]:
         events = await self.store.read(run_id)
         if not events:
             return []
@@ -144,10 +176,11 @@ class Reconciler:
         if state.finished:
             self._activated_at.pop(run_id, None)
             return []
-        done: list[str] = []
+        done: list[Recovery] = []
         if state.status == "created":
             await self._activate(run_id, "run never started", done)
             return done
+        grace = 0 if force else self.stale_after_ms
         timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
         last_started = _last_started(events)
         for step in state.steps.values():
@@ -157,7 +190,7 @@ class Reconciler:
                 await self._dispatch(run_id, step, 1, "step never started", done)
             elif step.status == "retrying":
                 timer = Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1)
-                if step.retry_due is not None and step.retry_due + self.stale_after_ms <= now:
+                if step.retry_due is not None and step.retry_due + grace <= now:
                     await self._dispatch(
                         run_id, step, step.attempt + 1, "retry never dispatched", done
                     )
@@ -178,21 +211,24 @@ class Reconciler:
         if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
             await self._activate(run_id, "outcome not acted on", done)
             self._activated_at[run_id] = events[-1].id
+        elif force:
+            await self._activate(run_id, "redrive asked for an activation", done)
         return done
 
     # --- fenced actions ----------------------------------------------------------------
 
     async def _fence(self) -> None:
-        if not await self.lease.check():
+        """Without a lease (an operator's redrive) there is no one to be fenced off from."""
+        if self.lease is not None and not await self.lease.check():
             raise LeaseLost
 
-    async def _activate(self, run_id: str, reason: str, done: list[str]) -> None:
+    async def _activate(self, run_id: str, reason: str, done: list[Recovery]) -> None:
         await self._fence()
         await self.broker.publish_activation(Activation(run_id=run_id, reason="reconciler"))
         self._recovered(run_id, "run", reason, done)
 
     async def _dispatch(
-        self, run_id: str, step: StepState, attempt: int, reason: str, done: list[str]
+        self, run_id: str, step: StepState, attempt: int, reason: str, done: list[Recovery]
     ) -> None:
         await self._fence()
         message = StepMessage(
@@ -207,16 +243,16 @@ class Reconciler:
         self._recovered(run_id, f"step {step.id}", reason, done, attempt=attempt)
 
     async def _arm(
-        self, timer: Timer, due: int, run_id: str, entity: str, reason: str, done: list[str]
+        self, timer: Timer, due: int, run_id: str, entity: str, reason: str, done: list[Recovery]
     ) -> None:
         await self._fence()
         await self.store.add_timer(timer, due_ms=due)
         self._recovered(run_id, entity, reason, done)
 
     def _recovered(
-        self, run_id: str, entity: str, reason: str, done: list[str], **extra: Any
+        self, run_id: str, entity: str, reason: str, done: list[Recovery], **extra: Any
     ) -> None:
-        done.append(reason)
+        done.append(Recovery(entity, reason))
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
 
 

@@ -1,0 +1,144 @@
+"""Output helpers the runbook commands share: tables, times, JSON, a progress bar.
+
+Operators read these at 3 a.m. in a terminal, and scripts parse the ``--json``
+form, so tables go to stdout, the progress bar only to a terminal's stderr
+(never into a pipe or a test's captured output), and JSON is one document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+EXIT_CODES = (
+    "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage, "
+    "3 RabbitMQ or Redis unreachable, 4 not found"
+)
+
+_CELL_LIMIT = 48
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns as wide as their widest cell (long cells cut with '...')."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    out = [line, "-" * len(line)]
+    for row in cells:
+        out.append("  ".join(t.ljust(w) for t, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= _CELL_LIMIT else text[: _CELL_LIMIT - 3] + "..."
+
+
+def iso(ms: int | None) -> str:
+    """UTC, to the second: servers and operators may sit in different time zones."""
+    if not ms:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def iso_json(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def age(ms: int | None, now_ms: int) -> str:
+    """How long ago, in the two largest units: '3d4h', '12m5s', '40s'."""
+    if not ms:
+        return ""
+    seconds = max(0, (now_ms - ms) // 1000)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def parse_since(text: str) -> int:
+    """``--since``: a relative duration (``15m``, ``2h``, ``3d``, ``1w``, ``30s``) or an ISO time.
+
+    An ISO time without a zone is taken as UTC, like every time this CLI prints.
+    Raises ValueError (argparse turns it into a usage error, exit 2).
+    """
+    relative = _RELATIVE.match(text)
+    if relative:
+        seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        return int((time.time() - seconds) * 1000)
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: use a duration like 15m, 2h, 3d or an ISO time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive integer")
+    return value
+
+
+def json_default(value: Any) -> Any:
+    """What json cannot encode by itself: bytes as hex, times as ISO, the rest by repr."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return repr(value)
+
+
+def dump(value: Any) -> None:
+    print(json.dumps(value, default=json_default, indent=2))
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.label = label
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = total > 1 and self.stream.isatty()
+
+    def advance(self, step: int = 1) -> None:
+        self.done += step
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,273 @@
+"""``ledgerflow runs list / state / redrive``: what happened to a run, and pushing it along.
+
+Only parsing, wiring and printing live here. Listing reads the runs index
+(``EventStore.list_runs``), ``state`` folds a prefix of the log with the one
+fold every view uses, and ``redrive`` is ``Reconciler.redrive``, so the command
+re-enqueues exactly what the reconciler would, just without waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from eventlog.errors import RunNotFoundError
+from eventlog.fold import ErrorInfo, RunState, fold
+from scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
+from worker.backend import connect
+
+# The module, not its names: cli.py imports this one while it is itself being imported.
+from . import cli
+from .cli_format import (
+    EXIT_CODES,
+    Progress,
+    age,
+    dump,
+    iso,
+    iso_json,
+    parse_since,
+    positive_int,
+    table,
+)
+
+STATUSES = ("created", "started", "completed", "failed", "cancelled")
+
+
+async def cmd_runs_list(args: argparse.Namespace) -> int:
+    """The newest runs first; an empty listing is still a success (exit 0)."""
+    async with connect(cli.settings_of(args)) as backends:
+        runs = await backends.store.list_runs(
+            status=args.status, workflow=args.workflow, since_ms=args.since, limit=args.limit
+        )
+        now = await backends.store.now_ms()
+    if args.json:
+        dump(
+            [
+                {
+                    "run_id": r.run_id,
+                    "workflow": r.workflow,
+                    "status": r.status,
+                    "created": iso_json(r.created_ms),
+                    "updated": iso_json(r.updated_ms),
+                    "created_ms": r.created_ms,
+                    "updated_ms": r.updated_ms,
+                    "events": r.events,
+                }
+                for r in runs
+            ]
+        )
+        return cli.EXIT_OK
+    if not runs:
+        print("no runs match")
+        return cli.EXIT_OK
+    print(
+        table(
+            ("RUN ID", "WORKFLOW", "STATUS", "CREATED (UTC)", "LAST EVENT", "EVENTS"),
+            [
+                (
+                    r.run_id,
+                    r.workflow,
+                    r.status,
+                    iso(r.created_ms),
+                    f"{age(r.updated_ms, now)} ago",
+                    r.events,
+                )
+                for r in runs
+            ],
+        )
+    )
+    if len(runs) == args.limit:
+        print(f"(first {args.limit}; --limit for more)")
+    return cli.EXIT_OK
+
+
+async def cmd_runs_state(args: argparse.Namespace) -> int:
+    """The run as of event N: the fold of the log's first N entries (the audit trail)."""
+    async with connect(cli.settings_of(args)) as backends:
+        events = await backends.store.read(args.run_id)
+    if not events:
+        raise RunNotFoundError(args.run_id)
+    at = len(events) if args.at is None else args.at
+    if not 1 <= at <= len(events):
+        print(
+            f"ledgerflow: --at {at} is out of range: run {args.run_id!r} has "
+            f"{len(events)} events, numbered 1..{len(events)} as in `runs show`",
+            file=sys.stderr,
+        )
+        return cli.EXIT_USAGE
+    state = fold(args.run_id, events[:at])
+    last = events[at - 1]
+    if args.json:
+        dump(_state_json(state, at, len(events), last.type.value, last.ts))
+        return cli.EXIT_OK
+    print(
+        f"run {state.run_id}  workflow {state.workflow}  status {state.status}  "
+        f"as of event {at}/{len(events)} ({last.type.value} at {iso(last.ts)})"
+    )
+    if state.status == "completed":
+        print(f"result: {state.result!r}")
+    elif state.error is not None:
+        print(f"error: {_error(state.error)}")
+    elif state.cancel_reason is not None:
+        print(f"cancelled: {state.cancel_reason}")
+    rows: list[tuple[Any, ...]] = []
+    for step in state.steps.values():
+        outcome = _error(step.error) if step.error else ""
+        if step.status == "completed":
+            outcome = f"-> {step.result!r}"
+        rows.append(("step", step.id, step.name, step.status, step.attempt or "", outcome))
+    for wait in state.waits.values():
+        rows.append(("wait", wait.id, f"until {iso(wait.due)}", wait.status, "", ""))
+    for hook in state.hooks.values():
+        rows.append(("hook", hook.id, hook.token, hook.status, "", f"{hook.received} payload(s)"))
+    if rows:
+        print(table(("KIND", "ID", "NAME", "STATUS", "ATTEMPT", "RESULT / ERROR"), rows))
+    return cli.EXIT_OK
+
+
+def _error(error: ErrorInfo) -> str:
+    return f"{error.type}: {error.message}"
+
+
+def _error_json(error: ErrorInfo | None) -> dict[str, str] | None:
+    if error is None:
+        return None
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def _state_json(state: RunState, at: int, total: int, event: str, ts: int) -> dict[str, Any]:
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "status": state.status,
+        "at": at,
+        "events": total,
+        "event": event,
+        "ts": ts,
+        "result": state.result,
+        "error": _error_json(state.error),
+        "cancel_reason": state.cancel_reason,
+        "steps": [
+            {
+                "id": s.id,
+                "name": s.name,
+                "queue": s.queue,
+                "status": s.status,
+                "attempt": s.attempt,
+                "result": s.result,
+                "error": _error_json(s.error),
+                "child_run_id": s.child_run_id,
+            }
+            for s in state.steps.values()
+        ],
+        "waits": [{"id": w.id, "due": w.due, "status": w.status} for w in state.waits.values()],
+        "hooks": [
+            {"id": h.id, "token": h.token, "status": h.status, "received": h.received}
+            for h in state.hooks.values()
+        ],
+    }
+
+
+async def cmd_runs_redrive(args: argparse.Namespace) -> int:
+    """Re-enqueue what each run is missing and force an activation; exit 4 if a run is unknown."""
+    if bool(args.run_ids) == bool(args.all_stuck):
+        print("ledgerflow: name RUN_ID(s) or pass --all-stuck (not both)", file=sys.stderr)
+        return cli.EXIT_USAGE
+    async with connect(cli.settings_of(args)) as backends:
+        store = backends.store
+        run_ids: list[str] = list(dict.fromkeys(args.run_ids))
+        if args.all_stuck:
+            cutoff = await store.now_ms() - int(args.stale_after * 1000)
+            for shard in range(store.names.shards):
+                run_ids += await store.stale_runs(shard, cutoff, 100_000)
+        reconciler = Reconciler(store, backends.broker, None, stale_after=args.stale_after)
+        done: dict[str, list[Recovery]] = {}
+        missing: list[str] = []
+        progress = Progress(len(run_ids), "redrive")
+        try:
+            for run_id in run_ids:
+                actions = await reconciler.redrive(run_id)
+                if actions is None:
+                    missing.append(run_id)
+                else:
+                    done[run_id] = actions
+                progress.advance()
+        finally:
+            progress.close()
+    if args.json:
+        dump(
+            {
+                "runs": {
+                    run_id: [{"entity": a.entity, "reason": a.reason} for a in actions]
+                    for run_id, actions in done.items()
+                },
+                "not_found": missing,
+            }
+        )
+    else:
+        for run_id, actions in done.items():
+            if not actions:
+                print(f"{run_id}: finished, nothing to re-enqueue")
+                continue
+            print(f"{run_id}:")
+            for action in actions:
+                print(f"  re-enqueued {action.entity}: {action.reason}")
+        for run_id in missing:
+            print(f"{run_id}: no such run", file=sys.stderr)
+        if args.all_stuck and not run_ids:
+            print(f"no unfinished run without progress for {args.stale_after:g}s")
+    return cli.EXIT_NOT_FOUND if missing else cli.EXIT_OK
+
+
+def _since(text: str) -> int:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``list``, ``state`` and ``redrive`` to ``ledgerflow runs``."""
+    listing = runs.add_parser("list", help="runs, newest first, filtered", epilog=EXIT_CODES)
+    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--workflow", help="registered workflow name")
+    listing.add_argument(
+        "--since", type=_since, help="created since: 15m, 2h, 3d, 1w or an ISO time (UTC)"
+    )
+    listing.add_argument("--limit", type=positive_int, default=50)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_runs_list)
+
+    state = runs.add_parser(
+        "state",
+        help="the run's state as of event N (steps, waits, hooks): the audit trail",
+        epilog=EXIT_CODES,
+    )
+    state.add_argument("run_id")
+    state.add_argument(
+        "--at", type=int, metavar="N", help="fold only events 1..N (numbers as in `runs show`)"
+    )
+    state.add_argument("--json", action="store_true")
+    state.set_defaults(handler=cmd_runs_state)
+
+    redrive = runs.add_parser(
+        "redrive",
+        help="force an activation and re-enqueue what a run is missing",
+        description=(
+            "For each run: re-send step messages for steps created but never started and "
+            "retries that are due, re-arm missing timers, and send an activation so a "
+            "scheduler replays it now. Harmless to repeat; a step still queued may run twice "
+            "(steps are at-least-once)."
+        ),
+        epilog=EXIT_CODES,
+    )
+    redrive.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    redrive.add_argument(
+        "--all-stuck",
+        action="store_true",
+        help="every unfinished run without progress for --stale-after seconds",
+    )
+    redrive.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
+    redrive.add_argument("--json", action="store_true")
+    redrive.set_defaults(handler=cmd_runs_redrive)
