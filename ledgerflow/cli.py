@@ -42,6 +42,7 @@ from worker.backend import connect
 from worker.process import run_until_signalled
 from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_identity
 
+from .cli_dashboard import register as register_dashboard
 from .cli_replay import register as register_replay
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -380,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--payload", default="null", help="JSON payload")
     resume.set_defaults(handler=cmd_hooks_resume)
     register_replay(sub, runs)
+    register_dashboard(sub)
     return parser
 
 
