@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from broker import Broker, DeadMessage, decode_message
 from eventlog.errors import MalformedMessageError, SerializationError
-from eventlog.events import Event
+from eventlog.events import Event, EventType
 from eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
 from eventlog.store import EventStore, RunSummary
 from worker.registry import StepDef
@@ -146,13 +146,18 @@ def _position(corr: str) -> tuple[str, int, str]:
 
 
 def _event(event: Event) -> dict[str, JsonValue]:
+    data = event.data
+    # A step's arguments are stored encoded (only the worker decodes them): show them.
+    encoded = data.get("args") if isinstance(data, dict) else None
+    if event.type is EventType.STEP_CREATED and isinstance(encoded, bytes):
+        data = {**data, "args": _decoded(encoded)}
     return {
         "id": event.id,
         "type": event.type.value,
         "corr": event.corr,
         "ts": event.ts,
         "v": event.v,
-        "data": to_json(event.data),
+        "data": to_json(data),
     }
 
 

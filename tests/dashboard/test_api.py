@@ -77,6 +77,8 @@ async def test_run_detail_has_bars_events_and_payloads(
 
     events = await running.events(finished_runs.parallel)
     assert [e["id"] for e in detail["events"]] == [e.id for e in events]
+    created = [e for e in detail["events"] if e["type"] == "step_created"]
+    assert created[3]["data"]["args"] == {"args": [MARKUP, 0.01], "kwargs": {}}
     completed = [e for e in detail["events"] if e["type"] == "run_completed"]
     assert completed[0]["data"]["result"] == ["a", "b", "c", MARKUP]
 
