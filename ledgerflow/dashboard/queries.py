@@ -8,8 +8,9 @@ so the web layer only ever serializes JSON values.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from broker import Broker, DeadMessage, decode_message
@@ -192,12 +193,15 @@ async def dead_letters(broker: Broker, *, limit: int = 100) -> dict[str, JsonVal
 
 
 def _dead(message: DeadMessage) -> dict[str, JsonValue]:
+    headers = message.headers
+    # RabbitMQ's own dead-lettering (delivery limit) sets x-first-death-*, not ours.
+    reason = message.reason or _text(headers.get("x-first-death-reason"))
     return {
         "message_id": message.message_id,
-        "reason": message.reason or _x_death_reason(message.headers.get("x-death")),
-        "queue": message.queue,
-        "dead_at_ms": message.dead_at_ms,
-        "headers": to_json(dict(message.headers)),
+        "reason": f"{reason} (by RabbitMQ)" if reason and not message.reason else reason,
+        "queue": message.queue or _text(headers.get("x-first-death-queue")),
+        "dead_at_ms": message.dead_at_ms or _x_death_ms(headers.get("x-death")),
+        "headers": to_json(dict(headers)),
         "size": len(message.body),
         "decoded": _message(message.body),
     }
@@ -220,9 +224,16 @@ def _fields(decoded: Any) -> dict[str, Any]:
     return fields
 
 
-def _x_death_reason(x_death: Any) -> str | None:
-    """RabbitMQ's own dead-lettering (delivery limit, rejection) says why in ``x-death``."""
-    if isinstance(x_death, Sequence) and x_death and isinstance(x_death[0], dict):
-        first = x_death[0]
-        return f"{first.get('reason', 'dead-lettered')} (by RabbitMQ, from {first.get('queue')})"
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return None if value is None else str(value)
+
+
+def _x_death_ms(x_death: Any) -> int | None:
+    """When RabbitMQ dead-lettered it: the ``time`` of the first ``x-death`` entry."""
+    if isinstance(x_death, Sequence) and x_death and isinstance(x_death[0], Mapping):
+        when = x_death[0].get("time")
+        if isinstance(when, dt.datetime):
+            return int(when.timestamp() * 1000)
     return None

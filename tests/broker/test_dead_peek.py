@@ -95,3 +95,42 @@ async def test_concurrent_peeks_do_not_reorder(rabbit: RabbitBroker) -> None:
 async def test_negative_limit_is_refused(memory: MemoryBroker) -> None:
     with pytest.raises(ValueError, match="negative"):
         await memory.peek_dead(limit=-1)
+
+
+async def test_rabbitmqs_own_dead_letters_survive_a_peek(
+    servers: Servers, names: Names, amqp_cleanup: list[str]
+) -> None:
+    """A message RabbitMQ dead-lettered itself (delivery limit) keeps its x-death headers."""
+    from ledgerflow.dashboard.queries import dead_letters
+
+    broker = RabbitBroker(servers.amqp_url, names, delivery_limit=1)
+    await broker.connect()
+    try:
+        await broker.publish(names.runs_queue, b"poison", message_id="poison-1")
+        for _ in range(2):
+            delivery = await broker.get(names.runs_queue, timeout=10)
+            assert delivery is not None
+            await delivery.nack(requeue=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await broker.queue_depth(names.dead_queue) < 1:
+            assert loop.time() < deadline, "RabbitMQ did not dead-letter the message"
+            await asyncio.sleep(0.05)
+
+        for _ in range(2):
+            [seen] = await broker.peek_dead()
+            assert (seen.message_id, seen.body) == ("poison-1", b"poison")
+            assert seen.headers["x-death"][0]["reason"] == "delivery_limit"
+        view = await dead_letters(broker)
+        [shown] = view["messages"]
+        assert shown["reason"] == "delivery_limit (by RabbitMQ)"
+        assert shown["queue"] == names.runs_queue
+        assert isinstance(shown["dead_at_ms"], int)
+
+        dead = await broker.get(names.dead_queue, timeout=10)
+        assert dead is not None
+        assert dead.delivery_count == 1
+        assert dead.headers["x-first-death-reason"] == "delivery_limit"
+        await dead.ack()
+    finally:
+        await asyncio.wait_for(broker.close(), 10)
