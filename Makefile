@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 REDIS_START := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
 	--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
-.PHONY: demo test lint unit integration bench chaos services clean
+.PHONY: demo test lint unit integration bench chaos services browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ services:
 	  else echo "RabbitMQ is not running on 127.0.0.1:5672 and cannot be started here"; fi; \
 	fi
 
+# The dashboard's browser test drives Debian's chromium (never a downloaded browser
+# build): install it where apt-get can; otherwise that test fails saying so.
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the dashboard's browser test"; \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is not installed and apt-get is not available here"; fi; \
+	fi
+
 demo: $(STAMP) services
 	$(PY) -m examples.demo
 
@@ -45,7 +57,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) services lint
+test: $(STAMP) services browser lint
 	$(VENV)/bin/pytest -q
 
 unit: $(STAMP)

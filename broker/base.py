@@ -54,6 +54,38 @@ REJECTED_REASON: Final = "rejected"
 # make the copy look like it had already been delivered.
 BROKER_OWNED_HEADERS: Final = frozenset({"x-delivery-count"})
 
+MAX_DEAD_PEEK: Final = 10_000
+"""The deepest dead queue ``peek_dead`` will rotate; deeper ones need a real DLQ tool."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadMessage:
+    """A copy of one message on the dead queue, as ``peek_dead`` saw it.
+
+    ``reason``, ``queue`` and ``dead_at_ms`` come from our ``x-ledgerflow-*``
+    headers; RabbitMQ's own dead-letters (delivery limit exceeded) carry its
+    ``x-death`` header instead, which is left in ``headers`` as it came.
+    """
+
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+
+    @property
+    def reason(self) -> str | None:
+        value = self.headers.get(REASON_HEADER)
+        return None if value is None else str(value)
+
+    @property
+    def queue(self) -> str | None:
+        value = self.headers.get(QUEUE_HEADER)
+        return None if value is None else str(value)
+
+    @property
+    def dead_at_ms(self) -> int | None:
+        value = self.headers.get(DEAD_AT_HEADER)
+        return value if isinstance(value, int) else None
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -229,6 +261,7 @@ class Broker(ABC):
 
     names: Names
     delivery_limit: int
+    _peek_lock: asyncio.Lock | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -357,6 +390,63 @@ class Broker(ABC):
             self.names.dead_queue, delivery.body, headers=headers, message_id=delivery.message_id
         )
         await delivery.ack()
+
+    async def peek_dead(self, limit: int = 100) -> list[DeadMessage]:
+        """The oldest ``limit`` messages of the dead queue, leaving the queue as it was.
+
+        AMQP has no non-destructive read, and the obvious get-then-requeue is
+        not harmless on a quorum queue: every return raises the message's
+        delivery count (and on RabbitMQ 4.0-4.2, whose quorum queues default to
+        a delivery limit of 20, the dead queue, which has no dead-letter
+        exchange of its own, would drop a message after 20 looks). So this
+        *rotates* the queue instead: each message present when it starts is
+        taken, republished to the tail unchanged (same body, headers and
+        message id, minus the broker-owned ``x-delivery-count``, so no attempt
+        is burnt), and only acked once the copy is confirmed. A crash in
+        between leaves a duplicate, never a loss. The whole queue is rotated,
+        not just ``limit`` messages, so the order comes out as it went in;
+        only a message dead-lettered while the rotation runs can end up among
+        the older ones (and one taken by another reader meanwhile may make a
+        copy show twice). Rotations in one process are serialized; the cost is
+        one get, one confirmed publish and one ack per message, which is why
+        a queue deeper than ``MAX_DEAD_PEEK`` is refused.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        queue = self.names.dead_queue
+        async with self._dead_peek_lock():
+            depth = await self.queue_depth(queue)
+            if depth > MAX_DEAD_PEEK:
+                raise BrokerError(
+                    f"the dead queue {queue!r} holds {depth} messages, more than the "
+                    f"{MAX_DEAD_PEEK} that can be browsed by rotating it; drain it first"
+                )
+            seen: list[DeadMessage] = []
+            for _ in range(depth):
+                delivery = await self.get(queue)
+                if delivery is None:
+                    break  # another reader took messages meanwhile: none of ours are left
+                headers = {
+                    k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS
+                }
+                try:
+                    await self.publish(
+                        queue, delivery.body, headers=headers, message_id=delivery.message_id
+                    )
+                except BaseException:
+                    # The copy may or may not be there: keep the original (a possible
+                    # duplicate, never a loss) rather than hold it unsettled.
+                    await delivery.nack(requeue=True)
+                    raise
+                await delivery.ack()
+                if len(seen) < limit:
+                    seen.append(DeadMessage(delivery.body, headers, delivery.message_id))
+            return seen
+
+    def _dead_peek_lock(self) -> asyncio.Lock:
+        if self._peek_lock is None:
+            self._peek_lock = asyncio.Lock()
+        return self._peek_lock
 
     @abstractmethod
     async def get(self, queue: str, *, timeout: float = 0.0) -> Delivery | None:

@@ -31,7 +31,7 @@ from .base import (
     Broker,
     Delivery,
 )
-from .messages import Activation, StepMessage, decode_message
+from .messages import Activation, Message, StepBatch, StepMessage, decode_message
 
 REQUEUES_HEADER: Final = "x-ledgerflow-requeues"
 """How often a message was taken out of the dead queue: a second death is worth noticing."""
@@ -89,7 +89,7 @@ def describe(delivery: Delivery) -> DeadLetter:
     dead_at = headers.get(DEAD_AT_HEADER)
     if not isinstance(dead_at, int) and death is not None:
         dead_at = _ms(death.get("time"))
-    message: StepMessage | Activation | None = None
+    message: Message | None = None
     error = ""
     try:
         message = decode_message(delivery.body)
@@ -98,6 +98,10 @@ def describe(delivery: Delivery) -> DeadLetter:
     kind, run_id, step = "?", "", ""
     if isinstance(message, StepMessage):
         kind, run_id, step = "step", message.run_id, f"{message.step_id} {message.step_name}"
+    elif isinstance(message, StepBatch):
+        first, last = message.steps[0], message.steps[-1]
+        kind, run_id = "steps", message.run_id
+        step = f"{first.step_id}..{last.step_id} ({len(message.steps)} steps)"
     elif isinstance(message, Activation):
         kind, run_id = "activation", message.run_id
     return DeadLetter(

@@ -34,6 +34,7 @@ from .base import (
     REJECTED_REASON,
     Broker,
     Consumer,
+    DeadMessage,
     Delivery,
     Handler,
     HandlerRunner,
@@ -292,6 +293,13 @@ class MemoryBroker(Broker):
             except TimeoutError:
                 return None
         return MemoryDelivery(source, stored, channel)
+
+    async def peek_dead(self, limit: int = 100) -> list[DeadMessage]:
+        """A plain read: in memory the dead queue can be looked at without touching it."""
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        ready = list(self._queue(self.names.dead_queue).ready)[:limit]
+        return [DeadMessage(s.body, dict(s.headers), s.message_id) for s in ready]
 
     async def queue_depth(self, queue: str) -> int:
         return len(self._queue(queue).ready)

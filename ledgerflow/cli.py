@@ -42,6 +42,7 @@ from worker.backend import connect
 from worker.process import run_until_signalled
 from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_identity
 
+from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
 from .cli_format import EXIT_CODES
 from .cli_queues import register as register_queues
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_runs(runs)
     register_dlq(sub)
     register_queues(sub)
+    register_dashboard(sub)
     return parser
 
 

@@ -1,0 +1,239 @@
+"""What the dashboard shows, read from the event store and the broker as plain JSON dicts.
+
+Kept apart from the web layer so it can be tested without HTTP and reused by
+anything else that wants the same views. Every value that came from a user
+(arguments, results, errors, message bodies) goes through ``to_json`` here,
+so the web layer only ever serializes JSON values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from broker import Broker, DeadMessage, decode_message
+from eventlog.errors import MalformedMessageError, SerializationError
+from eventlog.events import Event, EventType
+from eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
+from eventlog.store import EventStore, RunSummary
+from worker.registry import StepDef
+
+from .jsonsafe import JsonValue, to_json
+
+RUN_STATUSES: Final = ("created", "started", "completed", "failed", "cancelled")
+"""The values of a run's status, as the fold and the runs index name them."""
+
+MAX_LIMIT: Final = 1000
+
+
+def run_row(summary: RunSummary) -> dict[str, JsonValue]:
+    return {
+        "run_id": summary.run_id,
+        "workflow": summary.workflow,
+        "status": summary.status,
+        "created_ms": summary.created_ms,
+        "updated_ms": summary.updated_ms,
+        "events": summary.events,
+    }
+
+
+async def list_runs(
+    store: EventStore,
+    *,
+    status: str | None = None,
+    workflow: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, JsonValue]]:
+    """The newest runs first, filtered by status and workflow (from the runs index)."""
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"unknown status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    runs = await store.list_runs(status=status, workflow=workflow or None, limit=limit)
+    return [run_row(summary) for summary in runs]
+
+
+async def run_detail(store: EventStore, run_id: str) -> dict[str, JsonValue] | None:
+    """A run's state, its step and wait bars on one time axis, and every event; None if absent."""
+    events = await store.read(run_id)
+    if not events:
+        return None
+    state = fold(run_id, events)
+    end = max(event.ts for event in events)
+    origin = events[0].ts
+    return {
+        "run": _run(state),
+        "origin_ms": origin,
+        "end_ms": end,
+        "bars": list[JsonValue](_bars(state, end)),
+        "events": list[JsonValue](_event(event) for event in events),
+    }
+
+
+def _run(state: RunState) -> dict[str, JsonValue]:
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "status": state.status,
+        "args": to_json(state.args),
+        "kwargs": to_json(state.kwargs),
+        "result": to_json(state.result),
+        "error": _error(state.error),
+        "cancel_reason": state.cancel_reason,
+        "created_ms": state.created_ts,
+        "started_ms": state.started_ts,
+        "finished_ms": state.finished_ts,
+        "event_count": state.event_count,
+    }
+
+
+def _bars(state: RunState, end: int) -> list[dict[str, JsonValue]]:
+    """One bar per step and per durable sleep, in creation order.
+
+    A step's bar runs from its (latest) start, or from its creation if it never
+    started, to its outcome; one still open runs to the newest event, flagged
+    ``open``. Each bar has its own row, so steps that ran in parallel show as
+    bars overlapping on the shared axis.
+    """
+    bars = [_step_bar(step, end) for step in state.steps.values()]
+    bars += [_wait_bar(wait, end) for wait in state.waits.values()]
+    bars.sort(key=lambda bar: _position(str(bar["id"])))
+    return bars
+
+
+def _step_bar(step: StepState, end: int) -> dict[str, JsonValue]:
+    start = step.started_ts if step.started_ts is not None else step.created_ts
+    return {
+        "kind": "step",
+        "id": step.id,
+        "name": step.name,
+        "queue": step.queue,
+        "status": step.status,
+        "attempt": step.attempt,
+        "created_ms": step.created_ts,
+        "start_ms": start,
+        "end_ms": step.finished_ts if step.finished_ts is not None else end,
+        "open": step.finished_ts is None,
+        "args": _decoded(step.args),
+        "result": to_json(step.result),
+        "error": _error(step.error),
+        "child_run_id": step.child_run_id,
+    }
+
+
+def _wait_bar(wait: WaitState, end: int) -> dict[str, JsonValue]:
+    return {
+        "kind": "wait",
+        "id": wait.id,
+        "name": "sleep",
+        "status": wait.status,
+        "created_ms": wait.created_ts,
+        "start_ms": wait.created_ts,
+        "end_ms": wait.finished_ts if wait.finished_ts is not None else max(end, wait.created_ts),
+        "due_ms": wait.due,
+        "open": wait.finished_ts is None,
+    }
+
+
+_POSITION = re.compile(r"(\D*)(\d+)$")
+
+
+def _position(corr: str) -> tuple[str, int, str]:
+    """``s2`` before ``s10``: correlation ids sort by their sequence number."""
+    match = _POSITION.match(corr)
+    return (match.group(1), int(match.group(2)), corr) if match else (corr, 0, corr)
+
+
+def _event(event: Event) -> dict[str, JsonValue]:
+    data = event.data
+    # A step's arguments are stored encoded (only the worker decodes them): show them.
+    encoded = data.get("args") if isinstance(data, dict) else None
+    if event.type is EventType.STEP_CREATED and isinstance(encoded, bytes):
+        data = {**data, "args": _decoded(encoded)}
+    return {
+        "id": event.id,
+        "type": event.type.value,
+        "corr": event.corr,
+        "ts": event.ts,
+        "v": event.v,
+        "data": to_json(data),
+    }
+
+
+def _error(error: ErrorInfo | None) -> JsonValue:
+    if error is None:
+        return None
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def _decoded(payload: bytes) -> JsonValue:
+    """Encoded step arguments; a class this process does not know is shown, not hidden."""
+    if not payload:
+        return None
+    try:
+        args, kwargs = StepDef.decode_args(payload)
+    except SerializationError as exc:
+        return {"$type": "undecodable", "error": str(exc), "len": len(payload)}
+    return {"args": to_json(args), "kwargs": to_json(kwargs)}
+
+
+async def dead_letters(broker: Broker, *, limit: int = 100) -> dict[str, JsonValue]:
+    """The oldest dead messages with why they died and what they were, leaving the queue as is."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    messages = await broker.peek_dead(limit=limit)
+    depth = await broker.queue_depth(broker.names.dead_queue)
+    return {
+        "queue": broker.names.dead_queue,
+        "depth": depth,
+        "messages": list[JsonValue](_dead(message) for message in messages),
+    }
+
+
+def _dead(message: DeadMessage) -> dict[str, JsonValue]:
+    headers = message.headers
+    # RabbitMQ's own dead-lettering (delivery limit) sets x-first-death-*, not ours.
+    reason = message.reason or _text(headers.get("x-first-death-reason"))
+    return {
+        "message_id": message.message_id,
+        "reason": f"{reason} (by RabbitMQ)" if reason and not message.reason else reason,
+        "queue": message.queue or _text(headers.get("x-first-death-queue")),
+        "dead_at_ms": message.dead_at_ms or _x_death_ms(headers.get("x-death")),
+        "headers": to_json(dict(headers)),
+        "size": len(message.body),
+        "decoded": _message(message.body),
+    }
+
+
+def _message(body: bytes) -> JsonValue:
+    """The step message or activation in the body, or why it cannot be read plus its bytes."""
+    try:
+        decoded = decode_message(body)
+    except MalformedMessageError as exc:
+        return {"$type": "malformed", "error": str(exc), "body": to_json(body)}
+    fields = {name: to_json(value) for name, value in _fields(decoded).items()}
+    return {"$type": type(decoded).__name__, **fields}
+
+
+def _fields(decoded: Any) -> dict[str, Any]:
+    fields = {name: getattr(decoded, name) for name in decoded.__dataclass_fields__}
+    if isinstance(fields.get("args"), bytes):
+        fields["args"] = _decoded(fields["args"])
+    return fields
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return None if value is None else str(value)
+
+
+def _x_death_ms(x_death: Any) -> int | None:
+    """When RabbitMQ dead-lettered it: the ``time`` of the first ``x-death`` entry."""
+    if isinstance(x_death, Sequence) and x_death and isinstance(x_death[0], Mapping):
+        when = x_death[0].get("time")
+        if isinstance(when, dt.datetime):
+            return int(when.timestamp() * 1000)
+    return None

@@ -1,0 +1,74 @@
+"""``ledgerflow dashboard``: wired into the CLI, and a clear message without the extra."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from ledgerflow import cli
+from tests.processes import ROOT, cli_env
+from tests.servers import Servers
+
+
+def test_dashboard_is_a_command() -> None:
+    args = cli.build_parser().parse_args(["dashboard", "--port", "9123"])
+    assert (args.port, args.host) == (9123, "127.0.0.1")
+
+
+def test_without_the_extra_it_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert cli.main(["dashboard"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "uvicorn" in err
+    assert "pip install 'ledgerflow[dashboard]'" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_command_serves_until_sigterm(
+    servers: Servers, namespace: str, amqp_cleanup: list[str], redis_client: Any
+) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ledgerflow", "dashboard", "--port", str(port)],
+        env=cli_env(servers, namespace),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the dashboard did not start listening"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert response.json()["runs"] == []
+        assert "ledgerflow" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert f"http://127.0.0.1:{port}" in out
+        assert namespace in out
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
