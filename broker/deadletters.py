@@ -65,7 +65,7 @@ class DeadLetter:
     kind: str
     run_id: str
     step: str
-    message: StepMessage | Activation | None
+    message: Message | None
     decode_error: str
     headers: dict[str, Any]
     body: bytes
