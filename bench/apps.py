@@ -49,6 +49,16 @@ async def many(width: int = MANY_WIDTH) -> int:
     return sum(parts)
 
 
+@lf.workflow(name="bench_waves")
+async def waves(count: int, width: int) -> int:
+    """``count`` waves of ``width`` parallel steps, one after another: a very long run
+    whose live state stays small, for watching memory over hundreds of thousands of steps."""
+    total = 0
+    for _ in range(count):
+        total += sum(await asyncio.gather(*(noop(i) for i in range(width))))
+    return total
+
+
 @lf.workflow(name="bench_sleeper")
 async def sleeper(seconds: float) -> float:
     """A durable sleep and nothing else: measures timer precision."""

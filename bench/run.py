@@ -63,7 +63,7 @@ FLOOR_TIMEOUT = 10.0
 FLOOR_ATTEMPTS = 3
 SLEEP_TARGET_MS = 100.0
 IDLE_SECONDS = 3.0
-SCENARIOS = ("fanout", "many", "chain", "long", "sleep")
+SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Sizes:
     many_runs: int
     chain: int
     long: int
+    soak_waves: int = 2000
+    soak_width: int = 100
     sleepers: int = 50
     sleep_seconds: float = 1.0
     long_window: int = 100
@@ -84,10 +86,21 @@ class Sizes:
     def pick(cls, quick: bool) -> Sizes:
         if quick:
             return cls(
-                floor_amqp=500, floor_redis=2000, fanout=500, many_runs=50, chain=100, long=400
+                floor_amqp=500,
+                floor_redis=2000,
+                fanout=500,
+                many_runs=50,
+                chain=100,
+                long=400,
+                soak_waves=200,
             )
         return cls(
-            floor_amqp=2000, floor_redis=5000, fanout=2000, many_runs=200, chain=300, long=2000
+            floor_amqp=2000,
+            floor_redis=5000,
+            fanout=10_000,
+            many_runs=1000,
+            chain=2000,
+            long=10_000,
         )
 
 
@@ -612,6 +625,7 @@ class Context:
     log_dir: Path
     redis_url: str
     scheduler_pids: list[int]
+    process_pids: dict[str, int]
 
 
 class StuckRunError(RuntimeError):
@@ -871,6 +885,81 @@ async def scenario_long(ctx: Context) -> dict[str, Any]:
     }
 
 
+def rss_kib(pid: int) -> int | None:
+    """Resident set size from /proc, in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+async def sample_rss(
+    ctx: Context, run_id: str, samples: list[tuple[int, dict[str, int | None]]]
+) -> None:
+    """(events in the run's log, RSS of every process) every 0.5 s, until cancelled."""
+    client = aioredis.Redis.from_url(ctx.redis_url)
+    stream = ctx.names.stream(run_id)
+    try:
+        while True:
+            length = int(await client.xlen(stream))
+            samples.append((length, {k: rss_kib(p) for k, p in ctx.process_pids.items()}))
+            await asyncio.sleep(0.5)
+    finally:
+        await client.aclose()
+
+
+async def scenario_soak(ctx: Context) -> dict[str, Any]:
+    """One run of 200,000 steps in waves of parallel steps: memory must stay flat."""
+    waves, width = ctx.sizes.soak_waves, ctx.sizes.soak_width
+    n = waves * width
+    run_id = secrets.token_hex(16)
+    samples: list[tuple[int, dict[str, int | None]]] = []
+    sampler = asyncio.create_task(sample_rss(ctx, run_id, samples))
+    began = time.perf_counter()
+    try:
+        run = await ctx.client.start(apps.waves, waves, width, run_id=run_id)
+        (result,) = await await_results(ctx, [run], 20 * RUN_TIMEOUT)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+    wall = time.perf_counter() - began
+    total = 3 * n + 3  # created/started/completed per step, plus the run's own events
+    # The baseline is taken once the run is a tenth through: start-up and the first
+    # waves' allocations (caches, pools, buffers) are then in place.
+    early = next((s for length, s in samples if length >= total // 10), None)
+    late = samples[-1][1] if samples else None
+    growth: dict[str, float | None] = {}
+    for label in ctx.process_pids:
+        first = early.get(label) if early else None
+        last = late.get(label) if late else None
+        growth[label] = None if not first or not last else 100.0 * (last - first) / first
+    worst = max((g for g in growth.values() if g is not None), default=None)
+    events = await ctx.client.store.status(run_id)
+    return {
+        "steps": n,
+        "waves": waves,
+        "width": width,
+        "wall_s": wall,
+        "steps_per_s": n / wall,
+        "step_p50_ms": None,
+        "step_p99_ms": None,
+        "rss_kib_at_tenth": early,
+        "rss_kib_at_end": late,
+        "rss_growth_percent": growth,
+        "rss_worst_growth_percent": worst,
+        "passed": worst is not None and worst < 10.0,
+        "events": int(events.get("n", "0")),
+        "ratio_to_floor": worst,
+        "ratio_name": "worst RSS growth %, a tenth of the way -> end",
+        "correct": result == n * (width - 1) // 2,
+        "integrity": {},
+    }
+
+
 async def scenario_sleep(ctx: Context) -> dict[str, Any]:
     """Concurrent durable sleeps with staggered due times: how late the timers fire."""
     n, seconds = ctx.sizes.sleepers, ctx.sizes.sleep_seconds
@@ -926,6 +1015,7 @@ SCENARIO_FNS: dict[str, ScenarioFn] = {
     "many": scenario_many,
     "chain": scenario_chain,
     "long": scenario_long,
+    "soak": scenario_soak,
     "sleep": scenario_sleep,
 }
 
@@ -971,6 +1061,15 @@ def describe(name: str, r: dict[str, Any]) -> str:
                 f"created), dispatch {fmt(hop['dispatch'], 2)} ms (created -> started), execute "
                 f"{fmt(hop['execute'], 2)} ms (started -> completed)"
             )
+        if name == "soak":
+            start, end = r["rss_kib_at_tenth"] or {}, r["rss_kib_at_end"] or {}
+            per = ", ".join(
+                f"{k} {fmt((start.get(k) or 0) / 1024, 1)} -> {fmt((end.get(k) or 0) / 1024, 1)} "
+                f"MiB ({fmt(g, 1)} %)"
+                for k, g in r["rss_growth_percent"].items()
+            )
+            verdict = "PASS" if r["passed"] else "FAIL"
+            lines.append(f"  RSS a tenth of the way -> end: {per} -> {verdict} (target < 10 %)")
         if name == "long":
             lines.append(
                 f"  first 100 vs last 100: step p50 {fmt(r['first_step_p50_ms'], 0)} -> "
@@ -1209,7 +1308,13 @@ async def bench(args: argparse.Namespace) -> int:
                     names=names,
                     log_dir=log_dir,
                     redis_url=settings.redis_url,
-                    scheduler_pids=[p.process.pid for p in procs if p.label.startswith("sched")],
+                    # With --with-scheduler the workers are the schedulers too.
+                    scheduler_pids=[
+                        p.process.pid
+                        for p in procs
+                        if p.label.startswith("sched") or SCHEDULERS == 0
+                    ],
+                    process_pids={p.label: p.process.pid for p in procs},
                 )
                 for name in only:
                     print(f"\n[{name}] {SCENARIO_FNS[name].__doc__}")

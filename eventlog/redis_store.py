@@ -20,7 +20,7 @@ from .errors import (
     ServiceUnavailableError,
     WorkflowMismatchError,
 )
-from .events import AppendResult, Event, NewEvent, decode_entry
+from .events import AppendResult, Event, EventType, NewEvent, decode_entry
 from .lua import (
     ADD_TIMER_SCRIPT,
     APPEND_SCRIPT,
@@ -141,6 +141,22 @@ class RedisEventStore(EventStore):
             self._watcher = StreamWatcher(self.client)
         entries = await self._watcher.wait(self.names.stream(run_id), after, timeout)
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def wait_for(
+        self, run_id: str, after: str, timeout: float, types: frozenset[EventType]
+    ) -> tuple[str, list[Event]]:
+        if self._watcher is None:
+            self._watcher = StreamWatcher(self.client)
+        entries = await self._watcher.wait(self.names.stream(run_id), after, timeout)
+        if not entries:
+            return after, []
+        wanted = {t.value.encode() for t in types} | {t.value for t in types}
+        found = [
+            decode_entry(entry_id, fields)
+            for entry_id, fields in entries
+            if fields.get(b"type", fields.get("type")) in wanted
+        ]
+        return entries[-1][0], found
 
     @retried("read a status hash")
     async def status(self, run_id: str) -> dict[str, str]:

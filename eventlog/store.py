@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .events import AppendResult, Event, NewEvent
+from .events import AppendResult, Event, EventType, NewEvent
 from .names import Names
 from .timers import DueTimer, EntityStatus, Timer
 
@@ -69,6 +69,18 @@ class EventStore(ABC):
     @abstractmethod
     async def wait(self, run_id: str, after: str, timeout: float) -> list[Event]:
         """Block until events exist after ``after`` or ``timeout`` seconds pass."""
+
+    async def wait_for(
+        self, run_id: str, after: str, timeout: float, types: frozenset[EventType]
+    ) -> tuple[str, list[Event]]:
+        """Like ``wait``, but only events of ``types``, plus the id of the newest event seen.
+
+        A waiter for a run's end need not decode every step result on the way:
+        the Redis store filters on the raw type field before decoding.
+        """
+        events = await self.wait(run_id, after, timeout)
+        cursor = events[-1].id if events else after
+        return cursor, [e for e in events if e.type in types]
 
     @abstractmethod
     async def status(self, run_id: str) -> dict[str, str]:

@@ -19,10 +19,10 @@ from eventlog.errors import (
     RunNotFoundError,
     WorkflowFailedError,
 )
-from eventlog.events import Event, EventType, NewEvent
+from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
 from eventlog.settings import Settings
-from eventlog.store import START, EventStore
+from eventlog.store import EventStore
 from worker.backend import connect
 
 from .children import parent_of, report_to_parent
@@ -169,20 +169,18 @@ class Client:
         events = await self.store.read(run_id)
         if not events:
             raise RunNotFoundError(run_id)
-        cursor = START
+        cursor = events[-1].id
         while True:
             for event in events:
-                cursor = event.id
-                if event.type in (
-                    EventType.RUN_COMPLETED,
-                    EventType.RUN_FAILED,
-                    EventType.RUN_CANCELLED,
-                ):
+                if event.type in RUN_TERMINAL:
                     return _outcome(run_id, event)
             remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
-            events = await self.store.wait(run_id, cursor, min(remaining, WAIT_SLICE))
+            # Only the end is decoded: a 10,000-step run's results are not this waiter's.
+            cursor, events = await self.store.wait_for(
+                run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
+            )
 
 
 def _outcome(run_id: str, event: Event) -> Any:

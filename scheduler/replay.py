@@ -258,6 +258,22 @@ class WorkflowInstance:
         self._task = self.loop.create_task(coro, context=context)
 
     def _settle(self, future: asyncio.Future[Any], event: Event) -> None:
+        try:
+            self._resolve(future, event)
+        finally:
+            self._forget(event.corr)
+
+    def _forget(self, corr: str) -> None:
+        """Drop what a settled position kept: positions only grow, so none is asked for again.
+
+        This keeps a cached instance's memory proportional to what is in flight,
+        not to the length of the run (a 200,000-step run stays flat).
+        """
+        self._recorded.pop(corr, None)
+        self._issued.pop(corr, None)
+        self._futures.pop(corr, None)
+
+    def _resolve(self, future: asyncio.Future[Any], event: Event) -> None:
         if future.done():
             return
         data = event.data if isinstance(event.data, dict) else {}
