@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import json
 import math
@@ -217,20 +218,12 @@ def open_log(path: Path) -> BinaryIO:
     return open(path, "wb")
 
 
-# The CLI runs on asyncio's default loop; the `speed` extra installs uvloop but no
-# code path uses it. --uvloop launches the same CLI with uvloop's policy set first.
-UVLOOP_LAUNCH = (
-    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from ledgerflow.cli import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
-async def start_processes(settings: Settings, log_dir: Path, *, uvloop: bool) -> list[Proc]:
+async def start_processes(settings: Settings, log_dir: Path, *, loop: str) -> list[Proc]:
     """Workers and a scheduler as real CLI processes; logs to files, never to a pipe.
 
     (A pipe nobody reads blocks the process the moment it logs a burst.)
     """
-    launcher = ["-c", UVLOOP_LAUNCH] if uvloop else ["-m", "ledgerflow"]
+    launcher = ["-m", "ledgerflow", "--loop", loop]
     commands = [
         (
             f"worker-{i + 1}",
@@ -1236,7 +1229,7 @@ async def bench(args: argparse.Namespace) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "code": code_version(),
-        "event_loop": "uvloop" if args.uvloop else "asyncio",
+        "event_loop": args.loop,
         "processes": {
             "workers": WORKERS,
             "worker_concurrency": WORKER_CONCURRENCY,
@@ -1263,7 +1256,7 @@ async def bench(args: argparse.Namespace) -> int:
         async with connect(settings) as backends:
             client = lf.Client(backends.store, backends.broker)
             try:
-                procs = await start_processes(settings, log_dir, uvloop=args.uvloop)
+                procs = await start_processes(settings, log_dir, loop=args.loop)
                 ready = await wait_until_consuming(settings.amqp_url, names, procs)
                 print(
                     f"processes: {WORKERS} workers (--concurrency {WORKER_CONCURRENCY}) and "
@@ -1395,9 +1388,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"of {', '.join(SCENARIOS)}"
     )
     parser.add_argument(
-        "--uvloop",
-        action="store_true",
-        help="run the processes and the benchmark (floor included) on uvloop",
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        help="event loop of the processes and of the benchmark itself, floor included "
+        "(default: uvloop when installed, as the CLI does)",
     )
     return parser.parse_args(argv)
 
@@ -1413,12 +1408,14 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.uvloop:
+    factory = None
+    if args.loop == "uvloop":
         import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        factory = uvloop.new_event_loop
     try:
-        return asyncio.run(amain(args))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(amain(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; the namespace was cleaned up", file=sys.stderr)
         return 130

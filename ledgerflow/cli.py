@@ -45,6 +45,7 @@ from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_id
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
 from .cli_format import EXIT_CODES
+from .cli_processes import LOOPS, run_with_loop, supervise
 from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
 from .cli_runs import register as register_runs
@@ -323,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", help="Redis URL (default $LEDGERFLOW_REDIS_URL)")
     parser.add_argument("--namespace", help="key/queue namespace (default $LEDGERFLOW_NAMESPACE)")
     parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), or force one",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="run steps from the step queues")
@@ -333,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-scheduler",
         action="store_true",
         help="also run the scheduler role in this process (small deployments)",
+    )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run N worker processes under one supervisor (one core each)",
     )
     worker.add_argument(
         "--grace",
@@ -406,11 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    if getattr(args, "processes", 1) < 1:
+        parser.error("--processes must be at least 1")
+    if getattr(args, "processes", 1) > 1:
+        return asyncio.run(supervise(argv, args.processes))
     try:
-        return asyncio.run(handler(args))
+        return run_with_loop(handler(args), args.loop)
     except ServiceUnavailableError as exc:
         print(f"ledgerflow: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

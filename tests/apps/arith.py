@@ -90,3 +90,37 @@ async def slow_once(seconds: float) -> str:
 @lf.workflow(name="it_slow_once_wf")
 async def slow_once_wf(seconds: float) -> str:
     return await slow_once(seconds)
+
+
+# Invocations of it_counted, by argument: tests of which steps a batch re-runs.
+COUNTED: dict[int, int] = {}
+
+
+@lf.step(name="it_counted")
+async def counted(i: int) -> int:
+    COUNTED[i] = COUNTED.get(i, 0) + 1
+    return i * 10
+
+
+@lf.step(name="it_napping")
+async def napping(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@lf.workflow(name="it_wide")
+async def wide(n: int) -> int:
+    return sum(await asyncio.gather(*(add(i, 0) for i in range(n))))
+
+
+@lf.workflow(name="it_chain")
+async def chain(n: int) -> int:
+    acc = 0
+    for _ in range(n):
+        acc = await add(acc, 1)
+    return acc
+
+
+@lf.workflow(name="it_nap")
+async def nap(seconds: float) -> float:
+    return await napping(seconds)
