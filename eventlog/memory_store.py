@@ -38,6 +38,7 @@ class MemoryEventStore(EventStore):
         self._active: dict[int, dict[str, int]] = defaultdict(dict)
         self._timers: dict[int, dict[str, int]] = defaultdict(dict)
         self._hooks: dict[str, str] = {}
+        self._presence: dict[str, int] = {}  # worker identity -> expiry ms
         self._changed: dict[str, asyncio.Condition] = {}
         self._last_id = (0, 0)
 
@@ -268,6 +269,16 @@ class MemoryEventStore(EventStore):
 
     async def is_listed(self, run_id: str) -> bool:
         return bool(self._status.get(run_id, {}).get("created"))
+
+    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
+        self._presence[identity] = _now_ms() + ttl_ms
+
+    async def mark_gone(self, identity: str) -> None:
+        self._presence.pop(identity, None)
+
+    async def alive(self, identities: Sequence[str]) -> set[str]:
+        now = _now_ms()
+        return {i for i in identities if self._presence.get(i, 0) > now}
 
     async def now_ms(self) -> int:
         return _now_ms()

@@ -85,6 +85,10 @@ class Names:
     def runs_shards(self) -> list[str]:
         return [self.runs_shard(i) for i in range(self.shards)]
 
+    def worker_presence(self, identity: str) -> str:
+        """Exists while the worker ``identity`` (host:pid) is alive; it expires by itself."""
+        return f"{self.namespace}:worker:{identity}"
+
     def hook_tokens(self) -> str:
         return f"{self.namespace}:hooks"
 

@@ -327,6 +327,22 @@ class RedisEventStore(EventStore):
         )
         return [_text(member) for member in raw]
 
+    @retried("mark a worker alive")
+    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
+        await self.client.set(self.names.worker_presence(identity), b"1", px=ttl_ms)
+
+    @retried("mark a worker gone")
+    async def mark_gone(self, identity: str) -> None:
+        await self.client.delete(self.names.worker_presence(identity))
+
+    @retried("read worker presence")
+    async def alive(self, identities: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(identities))
+        if not wanted:
+            return set()
+        found = await self.client.mget([self.names.worker_presence(i) for i in wanted])
+        return {i for i, v in zip(wanted, found, strict=True) if v is not None}
+
     @retried("read the clock")
     async def now_ms(self) -> int:
         seconds, micros = await self.client.time()

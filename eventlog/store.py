@@ -156,6 +156,20 @@ class EventStore(ABC):
     async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
         """Unfinished runs of one index shard with no progress since ``older_than_ms``."""
 
+    # --- worker presence ----------------------------------------------------------------
+
+    @abstractmethod
+    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
+        """Say the worker ``identity`` is alive for the next ``ttl_ms``."""
+
+    @abstractmethod
+    async def mark_gone(self, identity: str) -> None:
+        """A worker that stops cleanly says so at once rather than letting the mark expire."""
+
+    @abstractmethod
+    async def alive(self, identities: Sequence[str]) -> set[str]:
+        """Which of these workers have a live mark."""
+
     @abstractmethod
     async def now_ms(self) -> int:
         """The store's clock (Redis TIME), the one event timestamps use."""

@@ -10,6 +10,9 @@ is missing:
   activation;
 - a step created but never started, or a retry that is due but never
   dispatched: its step message;
+- a step started by a worker that is gone (its presence mark expired: the
+  process died) with no outcome: a new attempt. This is what recovers steps a
+  ``--with-scheduler`` process ran in-process, which no unacked message covers;
 - a step started long ago (twice its time limit) with no outcome: a new attempt;
 - a wait or retry whose timer entry is missing: the timer entry.
 
@@ -183,6 +186,12 @@ class Reconciler:
         grace = 0 if force else self.stale_after_ms
         timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
         last_started = _last_started(events)
+        running = [
+            str(last_started.get(s.id, {}).get("worker", ""))
+            for s in state.steps.values()
+            if s.status == "started"
+        ]
+        alive = await self.store.alive([w for w in running if w])
         for step in state.steps.values():
             if step.name.startswith(CHILD_PREFIX):
                 continue
@@ -200,7 +209,18 @@ class Reconciler:
                     )
             elif step.status == "started":
                 limit = _limit_ms(last_started.get(step.id), self.default_step_limit_ms)
-                if step.started_ts is not None and now - step.started_ts > 2 * limit:
+                worker = str(last_started.get(step.id, {}).get("worker", ""))
+                if (
+                    worker
+                    and worker not in alive
+                    and step.started_ts is not None
+                    and now - step.started_ts > grace
+                ):
+                    # Its worker is gone (no presence mark): nobody will ever finish it.
+                    await self._dispatch(
+                        run_id, step, step.attempt + 1, "step's worker is gone", done
+                    )
+                elif step.started_ts is not None and now - step.started_ts > 2 * limit:
                     await self._dispatch(
                         run_id, step, step.attempt + 1, "step started long ago, no outcome", done
                     )

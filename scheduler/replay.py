@@ -199,7 +199,10 @@ class WorkflowInstance:
     # --- feeding the log ------------------------------------------------------------------
 
     def feed(self, events: Iterable[Event]) -> None:
-        batch = list(events)
+        # Events at or before the cursor were fed already (two activations of one run
+        # that read the same tail): feeding is then a no-op, never a second delivery.
+        floor = _id_key(self.cursor)
+        batch = [e for e in events if _id_key(e.id) > floor]
         for event in batch:
             if event.type in _CREATIONS:
                 self._recorded[event.corr] = event
@@ -491,6 +494,11 @@ class WorkflowInstance:
             self._task.cancel()
             self.loop.run_ready()
         self.loop.close()
+
+
+def _id_key(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _matches(event: Event, kind: EventType, name: str) -> bool:

@@ -51,6 +51,12 @@ log = structlog.get_logger("ledgerflow.worker")
 DEFAULT_CONCURRENCY = 16
 DEFAULT_GRACE = 30.0
 CANCEL_POLL = 0.5
+PRESENCE_TTL_MS = 10_000
+"""How long a worker's presence mark outlives its last renewal (renewed every third).
+
+The reconciler gives a started step whose worker's mark is gone a new attempt:
+this is what recovers steps run in-process (eager dispatch), which have no
+unacked message for RabbitMQ to redeliver when their process dies."""
 
 
 def worker_identity() -> str:
@@ -91,6 +97,7 @@ class Worker:
         self._running: Counter[str] = Counter()
         self._cancelled: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._presence: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._accepted = 0  # steps taken (from any source) and not yet finished
         self._writes = GroupCommit(store)
@@ -99,6 +106,8 @@ class Worker:
         self._local: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        await self.store.mark_alive(self.identity, PRESENCE_TTL_MS)
+        self._presence = asyncio.create_task(self._keep_alive(), name="presence")
         self._watch = asyncio.create_task(self._watch_cancellations(), name="cancel-watch")
         for queue in self.queues:
             full = await self.broker.declare_step_queue(queue)
@@ -115,11 +124,25 @@ class Worker:
         await asyncio.gather(
             *(c.cancel(timeout=timeout) for c in consumers), self._drain_local(timeout)
         )
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        for task in (self._watch, self._presence):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch = self._presence = None
+        try:
+            await self.store.mark_gone(self.identity)
+        except Exception as exc:  # the mark expires by itself; say why it lingers
+            log.warning("could not clear the presence mark", error=f"{type(exc).__name__}: {exc}")
+
+    async def _keep_alive(self) -> None:
+        """Renew the presence mark; a missed renewal is retried at the next beat."""
+        while True:
+            await asyncio.sleep(PRESENCE_TTL_MS / 3000)
+            try:
+                await self.store.mark_alive(self.identity, PRESENCE_TTL_MS)
+            except Exception as exc:
+                log.warning("presence renewal failed", error=f"{type(exc).__name__}: {exc}")
 
     # --- eager dispatch: steps handed over by the scheduler of this process ----------
 

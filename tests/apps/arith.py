@@ -124,3 +124,17 @@ async def chain(n: int) -> int:
 @lf.workflow(name="it_nap")
 async def nap(seconds: float) -> float:
     return await napping(seconds)
+
+
+@lf.step(name="it_slow_first_time")
+async def slow_first_time(seconds: float) -> int:
+    """Hangs on its first attempt (for killing the process running it), quick after."""
+    attempt = lf.step_context().attempt
+    if attempt == 1:
+        await asyncio.sleep(seconds)
+    return attempt
+
+
+@lf.workflow(name="it_slow_first_run")
+async def slow_first_run(seconds: float) -> int:
+    return await slow_first_time(seconds)

@@ -20,7 +20,7 @@ from broker import StepBatch, StepMessage
 from eventlog.events import EventType, NewEvent
 from scheduler.service import Scheduler
 from tests.apps import arith
-from tests.processes import cli_env
+from tests.processes import cli_env, processes
 from tests.servers import Servers
 from worker.registry import steps
 from worker.service import Worker
@@ -273,3 +273,51 @@ def child_pids(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+async def test_a_step_run_in_a_killed_process_is_recovered_by_the_reconciler(
+    servers: Servers, backends: Any
+) -> None:
+    """No unacked message covers an in-process step: the worker's expired presence mark does."""
+    from scheduler.reconciler import Reconciler
+
+    ns = backends.names.namespace
+    client = lf.Client(backends.store, backends.broker)
+    with processes(servers, ns, [["worker", "tests.apps.arith", "--with-scheduler"]]) as procs:
+        run = await client.start(arith.slow_first_run, 120.0)
+        for _ in range(300):
+            started = [
+                e for e in await client.events(run.run_id) if e.type is EventType.STEP_STARTED
+            ]
+            if started:
+                break
+            await asyncio.sleep(0.05)
+        assert started and started[0].data["worker"].endswith(f":{procs[0].pid}")
+        assert await backends.store.alive([started[0].data["worker"]]) == {
+            started[0].data["worker"]
+        }
+        procs[0].kill()
+        procs[0].wait()
+    worker = Worker(backends.store, backends.broker, concurrency=4)
+    await worker.start()
+    reconciler = Reconciler(backends.store, backends.broker, None, stale_after=0.2)
+    began = time.monotonic()
+    reasons: Counter[str] = Counter()
+    try:
+        while time.monotonic() - began < 30:
+            report = await reconciler.sweep()
+            reasons.update(report.recoveries)
+            if reasons["step's worker is gone"]:
+                break
+            await asyncio.sleep(0.5)
+        # Recovered once the mark expired (10 s), not after the 600 s step limit.
+        assert reasons["step's worker is gone"] == 1, reasons
+        assert time.monotonic() - began < 15
+        scheduler = Scheduler(backends.store, backends.broker)
+        await scheduler.start()
+        try:
+            assert await run.result(timeout=30) == 2  # the second attempt finished it
+        finally:
+            await scheduler.stop()
+    finally:
+        await worker.stop(grace=5)

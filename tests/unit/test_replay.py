@@ -89,6 +89,32 @@ async def test_full_replay_issues_nothing_and_reaches_the_same_result() -> None:
     assert instance.cursor == events[-1].id
 
 
+async def test_feeding_events_twice_is_a_no_op() -> None:
+    """Two activations of one run can read the same tail; the second feed must change nothing."""
+    run_id, result, events = await record(mixed, 4)
+    instance = instance_for(run_id, events, mixed.definition.fn)
+    half = len(events) // 2
+    instance.feed(events[:half])
+    first = instance.decide()
+    instance.feed(events[: half + 3])  # overlaps what was fed
+    instance.feed(events)
+    instance.feed(events)
+    assert instance.divergence is None
+    assert instance.events_seen == len(events)
+    assert instance.decide().outcome == Completed(result)
+    assert first.outcome is None
+
+
+async def test_settled_positions_are_forgotten() -> None:
+    """A cached instance keeps what is in flight, not the whole run (flat memory)."""
+    run_id, _, events = await record(mixed, 4)
+    instance = instance_for(run_id, events, mixed.definition.fn)
+    instance.feed(events)
+    assert instance._recorded == {}
+    assert instance._issued == {}
+    assert instance._futures == {}
+
+
 async def test_now_uuid_random_are_replay_safe() -> None:
     run_id, result, events = await record(mixed, 2)
     replayed = replay_at_once(run_id, events, mixed.definition.fn)
