@@ -10,10 +10,11 @@ into a redelivery) lives here once, so the two implementations cannot drift.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -54,38 +55,6 @@ REJECTED_REASON: Final = "rejected"
 # make the copy look like it had already been delivered.
 BROKER_OWNED_HEADERS: Final = frozenset({"x-delivery-count"})
 
-MAX_DEAD_PEEK: Final = 10_000
-"""The deepest dead queue ``peek_dead`` will rotate; deeper ones need a real DLQ tool."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadMessage:
-    """A copy of one message on the dead queue, as ``peek_dead`` saw it.
-
-    ``reason``, ``queue`` and ``dead_at_ms`` come from our ``x-ledgerflow-*``
-    headers; RabbitMQ's own dead-letters (delivery limit exceeded) carry its
-    ``x-death`` header instead, which is left in ``headers`` as it came.
-    """
-
-    body: bytes
-    headers: Mapping[str, Any]
-    message_id: str | None
-
-    @property
-    def reason(self) -> str | None:
-        value = self.headers.get(REASON_HEADER)
-        return None if value is None else str(value)
-
-    @property
-    def queue(self) -> str | None:
-        value = self.headers.get(QUEUE_HEADER)
-        return None if value is None else str(value)
-
-    @property
-    def dead_at_ms(self) -> int | None:
-        value = self.headers.get(DEAD_AT_HEADER)
-        return value if isinstance(value, int) else None
-
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -104,6 +73,19 @@ class QueueInfo:
     queue: str
     depth: int
     consumers: int
+
+
+class HeldDeadLetters(list["Delivery"]):
+    """The dead letters a ``hold_dead_letters`` block hands out, oldest first, and ``depth``.
+
+    ``depth`` is how many messages the dead queue held when they were taken,
+    these included: while they are held, a ``queue_depth`` call does not count
+    them, so only the reader itself can tell the true number.
+    """
+
+    def __init__(self, deliveries: Iterable[Delivery], *, depth: int) -> None:
+        super().__init__(deliveries)
+        self.depth = depth
 
 
 class Delivery(ABC):
@@ -261,7 +243,7 @@ class Broker(ABC):
 
     names: Names
     delivery_limit: int
-    _peek_lock: asyncio.Lock | None = None
+    _dead_letters_lock: asyncio.Lock | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -391,63 +373,6 @@ class Broker(ABC):
         )
         await delivery.ack()
 
-    async def peek_dead(self, limit: int = 100) -> list[DeadMessage]:
-        """The oldest ``limit`` messages of the dead queue, leaving the queue as it was.
-
-        AMQP has no non-destructive read, and the obvious get-then-requeue is
-        not harmless on a quorum queue: every return raises the message's
-        delivery count (and on RabbitMQ 4.0-4.2, whose quorum queues default to
-        a delivery limit of 20, the dead queue, which has no dead-letter
-        exchange of its own, would drop a message after 20 looks). So this
-        *rotates* the queue instead: each message present when it starts is
-        taken, republished to the tail unchanged (same body, headers and
-        message id, minus the broker-owned ``x-delivery-count``, so no attempt
-        is burnt), and only acked once the copy is confirmed. A crash in
-        between leaves a duplicate, never a loss. The whole queue is rotated,
-        not just ``limit`` messages, so the order comes out as it went in;
-        only a message dead-lettered while the rotation runs can end up among
-        the older ones (and one taken by another reader meanwhile may make a
-        copy show twice). Rotations in one process are serialized; the cost is
-        one get, one confirmed publish and one ack per message, which is why
-        a queue deeper than ``MAX_DEAD_PEEK`` is refused.
-        """
-        if limit < 0:
-            raise ValueError(f"limit must not be negative, got {limit}")
-        queue = self.names.dead_queue
-        async with self._dead_peek_lock():
-            depth = await self.queue_depth(queue)
-            if depth > MAX_DEAD_PEEK:
-                raise BrokerError(
-                    f"the dead queue {queue!r} holds {depth} messages, more than the "
-                    f"{MAX_DEAD_PEEK} that can be browsed by rotating it; drain it first"
-                )
-            seen: list[DeadMessage] = []
-            for _ in range(depth):
-                delivery = await self.get(queue)
-                if delivery is None:
-                    break  # another reader took messages meanwhile: none of ours are left
-                headers = {
-                    k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS
-                }
-                try:
-                    await self.publish(
-                        queue, delivery.body, headers=headers, message_id=delivery.message_id
-                    )
-                except BaseException:
-                    # The copy may or may not be there: keep the original (a possible
-                    # duplicate, never a loss) rather than hold it unsettled.
-                    await delivery.nack(requeue=True)
-                    raise
-                await delivery.ack()
-                if len(seen) < limit:
-                    seen.append(DeadMessage(delivery.body, headers, delivery.message_id))
-            return seen
-
-    def _dead_peek_lock(self) -> asyncio.Lock:
-        if self._peek_lock is None:
-            self._peek_lock = asyncio.Lock()
-        return self._peek_lock
-
     @abstractmethod
     async def get(self, queue: str, *, timeout: float = 0.0) -> Delivery | None:
         """Take one message without a subscription, waiting up to ``timeout`` seconds."""
@@ -464,17 +389,50 @@ class Broker(ABC):
     async def queue_info(self, queue: str) -> QueueInfo:
         """Depth and consumer count of a full-named queue, without creating it."""
 
-    @abstractmethod
-    def hold_dead_letters(self, limit: int) -> AbstractAsyncContextManager[list[Delivery]]:
+    @contextlib.asynccontextmanager
+    async def hold_dead_letters(self, limit: int) -> AsyncIterator[HeldDeadLetters]:
         """Take up to ``limit`` messages from the head of the dead queue, unsettled.
 
         The caller may ack some (after publishing a copy elsewhere, confirmed);
         on leaving the block every message not settled goes back to the dead
-        queue in its original order. This is only offered for the dead queue:
-        returning a message counts as a delivery on a quorum queue, which on a
-        work queue would burn one of the step's attempts, while the dead queue
-        has no delivery limit and nobody reads its count. Messages held here are
-        invisible to anyone else (another operator's listing) until released.
+        queue in its original order. ``held.depth`` says how many messages the
+        queue had when read, held ones included (see ``HeldDeadLetters``).
+
+        This is the one way to read the dead queue (``ledgerflow dlq``,
+        ``ledgerflow queues``, the dashboard): AMQP has no non-destructive read,
+        and this costs a get and a return per message taken (on RabbitMQ, the
+        whole queue: see ``RabbitBroker._hold_dead_letters``) but never a copy,
+        so it cannot duplicate a message.
+
+        It is only offered for the dead queue: returning a message counts as a
+        delivery on a quorum queue, which on a work queue would burn one of the
+        step's attempts, while the dead queue has no delivery limit and nobody
+        reads its count (a requeue strips it). Messages held here are invisible
+        to anyone else until released.
+
+        Readers on one broker object take turns (a lock held for the whole
+        block): two overlapping holds would each take part of the queue, so
+        each would see an incomplete listing, and whichever released first
+        would put its messages back ahead of the other's, reordering the
+        queue. Do not nest a hold inside another on the same broker: it would
+        wait for itself. Readers in other processes are not serialized; one of
+        them reading at the same moment sees fewer messages, and their returns
+        may interleave.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        if self._dead_letters_lock is None:
+            # Made on first use, not in __init__: the subclasses own their constructors.
+            self._dead_letters_lock = asyncio.Lock()
+        async with self._dead_letters_lock, self._hold_dead_letters(limit) as held:
+            yield held
+
+    @abstractmethod
+    def _hold_dead_letters(self, limit: int) -> AbstractAsyncContextManager[HeldDeadLetters]:
+        """``hold_dead_letters`` for this transport, called with the lock held and ``limit >= 0``.
+
+        On leaving, every held message not settled must go back to the head of
+        the dead queue in the order it was taken.
         """
 
 

@@ -34,10 +34,10 @@ from .base import (
     REJECTED_REASON,
     Broker,
     Consumer,
-    DeadMessage,
     Delivery,
     Handler,
     HandlerRunner,
+    HeldDeadLetters,
     Outgoing,
     QueueInfo,
 )
@@ -294,13 +294,6 @@ class MemoryBroker(Broker):
                 return None
         return MemoryDelivery(source, stored, channel)
 
-    async def peek_dead(self, limit: int = 100) -> list[DeadMessage]:
-        """A plain read: in memory the dead queue can be looked at without touching it."""
-        if limit < 0:
-            raise ValueError(f"limit must not be negative, got {limit}")
-        ready = list(self._queue(self.names.dead_queue).ready)[:limit]
-        return [DeadMessage(s.body, dict(s.headers), s.message_id) for s in ready]
-
     async def queue_depth(self, queue: str) -> int:
         return len(self._queue(queue).ready)
 
@@ -316,15 +309,21 @@ class MemoryBroker(Broker):
         return QueueInfo(queue, len(source.ready), consumers)
 
     @contextlib.asynccontextmanager
-    async def hold_dead_letters(self, limit: int) -> AsyncIterator[list[Delivery]]:
+    async def _hold_dead_letters(self, limit: int) -> AsyncIterator[HeldDeadLetters]:
         """Hand out up to ``limit`` dead letters on a channel of their own; closing it returns
-        the unsettled ones to the head in their original order, as on RabbitMQ."""
+        the unsettled ones to the head in their original order.
+
+        Only the ``limit`` handed out are taken: here returns go to the head, so
+        a prefix comes back in place (RabbitMQ 3.10 returns a basic.get message
+        to the tail, which is why ``RabbitBroker`` takes the whole queue).
+        """
         source = self._queue(self.names.dead_queue)
         channel = _Channel(self, None)
         held: list[Delivery] = []
+        depth = len(source.ready)
         while len(held) < limit and source.ready:
             held.append(MemoryDelivery(source, source.ready.popleft(), channel))
         try:
-            yield held
+            yield HeldDeadLetters(held, depth=depth)
         finally:
             channel.close()

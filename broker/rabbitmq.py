@@ -52,6 +52,7 @@ from .base import (
     Delivery,
     Handler,
     HandlerRunner,
+    HeldDeadLetters,
     Outgoing,
     QueueInfo,
 )
@@ -404,8 +405,21 @@ class RabbitBroker(Broker):
         return tuple(parts) or None
 
     @contextlib.asynccontextmanager
-    async def hold_dead_letters(self, limit: int) -> AsyncIterator[list[Delivery]]:
-        """basic.get up to ``limit`` messages on a channel of their own, nack the rest after.
+    async def _hold_dead_letters(self, limit: int) -> AsyncIterator[HeldDeadLetters]:
+        """basic.get the whole dead queue on a channel of its own, hand out the first ``limit``.
+
+        The whole queue, not just ``limit`` messages, because of where a
+        returned message goes: on RabbitMQ 3.10 (observed, see
+        tests/broker/test_dead_letters.py) a message nacked with requeue after a
+        basic.get goes to the *tail* of a quorum queue, so giving back only a
+        prefix would move it behind the rest, and every ``dlq list --limit`` or
+        ``ledgerflow queues`` would rotate the dead queue. Taken whole and
+        returned one by one in the order they came, the messages line up again
+        in their order whether returns go to the head or the tail. Messages
+        dead-lettered meanwhile are taken too (the loop runs until the queue is
+        empty), so they stay behind the older ones. The cost is one get and one
+        return per message in the queue; ``limit=0`` takes nothing and only
+        counts.
 
         Returning a message counts as a delivery on a quorum queue before
         RabbitMQ 4.3 (``x-delivery-count`` goes up by one), which is harmless on
@@ -413,9 +427,7 @@ class RabbitBroker(Broker):
         without one, and before 4.0 that means none. RabbitMQ 4.0-4.2 give
         every quorum queue a default limit of 20 and, the dead queue having no
         dead-letter exchange, would drop a message listed 20 times; there this
-        refuses rather than risk it. Unsettled messages are nacked one by one
-        in the order they came, which puts them back at the head in that order
-        (quorum queues serve returned messages first, in return order).
+        refuses rather than risk it.
         """
         version = self.server_version()
         if version is not None and (4, 0) <= version[:2] < (4, 3):
@@ -429,7 +441,11 @@ class RabbitBroker(Broker):
         held: list[Delivery] = []
         try:
             declared = await _passive(channel, queue)
-            while len(held) < limit:
+            if limit == 0:
+                ready = declared.declaration_result.message_count
+                yield HeldDeadLetters([], depth=ready or 0)
+                return
+            while True:
                 try:
                     message = await declared.get(no_ack=False, fail=False, timeout=self._timeout)
                 except _CHANNEL_ERRORS as exc:
@@ -437,7 +453,7 @@ class RabbitBroker(Broker):
                 if message is None:
                     break
                 held.append(RabbitDelivery(message, queue))
-            yield held
+            yield HeldDeadLetters(held[:limit], depth=len(held))
         finally:
             try:
                 for delivery in held:

@@ -8,13 +8,12 @@ so the web layer only ever serializes JSON values.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from broker import Broker, DeadMessage, decode_message
-from eventlog.errors import MalformedMessageError, SerializationError
+from broker import REASON_HEADER, Broker
+from broker.deadletters import DeadLetter, describe
+from eventlog.errors import SerializationError
 from eventlog.events import Event, EventType
 from eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
 from eventlog.store import EventStore, RunSummary
@@ -180,41 +179,56 @@ def _decoded(payload: bytes) -> JsonValue:
 
 
 async def dead_letters(broker: Broker, *, limit: int = 100) -> dict[str, JsonValue]:
-    """The oldest dead messages with why they died and what they were, leaving the queue as is."""
+    """The oldest dead messages, described as ``ledgerflow dlq list`` describes them.
+
+    Read through ``Broker.hold_dead_letters`` and ``deadletters.describe``, the
+    CLI's own path, so both show the same id, reason and origin for a message
+    (ours or one RabbitMQ dead-lettered itself) and the queue keeps its order.
+    Nothing is acked: every message goes back when the block ends. The depth is
+    the one the read saw: a ``queue_depth`` call beside it would miss messages
+    held by this or another reader, or returned but not yet applied (a nack has
+    no reply in AMQP).
+    """
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-    messages = await broker.peek_dead(limit=limit)
-    depth = await broker.queue_depth(broker.names.dead_queue)
+    queue = broker.names.dead_queue
+    async with broker.hold_dead_letters(limit) as held:
+        rows = [_dead(describe(delivery), delivery.message_id) for delivery in held]
+        depth = held.depth
     return {
-        "queue": broker.names.dead_queue,
+        "queue": queue,
         "depth": depth,
-        "messages": list[JsonValue](_dead(message) for message in messages),
+        "messages": list[JsonValue](rows),
     }
 
 
-def _dead(message: DeadMessage) -> dict[str, JsonValue]:
-    headers = message.headers
-    # RabbitMQ's own dead-lettering (delivery limit) sets x-first-death-*, not ours.
-    reason = message.reason or _text(headers.get("x-first-death-reason"))
+def _dead(letter: DeadLetter, message_id: str | None) -> dict[str, JsonValue]:
+    """One row: ``id`` is what ``ledgerflow dlq show`` takes, ``message_id`` the AMQP one."""
+    # Without our reason header it was RabbitMQ that dead-lettered it (delivery limit,
+    # rejected): say so, the fix differs from a message our code refused.
+    by_rabbitmq = bool(letter.reason) and REASON_HEADER not in letter.headers
     return {
-        "message_id": message.message_id,
-        "reason": f"{reason} (by RabbitMQ)" if reason and not message.reason else reason,
-        "queue": message.queue or _text(headers.get("x-first-death-queue")),
-        "dead_at_ms": message.dead_at_ms or _x_death_ms(headers.get("x-death")),
-        "headers": to_json(dict(headers)),
-        "size": len(message.body),
-        "decoded": _message(message.body),
+        "id": letter.id,
+        "message_id": message_id,
+        "reason": f"{letter.reason} (by RabbitMQ)" if by_rabbitmq else letter.reason or None,
+        "queue": letter.queue or None,
+        "dead_at_ms": letter.dead_at_ms,
+        "published_ms": letter.published_ms,
+        "kind": letter.kind,
+        "run_id": letter.run_id or None,
+        "step": letter.step or None,
+        "headers": to_json(letter.headers),
+        "size": len(letter.body),
+        "decoded": _message(letter),
     }
 
 
-def _message(body: bytes) -> JsonValue:
+def _message(letter: DeadLetter) -> JsonValue:
     """The step message or activation in the body, or why it cannot be read plus its bytes."""
-    try:
-        decoded = decode_message(body)
-    except MalformedMessageError as exc:
-        return {"$type": "malformed", "error": str(exc), "body": to_json(body)}
-    fields = {name: to_json(value) for name, value in _fields(decoded).items()}
-    return {"$type": type(decoded).__name__, **fields}
+    if letter.message is None:
+        return {"$type": "malformed", "error": letter.decode_error, "body": to_json(letter.body)}
+    fields = {name: to_json(value) for name, value in _fields(letter.message).items()}
+    return {"$type": type(letter.message).__name__, **fields}
 
 
 def _fields(decoded: Any) -> dict[str, Any]:
@@ -222,18 +236,3 @@ def _fields(decoded: Any) -> dict[str, Any]:
     if isinstance(fields.get("args"), bytes):
         fields["args"] = _decoded(fields["args"])
     return fields
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return None if value is None else str(value)
-
-
-def _x_death_ms(x_death: Any) -> int | None:
-    """When RabbitMQ dead-lettered it: the ``time`` of the first ``x-death`` entry."""
-    if isinstance(x_death, Sequence) and x_death and isinstance(x_death[0], Mapping):
-        when = x_death[0].get("time")
-        if isinstance(when, dt.datetime):
-            return int(when.timestamp() * 1000)
-    return None

@@ -7,10 +7,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from ledgerflow import cli
 from tests.processes import ROOT, cli_env
@@ -22,6 +24,22 @@ def test_dashboard_is_a_command() -> None:
     assert (args.port, args.host) == (9123, "127.0.0.1")
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo the logging set-up ``cli.main`` does in-process.
+
+    It points structlog at the ``sys.stderr`` of the moment, which here is
+    pytest's capture of this one test; once that is closed, every later test
+    that logs would fail with "I/O operation on closed file".
+    """
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_without_the_extra_it_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

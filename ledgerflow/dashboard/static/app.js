@@ -205,11 +205,14 @@ async function showDlq() {
   $("#dlq-queue").textContent = data.queue;
   $("#dlq-depth").textContent = String(data.depth);
   const rows = data.messages.map((message) =>
-    el("tr", { data: { messageId: message.message_id || "" } }, [
-      el("td", { text: message.message_id || "(none)" }),
+    el("tr", { data: { messageId: message.id } }, [
+      el("td", { text: message.id }),
       el("td", { class: "reason", text: message.reason || "" }),
       el("td", { text: message.queue || "" }),
       el("td", { text: when(message.dead_at_ms) }),
+      el("td", { text: message.kind }),
+      el("td", { text: message.run_id || "" }),
+      el("td", { text: message.step || "" }),
       el("td", { text: String(message.size) }),
       el("td", {}, [payload({ message: message.decoded, headers: message.headers })]),
     ]),
