@@ -36,6 +36,9 @@ class StepMessage:
     attempt: int
     args: bytes
     queue: str
+    # The run's workflow name, for log lines and nothing else: optional on the wire
+    # ("wf"), so messages from processes that do not send it still decode.
+    workflow: str = ""
 
     @property
     def message_id(self) -> str:
@@ -100,6 +103,8 @@ def encode_message(msg: Message) -> bytes:
             "args": msg.args,
             "queue": msg.queue,
         }
+        if msg.workflow:
+            payload["wf"] = msg.workflow
     elif isinstance(msg, StepBatch):
         payload = {
             "v": SCHEMA_VERSION,
@@ -108,6 +113,8 @@ def encode_message(msg: Message) -> bytes:
             "queue": msg.queue,
             "steps": [[s.step_id, s.step_name, s.attempt, s.args] for s in msg.steps],
         }
+        if msg.steps[0].workflow:
+            payload["wf"] = msg.steps[0].workflow
     elif isinstance(msg, Activation):
         payload = {
             "v": SCHEMA_VERSION,
@@ -146,6 +153,7 @@ def decode_message(body: bytes) -> Message:
             attempt=_attempt(raw),
             args=_field(raw, kind, "args", bytes),
             queue=_field(raw, kind, "queue", str),
+            workflow=_workflow(raw, kind),
         )
     if kind == KIND_STEPS:
         return _batch(raw)
@@ -176,6 +184,7 @@ def _batch(raw: dict[Any, Any]) -> StepBatch:
     run_id = _field(raw, KIND_STEPS, "run_id", str)
     queue = _field(raw, KIND_STEPS, "queue", str)
     items = _field(raw, KIND_STEPS, "steps", list)
+    workflow = _workflow(raw, KIND_STEPS)
     if not items:
         raise MalformedMessageError("steps message has an empty 'steps' list")
     steps = []
@@ -193,9 +202,14 @@ def _batch(raw: dict[Any, Any]) -> StepBatch:
                 attempt=_attempt(fields, f"{KIND_STEPS}[{n}]"),
                 args=_field(fields, f"{KIND_STEPS}[{n}]", "args", bytes),
                 queue=queue,
+                workflow=workflow,
             )
         )
     return StepBatch(tuple(steps))
+
+
+def _workflow(raw: dict[Any, Any], kind: str) -> str:
+    return _field(raw, kind, "wf", str) if "wf" in raw else ""
 
 
 def _attempt(raw: dict[Any, Any], kind: str = KIND_STEP) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 
-def _add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.setdefault("pid", os.getpid())
     return event
 
@@ -37,7 +37,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _add_pid,
+            add_pid,
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -223,8 +223,8 @@ ENTITY_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local v = redis.call('HMGET', KEYS[1], 'run', 'c:' .. ARGV[1], 'a:' .. ARGV[1],
-  'x:' .. ARGV[1], 'h:' .. ARGV[1])
-return {v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now)}
+  'x:' .. ARGV[1], 'h:' .. ARGV[1], 'wf')
+return {v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now), v[6] or ''}
 """
 
 # Drop a hook token only if it still maps to the given owner. KEYS: token index. ARGV: token, owner.

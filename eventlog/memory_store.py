@@ -161,6 +161,12 @@ class MemoryEventStore(EventStore):
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
         return entries[:limit]
 
+    async def count_active_runs(self) -> int:
+        return sum(len(shard) for shard in self._active.values())
+
+    async def count_timers(self) -> int:
+        return sum(len(shard) for shard in self._timers.values())
+
     def _timer_shard(self, run_id: str) -> dict[str, int]:
         return self._timers[shard_of(run_id, self.names.shards)]
 
@@ -212,6 +218,7 @@ class MemoryEventStore(EventStore):
             created_id=status.get(f"x:{corr}"),
             heartbeat=int(beat) if beat else None,
             now=_now_ms(),
+            workflow=status.get("wf", ""),
         )
 
     async def read_event(self, run_id: str, event_id: str) -> Event | None:

@@ -170,6 +170,20 @@ class RedisEventStore(EventStore):
         )
         return [(_text(member), int(score)) for member, score in raw]
 
+    async def count_active_runs(self) -> int:
+        """Not retried: the metrics sampler bounds it with a timeout and tries again later."""
+        return await self._cardinality(self.names.active_shards())
+
+    async def count_timers(self) -> int:
+        return await self._cardinality(self.names.timer_shards())
+
+    async def _cardinality(self, keys: list[str]) -> int:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zcard(key)
+            replies: list[Any] = await pipe.execute()
+        return sum(int(n) for n in replies)
+
     async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
         async with self.client.pipeline(transaction=False) as pipe:
             for shard in self.names.timer_shards():
@@ -215,7 +229,7 @@ class RedisEventStore(EventStore):
     @retried("read an entity's status")
     async def entity(self, run_id: str, corr: str) -> EntityStatus:
         raw: Any = await self._entity(keys=[self.names.status(run_id)], args=[corr])
-        run_state, entity, attempt, created, beat, now = (_text(v) for v in raw)
+        run_state, entity, attempt, created, beat, now, workflow = (_text(v) for v in raw)
         kind, _, state = entity.partition(".")
         return EntityStatus(
             run_state=run_state,
@@ -225,6 +239,7 @@ class RedisEventStore(EventStore):
             created_id=created or None,
             heartbeat=int(beat) if beat else None,
             now=int(now),
+            workflow=workflow,
         )
 
     @retried("read an event")

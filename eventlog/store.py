@@ -91,6 +91,14 @@ class EventStore(ABC):
         """(run_id, last progress ms) of unfinished runs in one index shard, oldest first."""
 
     @abstractmethod
+    async def count_active_runs(self) -> int:
+        """Unfinished runs in every shard of the active-runs index (one round trip)."""
+
+    @abstractmethod
+    async def count_timers(self) -> int:
+        """Entries in every shard of the timer index (one round trip)."""
+
+    @abstractmethod
     async def list_runs(
         self,
         *,

@@ -67,3 +67,4 @@ class EntityStatus:
     created_id: str | None
     heartbeat: int | None
     now: int
+    workflow: str = ""  # the run's workflow name, for log lines

@@ -49,6 +49,8 @@ from .cli_processes import LOOPS, run_with_loop, supervise
 from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
 from .cli_runs import register as register_runs
+from .metrics_server import add_options as add_metrics_options
+from .metrics_server import exported, step_queues
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
@@ -88,7 +90,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     import_app(args.app)
-    async with connect(settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends, exported(args, backends, step_queues(args)):
         queues = args.queues.split(",") if args.queues else None
         worker = Worker(
             backends.store,
@@ -118,14 +120,14 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 async def cmd_scheduler(args: argparse.Namespace) -> int:
     import_app(args.app)
-    async with connect(settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends, exported(args, backends):
         scheduler = Scheduler(backends.store, backends.broker)
         await run_until_signalled(scheduler.start, scheduler.stop, what="scheduler")
     return EXIT_OK
 
 
 async def cmd_reconciler(args: argparse.Namespace) -> int:
-    async with connect(settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends, exported(args, backends):
         if not isinstance(backends.store, RedisEventStore):
             raise LedgerflowError("the reconciler needs the Redis event store")
         lease = Lease(
@@ -353,10 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GRACE,
         help="seconds running steps get to finish on SIGTERM before they go back to the queue",
     )
+    add_metrics_options(worker)
     worker.set_defaults(handler=cmd_worker)
 
     scheduler = sub.add_parser("scheduler", help="replay runs and schedule their steps")
     scheduler.add_argument("app")
+    add_metrics_options(scheduler)
     scheduler.set_defaults(handler=cmd_scheduler)
 
     reconciler = sub.add_parser(
@@ -365,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconciler.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
     reconciler.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
     reconciler.add_argument("--lease-ttl", type=float, default=10.0)
+    add_metrics_options(reconciler)
     reconciler.set_defaults(handler=cmd_reconciler)
 
     start = sub.add_parser("start", help="start a run of APP:WORKFLOW")

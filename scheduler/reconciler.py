@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from broker import Activation, Broker, StepMessage
+from eventlog import metrics
 from eventlog.errors import ConfigurationError
 from eventlog.events import Event, EventType
 from eventlog.fold import RunState, StepState, fold
@@ -152,6 +153,7 @@ class Reconciler:
                 for reason in await self.repair(run_id, now):
                     report.recoveries[reason] += 1
         self.sweeps += 1
+        metrics.SWEEPS.inc()
         self.recoveries.update(report.recoveries)
         return report
 
@@ -179,6 +181,16 @@ class Reconciler:
         if state.finished:
             self._activated_at.pop(run_id, None)
             return []
+        # Every line logged while repairing this run names it and its workflow.
+        tokens = structlog.contextvars.bind_contextvars(run_id=run_id, workflow=state.workflow)
+        try:
+            return await self._repair_unfinished(run_id, events, state, now, force=force)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _repair_unfinished(
+        self, run_id: str, events: list[Event], state: RunState, now: int, *, force: bool
+    ) -> list[Recovery]:
         done: list[Recovery] = []
         if state.status == "created":
             await self._activate(run_id, "run never started", done)
@@ -260,7 +272,9 @@ class Reconciler:
             queue=step.queue or "default",
         )
         await self.broker.publish_step(message)
-        self._recovered(run_id, f"step {step.id}", reason, done, attempt=attempt)
+        self._recovered(
+            run_id, f"step {step.id}", reason, done, step=step.name, corr=step.id, attempt=attempt
+        )
 
     async def _arm(
         self, timer: Timer, due: int, run_id: str, entity: str, reason: str, done: list[Recovery]
@@ -273,6 +287,7 @@ class Reconciler:
         self, run_id: str, entity: str, reason: str, done: list[Recovery], **extra: Any
     ) -> None:
         done.append(Recovery(entity, reason))
+        metrics.RECOVERIES.labels(reason=reason).inc()
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
 
 

@@ -11,13 +11,14 @@ lost even if the process dies at any point.
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass
 
 import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepMessage
-from eventlog import faults
+from eventlog import faults, metrics
 from eventlog.errors import (
     HookTokenConflictError,
     MalformedMessageError,
@@ -176,9 +177,11 @@ class Scheduler:
             if any(e.type in RUN_TERMINAL for e in events):
                 self.cache.evict(run_id)
                 return
+        trigger_ms = _trigger_ms(events)
         instance.feed(events)
         decision = instance.decide()
         finished = await self._record(instance, decision)
+        metrics.ACTIVATION_LATENCY.observe(max(0.0, time.time() - trigger_ms / 1000))
         if finished:
             self.cache.evict(run_id)
         else:
@@ -216,7 +219,8 @@ class Scheduler:
             await self.store.append(run_id, [_failed(exc)])
             return True
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
-        steps = [self._message(run_id, c) for c in fresh if isinstance(c, StepCommand)]
+        workflow = instance.definition.name
+        steps = [self._message(run_id, c, workflow) for c in fresh if isinstance(c, StepCommand)]
         if steps and faults.hit(faults.SCHEDULER_AFTER_STEP_CREATED):
             steps = []
         elif len(steps) > 1 and faults.hit(faults.SCHEDULER_MID_BATCH):
@@ -331,7 +335,7 @@ class Scheduler:
         return _failed(outcome.error)
 
     @staticmethod
-    def _message(run_id: str, command: StepCommand) -> StepMessage:
+    def _message(run_id: str, command: StepCommand, workflow: str) -> StepMessage:
         return StepMessage(
             run_id=run_id,
             step_id=command.corr,
@@ -339,11 +343,32 @@ class Scheduler:
             attempt=1,
             args=command.args,
             queue=command.step.queue,
+            workflow=workflow,
         )
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("activation dead-lettered", queue=delivery.queue, reason=reason)
         await self.broker.dead_letter(delivery, reason)
+
+
+_OWN_WRITES = frozenset(
+    {
+        EventType.RUN_STARTED,
+        EventType.STEP_CREATED,
+        EventType.WAIT_CREATED,
+        EventType.HOOK_CREATED,
+        EventType.HOOK_DISPOSED,
+    }
+)
+
+
+def _trigger_ms(events: list[Event]) -> int:
+    """When what an activation reacts to happened: its newest event not written by a scheduler.
+
+    The start of ``ledgerflow_activation_latency_seconds`` (see eventlog/metrics.py):
+    a step outcome, a wake-up, a hook delivery, or run_created for a new run.
+    """
+    return next((e.ts for e in reversed(events) if e.type not in _OWN_WRITES), events[-1].ts)
 
 
 def _failed(error: BaseException) -> NewEvent:

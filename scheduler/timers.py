@@ -19,6 +19,7 @@ import contextlib
 import structlog
 
 from broker import Activation, Broker, StepMessage
+from eventlog import metrics
 from eventlog.errors import EventLogError, HeartbeatTimeoutError, RunClosedError
 from eventlog.events import EventType, NewEvent
 from eventlog.retrying import retrying
@@ -86,7 +87,9 @@ class TimerLoop:
                 except Exception:
                     # Never lose the loop over one entry: try again soon (and if even
                     # that fails, the lease makes it due again by itself).
-                    log.exception("timer action failed", timer=due.timer.member)
+                    log.exception(
+                        "timer action failed", run_id=due.timer.run_id, timer=due.timer.member
+                    )
                     with contextlib.suppress(Exception):
                         await self.store.add_timer(due.timer, delay_ms=RETRY_FAILED_MS)
             if len(claimed) < BATCH:
@@ -120,12 +123,15 @@ class TimerLoop:
                     attempt=timer.attempt,
                     args=bytes(created.data.get("args", b"")),
                     queue=str(created.data.get("queue", "default")),
+                    workflow=entity.workflow,
                 )
                 await retrying("publish retry", lambda: self.broker.publish_step(message))
-                self.late_ms_max = max(self.late_ms_max, entity.now - due.due)
+                self._fired(due, entity.now)
                 log.info(
                     "step retry dispatched",
                     run_id=timer.run_id,
+                    workflow=entity.workflow,
+                    step=message.step_name,
                     corr=timer.corr,
                     attempt=timer.attempt,
                     late_ms=entity.now - due.due,
@@ -166,7 +172,16 @@ class TimerLoop:
         except (RunClosedError, EventLogError):
             pass
         else:
-            log.warning("stale heartbeat: attempt failed", run_id=timer.run_id, corr=timer.corr)
+            self._fired(due, entity.now)
+            metrics.step_recorded(name, event.type)
+            log.warning(
+                "stale heartbeat: attempt failed",
+                run_id=timer.run_id,
+                workflow=entity.workflow,
+                step=name,
+                corr=timer.corr,
+                attempt=timer.attempt,
+            )
             if event.type is EventType.STEP_FAILED:
                 await self._activate(timer.run_id)
         await self.store.release_timer(due)
@@ -180,9 +195,15 @@ class TimerLoop:
             results = []
         if results and results[0].appended:
             entity = await self.store.entity(timer.run_id, timer.corr)
-            self.late_ms_max = max(self.late_ms_max, entity.now - due.due)
+            self._fired(due, entity.now)
             await self._activate(timer.run_id)
         await self.store.release_timer(due)
+
+    def _fired(self, due: DueTimer, now_ms: int) -> None:
+        """A timer was acted on at ``now_ms`` (the Redis clock): record how late."""
+        late_ms = now_ms - due.due
+        self.late_ms_max = max(self.late_ms_max, late_ms)
+        metrics.TIMER_LATENESS.labels(kind=due.timer.kind.value).observe(max(0, late_ms) / 1000)
 
     async def _activate(self, run_id: str) -> None:
         activation = Activation(run_id=run_id, reason="timer")

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
-from eventlog import faults
+from eventlog import faults, metrics
 from eventlog.errors import (
     EventLogError,
     RunClosedError,
@@ -276,9 +276,7 @@ class Worker:
         attempt: int,
         local: bool,
     ) -> str:
-        bound = log.bind(
-            run_id=message.run_id, step=message.step_name, corr=message.step_id, attempt=attempt
-        )
+        bound = log.bind(**_log_fields(message, attempt))
         policy = self.registry.retry_policy_for(definition.name, self.retry)
         started = self._started(message, definition, attempt)
         if attempt > policy.max_attempts:
@@ -303,13 +301,15 @@ class Worker:
             bound.info("step already recorded; skipped")
             await self._activate(message.run_id)
             return ""
+        metrics.step_recorded(message.step_name, EventType.STEP_STARTED)
+        began = time.monotonic()
         try:
             event = await self._execute(message, definition, args, kwargs, attempt, policy)
         except asyncio.CancelledError:
             if local:  # a queued step goes back by itself: its message is unacked
                 await self._hand_back(message, attempt)
             raise
-        await self._record(message, [event], bound)
+        await self._record(message, [event], bound, time.monotonic() - began)
         return ""
 
     async def _hand_back(self, message: StepMessage, attempt: int) -> None:
@@ -321,6 +321,7 @@ class Worker:
             attempt=attempt + 1,
             args=message.args,
             queue=message.queue,
+            workflow=message.workflow,
         )
         with contextlib.suppress(Exception):
             await self.broker.publish_step(retry)
@@ -347,12 +348,16 @@ class Worker:
         message: StepMessage,
         events: list[NewEvent],
         bound: structlog.typing.FilteringBoundLogger,
+        duration: float | None = None,
     ) -> None:
         try:
-            await self._writes.append(message.run_id, events)
+            results = await self._writes.append(message.run_id, events)
         except RunClosedError:
             bound.info("run ended while the step ran; outcome dropped")
             return
+        for event, result in zip(events, results, strict=False):
+            if result.appended:
+                metrics.step_recorded(message.step_name, event.type, duration)
         final = events[-1].type
         if final is not EventType.STEP_RETRYING and not faults.hit(
             faults.WORKER_AFTER_STEP_COMPLETED
@@ -386,6 +391,8 @@ class Worker:
             cancel_requested=lambda: run_id in self._cancelled,
         )
         token = bind_step_context(ctx)
+        # Log lines of the step's own code carry the step's fields too.
+        log_tokens = structlog.contextvars.bind_contextvars(**_log_fields(message, attempt))
         self._running[run_id] += 1
         try:
             value = await run_limited(
@@ -399,6 +406,7 @@ class Worker:
             return outcome.failure_event(message.run_id, message.step_id, attempt, exc, policy)
         finally:
             reset_step_context(token)
+            structlog.contextvars.reset_contextvars(**log_tokens)
             self._running[run_id] -= 1
             if self._running[run_id] <= 0:
                 del self._running[run_id]
@@ -432,6 +440,17 @@ class Worker:
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("message dead-lettered", queue=delivery.queue, reason=reason)
         await self.broker.dead_letter(delivery, reason)
+
+
+def _log_fields(message: StepMessage, attempt: int) -> dict[str, object]:
+    """What every log line about a step attempt carries (the pid is added by the renderer)."""
+    return {
+        "run_id": message.run_id,
+        "workflow": message.workflow,
+        "step": message.step_name,
+        "corr": message.step_id,
+        "attempt": attempt,
+    }
 
 
 class _HeartbeatRecorder:

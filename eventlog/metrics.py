@@ -1,0 +1,259 @@
+"""Every Prometheus metric ledgerflow records, defined in one place.
+
+Like ``names.py`` for keys, this module is the one list of metric names, types
+and labels; the worker, the scheduler, the timer loop and the reconciler only
+call ``.inc()`` / ``.observe()`` on what is defined here. It lives in the lowest
+layer so that every layer can record without importing a higher one.
+
+The metrics go into ``REGISTRY``, a registry of ledgerflow's own rather than
+prometheus_client's global default: step code and host applications register
+whatever they like in the default registry, and a name clash there must not
+break a worker at import time; nor should ``--metrics-port`` serve whatever
+else happens to live in the process's default registry. The process, platform
+and GC collectors are added here so a scrape still shows memory and CPU. One
+registry per process (module state): a process is one worker, scheduler or
+reconciler, and counters are per process in Prometheus anyway. Tests that
+share a process read deltas (see ``sample``).
+
+Gauges that need I/O (queue depth, active runs, pending timers) are not read at
+scrape time: ``GaugeSampler`` refreshes them from a background task, each read
+under a timeout, so a scrape never waits on a dead server and one failing
+read leaves the others (and the scrape) intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+
+from .events import EventType
+from .store import EventStore
+
+log = structlog.get_logger("ledgerflow.metrics")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+# Steps run from milliseconds (an API call) to many minutes (a report).
+STEP_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
+# Latencies of the machinery itself: normally milliseconds, seconds when backed up.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+
+# --- worker: one increment per recorded event, labelled by registered step name ----------
+
+STEPS_STARTED = Counter(
+    "ledgerflow_steps_started",
+    "Step attempts started (step_started appended, not a duplicate).",
+    ["step"],
+    registry=REGISTRY,
+)
+STEPS_COMPLETED = Counter(
+    "ledgerflow_steps_completed",
+    "Steps completed (step_completed appended).",
+    ["step"],
+    registry=REGISTRY,
+)
+STEPS_FAILED = Counter(
+    "ledgerflow_steps_failed",
+    "Steps failed for good (step_failed appended: fatal, attempts exhausted, worker lost).",
+    ["step"],
+    registry=REGISTRY,
+)
+STEPS_RETRIED = Counter(
+    "ledgerflow_steps_retried",
+    "Failed attempts that will be retried (step_retrying appended).",
+    ["step"],
+    registry=REGISTRY,
+)
+STEP_DURATION = Histogram(
+    "ledgerflow_step_duration_seconds",
+    "Wall time of one attempt of a step's body, by its outcome (completed, retrying, failed).",
+    ["step", "outcome"],
+    buckets=STEP_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- scheduler -------------------------------------------------------------------------------
+
+ACTIVATION_LATENCY = Histogram(
+    "ledgerflow_activation_latency_seconds",
+    "From the newest event an activation found (its Redis timestamp: a step outcome, a "
+    "wake-up, run_created) to the scheduler having appended and published its decision.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TIMER_LATENESS = Histogram(
+    "ledgerflow_timer_lateness_seconds",
+    "How late a timer was acted on (the Redis clock at firing minus its due time), by kind: "
+    "retry (a retry dispatched), wait (a sleep completed), hb (a stale heartbeat failed). "
+    "Its _count is the number of timers fired.",
+    ["kind"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- reconciler ------------------------------------------------------------------------------
+
+RECOVERIES = Counter(
+    "ledgerflow_reconciler_recoveries",
+    "Things the reconciler (or a redrive) put back, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+SWEEPS = Counter(
+    "ledgerflow_reconciler_sweeps",
+    "Completed reconciler sweeps.",
+    registry=REGISTRY,
+)
+
+# --- sampled gauges (GaugeSampler) -----------------------------------------------------------
+
+QUEUE_DEPTH = Gauge(
+    "ledgerflow_queue_depth",
+    "Ready messages in a queue (in-flight ones not counted), sampled periodically.",
+    ["queue"],
+    registry=REGISTRY,
+)
+ACTIVE_RUNS = Gauge(
+    "ledgerflow_active_runs",
+    "Unfinished runs in the active-runs index (all shards), sampled periodically.",
+    registry=REGISTRY,
+)
+TIMERS_PENDING = Gauge(
+    "ledgerflow_timers_pending",
+    "Entries in the timer index (all shards: retries, sleeps, heartbeat checks), sampled.",
+    registry=REGISTRY,
+)
+SAMPLE_ERRORS = Counter(
+    "ledgerflow_gauge_read_errors",
+    "Sampled gauge reads that failed or timed out (the gauge keeps its last value).",
+    ["gauge"],
+    registry=REGISTRY,
+)
+SAMPLE_AGE = Gauge(
+    "ledgerflow_gauge_last_success_timestamp_seconds",
+    "When each sampled gauge was last read successfully (unix time): tells stale from fresh.",
+    ["gauge"],
+    registry=REGISTRY,
+)
+
+DEFAULT_SAMPLE_INTERVAL = 5.0
+DEFAULT_READ_TIMEOUT = 2.0
+
+QueueDepth = Callable[[str], Awaitable[int]]
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """The current value of one sample of ``REGISTRY`` (0.0 if absent): for tests and checks."""
+    value = REGISTRY.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+class GaugeSampler:
+    """Refreshes the gauges that need I/O from a background task.
+
+    Each read runs under ``read_timeout``; a failure is logged at warning level,
+    counted in ``ledgerflow_gauge_read_errors_total`` and leaves that gauge at its
+    last value (``..._last_success_timestamp_seconds`` shows how old it is), while
+    the other reads go ahead. ``queues`` are full queue names; ``depth`` reads one
+    queue's ready count without creating it (``Broker.queue_info``).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        depth: QueueDepth | None = None,
+        queues: Sequence[str] = (),
+        interval: float = DEFAULT_SAMPLE_INTERVAL,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        self.store = store
+        self.depth = depth
+        self.queues = list(dict.fromkeys(queues))
+        self.interval = interval
+        self.read_timeout = read_timeout
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ledgerflow-gauges")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await self.sample_once()
+            await asyncio.sleep(self.interval)
+
+    async def sample_once(self) -> None:
+        """Read every gauge once, concurrently; returns when all are read or timed out."""
+        reads = [self._read("active_runs", self._active_runs)]
+        reads.append(self._read("timers_pending", self._timers_pending))
+        if self.depth is not None:
+            reads += [self._read(f"queue_depth:{q}", self._queue(q)) for q in self.queues]
+        await asyncio.gather(*reads)
+
+    async def _active_runs(self) -> None:
+        ACTIVE_RUNS.set(await self.store.count_active_runs())
+
+    async def _timers_pending(self) -> None:
+        TIMERS_PENDING.set(await self.store.count_timers())
+
+    def _queue(self, queue: str) -> Callable[[], Awaitable[None]]:
+        async def read() -> None:
+            assert self.depth is not None
+            QUEUE_DEPTH.labels(queue=queue).set(await self.depth(queue))
+
+        return read
+
+    async def _read(self, gauge: str, read: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await asyncio.wait_for(read(), self.read_timeout)
+        except Exception as exc:
+            SAMPLE_ERRORS.labels(gauge=gauge).inc()
+            log.warning("gauge read failed", gauge=gauge, error=f"{type(exc).__name__}: {exc}")
+            return
+        SAMPLE_AGE.labels(gauge=gauge).set_to_current_time()
+
+
+_STEP_COUNTERS = {
+    EventType.STEP_STARTED: STEPS_STARTED,
+    EventType.STEP_COMPLETED: STEPS_COMPLETED,
+    EventType.STEP_FAILED: STEPS_FAILED,
+    EventType.STEP_RETRYING: STEPS_RETRIED,
+}
+
+
+def step_recorded(step: str, event: EventType, duration: float | None = None) -> None:
+    """Count one appended step event; with ``duration``, also time the attempt it ended."""
+    counter = _STEP_COUNTERS.get(event)
+    if counter is None:
+        return
+    counter.labels(step=step).inc()
+    if duration is not None and event is not EventType.STEP_STARTED:
+        STEP_DURATION.labels(step=step, outcome=event.value.removeprefix("step_")).observe(duration)
