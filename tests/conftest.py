@@ -80,7 +80,12 @@ async def delete_namespace_queues(amqp_url: str, names: Names, extra: list[str])
 
     connection = await aio_pika.connect(amqp_url)
     try:
-        queues = [names.step_queue(), names.runs_queue, names.dead_queue, *extra]
+        from worker.registry import steps
+
+        # Workers declare a queue for every step queue registered in the process (the
+        # test apps register several), not only the fixed ones.
+        registered = [names.step_queue(q) for q in steps.queues()]
+        queues = [names.step_queue(), *registered, names.runs_queue, names.dead_queue, *extra]
         for queue in dict.fromkeys(queues):
             channel = await connection.channel()
             with contextlib.suppress(Exception):
