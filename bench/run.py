@@ -931,6 +931,13 @@ async def scenario_soak(ctx: Context) -> dict[str, Any]:
         last = late.get(label) if late else None
         growth[label] = None if not first or not last else 100.0 * (last - first) / first
     worst = max((g for g in growth.values() if g is not None), default=None)
+    curve = []  # RSS (MiB, worst process) at each tenth of the run: the shape, not two points
+    for tenth in range(1, 11):
+        at = next((s for length, s in samples if length >= total * tenth // 10), None)
+        if at is None and tenth == 10 and samples:
+            at = samples[-1][1]
+        values = [v for v in (at or {}).values() if v]
+        curve.append(round(max(values) / 1024, 1) if values else None)
     events = await ctx.client.store.status(run_id)
     return {
         "steps": n,
@@ -944,6 +951,7 @@ async def scenario_soak(ctx: Context) -> dict[str, Any]:
         "rss_kib_at_end": late,
         "rss_growth_percent": growth,
         "rss_worst_growth_percent": worst,
+        "rss_mib_by_tenth": curve,
         "passed": worst is not None and worst < 10.0,
         "events": int(events.get("n", "0")),
         "ratio_to_floor": worst,
@@ -1063,6 +1071,7 @@ def describe(name: str, r: dict[str, Any]) -> str:
             )
             verdict = "PASS" if r["passed"] else "FAIL"
             lines.append(f"  RSS a tenth of the way -> end: {per} -> {verdict} (target < 10 %)")
+            lines.append(f"  RSS (MiB, largest process) at each tenth: {r['rss_mib_by_tenth']}")
         if name == "long":
             lines.append(
                 f"  first 100 vs last 100: step p50 {fmt(r['first_step_p50_ms'], 0)} -> "

@@ -246,8 +246,10 @@ class WorkflowInstance:
             self._disposed.add(event.corr)
             return
         elif event.type is EventType.STEP_STARTED:
-            self._children_started.add(event.corr)
-            self._pending_children.pop(event.corr, None)
+            # Only children are remembered: a set of every started step would grow
+            # with the run (flat memory over hundreds of thousands of steps).
+            if self._pending_children.pop(event.corr, None) is not None:
+                self._children_started.add(event.corr)
             return
         else:
             return

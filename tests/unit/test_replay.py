@@ -113,6 +113,7 @@ async def test_settled_positions_are_forgotten() -> None:
     assert instance._recorded == {}
     assert instance._issued == {}
     assert instance._futures == {}
+    assert instance._children_started == set()  # only children are remembered
 
 
 async def test_now_uuid_random_are_replay_safe() -> None:
