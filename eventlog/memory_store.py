@@ -227,6 +227,12 @@ class MemoryEventStore(EventStore):
                 return event
         return None
 
+    async def statuses(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
+        return [dict(self._status.get(run_id, {})) for run_id in run_ids]
+
+    async def read_events(self, refs: Sequence[tuple[str, str]]) -> list[Event | None]:
+        return [await self.read_event(run_id, event_id) for run_id, event_id in refs]
+
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         status = self._status.get(run_id, {})
         if (

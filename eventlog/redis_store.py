@@ -252,6 +252,29 @@ class RedisEventStore(EventStore):
         entry_id, fields = entries[0]
         return decode_entry(_text(entry_id), fields)
 
+    @retried("read status hashes")
+    async def statuses(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
+        if not run_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hgetall(self.names.status(run_id))
+            replies: list[Any] = await pipe.execute()
+        return [{_text(k): _text(v) for k, v in raw.items()} for raw in replies]
+
+    @retried("read events")
+    async def read_events(self, refs: Sequence[tuple[str, str]]) -> list[Event | None]:
+        if not refs:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for run_id, event_id in refs:
+                pipe.xrange(self.names.stream(run_id), min=event_id, max=event_id, count=1)
+            replies: list[Any] = await pipe.execute()
+        return [
+            decode_entry(_text(entries[0][0]), entries[0][1]) if entries else None
+            for entries in replies
+        ]
+
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         stamped = await self._heartbeat(keys=[self.names.status(run_id)], args=[corr, attempt])
         return bool(stamped)

@@ -141,6 +141,18 @@ class EventStore(ABC):
     async def read_event(self, run_id: str, event_id: str) -> Event | None: ...
 
     @abstractmethod
+    async def statuses(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Many runs' status hashes in one round trip, in the order asked ({} if none).
+
+        Backlog scans read thousands of hashes; one request each would take longer
+        than the answer stays true.
+        """
+
+    @abstractmethod
+    async def read_events(self, refs: Sequence[tuple[str, str]]) -> list[Event | None]:
+        """Many (run_id, event_id) entries in one round trip, in the order asked."""
+
+    @abstractmethod
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         """Record that attempt ``attempt`` of step ``corr`` is alive; False if it is not running."""
 

@@ -1,17 +1,25 @@
-"""``ledgerflow queues``: depth, consumers and oldest message age per queue of the namespace.
+"""``ledgerflow queues``: depth, consumers and oldest waiting work per queue of the namespace.
 
-Depth and consumers come from a passive declare. The oldest message's age
-needs the head message itself, and there is no safe way to look at it on a
-work queue: RabbitMQ's management plugin may be off, quorum queues do not
-report ``head_message_timestamp`` (classic queues only), and a basic.get
-followed by a requeue raises ``x-delivery-count``, from which workers count a
-step's attempts, so peeking would burn one. Work queues therefore show "n/a".
+Depth and consumers come from a passive declare. The age of a work queue's
+oldest message cannot be read from the queue: RabbitMQ's management plugin may
+be off, quorum queues do not report ``head_message_timestamp`` (classic queues
+only), and a basic.get followed by a requeue raises ``x-delivery-count``, from
+which workers count a step's attempts, so peeking would burn one. So OLDEST of
+a step queue and of the runs queue comes from the event log, the source of
+truth (``eventlog.backlog``): for a step queue, the oldest step of that queue
+that is created and not yet started; for the runs queue, the oldest outcome (or
+new run) no scheduler has acted on yet. That is what an operator wants to know
+anyway, and it stays right when a message was lost. The scan reads at most
+``--max-runs`` active runs, and says so when it stopped there. Step queues the
+log shows waiting work for are listed even when not named.
+
 The dead queue has no delivery limit and nobody counts its deliveries, so its
 head is read (and given back) and its age is the time since it died.
 
 Without the management API the queues cannot be enumerated either: the fixed
 ones (runs, dead, default steps) are always shown, other step queues when
-named with ``--queue`` or found in ``--app``'s registered steps.
+named with ``--queue``, found in ``--app``'s registered steps, or holding
+waiting steps in the log.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 
 from broker import Broker
 from broker.deadletters import describe
+from eventlog.backlog import DEFAULT_MAX_RUNS, Backlog, oldest_waiting
 from eventlog.errors import BrokerError
 from eventlog.names import DEFAULT_STEP_QUEUE
 from worker.backend import connect
@@ -29,7 +38,10 @@ from worker.registry import steps
 from . import cli
 from .cli_format import EXIT_CODES, age, dump, table
 
-NO_PEEK = "n/a: reading the head of a quorum work queue would burn a step attempt"
+FROM_LOG = (
+    "OLDEST of step and runs queues is from the event log: steps created and not yet"
+    " started, outcomes no scheduler has acted on"
+)
 
 
 @dataclass
@@ -41,6 +53,15 @@ class QueueRow:
     consumers: int | None
     oldest_ms: int | None
     note: str
+    # Where oldest_ms came from: "log" (work queues) or "queue" (the dead queue's head).
+    source: str = "log"
+
+
+def _scan_note(backlog: Backlog) -> str:
+    """Why a log-derived age may be short of the truth; "" when the scan saw every run."""
+    if not backlog.truncated:
+        return ""
+    return f"scan stopped at {backlog.runs_scanned} active runs: OLDEST is over those only"
 
 
 async def _dead_head(broker: Broker) -> tuple[int | None, str]:
@@ -63,19 +84,29 @@ async def cmd_queues(args: argparse.Namespace) -> int:
         shorts += steps.queues()
     async with connect(cli.settings_of(args)) as backends:
         broker, names = backends.broker, backends.names
-        wanted = [(names.step_queue(q), "steps") for q in dict.fromkeys(shorts)]
-        wanted += [(names.runs_queue, "runs"), (names.dead_queue, "dead")]
+        backlog = await oldest_waiting(backends.store, max_runs=args.max_runs)
+        scan_note = _scan_note(backlog)
+        # Queues with waiting steps are shown even if not asked for: they need a worker.
+        shorts += sorted(backlog.steps)
+        wanted = [
+            (names.step_queue(q), "steps", backlog.steps.get(q)) for q in dict.fromkeys(shorts)
+        ]
+        wanted += [(names.runs_queue, "runs", backlog.runs), (names.dead_queue, "dead", None)]
         rows: list[QueueRow] = []
-        for queue, kind in wanted:
+        for queue, kind, logged in wanted:
+            source = "queue" if kind == "dead" else "log"
             try:
                 info = await broker.queue_info(queue)
             except BrokerError as exc:
-                rows.append(QueueRow(queue, kind, False, None, None, None, str(exc)))
+                row = QueueRow(queue, kind, False, None, None, logged, str(exc), source)
+                rows.append(row)
                 continue
-            oldest, note = None, NO_PEEK if info.depth else ""
-            if kind == "dead" and info.depth:
-                oldest, note = await _dead_head(broker)
-            rows.append(QueueRow(queue, kind, True, info.depth, info.consumers, oldest, note))
+            oldest, note = logged, scan_note
+            if kind == "dead":
+                oldest, note = await _dead_head(broker) if info.depth else (None, "")
+            rows.append(
+                QueueRow(queue, kind, True, info.depth, info.consumers, oldest, note, source)
+            )
         now = await backends.store.now_ms()
     if args.json:
         dump(
@@ -86,7 +117,10 @@ async def cmd_queues(args: argparse.Namespace) -> int:
                     "exists": r.exists,
                     "depth": r.depth,
                     "consumers": r.consumers,
-                    "oldest_age_s": None if r.oldest_ms is None else (now - r.oldest_ms) / 1000,
+                    "oldest_age_s": (
+                        None if r.oldest_ms is None else max(0, now - r.oldest_ms) / 1000
+                    ),
+                    "source": r.source,
                     "note": r.note or None,
                 }
                 for r in rows
@@ -102,16 +136,32 @@ async def cmd_queues(args: argparse.Namespace) -> int:
                     r.kind,
                     r.depth if r.exists else "missing",
                     r.consumers if r.exists else "",
-                    age(r.oldest_ms, now) if r.oldest_ms else ("n/a" if r.note else ""),
+                    _oldest_cell(r, now),
                 )
                 for r in rows
             ],
         )
     )
+    print(FROM_LOG)
     notes = dict.fromkeys(r.note for r in rows if r.note and r.exists)
     for note in notes:
         print(f"OLDEST {note}")
     return cli.EXIT_OK
+
+
+def _oldest_cell(row: QueueRow, now: int) -> str:
+    """The age; "n/a" only where the dead queue's head could not be dated, else blank."""
+    if row.oldest_ms:
+        return age(row.oldest_ms, now)
+    return "n/a" if row.source == "queue" and row.note else ""
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a count of at least 1 (argparse turns ValueError into exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -127,5 +177,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--queue", action="append", metavar="NAME", help="also this step queue (short name)"
     )
     queues.add_argument("--app", help="also the step queues of this APP's registered steps")
+    queues.add_argument(
+        "--max-runs",
+        type=_positive,
+        default=DEFAULT_MAX_RUNS,
+        metavar="N",
+        help=f"read at most N active runs for the ages (default {DEFAULT_MAX_RUNS})",
+    )
     queues.add_argument("--json", action="store_true")
     queues.set_defaults(handler=cmd_queues)

@@ -122,8 +122,9 @@ async def test_redrive_re_enqueues_a_step_whose_message_was_purged(
     table = await run_cli(servers, ns, "queues")
     assert table.returncode == 0, table.stderr
     line = next(x for x in table.stdout.splitlines() if x.startswith(step_queue))
-    assert line.split()[1:4] == ["steps", "1", "0"] and "n/a" in line
-    assert "burn a step attempt" in table.stdout
+    # OLDEST from the log: the step has waited since its step_created.
+    assert line.split()[1:4] == ["steps", "1", "0"] and line.split()[4].endswith("s")
+    assert "from the event log" in table.stdout and "n/a" not in table.stdout
 
     worker = Worker(backends.store, broker, concurrency=4)
     await worker.start()
@@ -139,6 +140,64 @@ async def test_redrive_re_enqueues_a_step_whose_message_was_purged(
     assert (await run_cli(servers, ns, "runs", "redrive")).returncode == 2
     stuck = parsed(await run_cli(servers, ns, "runs", "redrive", "--all-stuck", "--json"))
     assert stuck == {"runs": {}, "not_found": []}
+
+
+async def test_queues_ages_come_from_the_log_for_created_steps(
+    servers: Servers, scheduling: lf.Client, backends: Any
+) -> None:
+    ns, names = backends.names.namespace, backends.names
+    run = await scheduling.start(arith.total, 1)  # a scheduler, no worker: steps wait
+    await wait_for_events(
+        scheduling, run.run_id, lambda ev: any(e.type is EventType.STEP_CREATED for e in ev)
+    )
+    await asyncio.sleep(1.2)
+
+    queues = parsed(await run_cli(servers, ns, "queues", "--queue", "idle", "--json"))
+    by_name = {q["queue"]: q for q in queues}
+    waiting = by_name[names.step_queue()]
+    assert waiting["source"] == "log" and waiting["oldest_age_s"] >= 1.0, waiting
+    idle = by_name[names.step_queue("idle")]
+    assert (idle["source"], idle["oldest_age_s"]) == ("log", None)
+    # The scheduler acted on everything: its newest entries are its own step_created.
+    runs = by_name[names.runs_queue]
+    assert (runs["source"], runs["oldest_age_s"], runs["note"]) == ("log", None, None)
+    assert by_name[names.dead_queue]["source"] == "queue"
+
+    table = await run_cli(servers, ns, "queues")
+    assert table.returncode == 0, table.stderr
+    line = next(x for x in table.stdout.splitlines() if x.startswith(names.step_queue()))
+    assert line.split()[1] == "steps" and line.split()[-1].endswith("s")
+    assert "from the event log" in table.stdout
+
+    # A bound of one run still finds it, and says nothing was cut short.
+    bounded = parsed(await run_cli(servers, ns, "queues", "--max-runs", "1", "--json"))
+    assert {q["queue"]: q["note"] for q in bounded}[names.step_queue()] is None
+    assert (await run_cli(servers, ns, "queues", "--max-runs", "0")).returncode == 2
+
+
+async def test_queues_age_of_the_runs_queue_is_the_oldest_unacted_outcome(
+    servers: Servers, backends: Any
+) -> None:
+    from scheduler.client import Client
+
+    ns, names = backends.names.namespace, backends.names
+    client = Client(backends.store, backends.broker)  # no scheduler: run_created is unacted
+    first = await client.start(arith.total, 1)
+    await asyncio.sleep(1.2)
+    await client.start(arith.total, 2)
+
+    queues = parsed(await run_cli(servers, ns, "queues", "--json"))
+    by_name = {q["queue"]: q for q in queues}
+    runs = by_name[names.runs_queue]
+    assert runs["source"] == "log" and runs["oldest_age_s"] >= 1.0, runs
+    assert runs["depth"] == 2 and runs["consumers"] == 0
+    assert by_name[names.step_queue()]["oldest_age_s"] is None
+
+    # Cut short at one run: still an age (of the oldest run seen), and a note saying so.
+    cut = parsed(await run_cli(servers, ns, "queues", "--max-runs", "1", "--json"))
+    runs = {q["queue"]: q for q in cut}[names.runs_queue]
+    assert runs["oldest_age_s"] is not None and "scan stopped at 1 active runs" in runs["note"]
+    assert await backends.store.is_active(first.run_id)
 
 
 async def test_dead_letters_listed_shown_requeued_and_purged(
