@@ -30,6 +30,7 @@ from eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEve
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
 from eventlog.timers import Timer, TimerKind
+from eventlog.transitions import RUN_TERMINAL_STATES
 from worker.outcome import error_info
 from worker.registry import StepRegistry, steps
 from worker.service import Worker
@@ -155,6 +156,8 @@ class Scheduler:
         """Bring one run up to date with its log; safe to call any number of times."""
         instance = self.cache.get(run_id)
         if instance is None:
+            if await self._finished_elsewhere(run_id):
+                return
             events = await self.store.read(run_id)
             if not events:
                 log.warning("activation for a run with no log", run_id=run_id)
@@ -186,6 +189,27 @@ class Scheduler:
             self.cache.evict(run_id)
         else:
             self.cache.put(instance)
+
+    async def _finished_elsewhere(self, run_id: str) -> bool:
+        """A finished run that is not cached here costs two small reads, not a full replay.
+
+        Late activations of finished runs are common (a step's other copy, the
+        reconciler, a coalesced duplicate); reading a 600,000-event log to learn
+        the run is over would block Redis and this process for a second. The
+        status hash says where the log ends; the log itself confirms the end.
+        """
+        status = await self.store.status(run_id)
+        last = status.get("last", "")
+        if status.get("run") not in RUN_TERMINAL_STATES or not last:
+            return False
+        terminal = await self.store.read_event(run_id, last)
+        if terminal is None or terminal.type not in RUN_TERMINAL:
+            return False  # the hash is a cache: when in doubt, replay the log
+        first = await self.store.read(run_id, count=1)
+        parent = parent_of(first[0]) if first else None
+        if parent is not None:
+            await report_to_parent(self.store, self.broker, parent, terminal)
+        return True
 
     def _instantiate(self, run_id: str, first: Event) -> WorkflowInstance:
         data = first.data if isinstance(first.data, dict) else {}

@@ -321,3 +321,21 @@ async def test_a_step_run_in_a_killed_process_is_recovered_by_the_reconciler(
             await scheduler.stop()
     finally:
         await worker.stop(grace=5)
+
+
+async def test_a_late_activation_of_a_finished_run_does_not_replay_its_log(
+    backends: Any, running: lf.Client
+) -> None:
+    run = await running.start(arith.chain, 30)
+    assert await run.result(timeout=30) == 30
+    fresh = Scheduler(backends.store, backends.broker)  # nothing cached
+    reads: list[int | None] = []
+    original = backends.store.read
+
+    async def counting(run_id: str, after: str = "0-0", count: int | None = None) -> Any:
+        reads.append(count)
+        return await original(run_id, after, count)
+
+    backends.store.read = counting
+    await fresh.activate(run.run_id)
+    assert reads == [1]  # the first event (is there a parent to tell?), not 93 of them
