@@ -157,6 +157,10 @@ class MemoryEventStore(EventStore):
     async def status(self, run_id: str) -> dict[str, str]:
         return dict(self._status.get(run_id, {}))
 
+    async def run_tail(self, run_id: str) -> tuple[str, str]:
+        status = self._status.get(run_id, {})
+        return status.get("run", ""), status.get("last", "")
+
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
         return entries[:limit]

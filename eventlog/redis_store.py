@@ -163,6 +163,11 @@ class RedisEventStore(EventStore):
         raw = await self.client.hgetall(self.names.status(run_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    @retried("read a run's state")
+    async def run_tail(self, run_id: str) -> tuple[str, str]:
+        state, last = await self.client.hmget(self.names.status(run_id), "run", "last")
+        return (_text(state) if state else "", _text(last) if last else "")
+
     @retried("read the active-runs index")
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         raw: Any = await self.client.zrange(

@@ -87,6 +87,13 @@ class EventStore(ABC):
         """The run's status hash: a cache of the fold, never the truth."""
 
     @abstractmethod
+    async def run_tail(self, run_id: str) -> tuple[str, str]:
+        """(run state, id of the log's last entry) from the status hash; ("", "") if none.
+
+        Two fields, not the whole hash: a long run's hash has a field per step.
+        """
+
+    @abstractmethod
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         """(run_id, last progress ms) of unfinished runs in one index shard, oldest first."""
 

@@ -198,9 +198,8 @@ class Scheduler:
         the run is over would block Redis and this process for a second. The
         status hash says where the log ends; the log itself confirms the end.
         """
-        status = await self.store.status(run_id)
-        last = status.get("last", "")
-        if status.get("run") not in RUN_TERMINAL_STATES or not last:
+        state, last = await self.store.run_tail(run_id)
+        if state not in RUN_TERMINAL_STATES or not last:
             return False
         terminal = await self.store.read_event(run_id, last)
         if terminal is None or terminal.type not in RUN_TERMINAL:
