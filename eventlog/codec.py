@@ -9,13 +9,15 @@ the decoding process — decoding never imports a module.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import decimal
 import itertools
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgpack
@@ -38,6 +40,37 @@ _EXT_TIMEDELTA = 10
 T = TypeVar("T", bound=type)
 
 _registry: dict[str, type] = {}
+_inspecting: contextvars.ContextVar[bool] = contextvars.ContextVar("inspecting", default=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregistered:
+    """An object whose class this process does not know, shown rather than refused.
+
+    Only inside ``inspecting()``: an operator's ``runs show`` or the dashboard must be
+    able to read any run without importing the application's code. Workers and
+    schedulers never inspect: for them an unknown class stays an error.
+    """
+
+    type_name: str
+    state: Any
+
+    def __repr__(self) -> str:
+        fields = self.state if isinstance(self.state, dict) else {"state": self.state}
+        inner = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        return f"{self.type_name.rpartition('.')[2]}({inner})"
+
+
+@contextlib.contextmanager
+def inspecting() -> Iterator[None]:
+    """Decode objects of unknown classes as ``Unregistered`` in this context (read-only tools)."""
+    token = _inspecting.set(True)
+    try:
+        yield
+    finally:
+        _inspecting.reset(token)
+
+
 _names: dict[type, str] = {}
 
 
@@ -203,7 +236,13 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return frozenset(_unpackb(data))
     if code == _EXT_OBJECT:
         type_name, state = _unpackb(data)
-        return _rebuild(_lookup(type_name), state)
+        try:
+            klass = _lookup(type_name)
+        except SerializationError:
+            if _inspecting.get():
+                return Unregistered(type_name, state)
+            raise
+        return _rebuild(klass, state)
     return msgpack.ExtType(code, data)
 
 

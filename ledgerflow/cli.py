@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from eventlog import codec
 from eventlog.derived import repair_run, verify_run
 from eventlog.errors import (
     HookNotFoundError,
@@ -422,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run workflow or step code, where an unknown class must stay an error.
+_RUNS_CODE = frozenset({"worker", "scheduler", "reconciler", "replay"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -433,7 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "processes", 1) > 1:
         return asyncio.run(supervise(argv, args.processes))
     try:
-        return run_with_loop(handler(args), args.loop)
+        if args.command in _RUNS_CODE:
+            return run_with_loop(handler(args), args.loop)
+        # Read-only tools show objects of classes this process cannot import.
+        with codec.inspecting():
+            return run_with_loop(handler(args), args.loop)
     except ServiceUnavailableError as exc:
         print(f"ledgerflow: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

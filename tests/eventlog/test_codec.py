@@ -375,3 +375,22 @@ def test_two_classes_under_one_name_is_refused() -> None:
 def test_a_class_without_a_way_to_travel_cannot_register() -> None:
     with pytest.raises(SerializationError, match="cannot be registered"):
         serializable(name=f"tests.eventlog.Bad.{uuid.uuid4().hex}")(Opaque)
+
+
+def test_unknown_classes_are_refused_except_when_inspecting() -> None:
+    """As a process that never imported the application sees one of its objects."""
+    import msgpack
+
+    from eventlog.codec import Unregistered, inspecting
+
+    state = {"name": "x", "amount": 3}
+    inner = msgpack.packb(["nowhere.billing.Invoice", state], use_bin_type=True)
+    blob = msgpack.packb(msgpack.ExtType(codec._EXT_OBJECT, inner), use_bin_type=True)
+    with pytest.raises(SerializationError, match="is not registered"):
+        codec.decode(blob)
+    with inspecting():
+        shown = codec.decode(blob)
+    assert shown == Unregistered("nowhere.billing.Invoice", state)
+    assert repr(shown) == "Invoice(name='x', amount=3)"
+    with pytest.raises(SerializationError):  # strict again outside the block
+        codec.decode(blob)
