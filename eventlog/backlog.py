@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import EventType
+from .events import EventType, id_order
 from .names import DEFAULT_STEP_QUEUE
 from .store import EventStore
 
@@ -55,7 +55,7 @@ class Backlog:
 
 def entry_ms(event_id: str) -> int:
     """The ms part of a stream entry id: when Redis appended it, by its own clock."""
-    return int(event_id.partition("-")[0])
+    return id_order(event_id)[0]
 
 
 async def _active_run_ids(store: EventStore, max_runs: int) -> tuple[list[str], bool]:

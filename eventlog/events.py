@@ -139,6 +139,12 @@ class AppendResult:
         return not self.duplicate
 
 
+def id_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair: ids compare as (ms, sequence), never as text."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def decode_entry(entry_id: str, fields: dict[str, Any]) -> Event:
     """Build an Event from a stream entry's raw fields (bytes or str)."""
 

@@ -14,7 +14,15 @@ from collections.abc import Sequence
 
 from .derived import Expected
 from .errors import HookTokenConflictError
-from .events import SCHEMA_VERSION, AppendResult, Event, EventType, NewEvent, decode_entry
+from .events import (
+    SCHEMA_VERSION,
+    AppendResult,
+    Event,
+    EventType,
+    NewEvent,
+    decode_entry,
+    id_order,
+)
 from .names import Names, shard_of
 from .store import START, EventStore, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer
@@ -23,11 +31,6 @@ from .transitions import ABSENT, RUN_TERMINAL_STATES, plan_batch
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _id_key(event_id: str) -> tuple[int, int]:
-    ms, seq = event_id.split("-")
-    return int(ms), int(seq)
 
 
 class MemoryEventStore(EventStore):
@@ -135,8 +138,8 @@ class MemoryEventStore(EventStore):
         return results
 
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
-        floor = _id_key(after)
-        found = [e for e in self._streams.get(run_id, []) if _id_key(e.id) > floor]
+        floor = id_order(after)
+        found = [e for e in self._streams.get(run_id, []) if id_order(e.id) > floor]
         return found[:count] if count is not None else found
 
     async def wait(self, run_id: str, after: str, timeout: float) -> list[Event]:
@@ -151,8 +154,8 @@ class MemoryEventStore(EventStore):
         return self._newer(run_id, after)
 
     def _newer(self, run_id: str, after: str) -> list[Event]:
-        floor = _id_key(after)
-        return [e for e in self._streams.get(run_id, []) if _id_key(e.id) > floor]
+        floor = id_order(after)
+        return [e for e in self._streams.get(run_id, []) if id_order(e.id) > floor]
 
     async def status(self, run_id: str) -> dict[str, str]:
         return dict(self._status.get(run_id, {}))

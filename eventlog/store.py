@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .events import AppendResult, Event, EventType, NewEvent
+from .events import AppendResult, Event, EventType, NewEvent, id_order
 from .names import Names
 from .timers import DueTimer, EntityStatus, Timer
 
@@ -44,7 +44,7 @@ def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
         workflow=status.get("wf", ""),
         status=status["run"],
         created_ms=int(status.get("created", "0") or 0),
-        updated_ms=int(last.partition("-")[0]) if last else 0,
+        updated_ms=id_order(last)[0] if last else 0,
         events=int(status.get("n", "0") or 0),
     )
 

@@ -20,6 +20,8 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .events import id_order
+
 log = structlog.get_logger("ledgerflow.watch")
 
 BLOCK_MS = 5000
@@ -31,11 +33,6 @@ UNBLOCK_RETRY_DELAY = 0.002
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -75,7 +72,7 @@ class StreamWatcher:
             self._task = asyncio.create_task(self._run(), name="ledgerflow-stream-watcher")
         self._wake.set()
         covered = self._covered.get(stream)
-        if self._blocked and (covered is None or _key(covered) > _key(after)):
+        if self._blocked and (covered is None or id_order(covered) > id_order(after)):
             await self._interrupt()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
@@ -112,7 +109,7 @@ class StreamWatcher:
                 await self._wake.wait()
                 continue
             streams = {
-                stream: min((w.after for w in waiters), key=_key)
+                stream: min((w.after for w in waiters), key=id_order)
                 for stream, waiters in self._waiters.items()
             }
             try:
@@ -137,8 +134,8 @@ class StreamWatcher:
 
     def _deliver(self, stream: str, entries: list[tuple[str, Any]]) -> None:
         for waiter in list(self._waiters.get(stream, [])):
-            floor = _key(waiter.after)
-            newer = [(i, f) for i, f in entries if _key(i) > floor]
+            floor = id_order(waiter.after)
+            newer = [(i, f) for i, f in entries if id_order(i) > floor]
             if newer and not waiter.future.done():
                 waiter.future.set_result(newer)
 

@@ -29,7 +29,7 @@ from eventlog.errors import (
     StepFailedError,
     WaitTimeout,
 )
-from eventlog.events import RUN_TERMINAL, Event, EventType
+from eventlog.events import RUN_TERMINAL, Event, EventType, id_order
 from eventlog.fold import ErrorInfo
 from eventlog.store import START
 from worker.dispatch import current_dispatcher
@@ -201,8 +201,8 @@ class WorkflowInstance:
     def feed(self, events: Iterable[Event]) -> None:
         # Events at or before the cursor were fed already (two activations of one run
         # that read the same tail): feeding is then a no-op, never a second delivery.
-        floor = _id_key(self.cursor)
-        batch = [e for e in events if _id_key(e.id) > floor]
+        floor = id_order(self.cursor)
+        batch = [e for e in events if id_order(e.id) > floor]
         for event in batch:
             if event.type in _CREATIONS:
                 self._recorded[event.corr] = event
@@ -496,11 +496,6 @@ class WorkflowInstance:
             self._task.cancel()
             self.loop.run_ready()
         self.loop.close()
-
-
-def _id_key(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _matches(event: Event, kind: EventType, name: str) -> bool:
