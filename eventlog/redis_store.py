@@ -84,6 +84,23 @@ class RedisEventStore(EventStore):
         except (RedisConnectionError, OSError) as exc:
             raise ServiceUnavailableError(f"Redis is not reachable: {exc}") from exc
 
+    def _run_keys(self, run_id: str) -> list[str]:
+        """The keys the append and the rewrite scripts touch, in their KEYS order."""
+        return [
+            self.names.stream(run_id),
+            self.names.status(run_id),
+            self.names.active_for(run_id),
+            self.names.timer_for(run_id),
+            self.names.hook_tokens(),
+            self.names.runs_for(run_id),
+        ]
+
+    async def _watch(self, run_id: str, after: str, timeout: float) -> list[tuple[str, Any]]:
+        """Raw entries after ``after`` through the one shared watcher (started on first use)."""
+        if self._watcher is None:
+            self._watcher = StreamWatcher(self.client)
+        return await self._watcher.wait(self.names.stream(run_id), after, timeout)
+
     @retried("append events")
     async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
         if not events:
@@ -99,15 +116,7 @@ class RedisEventStore(EventStore):
                 event.timer.member if event.timer is not None else "",
                 event.timer_due,
             ]
-        keys = [
-            self.names.stream(run_id),
-            self.names.status(run_id),
-            self.names.active_for(run_id),
-            self.names.timer_for(run_id),
-            self.names.hook_tokens(),
-            self.names.runs_for(run_id),
-        ]
-        reply = await self._append(keys=keys, args=argv)
+        reply = await self._append(keys=self._run_keys(run_id), args=argv)
         status = _text(reply[0])
         if status == "ok":
             return [
@@ -137,17 +146,13 @@ class RedisEventStore(EventStore):
         return [decode_entry(_text(entry_id), fields) for entry_id, fields in entries]
 
     async def wait(self, run_id: str, after: str, timeout: float) -> list[Event]:
-        if self._watcher is None:
-            self._watcher = StreamWatcher(self.client)
-        entries = await self._watcher.wait(self.names.stream(run_id), after, timeout)
+        entries = await self._watch(run_id, after, timeout)
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def wait_for(
         self, run_id: str, after: str, timeout: float, types: frozenset[EventType]
     ) -> tuple[str, list[Event]]:
-        if self._watcher is None:
-            self._watcher = StreamWatcher(self.client)
-        entries = await self._watcher.wait(self.names.stream(run_id), after, timeout)
+        entries = await self._watch(run_id, after, timeout)
         if not entries:
             return after, []
         wanted = {t.value.encode() for t in types} | {t.value for t in types}
@@ -405,15 +410,7 @@ class RedisEventStore(EventStore):
         argv.append(len(expected.hooks))
         for token, owner in expected.hooks.items():
             argv += [token, owner]
-        keys = [
-            self.names.stream(run_id),
-            self.names.status(run_id),
-            self.names.active_for(run_id),
-            self.names.timer_for(run_id),
-            self.names.hook_tokens(),
-            self.names.runs_for(run_id),
-        ]
-        return bool(await self._rewrite(keys=keys, args=argv))
+        return bool(await self._rewrite(keys=self._run_keys(run_id), args=argv))
 
     async def close(self) -> None:
         if self._watcher is not None:
