@@ -45,7 +45,7 @@ from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_id
 
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
-from .cli_format import EXIT_CODES
+from .cli_format import EXIT_CODES, json_default
 from .cli_processes import LOOPS, run_with_loop, supervise
 from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
@@ -213,7 +213,7 @@ async def cmd_runs_events(args: argparse.Namespace) -> int:
     events = await _read_run(args)
     if args.json:
         for event in events:
-            print(json.dumps(_event_json(event), default=_json_default))
+            print(json.dumps(_event_json(event), default=json_default))
     else:
         for event in events:
             print(f"{event.id:<18} {event.type.value:<15} {event.corr:<6} {event.data!r}")
@@ -225,7 +225,7 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
     state = fold(args.run_id, events)
     rows = timeline(events)
     if args.json:
-        print(json.dumps([row.__dict__ for row in rows], default=_json_default))
+        print(json.dumps([row.__dict__ for row in rows], default=json_default))
         return EXIT_OK
     print(f"run {state.run_id}  workflow {state.workflow}  status {state.status}")
     print(render(rows))
@@ -304,14 +304,6 @@ def _print_checks(
         bad = sum(1 for p in report.values() if p)
         print(f"{len(report)} run(s) checked, {bad} {'repaired' if fixed else 'inconsistent'}")
     return EXIT_FAILED if any(report.values()) else EXIT_OK
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return repr(value)
 
 
 # --- parser ---------------------------------------------------------------------------------
