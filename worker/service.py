@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -64,6 +65,16 @@ def worker_identity() -> str:
 
 
 ActivateLocal = Callable[[str], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Call:
+    """One step invocation, resolved and decoded, whichever way it arrived."""
+
+    message: StepMessage
+    definition: StepDef
+    args: list[object]
+    kwargs: dict[str, object]
 
 
 class Worker:
@@ -172,9 +183,7 @@ class Worker:
 
     async def _run_local(self, messages: list[StepMessage]) -> None:
         try:
-            plans = [
-                (m, self.registry.get(m.step_name), *StepDef.decode_args(m.args)) for m in messages
-            ]
+            calls = [self._prepare(m) for m in messages]
         except (UnknownStepError, SerializationError) as exc:
             self._accepted -= len(messages)
             # The scheduler resolved these very names and encoded these very arguments.
@@ -182,7 +191,7 @@ class Worker:
             await retrying("publish steps", lambda: self.broker.publish_steps(messages))
             return
         await asyncio.gather(
-            *(self._invoke(m, d, a, k, m.attempt, local=True) for m, d, a, k in plans)
+            *(self._invoke(call, call.message.attempt, local=True) for call in calls)
         )
 
     async def _drain_local(self, timeout: float) -> None:
@@ -222,25 +231,22 @@ class Worker:
         )
         if batch is None:
             return
-        plans = []
+        calls = []
         for message in batch.steps:
             try:
-                definition = self.registry.get(message.step_name)
+                calls.append(self._prepare(message))
             except UnknownStepError as exc:
                 await self._dead_letter(delivery, str(exc))
                 return
-            try:
-                args, kwargs = StepDef.decode_args(message.args)
             except SerializationError as exc:
                 await self._dead_letter(
                     delivery, f"undecodable arguments of step {message.step_id}: {exc}"
                 )
                 return
-            plans.append((message, definition, args, kwargs))
         # Every delivery is an attempt: a redelivery is the next one.
         extra = max(0, delivery.delivery_count - 1)
         verdicts = await asyncio.gather(
-            *(self._invoke(m, d, a, k, m.attempt + extra) for m, d, a, k in plans)
+            *(self._invoke(call, call.message.attempt + extra) for call in calls)
         )
         problems = [v for v in verdicts if v]
         if problems:
@@ -248,34 +254,24 @@ class Worker:
             return
         await delivery.ack()
 
-    async def _invoke(
-        self,
-        message: StepMessage,
-        definition: StepDef,
-        args: list[object],
-        kwargs: dict[str, object],
-        attempt: int,
-        *,
-        local: bool = False,
-    ) -> str:
+    def _prepare(self, message: StepMessage) -> _Call:
+        """Resolve the step and decode its arguments: UnknownStepError or SerializationError."""
+        definition = self.registry.get(message.step_name)
+        args, kwargs = StepDef.decode_args(message.args)
+        return _Call(message, definition, args, kwargs)
+
+    async def _invoke(self, call: _Call, attempt: int, *, local: bool = False) -> str:
         """Run one attempt of one step and record it; returns a dead-letter reason or ''."""
         if not local:  # run_local counted its steps when it accepted them
             self._accepted += 1
         try:
             async with self._slots:
-                return await self._attempt(message, definition, args, kwargs, attempt, local)
+                return await self._attempt(call, attempt, local)
         finally:
             self._accepted -= 1
 
-    async def _attempt(
-        self,
-        message: StepMessage,
-        definition: StepDef,
-        args: list[object],
-        kwargs: dict[str, object],
-        attempt: int,
-        local: bool,
-    ) -> str:
+    async def _attempt(self, call: _Call, attempt: int, local: bool) -> str:
+        message, definition = call.message, call.definition
         bound = log.bind(**_log_fields(message, attempt))
         policy = self.registry.retry_policy_for(definition.name, self.retry)
         started = self._started(message, definition, attempt)
@@ -304,7 +300,7 @@ class Worker:
         metrics.step_recorded(message.step_name, EventType.STEP_STARTED)
         began = time.monotonic()
         try:
-            event = await self._execute(message, definition, args, kwargs, attempt, policy)
+            event = await self._execute(call, attempt, policy)
         except asyncio.CancelledError:
             if local:  # a queued step goes back by itself: its message is unacked
                 await self._hand_back(message, attempt)
@@ -314,17 +310,16 @@ class Worker:
 
     async def _hand_back(self, message: StepMessage, attempt: int) -> None:
         """An in-process step cut off by shutdown goes to the queue as its next attempt."""
-        retry = StepMessage(
-            run_id=message.run_id,
-            step_id=message.step_id,
-            step_name=message.step_name,
-            attempt=attempt + 1,
-            args=message.args,
-            queue=message.queue,
-            workflow=message.workflow,
-        )
-        with contextlib.suppress(Exception):
-            await self.broker.publish_step(retry)
+        try:
+            await self.broker.publish_step(dataclasses.replace(message, attempt=attempt + 1))
+        except Exception as exc:
+            # The log still shows it started here; the reconciler retries it once this
+            # worker's presence mark has expired.
+            log.warning(
+                "could not hand a step back; the reconciler will",
+                **_log_fields(message, attempt),
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _started(self, message: StepMessage, definition: StepDef, attempt: int) -> NewEvent:
         timer = None
@@ -365,15 +360,8 @@ class Worker:
             await self._activate(message.run_id)
         bound.debug("step recorded", outcome=final.value)
 
-    async def _execute(
-        self,
-        message: StepMessage,
-        definition: StepDef,
-        args: list[object],
-        kwargs: dict[str, object],
-        attempt: int,
-        policy: RetryPolicy,
-    ) -> NewEvent:
+    async def _execute(self, call: _Call, attempt: int, policy: RetryPolicy) -> NewEvent:
+        message, definition = call.message, call.definition
         beats = Beats()
         recorder = _HeartbeatRecorder(self.store, message, attempt, definition.heartbeat_timeout)
 
@@ -396,7 +384,7 @@ class Worker:
         self._running[run_id] += 1
         try:
             value = await run_limited(
-                definition.invoke(args, kwargs),
+                definition.invoke(call.args, call.kwargs),
                 timeout=definition.timeout,
                 heartbeat_timeout=definition.heartbeat_timeout,
                 beats=beats,
