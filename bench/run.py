@@ -48,6 +48,7 @@ from bench import apps
 from eventlog.events import Event, EventType
 from eventlog.names import Names
 from eventlog.settings import Settings
+from ledgerflow.cli_processes import run_with_loop
 from worker.backend import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1418,14 +1419,8 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(amain(args))
+        return run_with_loop(amain(args), args.loop)  # the same choice the CLI makes
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; the namespace was cleaned up", file=sys.stderr)
         return 130
