@@ -130,10 +130,18 @@ async def test_gauges_show_active_runs_and_pending_timers_then_lateness_when_fir
         samples = await scrape(port)
         return value(samples, "ledgerflow_active_runs") == n
 
+    async def sleeping_is(n: float) -> bool:
+        # A run is active from run_created; its timer only from wait_created, which the
+        # scheduler appends a moment later, and the sampler may run in between.
+        samples = await scrape(port)
+        active = value(samples, "ledgerflow_active_runs")
+        return active == n and value(samples, "ledgerflow_timers_pending") == n
+
     before = await scrape(port)
     sleeping = [await running.start(waiting.sleeper, 60.0) for _ in range(2)]
-    await until(lambda: active_is(2))
+    await until(lambda: sleeping_is(2))
     samples = await scrape(port)
+    assert value(samples, "ledgerflow_active_runs") == 2
     assert value(samples, "ledgerflow_timers_pending") == 2
     assert value(samples, "ledgerflow_gauge_last_success_timestamp_seconds", gauge="active_runs")
     for run in sleeping:
