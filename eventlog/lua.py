@@ -227,6 +227,18 @@ local v = redis.call('HMGET', KEYS[1], 'run', 'c:' .. ARGV[1], 'a:' .. ARGV[1],
 return {v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now), v[6] or ''}
 """
 
+# Push an unfinished run's active-index score to ARGV[3], only if it is still ARGV[2]:
+# an append since the reconciler read it (progress) set it to now, and that wins.
+# KEYS: active shard. ARGV: run_id, seen score, new score. Reply: 1 if moved.
+DEFER_CHECK_SCRIPT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 # Drop a hook token only if it still maps to the given owner. KEYS: token index. ARGV: token, owner.
 FORGET_HOOK_SCRIPT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then

@@ -264,9 +264,16 @@ class MemoryEventStore(EventStore):
     async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
         return {r: self._status.get(r, {}).get("run", "") for r in run_ids}
 
-    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
+    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
-        return [run for run, seen in entries if seen <= older_than_ms][:limit]
+        return [(run, seen) for run, seen in entries if seen <= older_than_ms][:limit]
+
+    async def defer_check(self, run_id: str, seen: int, until_ms: int) -> bool:
+        shard = self._active.get(shard_of(run_id, self.names.shards), {})
+        if shard.get(run_id) != seen:
+            return False
+        shard[run_id] = until_ms
+        return True
 
     async def list_runs(
         self,

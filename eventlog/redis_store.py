@@ -25,6 +25,7 @@ from .lua import (
     ADD_TIMER_SCRIPT,
     APPEND_SCRIPT,
     CLAIM_TIMERS_SCRIPT,
+    DEFER_CHECK_SCRIPT,
     ENTITY_SCRIPT,
     FORGET_HOOK_SCRIPT,
     HEARTBEAT_SCRIPT,
@@ -60,6 +61,7 @@ class RedisEventStore(EventStore):
         self._entity = client.register_script(ENTITY_SCRIPT)
         self._forget_hook = client.register_script(FORGET_HOOK_SCRIPT)
         self._rewrite = client.register_script(REWRITE_DERIVED_SCRIPT)
+        self._defer_check = client.register_script(DEFER_CHECK_SCRIPT)
         self._watcher: StreamWatcher | None = None
 
     @classmethod
@@ -369,11 +371,33 @@ class RedisEventStore(EventStore):
         return await self.client.zscore(self.names.runs_for(run_id), run_id) is not None
 
     @retried("read stale runs")
-    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
+    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
         raw: Any = await self.client.zrangebyscore(
-            self.names.active_shard(shard), "-inf", older_than_ms, start=0, num=limit
+            self.names.active_shard(shard),
+            "-inf",
+            older_than_ms,
+            start=0,
+            num=limit,
+            withscores=True,
         )
-        return [_text(member) for member in raw]
+        return [(_text(member), int(score)) for member, score in raw]
+
+    @retried("defer a run's check")
+    async def defer_check(self, run_id: str, seen: int, until_ms: int) -> bool:
+        moved = await self._defer_check(
+            keys=[self.names.active_for(run_id)], args=[run_id, seen, until_ms]
+        )
+        return bool(moved)
+
+    @retried("read run tails")
+    async def run_tails(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        if not run_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self.names.status(run_id), "run", "last")
+            replies: list[Any] = await pipe.execute()
+        return [(_text(s) if s else "", _text(last) if last else "") for s, last in replies]
 
     @retried("mark a worker alive")
     async def mark_alive(self, identity: str, ttl_ms: int) -> None:

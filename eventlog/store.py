@@ -180,8 +180,24 @@ class EventStore(ABC):
     # --- for the reconciler ------------------------------------------------------------
 
     @abstractmethod
-    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[str]:
-        """Unfinished runs of one index shard with no progress since ``older_than_ms``."""
+    async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
+        """(run_id, score) of unfinished runs of one index shard due for a check, oldest first.
+
+        A run's score is its last progress (every append sets it to now), pushed
+        later by the reconciler when it has checked the run (``defer_check``).
+        """
+
+    @abstractmethod
+    async def defer_check(self, run_id: str, seen: int, until_ms: int) -> bool:
+        """Move an unfinished run's score to ``until_ms`` if it is still ``seen``.
+
+        Only if unchanged: an append in the meantime (progress) has already set
+        the score to now, and that must win. Never re-adds a finished run.
+        """
+
+    async def run_tails(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """``run_tail`` of many runs; stores override it with one round trip."""
+        return [await self.run_tail(run_id) for run_id in run_ids]
 
     # --- worker presence ----------------------------------------------------------------
 

@@ -36,7 +36,12 @@ from eventlog.settings import Settings
 from eventlog.store import EventStore
 from eventlog.timeline import render, timeline
 from scheduler.client import Client
-from scheduler.reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
+from scheduler.reconciler import (
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_RECHECK,
+    DEFAULT_STALE_AFTER,
+    Reconciler,
+)
 from scheduler.registry import WorkflowFunction, workflows
 from scheduler.service import Scheduler
 from worker.backend import connect
@@ -143,6 +148,7 @@ async def cmd_reconciler(args: argparse.Namespace) -> int:
             lease,
             stale_after=args.stale_after,
             interval=args.interval,
+            max_recheck=args.max_recheck,
         )
         task: asyncio.Task[None] | None = None
 
@@ -362,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconciler.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
     reconciler.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
     reconciler.add_argument("--lease-ttl", type=float, default=10.0)
+    reconciler.add_argument(
+        "--max-recheck",
+        type=float,
+        default=DEFAULT_MAX_RECHECK,
+        help="longest delay (s) before a run checked with nothing to do is checked again",
+    )
     add_metrics_options(reconciler)
     reconciler.set_defaults(handler=cmd_reconciler)
 

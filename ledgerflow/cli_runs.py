@@ -12,8 +12,10 @@ import argparse
 import sys
 from typing import Any
 
+from eventlog.backlog import entry_ms
 from eventlog.errors import RunNotFoundError
 from eventlog.fold import ErrorInfo, RunState, fold
+from eventlog.store import EventStore
 from scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from worker.backend import connect
 
@@ -169,6 +171,22 @@ def _state_json(state: RunState, at: int, total: int, event: str, ts: int) -> di
     }
 
 
+async def _stuck_runs(store: EventStore, stale_after: float) -> list[str]:
+    """Unfinished runs whose log has not moved for ``stale_after`` seconds.
+
+    Read from each run's last entry, not from the active index's score, which
+    the reconciler pushes later after each check.
+    """
+    cutoff = await store.now_ms() - int(stale_after * 1000)
+    stuck: list[str] = []
+    for shard in range(store.names.shards):
+        run_ids = [run for run, _ in await store.active_runs(shard, limit=100_000)]
+        for run_id, (_, last) in zip(run_ids, await store.run_tails(run_ids), strict=True):
+            if last and entry_ms(last) <= cutoff:
+                stuck.append(run_id)
+    return stuck
+
+
 async def cmd_runs_redrive(args: argparse.Namespace) -> int:
     """Re-enqueue what each run is missing and force an activation; exit 4 if a run is unknown."""
     if bool(args.run_ids) == bool(args.all_stuck):
@@ -178,9 +196,7 @@ async def cmd_runs_redrive(args: argparse.Namespace) -> int:
         store = backends.store
         run_ids: list[str] = list(dict.fromkeys(args.run_ids))
         if args.all_stuck:
-            cutoff = await store.now_ms() - int(args.stale_after * 1000)
-            for shard in range(store.names.shards):
-                run_ids += await store.stale_runs(shard, cutoff, 100_000)
+            run_ids += await _stuck_runs(store, args.stale_after)
         reconciler = Reconciler(store, backends.broker, None, stale_after=args.stale_after)
         done: dict[str, list[Recovery]] = {}
         missing: list[str] = []

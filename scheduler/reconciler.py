@@ -16,6 +16,16 @@ is missing:
 - a step started long ago (twice its time limit) with no outcome: a new attempt;
 - a wait or retry whose timer entry is missing: the timer entry.
 
+Each run checked is pushed back in the index (``defer_check``) so the sweep
+moves on through every stale run instead of re-reading the oldest few: a
+thousand runs legitimately waiting on hooks for days must not hide the one run
+that lost a message. A run found with nothing to do, or given the same
+recovery again, is looked at again after a delay that doubles each time, up to
+``max_recheck``; any append (progress) resets it, since it scores the run now.
+So a recovery that cannot help (an activation for a workflow no scheduler
+knows, a step no worker has) is repeated with backoff, loudly, instead of
+flooding the dead-letter queue every few seconds.
+
 It never appends step results or run outcomes itself: it only re-sends
 messages and rebuilds derived entries, all of which are harmless to repeat.
 Every action is preceded by a lease check, so a reconciler that lost its lease
@@ -31,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +63,13 @@ log = structlog.get_logger("ledgerflow.reconciler")
 DEFAULT_STALE_AFTER = 30.0
 DEFAULT_INTERVAL = 5.0
 DEFAULT_STEP_LIMIT = 600.0  # for steps with no timeout of their own
+DEFAULT_MAX_RECHECK = 300.0
 BATCH = 200
+RUNS_PER_SHARD = 2_000
+"""Runs one sweep checks per shard at most; the rest stay due and come first next time."""
+REMEMBERED = 100_000
+"""Runs whose check history is kept for the backoff; older ones start again from one."""
+REPEATS_BEFORE_WARNING = 3
 
 # Events the scheduler writes; outcomes after the last of them may be unacted on.
 _SCHEDULER_WRITES = frozenset(
@@ -103,6 +119,7 @@ class Reconciler:
         stale_after: float = DEFAULT_STALE_AFTER,
         interval: float = DEFAULT_INTERVAL,
         default_step_limit: float = DEFAULT_STEP_LIMIT,
+        max_recheck: float = DEFAULT_MAX_RECHECK,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -110,12 +127,15 @@ class Reconciler:
         self.stale_after_ms = int(stale_after * 1000)
         self.interval = interval
         self.default_step_limit_ms = int(default_step_limit * 1000)
+        self.max_recheck_ms = max(int(max_recheck * 1000), self.stale_after_ms)
         self.recoveries: Counter[str] = Counter()
         self.sweeps = 0
         self._stopping = asyncio.Event()
         # run -> last event id an activation was sent for: a run waiting on a running
         # step keeps the same tail, and one activation for that tail is enough.
         self._activated_at: dict[str, str] = {}
+        # run -> (the score this reconciler gave it, checks in a row without progress)
+        self._checked: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     # --- the daemon ------------------------------------------------------------------
 
@@ -147,15 +167,48 @@ class Reconciler:
         now = await self.store.now_ms()
         cutoff = now - self.stale_after_ms
         for shard in range(self.store.names.shards):
-            for run_id in await self.store.stale_runs(shard, cutoff, BATCH):
-                await self._fence()
-                report.runs_checked += 1
-                for reason in await self.repair(run_id, now):
-                    report.recoveries[reason] += 1
+            checked: set[str] = set()
+            while len(checked) < RUNS_PER_SHARD:
+                due = [
+                    (run_id, score)
+                    for run_id, score in await self.store.stale_runs(shard, cutoff, BATCH)
+                    if run_id not in checked
+                ]
+                if not due:
+                    break
+                for run_id, score in due:
+                    await self._fence()
+                    checked.add(run_id)
+                    report.runs_checked += 1
+                    reasons = await self.repair(run_id, now)
+                    for reason in reasons:
+                        report.recoveries[reason] += 1
+                    await self._defer(run_id, score, now, reasons)
         self.sweeps += 1
         metrics.SWEEPS.inc()
         self.recoveries.update(report.recoveries)
         return report
+
+    async def _defer(self, run_id: str, seen: int, now: int, reasons: list[str]) -> None:
+        """Look at this run again later: after ``stale_after``, doubling while nothing moves."""
+        mine, repeats = self._checked.pop(run_id, (None, -1))
+        repeats = repeats + 1 if seen == mine else 0
+        delay = min(self.stale_after_ms * 2 ** min(repeats, 32), self.max_recheck_ms)
+        # Due again once it has been stale for ``stale_after`` past ``now + delay``.
+        until = now + delay - self.stale_after_ms
+        if reasons and repeats >= REPEATS_BEFORE_WARNING:
+            log.warning(
+                "recovery keeps repeating without progress; the run needs an operator",
+                run_id=run_id,
+                reasons=reasons,
+                checks=repeats + 1,
+                next_check_s=delay / 1000,
+            )
+        await self._fence()
+        if await self.store.defer_check(run_id, seen, until):
+            self._checked[run_id] = (until, repeats)
+            while len(self._checked) > REMEMBERED:
+                self._checked.popitem(last=False)
 
     async def repair(self, run_id: str, now: int) -> list[str]:
         """Re-enqueue what one run's log says is missing; returns the reasons acted on."""
@@ -180,6 +233,7 @@ class Reconciler:
         state = fold(run_id, events)
         if state.finished:
             self._activated_at.pop(run_id, None)
+            self._checked.pop(run_id, None)
             return []
         # Every line logged while repairing this run names it and its workflow.
         tokens = structlog.contextvars.bind_contextvars(run_id=run_id, workflow=state.workflow)

@@ -621,6 +621,35 @@ async def test_active_runs_are_oldest_first_and_limited(store: EventStore) -> No
     assert [run for run, _ in await store.active_runs(shard, limit=2)] == members[:2]
 
 
+async def test_a_deferred_check_moves_the_score_unless_the_run_moved(store: EventStore) -> None:
+    run, done = new_run_id(), new_run_id()
+    await started_run(store, run)
+    shard = shard_of(run, store.names.shards)
+    ((_, seen),) = [(r, s) for r, s in await store.stale_runs(shard, 2**62, 1000) if r == run]
+    assert await store.defer_check(run, seen, seen + 60_000)
+    assert dict(await store.active_runs(shard))[run] == seen + 60_000
+    assert run not in dict(await store.stale_runs(shard, seen + 59_999, 1000))
+    # Not what the caller saw (moved meanwhile): the newer score wins.
+    assert not await store.defer_check(run, seen, seen + 1)
+    # Progress scores the run now again.
+    await append_ok(store, run, [step_created("s1")])
+    assert dict(await store.active_runs(shard))[run] < seen + 60_000
+    # A finished run is never put back.
+    await started_run(store, done)
+    done_shard = shard_of(done, store.names.shards)
+    ((_, done_seen),) = [
+        (r, s) for r, s in await store.stale_runs(done_shard, 2**62, 1000) if r == done
+    ]
+    await append_ok(store, done, [ev(E.RUN_COMPLETED, data={"result": 1})])
+    assert not await store.defer_check(done, done_seen, done_seen + 1)
+    assert done not in dict(await store.active_runs(done_shard))
+    assert await store.run_tails([run, done, "nope"]) == [
+        ("started", (await store.read(run))[-1].id),
+        ("completed", (await store.read(done))[-1].id),
+        ("", ""),
+    ]
+
+
 async def test_list_runs_is_newest_first_filtered_and_limited(store: EventStore) -> None:
     made: list[str] = []
     for i in range(30):
