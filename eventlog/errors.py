@@ -94,6 +94,14 @@ class NonDeterminismError(LedgerflowError):
     """Workflow code did something that cannot be replayed (I/O, real timers, threads)."""
 
 
+class WorkflowStalledError(NonDeterminismError):
+    """Workflow code ran too long without awaiting (a busy loop, or heavy work outside steps).
+
+    A scheduler runs many runs' workflow code on one thread: one that never yields
+    would hold up every other run, so it is interrupted and the run fails with this.
+    """
+
+
 class ReplayDivergenceError(NonDeterminismError):
     """The workflow code and the recorded log disagree about what happens at a position."""
 

@@ -31,6 +31,7 @@ from eventlog.errors import (
     WaitTimeout,
     WorkerLostError,
     WorkflowFailedError,
+    WorkflowStalledError,
 )
 from eventlog.events import Event, EventType
 from eventlog.fold import RunState, StepState
@@ -80,6 +81,7 @@ __all__ = [
     "WaitTimeout",
     "WorkerLostError",
     "WorkflowFailedError",
+    "WorkflowStalledError",
     "create_hook",
     "embedded",
     "heartbeat",

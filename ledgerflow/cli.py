@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -35,6 +36,7 @@ from eventlog.redis_store import RedisEventStore
 from eventlog.settings import Settings
 from eventlog.store import EventStore
 from eventlog.timeline import render, timeline
+from scheduler import watchdog
 from scheduler.client import Client
 from scheduler.reconciler import (
     DEFAULT_INTERVAL,
@@ -110,7 +112,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             return EXIT_OK
         # The worker runs what this scheduler just scheduled, when it has room (eager
         # dispatch), and its outcomes activate this scheduler directly.
-        scheduler = Scheduler(backends.store, backends.broker, local=worker)
+        scheduler = Scheduler(
+            backends.store, backends.broker, local=worker, stall_budget=args.stall_budget
+        )
 
         async def start() -> None:
             await worker.start()
@@ -127,7 +131,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 async def cmd_scheduler(args: argparse.Namespace) -> int:
     import_app(args.app)
     async with connect(settings_of(args)) as backends, exported(args, backends):
-        scheduler = Scheduler(backends.store, backends.broker)
+        scheduler = Scheduler(backends.store, backends.broker, stall_budget=args.stall_budget)
         await run_until_signalled(scheduler.start, scheduler.stop, what="scheduler")
     return EXIT_OK
 
@@ -315,6 +319,26 @@ def _print_checks(
 # --- parser ---------------------------------------------------------------------------------
 
 
+def add_stall_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stall-budget",
+        type=positive_seconds,
+        default=watchdog.DEFAULT_BUDGET,
+        help="seconds workflow code may run without awaiting before its run fails "
+        f"(default {watchdog.DEFAULT_BUDGET:g}; scheduler and --with-scheduler)",
+    )
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledgerflow",
@@ -336,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run steps from the step queues")
     worker.add_argument("app", help="module defining the workflows and steps")
     worker.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    add_stall_budget(worker)
     worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
     worker.add_argument(
         "--with-scheduler",
@@ -359,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scheduler = sub.add_parser("scheduler", help="replay runs and schedule their steps")
     scheduler.add_argument("app")
+    add_stall_budget(scheduler)
     add_metrics_options(scheduler)
     scheduler.set_defaults(handler=cmd_scheduler)
 

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 from eventlog.errors import NonDeterminismError
 
-from . import sandbox
+from . import sandbox, watchdog
 
 sandbox.install()
 
@@ -96,7 +96,7 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
         _set_running(self)
         self._running = True
         try:
-            with sandbox.workflow_code():
+            with sandbox.workflow_code(), watchdog.watching():
                 while self._ready:
                     handle = self._ready.popleft()
                     if not handle._cancelled:

@@ -35,6 +35,7 @@ from worker.outcome import error_info
 from worker.registry import StepRegistry, steps
 from worker.service import Worker
 
+from . import watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
 from .children import parent_of, report_to_parent, start_child
 from .registry import WorkflowRegistry, workflows
@@ -76,6 +77,7 @@ class Scheduler:
         prefetch: int = DEFAULT_PREFETCH,
         local: Worker | None = None,
         append_chunk: int = APPEND_CHUNK,
+        stall_budget: float = watchdog.DEFAULT_BUDGET,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -89,9 +91,13 @@ class Scheduler:
             local.attach_scheduler(self.drive)
         self._busy: dict[str, _Busy] = {}
         self._consumer: Consumer | None = None
+        self._watching = False
+        self.stall_budget = stall_budget
         self.timers = TimerLoop(store, broker, registry=step_registry)
 
     async def start(self) -> None:
+        # Workflow code that never awaits would hold up every run of this process.
+        self._watching = watchdog.install(self.stall_budget)
         self._consumer = await self.broker.consume(
             self.broker.names.runs_queue, self.handle, prefetch=self.prefetch
         )
@@ -99,6 +105,9 @@ class Scheduler:
         log.info("scheduler started", workflows=self.registry.names())
 
     async def stop(self) -> None:
+        if self._watching:
+            watchdog.uninstall()
+            self._watching = False
         await self.timers.stop()
         if self._consumer is not None:
             await self._consumer.cancel()
