@@ -23,6 +23,7 @@ import structlog
 
 from eventlog.errors import BrokerError, MalformedMessageError, PublishError
 from eventlog.names import Names
+from eventlog.text import MAX_REASON, clip
 
 from .messages import Activation, StepBatch, StepMessage, decode_message, encode_message
 
@@ -365,7 +366,8 @@ class Broker(ABC):
         copies rather than none.
         """
         headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
-        headers[REASON_HEADER] = reason
+        # Reasons quote errors and message contents; a header must fit in one frame.
+        headers[REASON_HEADER] = clip(reason, MAX_REASON)
         headers[QUEUE_HEADER] = delivery.queue
         headers[DEAD_AT_HEADER] = int(time.time() * 1000)
         await self.publish(

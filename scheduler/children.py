@@ -19,6 +19,7 @@ from eventlog.errors import IllegalTransitionError
 from eventlog.events import Event, EventType, NewEvent
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
+from worker.outcome import bounded_error
 
 from .replay import ChildCommand
 
@@ -83,11 +84,13 @@ async def report_to_parent(
             EventType.STEP_COMPLETED, corr, {"result": data.get("result")}, attempt=1, max_size=None
         )
     else:
-        error = data.get("error") or {
-            "type": "eventlog.errors.RunCancelled",
-            "message": f"the child run was cancelled: {data.get('reason', '')}",
-            "traceback": "",
-        }
+        error = bounded_error(
+            data.get("error")
+            or {
+                "type": "eventlog.errors.RunCancelled",
+                "message": f"the child run was cancelled: {data.get('reason', '')}",
+            }
+        )
         outcome = NewEvent.of(
             EventType.STEP_FAILED, corr, {"error": error}, attempt=1, max_size=None
         )

@@ -23,6 +23,7 @@ from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
 from eventlog.settings import Settings
 from eventlog.store import EventStore
+from eventlog.text import MAX_MESSAGE, clip, safe_str
 from worker.backend import connect
 
 from .children import parent_of, report_to_parent
@@ -125,7 +126,10 @@ class Client:
             for hook in state.hooks.values()
             if hook.status == "created"
         ]
-        cancelled = NewEvent.of(EventType.RUN_CANCELLED, data={"reason": reason})
+        # The reason is the caller's text: bounded like every error text recorded.
+        cancelled = NewEvent.of(
+            EventType.RUN_CANCELLED, data={"reason": clip(safe_str(reason), MAX_MESSAGE)}
+        )
         await self.store.append(run_id, [*batch, cancelled])
         for step in state.steps.values():
             if step.child_run_id and step.status in ("created", "started"):
