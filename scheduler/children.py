@@ -11,6 +11,7 @@ repaired by doing them again on the next activation.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker import Activation, Broker
@@ -67,10 +68,22 @@ def parent_of(first: Event) -> tuple[str, str] | None:
     return None
 
 
+Activate = Callable[[Activation], Awaitable[object]]
+
+
 async def report_to_parent(
-    store: EventStore, broker: Broker, parent: tuple[str, str], terminal: Event | NewEvent
+    store: EventStore,
+    broker: Broker,
+    parent: tuple[str, str],
+    terminal: Event | NewEvent,
+    *,
+    activate: Activate | None = None,
 ) -> None:
-    """Record a finished child's outcome as its step's outcome in the parent's log."""
+    """Record a finished child's outcome as its step's outcome in the parent's log.
+
+    The parent's activation is published with ``activate`` if given (a producer's
+    bounded retry), else retried the way daemons retry.
+    """
     parent_run, corr = parent
     kind = terminal.type
     data: dict[str, Any] = {}
@@ -103,4 +116,7 @@ async def report_to_parent(
     except IllegalTransitionError:
         return  # the parent already ended
     activation = Activation(run_id=parent_run, reason="child")
+    if activate is not None:
+        await activate(activation)
+        return
     await retrying("publish activation", lambda: broker.publish_activation(activation))
