@@ -236,14 +236,20 @@ class Worker:
         )
 
     async def _drain_local(self, timeout: float) -> None:
-        """Wait for in-process and released steps; those that overstay go to the queue."""
-        if not self._local:
-            return
-        _, late = await asyncio.wait(set(self._local), timeout=max(timeout, 0.0))
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.gather(*late, return_exceptions=True)
+        """Wait for in-process and released steps; those that overstay go to the queue.
+
+        Looks again after each wait: a consumer still draining may release a
+        message meanwhile, and its steps must be waited for too.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while pending := {t for t in self._local if not t.done()}:
+            _, late = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            if late:
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                return
 
     # --- steps from the queue --------------------------------------------------------
 
@@ -354,6 +360,15 @@ class Worker:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
             raise
+        except Exception as exc:
+            # What would have been a redelivery: the log shows the step started here
+            # with no outcome, which the reconciler retries after twice its time limit.
+            log.error(
+                "a step of a released message failed unexpectedly",
+                **fields,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
         for problem in filter(None, verdicts):
             # Too late to dead-letter the message; its step_created is still there, so
             # the reconciler sends the step again ("step never started").
