@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -82,6 +83,10 @@ class Client:
         self.store = store
         self.broker = broker
         self.registry = registry
+        if not math.isfinite(publish_deadline) or publish_deadline < 0:
+            raise ValueError(
+                f"publish_deadline must be a finite number >= 0, got {publish_deadline}"
+            )
         self.publish_deadline = publish_deadline
 
     @classmethod

@@ -83,3 +83,10 @@ async def test_validation_errors_still_raise_before_anything_is_recorded() -> No
             await client.start(arith.total, 1, 2, 3)
         with pytest.raises(HookNotFoundError):
             await client.resume_hook("no-such-token", 1)
+
+
+@pytest.mark.parametrize("deadline", [float("nan"), float("inf"), -1.0])
+async def test_a_nonsense_deadline_is_refused(deadline: float) -> None:
+    async with stack(run_worker=False, run_scheduler=False) as s:
+        with pytest.raises(ValueError, match="publish_deadline"):
+            Client(s.store, s.broker, publish_deadline=deadline)
