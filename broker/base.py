@@ -23,6 +23,7 @@ import structlog
 
 from eventlog.errors import BrokerError, MalformedMessageError, PublishError
 from eventlog.names import Names
+from eventlog.text import MAX_REASON, clip
 
 from .messages import Activation, StepBatch, StepMessage, decode_message, encode_message
 
@@ -54,6 +55,15 @@ REJECTED_REASON: Final = "rejected"
 # Headers the broker maintains itself; copying them onto a republished message would
 # make the copy look like it had already been delivered.
 BROKER_OWNED_HEADERS: Final = frozenset({"x-delivery-count"})
+
+EARLIER_DELIVERIES_HEADER: Final = "x-ledgerflow-earlier-deliveries"
+"""On a copy made by ``Broker.hand_back``: the deliveries the original had before.
+
+The copy is a new message to RabbitMQ (no ``x-delivery-count``), so without this
+a redelivered message handed back would lose the attempts its deliveries counted."""
+
+MAX_EARLIER_DELIVERIES: Final = 1000
+"""Any header value above this is nonsense (no delivery limit is that high)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +124,21 @@ class Delivery(ABC):
         self.message_id = message_id
         # When it was published (the AMQP ``timestamp`` property), if the publisher said.
         self.timestamp_ms = timestamp_ms
+        # When this process got it: how long it has been held unsettled (consumer_timeout).
+        self.received_at = time.monotonic()
         self._settled = False
+
+    @property
+    def deliveries_before(self) -> int:
+        """Deliveries of this message before this one, across hand-backs (``Broker.hand_back``)."""
+        carried = self.headers.get(EARLIER_DELIVERIES_HEADER, 0)
+        if not isinstance(carried, int) or isinstance(carried, bool):
+            carried = 0
+        return max(0, self.delivery_count - 1) + min(max(carried, 0), MAX_EARLIER_DELIVERIES)
+
+    def held_for(self) -> float:
+        """Seconds since this process received the message."""
+        return time.monotonic() - self.received_at
 
     @property
     def settled(self) -> bool:
@@ -365,11 +389,28 @@ class Broker(ABC):
         copies rather than none.
         """
         headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
-        headers[REASON_HEADER] = reason
+        # Reasons quote errors and message contents; a header must fit in one frame.
+        headers[REASON_HEADER] = clip(reason, MAX_REASON)
         headers[QUEUE_HEADER] = delivery.queue
         headers[DEAD_AT_HEADER] = int(time.time() * 1000)
         await self.publish(
             self.names.dead_queue, delivery.body, headers=headers, message_id=delivery.message_id
+        )
+        await delivery.ack()
+
+    async def hand_back(self, delivery: Delivery) -> None:
+        """Put a message back at the tail of its queue without it counting as a delivery.
+
+        A nack with requeue counts as a delivery on a quorum queue (``x-delivery-count``
+        goes up, and a worker counts every delivery of a step message as an
+        attempt), so this publishes a confirmed copy (same body, headers and
+        message id, plus the deliveries the original had) and then acks the
+        original. A crash in between leaves two copies, never none.
+        """
+        headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
+        headers[EARLIER_DELIVERIES_HEADER] = delivery.deliveries_before
+        await self.publish(
+            delivery.queue, delivery.body, headers=headers, message_id=delivery.message_id
         )
         await delivery.ack()
 

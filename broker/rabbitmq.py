@@ -114,36 +114,155 @@ def _delivery_count(headers: dict[str, Any]) -> int:
     return (previous if isinstance(previous, int) else 0) + 1
 
 
+REOPEN_WAIT = 30.0
+"""How long a consumer channel the server closed may stay closed, with the connection
+up, before the consumer subscribes again on a new channel itself."""
+REOPEN_CHECK = 0.5
+
+
 class RabbitConsumer(Consumer):
-    """A subscription on its own channel; cancelling closes the channel."""
+    """A subscription on its own channel; cancelling closes the channel.
+
+    RabbitMQ closes a consumer's channel on its own for some errors, notably
+    when a delivery stays unacked past ``consumer_timeout`` (PRECONDITION_FAILED,
+    "delivery acknowledgement ... timed out"); every message the channel held
+    is then redelivered. aio-pika's robust channel reopens and re-subscribes
+    such a channel (observed with aio-pika 10.2 on RabbitMQ 3.10), but a failed
+    reopen is not retried by anyone, which would silently stop this consumer.
+    So each close is logged with the server's reason, and if the channel is
+    still closed ``reopen_wait`` seconds later while the connection is up, the
+    consumer subscribes again on a new channel.
+    """
 
     def __init__(
         self,
         broker: RabbitBroker,
-        channel: AbstractChannel,
-        queue: AbstractQueue,
-        tag: str,
+        queue_name: str,
         runner: HandlerRunner,
+        prefetch: int,
+        *,
+        reopen_wait: float = REOPEN_WAIT,
     ) -> None:
         self._broker = broker
-        self._channel = channel
-        self._queue = queue
-        self._tag = tag
+        self._queue_name = queue_name
         self._runner = runner
+        self._prefetch = prefetch
+        self._reopen_wait = reopen_wait
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag = ""
         self._cancelled = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def subscribe(self) -> None:
+        """Open a channel, set its prefetch and consume the queue on it."""
+        channel = await self._broker._require().channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=self._prefetch)
+            # Declared (passively) through the robust channel so that aio-pika
+            # re-subscribes it after a reconnect.
+            declared = await _passive(channel, self._queue_name)
+            tag = await declared.consume(self._on_message, no_ack=False)
+        except BaseException:
+            with contextlib.suppress(*_CHANNEL_ERRORS):
+                await channel.close()
+            raise
+        channel.close_callbacks.add(self._on_channel_closed)
+        channel.reopen_callbacks.add(self._on_channel_reopened)
+        self._channel, self._queue, self._tag = channel, declared, tag
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Hand off to a task we own: aiormq cancels its callback tasks when the
+        # channel closes (a broker restart), which would cut a handler off
+        # between two writes. Ours keep going and ride out the restart; their
+        # late ack fails harmlessly and the redelivery finds the work done.
+        self._runner.spawn(RabbitDelivery(message, self._queue_name))
+
+    def _on_channel_closed(self, _: object, exc: BaseException | None) -> None:
+        if self._cancelled:
+            return
+        log.warning(
+            "consumer channel closed; it will be reopened",
+            queue=self._queue_name,
+            reason=_close_reason(exc),
+        )
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._ensure_consuming())
+
+    def _on_channel_reopened(self, _: object) -> None:
+        if not self._cancelled:
+            log.info("consumer channel reopened; consuming again", queue=self._queue_name)
+
+    async def _ensure_consuming(self) -> None:
+        """Subscribe again if the robust channel has not come back by itself in time."""
+        connection = self._broker._connection
+        waited = 0.0
+        while not self._cancelled and connection is not None and not connection.is_closed:
+            channel = self._channel
+            if channel is not None and not channel.is_closed:
+                return
+            if not connection.connected.is_set():
+                waited = 0.0  # reconnecting: the connection restores its channels itself
+            elif waited >= self._reopen_wait:
+                await self._resubscribe()
+                return
+            await asyncio.sleep(REOPEN_CHECK)
+            waited += REOPEN_CHECK
+
+    async def _resubscribe(self) -> None:
+        old = self._channel
+        if old is not None:
+            old.close_callbacks.discard(self._on_channel_closed)
+            old.reopen_callbacks.discard(self._on_channel_reopened)
+            with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+                await old.close()  # never restored later: it would consume a second time
+        try:
+            await self.subscribe()
+        except Exception as exc:
+            log.error(
+                "consumer could not subscribe again; retrying",
+                queue=self._queue_name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self._channel = None
+            self._watchdog = asyncio.get_running_loop().create_task(self._retry_subscribe())
+            return
+        log.warning(
+            "consumer channel stayed closed; subscribed again on a new channel",
+            queue=self._queue_name,
+        )
+
+    async def _retry_subscribe(self) -> None:
+        await asyncio.sleep(self._reopen_wait)
+        if not self._cancelled:
+            await self._resubscribe()
 
     async def cancel(self, *, timeout: float = 10.0) -> None:
         if self._cancelled:
             return
         self._cancelled = True
         self._runner.stop()
-        with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
-            await self._queue.cancel(self._tag, timeout=timeout)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if self._queue is not None:
+            with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+                await self._queue.cancel(self._tag, timeout=timeout)
         await self._runner.drain(timeout)
         # Closing the channel hands every message still unacked back to the queue.
-        with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
-            await self._channel.close()
+        if self._channel is not None:
+            with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+                await self._channel.close()
         self._broker._forget(self)
+
+
+def _close_reason(exc: BaseException | None) -> str:
+    """What the server (or the network) said when a channel closed."""
+    if exc is None:
+        return "closed"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 DEFAULT_HEARTBEAT = 15
@@ -321,27 +440,8 @@ class RabbitBroker(Broker):
     # --- consuming -----------------------------------------------------------------
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Consumer:
-        runner = HandlerRunner(handler, prefetch, queue)
-        channel = await self._require().channel(publisher_confirms=False)
-        try:
-            await channel.set_qos(prefetch_count=prefetch)
-            # Declared (passively) through the robust channel so that aio-pika
-            # re-subscribes it after a reconnect.
-            declared = await _passive(channel, queue)
-
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                # Hand off to a task we own: aiormq cancels its callback tasks when the
-                # channel closes (a broker restart), which would cut a handler off
-                # between two writes. Ours keep going and ride out the restart; their
-                # late ack fails harmlessly and the redelivery finds the work done.
-                runner.spawn(RabbitDelivery(message, queue))
-
-            tag = await declared.consume(on_message, no_ack=False)
-        except BaseException:
-            with contextlib.suppress(*_CHANNEL_ERRORS):
-                await channel.close()
-            raise
-        consumer = RabbitConsumer(self, channel, declared, tag, runner)
+        consumer = RabbitConsumer(self, queue, HandlerRunner(handler, prefetch, queue), prefetch)
+        await consumer.subscribe()
         self._consumers.add(consumer)
         return consumer
 

@@ -48,7 +48,13 @@ from scheduler.registry import WorkflowFunction, workflows
 from scheduler.service import Scheduler
 from worker.backend import connect
 from worker.process import run_until_signalled
-from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_identity
+from worker.service import (
+    DEFAULT_ACK_AFTER,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE,
+    Worker,
+    worker_identity,
+)
 
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
@@ -89,6 +95,14 @@ def resolve_workflow(target: str) -> str:
     )
 
 
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds above zero (argparse turns the ValueError into usage)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def settings_of(args: argparse.Namespace) -> Settings:
     return Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
 
@@ -106,6 +120,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             queues=queues,
             concurrency=args.concurrency,
             grace=args.grace,
+            ack_after=args.ack_after,
         )
         if not args.with_scheduler:
             await run_until_signalled(worker.start, worker.stop, what="worker")
@@ -378,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_GRACE,
         help="seconds running steps get to finish on SIGTERM before they go back to the queue",
+    )
+    worker.add_argument(
+        "--ack-after",
+        type=positive_seconds,
+        default=DEFAULT_ACK_AFTER,
+        help="seconds a step message is held unacked; longer steps are covered by the log "
+        "(keep it well under RabbitMQ's consumer_timeout, 30 min by default)",
     )
     add_metrics_options(worker)
     worker.set_defaults(handler=cmd_worker)

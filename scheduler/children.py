@@ -11,6 +11,7 @@ repaired by doing them again on the next activation.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker import Activation, Broker
@@ -19,6 +20,7 @@ from eventlog.errors import IllegalTransitionError
 from eventlog.events import Event, EventType, NewEvent
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
+from worker.outcome import bounded_error
 
 from .replay import ChildCommand
 
@@ -66,10 +68,22 @@ def parent_of(first: Event) -> tuple[str, str] | None:
     return None
 
 
+Activate = Callable[[Activation], Awaitable[object]]
+
+
 async def report_to_parent(
-    store: EventStore, broker: Broker, parent: tuple[str, str], terminal: Event | NewEvent
+    store: EventStore,
+    broker: Broker,
+    parent: tuple[str, str],
+    terminal: Event | NewEvent,
+    *,
+    activate: Activate | None = None,
 ) -> None:
-    """Record a finished child's outcome as its step's outcome in the parent's log."""
+    """Record a finished child's outcome as its step's outcome in the parent's log.
+
+    The parent's activation is published with ``activate`` if given (a producer's
+    bounded retry), else retried the way daemons retry.
+    """
     parent_run, corr = parent
     kind = terminal.type
     data: dict[str, Any] = {}
@@ -83,11 +97,13 @@ async def report_to_parent(
             EventType.STEP_COMPLETED, corr, {"result": data.get("result")}, attempt=1, max_size=None
         )
     else:
-        error = data.get("error") or {
-            "type": "eventlog.errors.RunCancelled",
-            "message": f"the child run was cancelled: {data.get('reason', '')}",
-            "traceback": "",
-        }
+        error = bounded_error(
+            data.get("error")
+            or {
+                "type": "eventlog.errors.RunCancelled",
+                "message": f"the child run was cancelled: {data.get('reason', '')}",
+            }
+        )
         outcome = NewEvent.of(
             EventType.STEP_FAILED, corr, {"error": error}, attempt=1, max_size=None
         )
@@ -100,4 +116,7 @@ async def report_to_parent(
     except IllegalTransitionError:
         return  # the parent already ended
     activation = Activation(run_id=parent_run, reason="child")
+    if activate is not None:
+        await activate(activation)
+        return
     await retrying("publish activation", lambda: broker.publish_activation(activation))

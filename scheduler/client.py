@@ -2,33 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
+
 from broker import Activation, Broker
 from eventlog.errors import (
+    BrokerError,
     HookNotFoundError,
     IllegalTransitionError,
     ResultTimeoutError,
     RunCancelled,
     RunClosedError,
     RunNotFoundError,
+    ServiceUnavailableError,
     WorkflowFailedError,
 )
 from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
 from eventlog.settings import Settings
 from eventlog.store import EventStore
+from eventlog.text import MAX_MESSAGE, clip, safe_str
 from worker.backend import connect
 
 from .children import parent_of, report_to_parent
 from .registry import WorkflowFunction, WorkflowRegistry, workflows
 
+log = structlog.get_logger("ledgerflow.client")
+
 WAIT_SLICE = 5.0
+DEFAULT_PUBLISH_DEADLINE = 10.0
+"""How long a producer call retries an activation whose cause is already recorded.
+
+Shorter than the minute daemons keep retrying: a producer is usually serving a
+request, and what it recorded is safe without the activation (the reconciler
+sends it), so it should not wait long, and must never fail, for a broker outage."""
+FIRST_RETRY = 0.1
+MAX_RETRY = 2.0
+
+# What a broker outage looks like from a publish: refused, unconfirmed, unreachable, too slow.
+_OUTAGE = (BrokerError, ServiceUnavailableError, OSError, TimeoutError)
 
 
 class RunHandle:
@@ -58,10 +78,16 @@ class Client:
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,
+        publish_deadline: float = DEFAULT_PUBLISH_DEADLINE,
     ) -> None:
         self.store = store
         self.broker = broker
         self.registry = registry
+        if not math.isfinite(publish_deadline) or publish_deadline < 0:
+            raise ValueError(
+                f"publish_deadline must be a finite number >= 0, got {publish_deadline}"
+            )
+        self.publish_deadline = publish_deadline
 
     @classmethod
     @asynccontextmanager
@@ -71,10 +97,11 @@ class Client:
         redis_url: str | None = None,
         *,
         namespace: str | None = None,
+        publish_deadline: float = DEFAULT_PUBLISH_DEADLINE,
     ) -> AsyncIterator[Client]:
         """Connect to RabbitMQ and Redis (URLs from the environment unless given)."""
         async with connect(Settings.from_env(amqp_url, redis_url, namespace)) as backends:
-            yield cls(backends.store, backends.broker)
+            yield cls(backends.store, backends.broker, publish_deadline=publish_deadline)
 
     async def start(
         self,
@@ -87,6 +114,11 @@ class Client:
 
         Starting again with the same run_id (a producer retrying after a timeout)
         records nothing new and returns the same run.
+
+        Once run_created is recorded this returns the handle whatever RabbitMQ
+        does: the activation is retried for up to ``publish_deadline`` seconds
+        and then left to the reconciler (a run created and never started), so a
+        producer never sees an error for a run that exists and starts a second.
         """
         name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
         if isinstance(workflow, WorkflowFunction):
@@ -102,7 +134,7 @@ class Client:
         )
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
-        await self.broker.publish_activation(Activation(run_id=run_id, reason="start"))
+        await self._activate(Activation(run_id=run_id, reason="start"), "run_created")
         return RunHandle(self, run_id)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
@@ -111,6 +143,10 @@ class Client:
         Steps not yet started never start; running steps see
         ``lf.step_context().cancelled``. Cancelling a cancelled run does nothing;
         cancelling a completed or failed one raises RunClosedError.
+
+        A broker outage after run_cancelled is recorded does not raise: telling
+        a parent run is retried for up to ``publish_deadline`` seconds, then left
+        to the reconciler (the parent's log holds an outcome not acted on).
         """
         events = await self.store.read(run_id)
         if not events:
@@ -125,7 +161,10 @@ class Client:
             for hook in state.hooks.values()
             if hook.status == "created"
         ]
-        cancelled = NewEvent.of(EventType.RUN_CANCELLED, data={"reason": reason})
+        # The reason is the caller's text: bounded like every error text recorded.
+        cancelled = NewEvent.of(
+            EventType.RUN_CANCELLED, data={"reason": clip(safe_str(reason), MAX_MESSAGE)}
+        )
         await self.store.append(run_id, [*batch, cancelled])
         for step in state.steps.values():
             if step.child_run_id and step.status in ("created", "started"):
@@ -133,10 +172,20 @@ class Client:
                     await self.cancel(step.child_run_id, f"parent run {run_id} was cancelled")
         parent = parent_of(events[0])
         if parent is not None:
-            await report_to_parent(self.store, self.broker, parent, cancelled)
+            await report_to_parent(
+                self.store,
+                self.broker,
+                parent,
+                cancelled,
+                activate=lambda activation: self._activate(activation, "step_failed"),
+            )
 
     async def resume_hook(self, token: str, payload: Any = None) -> str:
-        """Deliver ``payload`` to the live hook with this token; returns its run id."""
+        """Deliver ``payload`` to the live hook with this token; returns its run id.
+
+        Once hook_received is recorded this returns the run id whatever RabbitMQ
+        does (the activation is retried, then left to the reconciler).
+        """
         owner = await self.store.hook_owner(token)
         if owner is None:
             raise HookNotFoundError(f"no live hook has token {token!r}")
@@ -151,8 +200,44 @@ class Client:
             raise HookNotFoundError(
                 f"the hook with token {token!r} was disposed (run {run_id!r} ended)"
             ) from exc
-        await self.broker.publish_activation(Activation(run_id=run_id, reason="hook"))
+        await self._activate(Activation(run_id=run_id, reason="hook"), "hook_received")
         return run_id
+
+    async def _activate(self, activation: Activation, recorded: str) -> bool:
+        """Publish an activation for something already recorded; False if left to the reconciler.
+
+        Retried with backoff for ``publish_deadline`` seconds in all (each try is
+        cut at the deadline too, including the broker's wait for a reconnect);
+        then a warning says what was not sent. The reconciler finds the recorded
+        event with nothing acting on it and sends the activation itself.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_deadline
+        delay = FIRST_RETRY
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.broker.publish_activation(activation)
+                return True
+            except _OUTAGE as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, MAX_RETRY)
+        log.warning(
+            "activation not published; the reconciler will send it",
+            run_id=activation.run_id,
+            reason=activation.reason,
+            recorded=recorded,
+            tries=tries,
+            deadline_s=self.publish_deadline,
+            error=error,
+        )
+        return False
 
     def get_handle(self, run_id: str) -> RunHandle:
         return RunHandle(self, run_id)

@@ -12,7 +12,6 @@ lost even if the process dies at any point.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass
 
 import structlog
@@ -404,7 +403,4 @@ def _trigger_ms(events: list[Event]) -> int:
 
 
 def _failed(error: BaseException) -> NewEvent:
-    info = error_info(error)
-    if not info["traceback"].strip():
-        info["traceback"] = "".join(traceback.format_exception(error))
-    return NewEvent.of(EventType.RUN_FAILED, data={"error": info}, max_size=None)
+    return NewEvent.of(EventType.RUN_FAILED, data={"error": error_info(error)}, max_size=None)

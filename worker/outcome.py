@@ -7,11 +7,15 @@ from typing import Any
 
 from eventlog.errors import SerializationError
 from eventlog.events import EventType, NewEvent
+from eventlog.text import MAX_MESSAGE, MAX_NAME, clip, safe_str
 from eventlog.timers import Timer, TimerKind
 
 from .retry import RetryPolicy
 
 MAX_TRACEBACK = 8000
+MAX_TRACEBACK_LINE = 1000
+"""One line (or exception message) inside a traceback: the message itself is kept
+in ``message``, so the traceback's copy of it need not repeat thousands of characters."""
 
 
 def type_name(kind: type) -> str:
@@ -22,13 +26,44 @@ def type_name(kind: type) -> str:
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
-    """Type, message and traceback text: what crosses the wire instead of the exception."""
-    kind = type(exc)
-    text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    """Type, message and traceback text: what crosses the wire instead of the exception.
+
+    Every part is bounded, whatever the exception holds: the same error is
+    recorded in step_retrying, step_failed and run_failed, so an unbounded
+    message would be stored once per attempt and again for the run.
+    """
     return {
-        "type": type_name(kind),
-        "message": str(exc),
-        "traceback": text[-MAX_TRACEBACK:],
+        "type": clip(type_name(type(exc)), MAX_NAME),
+        "message": clip(safe_str(exc), MAX_MESSAGE),
+        "traceback": traceback_text(exc),
+    }
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The formatted traceback, each line and the whole bounded (head and tail kept).
+
+    Each piece is clipped as it is produced, so even a chain of exceptions with
+    huge messages never builds a huge string.
+    """
+    try:
+        pieces = traceback.TracebackException.from_exception(exc).format()
+        text = "".join(clip(piece, MAX_TRACEBACK_LINE) for piece in pieces)
+    except Exception as failure:  # formatting runs user __str__/__repr__ code
+        text = f"<traceback unavailable: {type(failure).__name__}>\n"
+    return clip(text, MAX_TRACEBACK)
+
+
+def bounded_error(data: object) -> dict[str, str]:
+    """A recorded error (type, message, traceback) with each part bounded.
+
+    For error data read back from a log and recorded again elsewhere (a child's
+    failure reported to its parent): it may predate the bounds, or be malformed.
+    """
+    fields = data if isinstance(data, dict) else {"message": data}
+    return {
+        "type": clip(safe_str(fields.get("type", "Error")), MAX_NAME),
+        "message": clip(safe_str(fields.get("message", "")), MAX_MESSAGE),
+        "traceback": clip(safe_str(fields.get("traceback", "")), MAX_TRACEBACK),
     }
 
 

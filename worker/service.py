@@ -11,6 +11,17 @@ Every delivery of a step message is an attempt: a redelivery (the previous
 holder died or was stopped mid-step) runs as the next attempt number, so a
 step that kills its worker cannot loop forever; past the policy's attempts it
 is recorded as failed with ``WorkerLostError``.
+
+A message is held unacked for at most ``ack_after`` seconds, well under
+RabbitMQ's ``consumer_timeout`` (30 minutes by default), past which the server
+would close the channel and redeliver everything on it, each redelivery
+another attempt. A message whose steps are still running then is acked early
+("released"): from then on the log (step_started names this worker) and this
+worker's presence mark cover them, as they cover steps run in-process, and the
+reconciler gives a new attempt to a started step whose worker is gone (and
+re-sends a released step that never started). A message still waiting for a
+free slot then is handed back to the tail of its queue (a copy, then an ack:
+not a redelivery, so not an attempt).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import structlog
 from broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
 from eventlog import faults, metrics
 from eventlog.errors import (
+    BrokerError,
     EventLogError,
     RunClosedError,
     SerializationError,
@@ -51,6 +63,11 @@ log = structlog.get_logger("ledgerflow.worker")
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_GRACE = 30.0
+DEFAULT_ACK_AFTER = 600.0
+"""Seconds a step message is held unacked before it is released or handed back.
+
+A third of RabbitMQ's default ``consumer_timeout`` (30 min): lower it with the
+server's timeout, never raise it to meet it."""
 CANCEL_POLL = 0.5
 PRESENCE_TTL_MS = 10_000
 """How long a worker's presence mark outlives its last renewal (renewed every third).
@@ -77,6 +94,20 @@ class _Call:
     kwargs: dict[str, object]
 
 
+@dataclasses.dataclass(slots=True)
+class _Hold:
+    """What one delivery's steps are covered by, and how many of them have a slot.
+
+    ``covered`` is False once no unacked message stands behind the steps (the
+    message was released early, or they were handed over in-process): a step
+    cut off by shutdown then goes back to the queue explicitly, since no
+    redelivery will bring it back.
+    """
+
+    covered: bool = True
+    started: int = 0  # steps that got a slot: from then on they run to their end
+
+
 class Worker:
     """Runs steps from one or more step queues, and steps handed over in-process.
 
@@ -95,7 +126,10 @@ class Worker:
         registry: StepRegistry = steps,
         retry: RetryPolicy | None = None,
         grace: float = DEFAULT_GRACE,
+        ack_after: float = DEFAULT_ACK_AFTER,
     ) -> None:
+        if ack_after <= 0:
+            raise ValueError(f"ack_after must be positive, got {ack_after}")
         self.store = store
         self.broker = broker
         self.registry = registry
@@ -103,6 +137,7 @@ class Worker:
         self.concurrency = concurrency
         self.retry = retry
         self.grace = grace
+        self.ack_after = ack_after
         self.identity = worker_identity()
         self._consumers: list[Consumer] = []
         self._running: Counter[str] = Counter()
@@ -126,7 +161,12 @@ class Worker:
             # shutdown never hands back a message that was only waiting in memory.
             consumer = await self.broker.consume(full, self.handle, prefetch=self.concurrency)
             self._consumers.append(consumer)
-        log.info("worker started", queues=self.queues, concurrency=self.concurrency)
+        log.info(
+            "worker started",
+            queues=self.queues,
+            concurrency=self.concurrency,
+            ack_after=self.ack_after,
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop consuming; let running steps finish within the grace period; hand back the rest."""
@@ -190,19 +230,26 @@ class Worker:
             log.error("local dispatch refused; left to the queue", error=str(exc))
             await retrying("publish steps", lambda: self.broker.publish_steps(messages))
             return
+        hold = _Hold(covered=False)
         await asyncio.gather(
-            *(self._invoke(call, call.message.attempt, local=True) for call in calls)
+            *(self._invoke(call, call.message.attempt, hold, local=True) for call in calls)
         )
 
     async def _drain_local(self, timeout: float) -> None:
-        """Wait for in-process steps; those that overstay go to the queue as a new attempt."""
-        if not self._local:
-            return
-        _, late = await asyncio.wait(set(self._local), timeout=max(timeout, 0.0))
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.gather(*late, return_exceptions=True)
+        """Wait for in-process and released steps; those that overstay go to the queue.
+
+        Looks again after each wait: a consumer still draining may release a
+        message meanwhile, and its steps must be waited for too.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while pending := {t for t in self._local if not t.done()}:
+            _, late = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+            if late:
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                return
 
     # --- steps from the queue --------------------------------------------------------
 
@@ -244,15 +291,111 @@ class Worker:
                 )
                 return
         # Every delivery is an attempt: a redelivery is the next one.
-        extra = max(0, delivery.delivery_count - 1)
-        verdicts = await asyncio.gather(
-            *(self._invoke(call, call.message.attempt + extra) for call in calls)
+        extra = delivery.deliveries_before
+        hold = _Hold()
+        work = asyncio.ensure_future(
+            asyncio.gather(
+                *(self._invoke(call, call.message.attempt + extra, hold) for call in calls)
+            )
         )
-        problems = [v for v in verdicts if v]
+        try:
+            done, _ = await asyncio.wait(
+                {work}, timeout=max(0.0, self.ack_after - delivery.held_for())
+            )
+        except asyncio.CancelledError:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise
+        if not done:
+            if hold.started:
+                await self._release(delivery, work, hold, len(calls))
+            else:
+                await self._give_back(delivery, work)
+            return
+        problems = [v for v in work.result() if v]
         if problems:
             await self._dead_letter(delivery, problems[0])
             return
         await delivery.ack()
+
+    async def _release(
+        self, delivery: Delivery, work: asyncio.Future[list[str]], hold: _Hold, steps: int
+    ) -> None:
+        """Ack a message whose steps run past the hold limit; they go on without it.
+
+        Returning frees the consumer's slot together with RabbitMQ's prefetch
+        slot, so the next delivery is not held unseen behind a long step.
+        """
+        hold.covered = False
+        fields: dict[str, object] = {
+            "queue": delivery.queue,
+            "message_id": delivery.message_id,
+            "steps": steps,
+        }
+        try:
+            await delivery.ack()
+        except BrokerError as exc:
+            log.warning(
+                "could not release a step message; RabbitMQ will deliver it again",
+                **fields,
+                error=str(exc),
+            )
+        else:
+            log.info(
+                "step message released before its steps finished; the log covers them",
+                **fields,
+                started=hold.started,
+                held_s=round(delivery.held_for(), 3),
+            )
+        task = asyncio.get_running_loop().create_task(self._finish_released(work, fields))
+        self._local.add(task)
+        task.add_done_callback(self._local.discard)
+
+    async def _finish_released(
+        self, work: asyncio.Future[list[str]], fields: dict[str, object]
+    ) -> None:
+        try:
+            verdicts = await work
+        except asyncio.CancelledError:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            raise
+        except Exception as exc:
+            # What would have been a redelivery: the log shows the step started here
+            # with no outcome, which the reconciler retries after twice its time limit.
+            log.error(
+                "a step of a released message failed unexpectedly",
+                **fields,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        for problem in filter(None, verdicts):
+            # Too late to dead-letter the message; its step_created is still there, so
+            # the reconciler sends the step again ("step never started").
+            log.error("a step of a released message did not start", **fields, reason=problem)
+
+    async def _give_back(self, delivery: Delivery, work: asyncio.Future[list[str]]) -> None:
+        """A message that waited the whole hold limit for a slot goes to its queue's tail.
+
+        None of its steps started (nothing was recorded), so cancelling them is
+        safe; the copy is not a redelivery, so the wait costs no attempt.
+        """
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        fields = {"queue": delivery.queue, "message_id": delivery.message_id}
+        try:
+            await self.broker.hand_back(delivery)
+        except Exception as exc:
+            log.warning(
+                "could not hand back a waiting step message; returning it instead",
+                **fields,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            if not delivery.settled:
+                with contextlib.suppress(BrokerError):
+                    await delivery.nack(requeue=True)
+            return
+        log.info("step message waited for a free slot too long; handed back", **fields)
 
     def _prepare(self, message: StepMessage) -> _Call:
         """Resolve the step and decode its arguments: UnknownStepError or SerializationError."""
@@ -260,17 +403,26 @@ class Worker:
         args, kwargs = StepDef.decode_args(message.args)
         return _Call(message, definition, args, kwargs)
 
-    async def _invoke(self, call: _Call, attempt: int, *, local: bool = False) -> str:
+    async def _invoke(self, call: _Call, attempt: int, hold: _Hold, *, local: bool = False) -> str:
         """Run one attempt of one step and record it; returns a dead-letter reason or ''."""
         if not local:  # run_local counted its steps when it accepted them
             self._accepted += 1
         try:
-            async with self._slots:
-                return await self._attempt(call, attempt, local)
+            try:
+                await self._slots.acquire()
+            except asyncio.CancelledError:
+                if not hold.covered:  # released before it started: no redelivery brings it
+                    await self._hand_back(call.message, attempt, attempt)
+                raise
+            try:
+                hold.started += 1
+                return await self._attempt(call, attempt, hold)
+            finally:
+                self._slots.release()
         finally:
             self._accepted -= 1
 
-    async def _attempt(self, call: _Call, attempt: int, local: bool) -> str:
+    async def _attempt(self, call: _Call, attempt: int, hold: _Hold) -> str:
         message, definition = call.message, call.definition
         bound = log.bind(**_log_fields(message, attempt))
         policy = self.registry.retry_policy_for(definition.name, self.retry)
@@ -302,16 +454,19 @@ class Worker:
         try:
             event = await self._execute(call, attempt, policy)
         except asyncio.CancelledError:
-            if local:  # a queued step goes back by itself: its message is unacked
-                await self._hand_back(message, attempt)
+            if not hold.covered:  # a covered step goes back by itself: its message is unacked
+                await self._hand_back(message, attempt + 1, attempt)
             raise
         await self._record(message, [event], bound, time.monotonic() - began)
         return ""
 
-    async def _hand_back(self, message: StepMessage, attempt: int) -> None:
-        """An in-process step cut off by shutdown goes to the queue as its next attempt."""
+    async def _hand_back(self, message: StepMessage, next_attempt: int, attempt: int) -> None:
+        """A step no message covers, cut off by shutdown, goes to the queue as ``next_attempt``.
+
+        The next attempt if it had started, the same one if it had not.
+        """
         try:
-            await self.broker.publish_step(dataclasses.replace(message, attempt=attempt + 1))
+            await self.broker.publish_step(dataclasses.replace(message, attempt=next_attempt))
         except Exception as exc:
             # The log still shows it started here; the reconciler retries it once this
             # worker's presence mark has expired.

@@ -164,6 +164,19 @@ async def kills_worker(label: str) -> None:
     os._exit(70)
 
 
+@lf.step(name="fl_shouts", retry=FAST)
+async def shouts(label: str, size: int) -> None:
+    """Fails every attempt with a message of ``size`` characters (start and end marked)."""
+    await count_attempt(label)
+    raise ValueError("START" + "x" * (size - 8) + "END")
+
+
+@lf.workflow(name="fl_shouting")
+async def shouting(size: int) -> None:
+    """The workflow itself raises a message of ``size`` characters."""
+    raise RuntimeError("START" + "y" * (size - 8) + "END")
+
+
 STEPS = {
     "fails_twice": fails_twice,
     "rate_limited": rate_limited,
@@ -175,4 +188,5 @@ STEPS = {
     "slow": slow,
     "slow_heartbeat": slow_heartbeat,
     "kills_worker": kills_worker,
+    "shouts": shouts,
 }

@@ -16,6 +16,7 @@ import pytest
 
 from broker import (
     DEAD_AT_HEADER,
+    EARLIER_DELIVERIES_HEADER,
     QUEUE_HEADER,
     REASON_HEADER,
     Activation,
@@ -223,6 +224,44 @@ async def test_nack_redelivers_with_higher_count(broker: Broker, names: Names) -
     assert (second.redelivered, second.delivery_count) == (True, 2)
     await asyncio.sleep(0.2)
     assert len(recorder.deliveries) == 2
+
+
+async def test_hand_back_is_not_a_delivery_and_keeps_earlier_ones(
+    broker: Broker, names: Names
+) -> None:
+    """A handed-back copy keeps body, headers and id, and the deliveries the original had."""
+    queue = names.step_queue()
+    await broker.publish(queue, b"wait", headers={"trace": "t"}, message_id="m-hb")
+    first = await broker.get(queue, timeout=WAIT)
+    assert first is not None
+    await first.nack(requeue=True)  # a real redelivery: counts
+    second = await broker.get(queue, timeout=WAIT)
+    assert second is not None and second.delivery_count == 2
+    await broker.hand_back(second)  # waiting for a slot: must not count
+    assert second.settled
+    copy = await broker.get(queue, timeout=WAIT)
+    assert copy is not None
+    assert (copy.body, copy.message_id, copy.headers["trace"]) == (b"wait", "m-hb", "t")
+    assert copy.delivery_count == 1 and copy.deliveries_before == 1
+    await broker.hand_back(copy)
+    again = await broker.get(queue, timeout=WAIT)
+    assert again is not None and again.deliveries_before == 1
+    await again.ack()
+    assert await broker.get(queue, timeout=0.3) is None
+
+
+@pytest.mark.parametrize("carried", ["7", -3, True, 10**9, None, 2.5])
+async def test_a_hostile_earlier_deliveries_header_is_bounded(
+    broker: Broker, names: Names, carried: object
+) -> None:
+    queue = names.step_queue()
+    headers = {EARLIER_DELIVERIES_HEADER: carried} if carried is not None else {}
+    await broker.publish(queue, b"x", headers=headers)
+    delivery = await broker.get(queue, timeout=WAIT)
+    assert delivery is not None
+    expected = 1000 if carried == 10**9 else 0
+    assert delivery.deliveries_before == expected
+    await delivery.ack()
 
 
 async def test_handler_exception_redelivers(broker: Broker, names: Names) -> None:
