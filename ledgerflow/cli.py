@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 from eventlog import codec
 from eventlog.derived import repair_run, verify_run
 from eventlog.errors import (
+    ConfigurationError,
     HookNotFoundError,
     LedgerflowError,
     RunCancelled,
@@ -34,7 +36,8 @@ from eventlog.logs import configure_logging
 from eventlog.redis_store import RedisEventStore
 from eventlog.settings import Settings
 from eventlog.store import EventStore
-from eventlog.timeline import render, timeline
+from eventlog.timeline import TimelineRow, render, timeline
+from eventlog.urls import redact_text
 from scheduler.client import Client
 from scheduler.reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
 from scheduler.registry import WorkflowFunction, workflows
@@ -45,7 +48,7 @@ from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_id
 
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
-from .cli_format import EXIT_CODES, json_default
+from .cli_format import EXIT_CODES, json_default, printable
 from .cli_processes import LOOPS, run_with_loop, supervise
 from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
@@ -57,20 +60,29 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3,
 
 
 def import_app(app: str) -> Any:
-    """Import the module that defines the workflows and steps (like ``celery -A``)."""
+    """Import the module that defines the workflows and steps (like ``celery -A``).
+
+    Whatever the module raises while it is imported (a missing dependency, a typo,
+    its own configuration check) is a ConfigurationError naming the module: the
+    process cannot do its job, and a traceback from inside importlib helps nobody.
+    """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(app)
     except ModuleNotFoundError as exc:
-        raise LedgerflowError(f"cannot import APP module {app!r}: {exc}") from exc
+        raise ConfigurationError(f"cannot import APP module {app!r}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"APP module {app!r} raised {type(exc).__name__} while being imported: {exc}"
+        ) from exc
 
 
 def resolve_workflow(target: str) -> str:
     """APP:WORKFLOW -> the registered workflow name (attribute name or registered name)."""
     app, sep, name = target.partition(":")
-    if not sep or not name:
-        raise LedgerflowError(f"expected APP:WORKFLOW, got {target!r}")
+    if not sep or not app or not name:
+        raise ConfigurationError(f"expected APP:WORKFLOW (module:workflow), got {target!r}")
     module = import_app(app)
     attribute = getattr(module, name, None)
     if isinstance(attribute, WorkflowFunction):
@@ -130,7 +142,7 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
 async def cmd_reconciler(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends, exported(args, backends):
         if not isinstance(backends.store, RedisEventStore):
-            raise LedgerflowError("the reconciler needs the Redis event store")
+            raise ConfigurationError("the reconciler needs the Redis event store")
         lease = Lease(
             backends.store.client,
             backends.names,
@@ -162,13 +174,19 @@ async def cmd_reconciler(args: argparse.Namespace) -> int:
 # --- producer and runbook commands ----------------------------------------------------
 
 
+_JSON_KINDS = {list: "list (array)", dict: "object", object: "value"}
+
+
 def _json_arg(text: str, what: str, kind: type) -> Any:
+    """A JSON command-line argument of the expected kind; bad usage (exit 2) otherwise."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LedgerflowError(f"{what} is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
-        raise LedgerflowError(f"{what} must be a JSON {kind.__name__}")
+        raise ConfigurationError(
+            f"{what} must be a JSON {_JSON_KINDS[kind]}, got {type(value).__name__}: {text!r}"
+        )
     return value
 
 
@@ -184,7 +202,9 @@ async def cmd_start(args: argparse.Namespace) -> int:
         try:
             result = await run.result(timeout=args.timeout)
         except (WorkflowFailedError, RunCancelled) as exc:
-            print(f"run {run.run_id} did not complete: {exc}", file=sys.stderr)
+            print(
+                f"run {printable(run.run_id)} did not complete: {printable(exc)}", file=sys.stderr
+            )
             return EXIT_FAILED
         print(json.dumps(result, default=repr))
     return EXIT_OK
@@ -216,7 +236,10 @@ async def cmd_runs_events(args: argparse.Namespace) -> int:
             print(json.dumps(_event_json(event), default=json_default))
     else:
         for event in events:
-            print(f"{event.id:<18} {event.type.value:<15} {event.corr:<6} {event.data!r}")
+            print(
+                f"{printable(event.id):<18} {event.type.value:<15} {printable(event.corr):<6} "
+                f"{printable(repr(event.data))}"
+            )
     return EXIT_OK
 
 
@@ -227,13 +250,23 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], default=json_default))
         return EXIT_OK
-    print(f"run {state.run_id}  workflow {state.workflow}  status {state.status}")
-    print(render(rows))
+    print(
+        f"run {printable(state.run_id)}  workflow {printable(state.workflow)}  "
+        f"status {state.status}"
+    )
+    print(render([_printable_row(row) for row in rows]))
     if state.status == "completed":
-        print(f"result: {state.result!r}")
+        print(f"result: {printable(repr(state.result))}")
     elif state.error is not None:
-        print(f"error: {state.error.type}: {state.error.message}")
+        print(f"error: {printable(state.error.type)}: {printable(state.error.message)}")
     return EXIT_OK
+
+
+def _printable_row(row: TimelineRow) -> TimelineRow:
+    """A timeline row whose stored text (step names, errors, results) is terminal-safe."""
+    return dataclasses.replace(
+        row, entity=printable(row.entity), detail=printable(row.detail), event=printable(row.event)
+    )
 
 
 async def cmd_runs_cancel(args: argparse.Namespace) -> int:
@@ -242,7 +275,7 @@ async def cmd_runs_cancel(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"run_id": args.run_id, "status": "cancelled"}))
     else:
-        print(f"run {args.run_id} cancelled")
+        print(f"run {printable(args.run_id)} cancelled")
     return EXIT_OK
 
 
@@ -253,7 +286,7 @@ async def cmd_hooks_resume(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"token": args.token, "run_id": run_id}))
     else:
-        print(f"hook {args.token} resumed (run {run_id})")
+        print(f"hook {printable(args.token)} resumed (run {printable(run_id)})")
     return EXIT_OK
 
 
@@ -261,7 +294,7 @@ async def _runs_to_check(args: argparse.Namespace, store: EventStore) -> list[st
     if args.run_id:
         return [args.run_id]
     if not args.all:
-        raise LedgerflowError("name a RUN_ID or pass --all")
+        raise ConfigurationError("name a RUN_ID or pass --all")
     found: list[str] = []
     for shard in range(store.names.shards):
         found += [run for run, _ in await store.active_runs(shard, limit=100_000)]
@@ -296,11 +329,11 @@ def _print_checks(
     else:
         for run_id, problems in report.items():
             if not problems:
-                print(f"{run_id}: {verb}")
+                print(f"{printable(run_id)}: {verb}")
                 continue
-            print(f"{run_id}: {'repaired' if fixed else 'INCONSISTENT'}")
+            print(f"{printable(run_id)}: {'repaired' if fixed else 'INCONSISTENT'}")
             for problem in problems:
-                print(f"  - {problem}")
+                print(f"  - {printable(problem)}")
         bad = sum(1 for p in report.values() if p)
         print(f"{len(report)} run(s) checked, {bad} {'repaired' if fixed else 'inconsistent'}")
     return EXIT_FAILED if any(report.values()) else EXIT_OK
@@ -424,28 +457,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     if getattr(args, "processes", 1) < 1:
         parser.error("--processes must be at least 1")
-    if getattr(args, "processes", 1) > 1:
-        return asyncio.run(supervise(argv, args.processes))
     try:
-        if args.command in _RUNS_CODE:
-            return run_with_loop(handler(args), args.loop)
-        # Read-only tools show objects of classes this process cannot import.
-        with codec.inspecting():
-            return run_with_loop(handler(args), args.loop)
+        return _run(args, argv)
     except ServiceUnavailableError as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return _fail(args, exc, EXIT_UNAVAILABLE)
     except (RunNotFoundError, HookNotFoundError) as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except (LedgerflowError, TypeError) as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (UnknownWorkflowError, TypeError)) else EXIT_FAILED
+        return _fail(args, exc, EXIT_NOT_FOUND)
+    except (ConfigurationError, UnknownWorkflowError, TypeError) as exc:
+        return _fail(args, exc, EXIT_USAGE)
+    except LedgerflowError as exc:
+        return _fail(args, exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    if getattr(args, "processes", 1) > 1:
+        # A broken APP is one error here, not N children failing and being restarted.
+        import_app(args.app)
+        return asyncio.run(supervise(argv, args.processes))
+    if args.command in _RUNS_CODE:
+        return run_with_loop(handler(args), args.loop)
+    # Read-only tools show objects of classes this process cannot import.
+    with codec.inspecting():
+        return run_with_loop(handler(args), args.loop)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    """One line on stderr: no URL password, no control character from stored data."""
+    settings = settings_of(args)
+    text = redact_text(str(exc), [settings.amqp_url, settings.redis_url])
+    print(f"ledgerflow: {printable(text)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
