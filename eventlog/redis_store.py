@@ -100,6 +100,11 @@ class RedisEventStore(EventStore):
             ) from exc
         except RedisResponseError as exc:  # NOPERM and kin: the ACL user may not do this
             raise ConfigurationError(f"{where} refused PING: {self._detail(exc)}") from exc
+        except (TypeError, ValueError) as exc:  # redis-py checks URL options on first connect
+            hint = "; TLS options (ssl_*) need rediss://" if "ssl" in str(exc) else ""
+            raise ConfigurationError(
+                f"{where}: the URL's options cannot be used ({self._detail(exc)}){hint}"
+            ) from exc
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             hint = ""
             if self._url.startswith("rediss:") and isinstance(
