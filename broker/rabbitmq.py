@@ -529,6 +529,6 @@ def _connect_error(url: str, exc: BaseException) -> LedgerflowError:
         )
     return ServiceUnavailableError(
         f"cannot connect to RabbitMQ at {where}: {detail}. "
-        "Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) "
+        "Start it (`rabbitmq-server -detached`, or `make services`) "
         "or point the AMQP URL at a running server."
     )
