@@ -1,7 +1,7 @@
 """The ``ledgerflow`` command: processes, producers and runbook commands.
 
 Only argument parsing and wiring live here; each command calls into the layers.
-Exit codes: 0 ok, 1 the run or command failed, 2 bad usage, 3 servers unreachable,
+Exit codes: 0 ok, 1 the run or command failed, 2 bad usage or configuration, 3 servers unreachable,
 4 not found.
 """
 

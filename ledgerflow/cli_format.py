@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 EXIT_CODES = (
-    "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage, "
+    "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage or configuration, "
     "3 RabbitMQ or Redis unreachable, 4 not found"
 )
 

@@ -20,6 +20,7 @@ import pytest
 import ledgerflow as lf
 from broker import QUEUE_HEADER, REASON_HEADER, Activation, encode_message
 from eventlog.events import EventType, NewEvent
+from ledgerflow.cli import build_parser
 from ledgerflow.cli_format import printable
 from tests.apps import arith
 from tests.processes import ROOT, cli
@@ -200,3 +201,9 @@ async def test_dlq_commands_escape_stored_text(servers: Servers, backends: Any) 
         f"reason {HOSTILE}",
         HOSTILE,
     }
+
+
+@pytest.mark.parametrize("command", [["worker", "app"], ["scheduler", "app"], ["reconciler"]])
+def test_metrics_listen_on_this_host_only_by_default(command: list[str]) -> None:
+    args = build_parser().parse_args([*command, "--metrics-port", "9100"])
+    assert (args.metrics_addr, args.metrics_port) == ("127.0.0.1", 9100)
