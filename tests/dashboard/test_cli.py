@@ -172,3 +172,25 @@ def test_the_command_checks_host_and_token(
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_a_port_in_use_is_one_configuration_error(
+    servers: Servers, namespace: str, amqp_cleanup: list[str], redis_client: Any
+) -> None:
+    """uvicorn exits the process (code 3, "unreachable") on a bind failure; we say what it is."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ledgerflow", "dashboard", "--port", str(port)],
+            env=cli_env(servers, namespace),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr.strip().splitlines()[-1]
