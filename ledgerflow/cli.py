@@ -48,7 +48,14 @@ from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_id
 
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
-from .cli_format import EXIT_CODES, json_default, printable
+from .cli_format import (
+    EXIT_CODES,
+    json_default,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    printable,
+)
 from .cli_processes import LOOPS, run_with_loop, supervise
 from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
@@ -342,6 +349,14 @@ def _print_checks(
 # --- parser ---------------------------------------------------------------------------------
 
 
+def lease_ttl(text: str) -> float:
+    """An argparse type: the reconciler's lease, at least 1 ms (Redis expires it in ms)."""
+    value = positive_float(text)
+    if value < 0.001:
+        raise argparse.ArgumentTypeError(f"{text} is shorter than a millisecond")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledgerflow",
@@ -362,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run steps from the step queues")
     worker.add_argument("app", help="module defining the workflows and steps")
-    worker.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    worker.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
     worker.add_argument(
         "--with-scheduler",
@@ -371,13 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--processes",
-        type=int,
+        type=positive_int,
         default=1,
         help="run N worker processes under one supervisor (one core each)",
     )
     worker.add_argument(
         "--grace",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_GRACE,
         help="seconds running steps get to finish on SIGTERM before they go back to the queue",
     )
@@ -392,9 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     reconciler = sub.add_parser(
         "reconciler", help="find and re-enqueue what the queues lost (one active at a time)"
     )
-    reconciler.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
-    reconciler.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
-    reconciler.add_argument("--lease-ttl", type=float, default=10.0)
+    reconciler.add_argument("--stale-after", type=positive_float, default=DEFAULT_STALE_AFTER)
+    reconciler.add_argument("--interval", type=positive_float, default=DEFAULT_INTERVAL)
+    reconciler.add_argument("--lease-ttl", type=lease_ttl, default=10.0)
     add_metrics_options(reconciler)
     reconciler.set_defaults(handler=cmd_reconciler)
 
@@ -404,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     start.add_argument("--run-id", help="idempotency: starting twice with one id starts once")
     start.add_argument("--wait", action="store_true", help="wait for and print the result")
-    start.add_argument("--timeout", type=float, default=None)
+    start.add_argument("--timeout", type=positive_float, default=None)
     start.set_defaults(handler=cmd_start)
 
     runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)

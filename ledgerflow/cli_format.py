@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import re
 import sys
 import time
@@ -140,6 +141,27 @@ def port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number of seconds above zero (a timeout, an interval)."""
+    return _seconds(text, allow_zero=False)
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of seconds, zero allowed (a grace period)."""
+    return _seconds(text, allow_zero=True)
+
+
+def _seconds(text: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "more than 0"
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds ({bound})")
     return value
 
 

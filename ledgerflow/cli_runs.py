@@ -26,6 +26,7 @@ from .cli_format import (
     dump,
     iso,
     iso_json,
+    non_negative_float,
     parse_since,
     positive_int,
     printable,
@@ -270,6 +271,6 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="every unfinished run without progress for --stale-after seconds",
     )
-    redrive.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
+    redrive.add_argument("--stale-after", type=non_negative_float, default=DEFAULT_STALE_AFTER)
     redrive.add_argument("--json", action="store_true")
     redrive.set_defaults(handler=cmd_runs_redrive)

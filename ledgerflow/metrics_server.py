@@ -20,7 +20,7 @@ from eventlog.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, GaugeSampler
 from worker.backend import Backends
 from worker.registry import steps
 
-from .cli_format import port_number
+from .cli_format import port_number, positive_float
 
 log = structlog.get_logger("ledgerflow.metrics")
 
@@ -44,7 +44,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-interval",
-        type=float,
+        type=positive_float,
         default=DEFAULT_SAMPLE_INTERVAL,
         help="seconds between reads of queue depths, active runs and pending timers",
     )

@@ -77,6 +77,12 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], says: str) -> N
         (["worker", "tests.apps.arith", "--metrics-port", "70000"], "70000 is not a port number"),
         (["reconciler", "--metrics-port", "-1"], "-1 is not a port number"),
         (["dashboard", "--port", "65536"], "65536 is not a port number"),
+        (["worker", "tests.apps.arith", "--concurrency", "0"], "invalid positive_int value: '0'"),
+        (["worker", "tests.apps.arith", "--grace", "-1"], "(0 or more)"),
+        (["worker", "tests.apps.arith", "--metrics-interval", "nan"], "(more than 0)"),
+        (["reconciler", "--interval", "0"], "(more than 0)"),
+        (["reconciler", "--lease-ttl", "0.0000001"], "shorter than a millisecond"),
+        (["start", "tests.apps.arith:it_total", "--timeout", "-5"], "(more than 0)"),
         (["--redis-url", "redis://127.0.0.1:notaport/0", "runs", "list"], "port 'notaport'"),
         (["--amqp-url", "amqp://guest:guest@127.0.0.1:99999/", "queues"], "port '99999'"),
         (["--redis-url", "http://127.0.0.1:6379", "runs", "list"], "scheme http://"),
@@ -85,7 +91,7 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], says: str) -> N
 def test_bad_usage_exits_2_with_one_line(args: list[str], says: str) -> None:
     result = bare_cli(*args)
     assert_usage_error(result, says)
-    if not any(arg.startswith("--metrics-port") or arg == "--port" for arg in args):
+    if not result.stderr.startswith("usage:"):
         # Our own errors are one line; argparse's come after its usage block.
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
