@@ -20,20 +20,27 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Start local RabbitMQ / Redis if they are installed here but stopped; otherwise
-# try Docker Compose; otherwise say so (the demo then runs embedded, the tests
-# fail with instructions).
+# run throwaway development containers on 127.0.0.1 (guest/guest, no Redis
+# password: what the tests and the demo default to; compose.yaml is the reference
+# deployment and wants real credentials); otherwise say so (the demo then runs
+# embedded, the tests fail with instructions).
 services:
 	@if ! (echo > /dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
 	  if command -v redis-server >/dev/null; then \
 	    echo "starting redis-server"; mkdir -p /var/lib/redis /var/log/redis; $(REDIS_START); \
-	  elif docker info >/dev/null 2>&1; then docker compose up -d redis; \
+	  elif docker info >/dev/null 2>&1; then \
+	    docker start ledgerflow-dev-redis 2>/dev/null || docker run -d --name ledgerflow-dev-redis \
+	      -p 127.0.0.1:6379:6379 redis:7 redis-server --save "" --appendonly no; \
 	  else echo "Redis is not running on 127.0.0.1:6379 and cannot be started here"; fi; \
 	fi
 	@if ! (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
 	  if command -v rabbitmq-server >/dev/null; then \
 	    echo "starting rabbitmq-server"; rabbitmq-server -detached; \
 	    for i in $$(seq 1 60); do (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; \
-	  elif docker info >/dev/null 2>&1; then docker compose up -d rabbitmq; \
+	  elif docker info >/dev/null 2>&1; then \
+	    docker start ledgerflow-dev-rabbitmq 2>/dev/null || docker run -d --name ledgerflow-dev-rabbitmq \
+	      -p 127.0.0.1:5672:5672 rabbitmq:3.13; \
+	    for i in $$(seq 1 60); do (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; \
 	  else echo "RabbitMQ is not running on 127.0.0.1:5672 and cannot be started here"; fi; \
 	fi
 

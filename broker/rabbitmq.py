@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -42,8 +43,15 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import MessageProcessError
 
-from eventlog.errors import BrokerError, PublishError, ServiceUnavailableError
+from eventlog.errors import (
+    BrokerError,
+    ConfigurationError,
+    LedgerflowError,
+    PublishError,
+    ServiceUnavailableError,
+)
 from eventlog.names import DEFAULT_STEP_QUEUE, Names
+from eventlog.urls import redact, redact_text
 
 from .base import (
     DEFAULT_DELIVERY_LIMIT,
@@ -59,6 +67,21 @@ from .base import (
 from .topology import declare_topology, declare_work_queue, work_queue_arguments
 
 log = structlog.get_logger(__name__)
+
+
+class _RaisedAnyway(logging.Filter):
+    """Drop aiormq's "error when creating transport" line: it re-raises that error at once.
+
+    Every caller reports the failure itself, once, with the URL redacted and a hint
+    (a CLI user sees one line instead of two); a robust connection's own reconnect
+    warnings are separate lines and stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("error when creating transport")
+
+
+logging.getLogger("aiormq.connection").addFilter(_RaisedAnyway())
 
 # Errors aio-pika/aiormq raise when the channel or connection under an operation is gone.
 _CHANNEL_ERRORS = (
@@ -324,11 +347,7 @@ class RabbitBroker(Broker):
                     client_properties={"connection_name": f"ledgerflow:{self.names.namespace}"},
                 )
             except (OSError, aiormq.exceptions.AMQPError) as exc:
-                raise ServiceUnavailableError(
-                    f"cannot connect to RabbitMQ at {_redact(self._url)}: {exc!r}. "
-                    "Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) "
-                    "or point the AMQP URL at a running server."
-                ) from exc
+                raise _connect_error(self._url, exc) from exc
             try:
                 async with _temporary_channel(connection) as channel:
                     await declare_topology(channel, self.names, self.delivery_limit)
@@ -586,12 +605,30 @@ async def _temporary_channel(
                 await channel.close()
 
 
-def _redact(url: str) -> str:
-    """Keep passwords out of error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+def _connect_error(url: str, exc: BaseException) -> LedgerflowError:
+    """What a failed connect means: a login or vhost refused is configuration, not an outage.
+
+    Both are permanent until someone fixes the URL or the server's users, so they are
+    ConfigurationErrors (exit 2); anything else is "unreachable" (exit 3). The URL is
+    always shown redacted, and so is any text of the error that quotes it.
+    """
+    where = redact(url)
+    detail = redact_text(repr(exc), [url])
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return ConfigurationError(
+            f"RabbitMQ at {where} refused the login ({detail}): check the user and password "
+            "in the AMQP URL"
+        )
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        # RabbitMQ answers Connection.Open on a vhost the user may not use with a close.
+        vhost = unquote(urlsplit(url).path[1:]) or "/"
+        return ConfigurationError(
+            f"RabbitMQ at {where} refused to open virtual host {vhost!r}: it does not exist "
+            "or the user has no permissions on it (`rabbitmqctl list_vhosts`, "
+            "`rabbitmqctl list_permissions -p VHOST`)"
+        )
+    return ServiceUnavailableError(
+        f"cannot connect to RabbitMQ at {where}: {detail}. "
+        "Start it (`rabbitmq-server -detached`, or `make services`) "
+        "or point the AMQP URL at a running server."
+    )

@@ -2,7 +2,7 @@
 
 JSON lines when stderr is not a terminal (for log shippers), readable console
 output when it is. Every line carries the process id so lines from a fleet
-can be told apart.
+can be told apart, and no line carries a URL's password (``redact_secrets``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,25 @@ from typing import Any
 
 import structlog
 
+from .urls import redact_text
+
 
 def add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.setdefault("pid", os.getpid())
+    return event
+
+
+def redact_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Hide URL credentials in every text value: an error quoting a URL, a traceback.
+
+    The check before the regex keeps the cost to a substring search on lines
+    without a URL or a query string (nearly all of them).
+    """
+    for key, value in event.items():
+        if isinstance(value, str) and ("://" in value or "=" in value):
+            event[key] = redact_text(value)
     return event
 
 
@@ -39,6 +55,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             add_pid,
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

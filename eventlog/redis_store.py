@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .derived import Expected
 from .errors import (
+    ConfigurationError,
     HookTokenConflictError,
     IllegalTransitionError,
     RunClosedError,
@@ -36,10 +40,13 @@ from .names import Names
 from .retrying import retried
 from .store import START, EventStore, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer
+from .urls import redact, redact_text
 from .watch import StreamWatcher
 
 MAX_CONNECTIONS = 64
 POOL_TIMEOUT = 30.0
+PING_TIMEOUT = 10.0
+"""The start-up check's bound: a TLS client on a plain port waits for a handshake forever."""
 
 
 def _text(value: Any) -> str:
@@ -63,6 +70,7 @@ class RedisEventStore(EventStore):
         self._rewrite = client.register_script(REWRITE_DERIVED_SCRIPT)
         self._defer_check = client.register_script(DEFER_CHECK_SCRIPT)
         self._watcher: StreamWatcher | None = None
+        self._url = ""
 
     @classmethod
     def from_url(cls, url: str, names: Names) -> RedisEventStore:
@@ -78,13 +86,40 @@ class RedisEventStore(EventStore):
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
             retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionResetError],
         )
-        return cls(aioredis.Redis(connection_pool=pool), names, owns_client=True)
+        store = cls(aioredis.Redis(connection_pool=pool), names, owns_client=True)
+        store._url = url
+        return store
 
     async def ping(self) -> None:
+        """One bounded round trip: an outage is "unreachable", a refused login is configuration."""
+        where = f"Redis at {redact(self._url)}" if self._url else "Redis"
         try:
-            await self.client.ping()
-        except (RedisConnectionError, OSError) as exc:
-            raise ServiceUnavailableError(f"Redis is not reachable: {exc}") from exc
+            await asyncio.wait_for(self.client.ping(), PING_TIMEOUT)
+        except RedisAuthenticationError as exc:
+            raise ConfigurationError(
+                f"{where} refused the login ({self._detail(exc)}): check the user and "
+                "password in the Redis URL"
+            ) from exc
+        except RedisResponseError as exc:  # NOPERM and kin: the ACL user may not do this
+            raise ConfigurationError(f"{where} refused PING: {self._detail(exc)}") from exc
+        except (TypeError, ValueError) as exc:  # redis-py checks URL options on first connect
+            hint = "; TLS options (ssl_*) need rediss://" if "ssl" in str(exc) else ""
+            raise ConfigurationError(
+                f"{where}: the URL's options cannot be used ({self._detail(exc)}){hint}"
+            ) from exc
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            hint = ""
+            if self._url.startswith("rediss:") and isinstance(
+                exc, (TimeoutError, RedisTimeoutError)
+            ):
+                hint = " (no TLS handshake answer: does that port serve TLS?)"
+            raise ServiceUnavailableError(
+                f"{where} is not reachable: {self._detail(exc)}{hint}"
+            ) from exc
+
+    def _detail(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return redact_text(text, [self._url] if self._url else [])
 
     def _run_keys(self, run_id: str) -> list[str]:
         """The keys the append and the rewrite scripts touch, in their KEYS order."""

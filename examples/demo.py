@@ -84,7 +84,7 @@ def main() -> int:
     except ServiceUnavailableError as exc:
         print(
             f"\n{exc}\nRabbitMQ and Redis are needed for the real demo "
-            "(`docker compose up -d rabbitmq redis`, or see README).\n"
+            "(`make services` starts local ones, or see README).\n"
             "Running the same workflow in embedded in-memory mode instead (--embedded):\n"
         )
         asyncio.run(run_embedded())

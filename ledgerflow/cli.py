@@ -1,7 +1,7 @@
 """The ``ledgerflow`` command: processes, producers and runbook commands.
 
 Only argument parsing and wiring live here; each command calls into the layers.
-Exit codes: 0 ok, 1 the run or command failed, 2 bad usage, 3 servers unreachable,
+Exit codes: 0 ok, 1 the run or command failed, 2 bad usage or configuration, 3 servers unreachable,
 4 not found.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,6 +20,7 @@ from typing import Any
 from eventlog import codec
 from eventlog.derived import repair_run, verify_run
 from eventlog.errors import (
+    ConfigurationError,
     HookNotFoundError,
     LedgerflowError,
     RunCancelled,
@@ -35,7 +36,8 @@ from eventlog.logs import configure_logging
 from eventlog.redis_store import RedisEventStore
 from eventlog.settings import Settings
 from eventlog.store import EventStore
-from eventlog.timeline import render, timeline
+from eventlog.timeline import TimelineRow, render, timeline
+from eventlog.urls import redact_text
 from scheduler import watchdog
 from scheduler.client import Client
 from scheduler.reconciler import (
@@ -58,7 +60,14 @@ from worker.service import (
 
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
-from .cli_format import EXIT_CODES, json_default
+from .cli_format import (
+    EXIT_CODES,
+    json_default,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    printable,
+)
 from .cli_processes import LOOPS, run_with_loop, supervise
 from .cli_queues import register as register_queues
 from .cli_replay import register as register_replay
@@ -70,20 +79,29 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3,
 
 
 def import_app(app: str) -> Any:
-    """Import the module that defines the workflows and steps (like ``celery -A``)."""
+    """Import the module that defines the workflows and steps (like ``celery -A``).
+
+    Whatever the module raises while it is imported (a missing dependency, a typo,
+    its own configuration check) is a ConfigurationError naming the module: the
+    process cannot do its job, and a traceback from inside importlib helps nobody.
+    """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(app)
     except ModuleNotFoundError as exc:
-        raise LedgerflowError(f"cannot import APP module {app!r}: {exc}") from exc
+        raise ConfigurationError(f"cannot import APP module {app!r}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"APP module {app!r} raised {type(exc).__name__} while being imported: {exc}"
+        ) from exc
 
 
 def resolve_workflow(target: str) -> str:
     """APP:WORKFLOW -> the registered workflow name (attribute name or registered name)."""
     app, sep, name = target.partition(":")
-    if not sep or not name:
-        raise LedgerflowError(f"expected APP:WORKFLOW, got {target!r}")
+    if not sep or not app or not name:
+        raise ConfigurationError(f"expected APP:WORKFLOW (module:workflow), got {target!r}")
     module = import_app(app)
     attribute = getattr(module, name, None)
     if isinstance(attribute, WorkflowFunction):
@@ -154,7 +172,7 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
 async def cmd_reconciler(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends, exported(args, backends):
         if not isinstance(backends.store, RedisEventStore):
-            raise LedgerflowError("the reconciler needs the Redis event store")
+            raise ConfigurationError("the reconciler needs the Redis event store")
         lease = Lease(
             backends.store.client,
             backends.names,
@@ -187,13 +205,19 @@ async def cmd_reconciler(args: argparse.Namespace) -> int:
 # --- producer and runbook commands ----------------------------------------------------
 
 
+_JSON_KINDS = {list: "list (array)", dict: "object", object: "value"}
+
+
 def _json_arg(text: str, what: str, kind: type) -> Any:
+    """A JSON command-line argument of the expected kind; bad usage (exit 2) otherwise."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LedgerflowError(f"{what} is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
-        raise LedgerflowError(f"{what} must be a JSON {kind.__name__}")
+        raise ConfigurationError(
+            f"{what} must be a JSON {_JSON_KINDS[kind]}, got {type(value).__name__}: {text!r}"
+        )
     return value
 
 
@@ -209,7 +233,9 @@ async def cmd_start(args: argparse.Namespace) -> int:
         try:
             result = await run.result(timeout=args.timeout)
         except (WorkflowFailedError, RunCancelled) as exc:
-            print(f"run {run.run_id} did not complete: {exc}", file=sys.stderr)
+            print(
+                f"run {printable(run.run_id)} did not complete: {printable(exc)}", file=sys.stderr
+            )
             return EXIT_FAILED
         print(json.dumps(result, default=repr))
     return EXIT_OK
@@ -241,7 +267,10 @@ async def cmd_runs_events(args: argparse.Namespace) -> int:
             print(json.dumps(_event_json(event), default=json_default))
     else:
         for event in events:
-            print(f"{event.id:<18} {event.type.value:<15} {event.corr:<6} {event.data!r}")
+            print(
+                f"{printable(event.id):<18} {event.type.value:<15} {printable(event.corr):<6} "
+                f"{printable(repr(event.data))}"
+            )
     return EXIT_OK
 
 
@@ -252,13 +281,23 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], default=json_default))
         return EXIT_OK
-    print(f"run {state.run_id}  workflow {state.workflow}  status {state.status}")
-    print(render(rows))
+    print(
+        f"run {printable(state.run_id)}  workflow {printable(state.workflow)}  "
+        f"status {state.status}"
+    )
+    print(render([_printable_row(row) for row in rows]))
     if state.status == "completed":
-        print(f"result: {state.result!r}")
+        print(f"result: {printable(repr(state.result))}")
     elif state.error is not None:
-        print(f"error: {state.error.type}: {state.error.message}")
+        print(f"error: {printable(state.error.type)}: {printable(state.error.message)}")
     return EXIT_OK
+
+
+def _printable_row(row: TimelineRow) -> TimelineRow:
+    """A timeline row whose stored text (step names, errors, results) is terminal-safe."""
+    return dataclasses.replace(
+        row, entity=printable(row.entity), detail=printable(row.detail), event=printable(row.event)
+    )
 
 
 async def cmd_runs_cancel(args: argparse.Namespace) -> int:
@@ -267,7 +306,7 @@ async def cmd_runs_cancel(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"run_id": args.run_id, "status": "cancelled"}))
     else:
-        print(f"run {args.run_id} cancelled")
+        print(f"run {printable(args.run_id)} cancelled")
     return EXIT_OK
 
 
@@ -278,7 +317,7 @@ async def cmd_hooks_resume(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"token": args.token, "run_id": run_id}))
     else:
-        print(f"hook {args.token} resumed (run {run_id})")
+        print(f"hook {printable(args.token)} resumed (run {printable(run_id)})")
     return EXIT_OK
 
 
@@ -286,7 +325,7 @@ async def _runs_to_check(args: argparse.Namespace, store: EventStore) -> list[st
     if args.run_id:
         return [args.run_id]
     if not args.all:
-        raise LedgerflowError("name a RUN_ID or pass --all")
+        raise ConfigurationError("name a RUN_ID or pass --all")
     found: list[str] = []
     for shard in range(store.names.shards):
         found += [run for run, _ in await store.active_runs(shard, limit=100_000)]
@@ -321,11 +360,11 @@ def _print_checks(
     else:
         for run_id, problems in report.items():
             if not problems:
-                print(f"{run_id}: {verb}")
+                print(f"{printable(run_id)}: {verb}")
                 continue
-            print(f"{run_id}: {'repaired' if fixed else 'INCONSISTENT'}")
+            print(f"{printable(run_id)}: {'repaired' if fixed else 'INCONSISTENT'}")
             for problem in problems:
-                print(f"  - {problem}")
+                print(f"  - {printable(problem)}")
         bad = sum(1 for p in report.values() if p)
         print(f"{len(report)} run(s) checked, {bad} {'repaired' if fixed else 'inconsistent'}")
     return EXIT_FAILED if any(report.values()) else EXIT_OK
@@ -337,20 +376,18 @@ def _print_checks(
 def add_stall_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stall-budget",
-        type=positive_seconds,
+        type=positive_float,
         default=watchdog.DEFAULT_BUDGET,
         help="seconds workflow code may run without awaiting before its run fails "
         f"(default {watchdog.DEFAULT_BUDGET:g}; scheduler and --with-scheduler)",
     )
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+def lease_ttl(text: str) -> float:
+    """An argparse type: the reconciler's lease, at least 1 ms (Redis expires it in ms)."""
+    value = positive_float(text)
+    if value < 0.001:
+        raise argparse.ArgumentTypeError(f"{text} is shorter than a millisecond")
     return value
 
 
@@ -374,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run steps from the step queues")
     worker.add_argument("app", help="module defining the workflows and steps")
-    worker.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    worker.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     add_stall_budget(worker)
     worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
     worker.add_argument(
@@ -384,13 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--processes",
-        type=int,
+        type=positive_int,
         default=1,
         help="run N worker processes under one supervisor (one core each)",
     )
     worker.add_argument(
         "--grace",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_GRACE,
         help="seconds running steps get to finish on SIGTERM before they go back to the queue",
     )
@@ -413,12 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconciler = sub.add_parser(
         "reconciler", help="find and re-enqueue what the queues lost (one active at a time)"
     )
-    reconciler.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
-    reconciler.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
-    reconciler.add_argument("--lease-ttl", type=float, default=10.0)
+    reconciler.add_argument("--stale-after", type=positive_float, default=DEFAULT_STALE_AFTER)
+    reconciler.add_argument("--interval", type=positive_float, default=DEFAULT_INTERVAL)
+    reconciler.add_argument("--lease-ttl", type=lease_ttl, default=10.0)
     reconciler.add_argument(
         "--max-recheck",
-        type=float,
+        type=positive_float,
         default=DEFAULT_MAX_RECHECK,
         help="longest delay (s) before a run checked with nothing to do is checked again",
     )
@@ -431,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     start.add_argument("--run-id", help="idempotency: starting twice with one id starts once")
     start.add_argument("--wait", action="store_true", help="wait for and print the result")
-    start.add_argument("--timeout", type=float, default=None)
+    start.add_argument("--timeout", type=positive_float, default=None)
     start.set_defaults(handler=cmd_start)
 
     runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
@@ -484,28 +521,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     if getattr(args, "processes", 1) < 1:
         parser.error("--processes must be at least 1")
-    if getattr(args, "processes", 1) > 1:
-        return asyncio.run(supervise(argv, args.processes))
     try:
-        if args.command in _RUNS_CODE:
-            return run_with_loop(handler(args), args.loop)
-        # Read-only tools show objects of classes this process cannot import.
-        with codec.inspecting():
-            return run_with_loop(handler(args), args.loop)
+        return _run(args, argv)
     except ServiceUnavailableError as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return _fail(args, exc, EXIT_UNAVAILABLE)
     except (RunNotFoundError, HookNotFoundError) as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except (LedgerflowError, TypeError) as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (UnknownWorkflowError, TypeError)) else EXIT_FAILED
+        return _fail(args, exc, EXIT_NOT_FOUND)
+    except (ConfigurationError, UnknownWorkflowError, TypeError) as exc:
+        return _fail(args, exc, EXIT_USAGE)
+    except LedgerflowError as exc:
+        return _fail(args, exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    if getattr(args, "processes", 1) > 1:
+        # A broken APP is one error here, not N children failing and being restarted.
+        import_app(args.app)
+        return asyncio.run(supervise(argv, args.processes))
+    if args.command in _RUNS_CODE:
+        return run_with_loop(handler(args), args.loop)
+    # Read-only tools show objects of classes this process cannot import.
+    with codec.inspecting():
+        return run_with_loop(handler(args), args.loop)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    """One line on stderr: no URL password, no control character from stored data."""
+    settings = settings_of(args)
+    text = redact_text(str(exc), [settings.amqp_url, settings.redis_url])
+    print(f"ledgerflow: {printable(text)}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -21,7 +21,16 @@ from eventlog.errors import BrokerError, MalformedMessageError
 from worker.backend import connect
 
 from . import cli
-from .cli_format import EXIT_CODES, Progress, dump, iso, iso_json, positive_int, table
+from .cli_format import (
+    EXIT_CODES,
+    Progress,
+    dump,
+    iso,
+    iso_json,
+    positive_int,
+    printable,
+    table,
+)
 
 
 async def _depth(broker: Broker) -> int:
@@ -108,11 +117,14 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
         )
     else:
         for letter in requeued:
-            print(f"requeued {letter.id} to {letter.queue}")
+            print(f"requeued {printable(letter.id)} to {printable(letter.queue)}")
         for key, error in failed.items():
-            print(f"ledgerflow: {key} stays in the dead queue: {error}", file=sys.stderr)
+            print(
+                f"ledgerflow: {printable(key)} stays in the dead queue: {printable(error)}",
+                file=sys.stderr,
+            )
         for key in missing:
-            print(f"ledgerflow: no dead message {key!r}", file=sys.stderr)
+            print(f"ledgerflow: no dead message {printable(repr(key))}", file=sys.stderr)
         if args.all and not chosen:
             print("dead queue is empty")
     if failed:
@@ -138,7 +150,10 @@ async def cmd_dlq_purge(args: argparse.Namespace) -> int:
 
 
 def _not_found(key: str) -> int:
-    print(f"ledgerflow: no dead message {key!r} (ids as in `ledgerflow dlq list`)", file=sys.stderr)
+    print(
+        f"ledgerflow: no dead message {printable(repr(key))} (ids as in `ledgerflow dlq list`)",
+        file=sys.stderr,
+    )
     return cli.EXIT_NOT_FOUND
 
 
@@ -163,7 +178,8 @@ def _letter_json(letter: DeadLetter, *, full: bool) -> dict[str, Any]:
 
 
 def _print_letter(letter: DeadLetter) -> None:
-    print(f"message {letter.id}")
+    """Every field a dead message carries, each made terminal-safe: all of it is hostile."""
+    print(f"message {printable(letter.id)}")
     for label, value in (
         ("original queue", letter.queue),
         ("reason", letter.reason),
@@ -174,19 +190,22 @@ def _print_letter(letter: DeadLetter) -> None:
         ("step", letter.step),
     ):
         if value:
-            print(f"  {label + ':':<16}{value}")
+            print(f"  {label + ':':<16}{printable(value)}")
     print("  headers:")
-    for key, value in sorted(letter.headers.items()):
-        print(f"    {key}: {value!r}")
+    for key, value in sorted(letter.headers.items(), key=lambda item: str(item[0])):
+        print(f"    {printable(key)}: {printable(repr(value))}")
     if letter.message is not None:
         print("  body (decoded):")
         for field in dataclasses.fields(letter.message):
             value = getattr(letter.message, field.name)
             if isinstance(letter.message, StepMessage) and field.name == "args":
                 value = f"<{len(value)} bytes> {value.hex()[:64]}"
-            print(f"    {field.name}: {value}")
+            print(f"    {field.name}: {printable(value)}")
     else:
-        print(f"  body ({len(letter.body)} bytes, not a ledgerflow message: {letter.decode_error})")
+        print(
+            f"  body ({len(letter.body)} bytes, not a ledgerflow message: "
+            f"{printable(letter.decode_error)})"
+        )
         print(f"    {letter.body.hex()}")
 
 

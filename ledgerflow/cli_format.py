@@ -3,12 +3,21 @@
 Operators read these at 3 a.m. in a terminal, and scripts parse the ``--json``
 form, so tables go to stdout, the progress bar only to a terminal's stderr
 (never into a pipe or a test's captured output), and JSON is one document.
+
+Run ids, step names, error messages and dead-letter reasons are stored data
+that anyone able to start a run or publish a message chose. Every such value
+goes through ``printable`` before it reaches a terminal, so an escape sequence
+in it cannot clear the screen, rewrite an earlier line, retitle the window or
+reorder text with a bidi override. (The ``--json`` forms need nothing more:
+``json.dumps`` escapes every control and non-ASCII character.)
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import math
 import re
 import sys
 import time
@@ -16,11 +25,20 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 EXIT_CODES = (
-    "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage, "
+    "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage or configuration, "
     "3 RabbitMQ or Redis unreachable, 4 not found"
 )
 
 _CELL_LIMIT = 48
+
+# C0 and C1 controls (ESC, CR, BS, NEL, CSI ...), DEL, the invisible format
+# characters that reorder or hide text (bidi embeddings, overrides and isolates,
+# zero-width marks), line and paragraph separators, and lone surrogates (which
+# would make ``print`` raise instead of print).
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -40,9 +58,28 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    text = text.replace("\n", " ")
+    text = "" if value is None else printable(value)
     return text if len(text) <= _CELL_LIMIT else text[: _CELL_LIMIT - 3] + "..."
+
+
+def printable(value: object) -> str:
+    """``str(value)`` safe for a terminal, on one line: control characters shown escaped.
+
+    ``\\x1b[2J`` prints as the six characters ``\\x1b[2J``, a newline as ``\\n``, a
+    right-to-left override as ``\\u202e``. Printable text, other languages included,
+    is left alone.
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def iso(ms: int | None) -> str:
@@ -94,6 +131,38 @@ def parse_since(text: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535 (0 where the option means "off" or "any")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number of seconds above zero (a timeout, an interval)."""
+    return _seconds(text, allow_zero=False)
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of seconds, zero allowed (a grace period)."""
+    return _seconds(text, allow_zero=True)
+
+
+def _seconds(text: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "more than 0"
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds ({bound})")
+    return value
 
 
 def positive_int(text: str) -> int:

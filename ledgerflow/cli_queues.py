@@ -36,7 +36,7 @@ from worker.backend import connect
 from worker.registry import steps
 
 from . import cli
-from .cli_format import EXIT_CODES, age, dump, table
+from .cli_format import EXIT_CODES, age, dump, printable, table
 
 FROM_LOG = (
     "OLDEST of step and runs queues is from the event log: steps created and not yet"
@@ -145,7 +145,7 @@ async def cmd_queues(args: argparse.Namespace) -> int:
     print(FROM_LOG)
     notes = dict.fromkeys(r.note for r in rows if r.note and r.exists)
     for note in notes:
-        print(f"OLDEST {note}")
+        print(f"OLDEST {printable(note)}")
     return cli.EXIT_OK
 
 

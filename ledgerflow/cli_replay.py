@@ -17,6 +17,7 @@ from scheduler.history import HistoryError, dump_history, load_history, replay
 # The module, not its names: cli.py may import this one at its top, while it is
 # itself still being imported (names are looked up when a command runs).
 from . import cli
+from .cli_format import printable
 
 
 async def cmd_runs_export(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ async def cmd_runs_export(args: argparse.Namespace) -> int:
         dump_history(events, sys.stdout, run_id=args.run_id)
         return cli.EXIT_OK
     count = dump_history(events, args.output, run_id=args.run_id)
-    print(f"exported {count} events of run {args.run_id} to {args.output}")
+    print(f"exported {count} events of run {printable(args.run_id)} to {printable(args.output)}")
     return cli.EXIT_OK
 
 
@@ -43,17 +44,17 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     try:
         history = load_history(args.file)
     except HistoryError as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
+        print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
         return cli.EXIT_USAGE
     try:
         result = replay(history, name)
     except ReplayDivergenceError as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
+        print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
         return cli.EXIT_FAILED
     except HistoryError as exc:
-        print(f"ledgerflow: {exc}", file=sys.stderr)
+        print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
         return cli.EXIT_USAGE
-    print(result.summary())
+    print(printable(result.summary()))
     return cli.EXIT_OK
 
 

@@ -28,8 +28,10 @@ from .cli_format import (
     dump,
     iso,
     iso_json,
+    non_negative_float,
     parse_since,
     positive_int,
+    printable,
     table,
 )
 
@@ -93,7 +95,7 @@ async def cmd_runs_state(args: argparse.Namespace) -> int:
     at = len(events) if args.at is None else args.at
     if not 1 <= at <= len(events):
         print(
-            f"ledgerflow: --at {at} is out of range: run {args.run_id!r} has "
+            f"ledgerflow: --at {at} is out of range: run {printable(repr(args.run_id))} has "
             f"{len(events)} events, numbered 1..{len(events)} as in `runs show`",
             file=sys.stderr,
         )
@@ -104,15 +106,16 @@ async def cmd_runs_state(args: argparse.Namespace) -> int:
         dump(_state_json(state, at, len(events), last.type.value, last.ts))
         return cli.EXIT_OK
     print(
-        f"run {state.run_id}  workflow {state.workflow}  status {state.status}  "
+        f"run {printable(state.run_id)}  workflow {printable(state.workflow)}  "
+        f"status {state.status}  "
         f"as of event {at}/{len(events)} ({last.type.value} at {iso(last.ts)})"
     )
     if state.status == "completed":
-        print(f"result: {state.result!r}")
+        print(f"result: {printable(repr(state.result))}")
     elif state.error is not None:
-        print(f"error: {_error(state.error)}")
+        print(f"error: {printable(_error(state.error))}")
     elif state.cancel_reason is not None:
-        print(f"cancelled: {state.cancel_reason}")
+        print(f"cancelled: {printable(state.cancel_reason)}")
     rows: list[tuple[Any, ...]] = []
     for step in state.steps.values():
         outcome = _error(step.error) if step.error else ""
@@ -224,13 +227,13 @@ async def cmd_runs_redrive(args: argparse.Namespace) -> int:
     else:
         for run_id, actions in done.items():
             if not actions:
-                print(f"{run_id}: finished, nothing to re-enqueue")
+                print(f"{printable(run_id)}: finished, nothing to re-enqueue")
                 continue
-            print(f"{run_id}:")
+            print(f"{printable(run_id)}:")
             for action in actions:
-                print(f"  re-enqueued {action.entity}: {action.reason}")
+                print(f"  re-enqueued {printable(action.entity)}: {printable(action.reason)}")
         for run_id in missing:
-            print(f"{run_id}: no such run", file=sys.stderr)
+            print(f"{printable(run_id)}: no such run", file=sys.stderr)
         if args.all_stuck and not run_ids:
             print(f"no unfinished run without progress for {args.stale_after:g}s")
     return cli.EXIT_NOT_FOUND if missing else cli.EXIT_OK
@@ -284,6 +287,6 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="every unfinished run without progress for --stale-after seconds",
     )
-    redrive.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER)
+    redrive.add_argument("--stale-after", type=non_negative_float, default=DEFAULT_STALE_AFTER)
     redrive.add_argument("--json", action="store_true")
     redrive.set_defaults(handler=cmd_runs_redrive)

@@ -20,21 +20,31 @@ from eventlog.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, GaugeSampler
 from worker.backend import Backends
 from worker.registry import steps
 
+from .cli_format import port_number, positive_float
+
 log = structlog.get_logger("ledgerflow.metrics")
+
+DEFAULT_ADDR = "127.0.0.1"
+"""Loopback unless asked: step and queue names are nobody else's business."""
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The metrics options every long-running command takes."""
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_number,
         default=0,
         help="serve Prometheus metrics on this port at /metrics (0: off)",
     )
-    parser.add_argument("--metrics-addr", default="0.0.0.0", help="address to serve metrics on")
+    parser.add_argument(
+        "--metrics-addr",
+        default=DEFAULT_ADDR,
+        help="address to serve metrics on (default %(default)s: this host only; "
+        "0.0.0.0 for a Prometheus on another host)",
+    )
     parser.add_argument(
         "--metrics-interval",
-        type=float,
+        type=positive_float,
         default=DEFAULT_SAMPLE_INTERVAL,
         help="seconds between reads of queue depths, active runs and pending timers",
     )

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,9 +44,15 @@ def cli(
 
 @contextmanager
 def processes(
-    servers: Servers, namespace: str, commands: Sequence[Sequence[str]]
+    servers: Servers,
+    namespace: str,
+    commands: Sequence[Sequence[str]],
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Run `ledgerflow <command>` processes for the block; SIGTERM (then SIGKILL) after."""
+    """Run `ledgerflow <command>` processes for the block; SIGTERM (then SIGKILL) after.
+
+    ``env`` overrides variables of ``cli_env`` (other server URLs, say).
+    """
     # Logs go to files, never to a pipe nobody reads: a full pipe would block the
     # process the moment it logs a burst (say, reconnect warnings during an outage).
     log_dir = Path(tempfile.mkdtemp(prefix=f"lf-{namespace}-"))
@@ -56,7 +62,7 @@ def processes(
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "ledgerflow", *command],
-                    env=cli_env(servers, namespace),
+                    env={**cli_env(servers, namespace), **(env or {})},
                     cwd=ROOT,
                     stdout=subprocess.DEVNULL,
                     stderr=log_file,

@@ -22,7 +22,7 @@ Point LEDGERFLOW_AMQP_URL / LEDGERFLOW_REDIS_URL at running servers, or start lo
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \\
       --dir /var/lib/redis --logfile /var/log/redis/ci.log
   rabbitmq-server -detached
-or run `docker compose up -d rabbitmq redis` where Docker is available."""
+or run `make services` (local servers, or development containers where Docker runs)."""
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from broker import Broker, MemoryBroker, RabbitBroker
-from eventlog.errors import ServiceUnavailableError
+from eventlog.errors import ConfigurationError, LedgerflowError, ServiceUnavailableError
 from eventlog.memory_store import MemoryEventStore
 from eventlog.names import Names
 from eventlog.redis_store import RedisEventStore
 from eventlog.settings import Settings
 from eventlog.store import EventStore
+from eventlog.urls import check_url, redact, redact_text
 
 
 @dataclass(frozen=True)
@@ -22,26 +23,47 @@ class Backends:
     names: Names
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+AMQP_SCHEMES = ("amqp", "amqps")
+
+
 @asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Backends]:
-    """Redis and RabbitMQ, checked up front so a missing server is one clear error."""
+    """Redis and RabbitMQ, checked up front so a missing server is one clear error.
+
+    A malformed URL, a refused login or a queue declared with other settings is a
+    ConfigurationError (fix the deployment); only a server that cannot be reached
+    is a ServiceUnavailableError. Either way the message shows the URL redacted.
+    """
+    check_url(settings.redis_url, REDIS_SCHEMES, "Redis")
+    check_url(settings.amqp_url, AMQP_SCHEMES, "RabbitMQ")
     names = Names(settings.namespace)
-    store = RedisEventStore.from_url(settings.redis_url, names)
+    store = _redis_store(settings.redis_url, names)
     broker = RabbitBroker(settings.amqp_url, names)
     try:
         await store.ping()
         try:
             await broker.connect()
-        except ServiceUnavailableError:
+        except LedgerflowError:
             raise
         except Exception as exc:
+            detail = redact_text(f"{type(exc).__name__}: {exc}", [settings.amqp_url])
             raise ServiceUnavailableError(
-                f"RabbitMQ at {settings.amqp_url} is not reachable: {exc}"
+                f"RabbitMQ at {redact(settings.amqp_url)} is not reachable: {detail}"
             ) from exc
         yield Backends(store=store, broker=broker, names=names)
     finally:
         await broker.close()
         await store.close()
+
+
+def _redis_store(url: str, names: Names) -> RedisEventStore:
+    """The store for ``url``; redis-py's complaints about its options become one clear error."""
+    try:
+        return RedisEventStore.from_url(url, names)
+    except (ValueError, TypeError) as exc:
+        detail = redact_text(str(exc), [url])
+        raise ConfigurationError(f"Redis URL {redact(url)!r} is not usable: {detail}") from exc
 
 
 @asynccontextmanager

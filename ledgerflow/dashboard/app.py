@@ -4,10 +4,17 @@ The page is plain HTML and JavaScript served from ``static/`` (no build step).
 It renders every value with ``textContent``, never as markup, and the
 Content-Security-Policy below allows no inline script at all, so a payload
 that contains HTML cannot run in the browser of whoever looks at it.
+
+Every request passes ``guard`` first (see ``access``): a Host header naming
+another site is refused (DNS rebinding), ``/api`` wants the bearer token when
+one is set, and a POST must be a same-origin JSON request. No GET changes
+anything: the one route with an effect (reading the dead queue takes and
+returns its messages) is ``POST /api/dlq``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Final
@@ -20,6 +27,7 @@ from broker import Broker
 from eventlog.store import EventStore
 
 from . import queries
+from .access import Access
 from .jsonsafe import JsonValue
 
 STATIC: Final = Path(__file__).parent / "static"
@@ -34,20 +42,28 @@ SECURITY_HEADERS: Final = {
     "Cache-Control": "no-store",
 }
 
+MAX_BODY: Final = 1024
+"""A POST body is a few options; anything longer is refused unread."""
 
-def create_app(store: EventStore, broker: Broker) -> FastAPI:
+JSON_TYPE: Final = "application/json"
+
+
+def create_app(store: EventStore, broker: Broker, access: Access | None = None) -> FastAPI:
     """The app over connected backends; whoever created them closes them.
 
-    Responses are JSON values already (see ``queries``), so no response models:
-    FastAPI would only validate them again.
+    ``access`` defaults to loopback Host names and no token. Responses are JSON
+    values already (see ``queries``), so no response models: FastAPI would only
+    validate them again.
     """
+    rules = access if access is not None else Access()
     app = FastAPI(title="ledgerflow dashboard", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
-    async def security_headers(
+    async def guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        response = await call_next(request)
+        refused = _refusal(rules, request)
+        response = refused if refused is not None else await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -77,9 +93,55 @@ def create_app(store: EventStore, broker: Broker) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no run {run_id!r}")
         return detail
 
-    @app.get("/api/dlq", response_model=None)
-    async def dlq(limit: Annotated[int, Query()] = 100) -> dict[str, JsonValue]:
+    @app.post("/api/dlq", response_model=None)
+    async def dlq(request: Request) -> dict[str, JsonValue]:
+        """A POST because looking takes every message off the dead queue and puts it back."""
+        options = await _json_body(request)
+        limit = options.get("limit", 100)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise ValueError(f"limit must be an integer, got {limit!r}")
         return await queries.dead_letters(broker, limit=limit)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _refusal(rules: Access, request: Request) -> Response | None:
+    """The response that refuses ``request``, or None to let it through."""
+    if not rules.host_allowed(request.headers.get("host")):
+        return JSONResponse(
+            {"detail": "this dashboard does not answer to that Host name (--allowed-host)"},
+            status_code=400,
+        )
+    if not request.url.path.startswith("/api"):
+        return None
+    if not rules.token_accepted(request.headers.get("authorization")):
+        return JSONResponse(
+            {"detail": "a bearer token is required (LEDGERFLOW_DASHBOARD_TOKEN)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if request.method not in ("GET", "HEAD") and not rules.origin_allowed(
+        request.headers.get("origin")
+    ):
+        return JSONResponse({"detail": "cross-origin request refused"}, status_code=403)
+    return None
+
+
+async def _json_body(request: Request) -> dict[str, object]:
+    """A small JSON object body; any other content type is refused (a form cannot send JSON)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != JSON_TYPE:
+        raise HTTPException(status_code=415, detail=f"send the options as {JSON_TYPE}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise HTTPException(status_code=413, detail=f"body over {MAX_BODY} bytes")
+    try:
+        options = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        raise ValueError("the body is not valid JSON") from None
+    if not isinstance(options, dict):
+        raise ValueError("the body must be a JSON object")
+    return options

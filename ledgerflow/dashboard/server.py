@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
+
+from eventlog.errors import ConfigurationError
 
 
 class _Server(uvicorn.Server):
@@ -22,6 +25,22 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, with a bind failure as a ConfigurationError (exit 2).
+
+        uvicorn logs the cause (address in use, not an address of this host) and
+        calls ``sys.exit(3)``, which would end the whole process from inside the
+        event loop, with the CLI's code for "servers unreachable".
+        """
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            config = self.config
+            raise ConfigurationError(
+                f"the dashboard could not listen on {config.host}:{config.port}: the address "
+                "is in use or not one of this host's (uvicorn's ERROR line says which)"
+            ) from None
 
 
 class DashboardServer:
@@ -39,15 +58,19 @@ class DashboardServer:
         deadline = loop.time() + timeout
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # raises what stopped it (port taken, ...)
-                raise RuntimeError("the dashboard server stopped before it started")
+                self._failed_to_start()
             if loop.time() > deadline:
                 raise TimeoutError(f"the dashboard server did not start within {timeout}s")
             await asyncio.sleep(0.02)
 
+    def _failed_to_start(self) -> None:
+        assert self._task is not None
+        self._task.result()  # raises what stopped it (see _Server.startup)
+        raise RuntimeError("the dashboard server stopped before it started")
+
     async def stop(self) -> None:
         self._server.should_exit = True
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             await self._task
 
     @property

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from broker import Broker, Delivery, RabbitBroker
-from broker.rabbitmq import _redact
 from eventlog.errors import ConfigurationError, ServiceUnavailableError
 from eventlog.names import Names
 from tests.servers import Servers
@@ -120,8 +119,3 @@ async def test_unreachable_server_is_service_unavailable(names: Names) -> None:
         await broker.connect()
     assert "secret" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value)
-
-
-def test_redact_hides_password_only() -> None:
-    assert _redact("amqp://u:pw@h:5672/vh") == "amqp://u:***@h:5672/vh"
-    assert _redact("amqp://h/") == "amqp://h/"

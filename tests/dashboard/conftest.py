@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import ledgerflow as lf
+from ledgerflow.dashboard.access import Access
 from ledgerflow.dashboard.app import create_app
 from ledgerflow.dashboard.server import DashboardServer
 from tests.apps import dashboard as apps
@@ -27,6 +28,27 @@ async def dashboard(backends: Any) -> AsyncIterator[str]:
         yield server.url
     finally:
         await server.stop()
+
+
+TOKEN = "t0ken-for-the-dashboard-tests"
+
+
+@pytest.fixture
+async def serve_dashboard(backends: Any) -> AsyncIterator[Callable[[Access], Awaitable[str]]]:
+    """Start dashboards with given access rules; each returns its base URL; all stop after."""
+    servers: list[DashboardServer] = []
+
+    async def serve(access: Access) -> str:
+        server = DashboardServer(create_app(backends.store, backends.broker, access), port=0)
+        await server.start()
+        servers.append(server)
+        return server.url
+
+    try:
+        yield serve
+    finally:
+        for server in servers:
+            await server.stop()
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ async def test_dlq_lists_without_taking(
     http: httpx.AsyncClient, garbage_dead_letter: str, backends: Any
 ) -> None:
     for _ in range(2):  # looking twice changes nothing
-        body = (await http.get("/api/dlq")).json()
+        body = (await http.post("/api/dlq", json={})).json()
         assert body["depth"] == 1
         assert body["queue"] == backends.names.dead_queue
         [message] = body["messages"]

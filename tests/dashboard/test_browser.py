@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard.conftest import MARKUP, Runs
+from ledgerflow.dashboard.access import Access
+from tests.dashboard.conftest import MARKUP, TOKEN, Runs
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 TIMEOUT_MS = 15_000
@@ -172,3 +173,34 @@ async def test_dashboard_in_chromium(
     assert reason is not None and "malformed" in reason
     assert await page.locator("#dlq-view b").count() == 0, "message body markup was rendered"
     assert await backends.broker.queue_depth(backends.names.dead_queue) == 1
+
+
+async def test_dashboard_with_a_token_in_chromium(
+    page: Any, serve_dashboard: Any, finished_runs: Runs, backends: Any
+) -> None:
+    """The page asks for the token once, keeps it in the tab, and sends it with every call."""
+    base = await serve_dashboard(Access(token=TOKEN))
+    await page.goto(f"{base}/#/runs")
+    await page.wait_for_selector("body[data-state=token] #token-view:not([hidden])")
+    assert await page.locator("#token-rejected").is_hidden()
+    assert await page.locator("#runs-table tbody tr").count() == 0
+
+    await page.fill("#token-input", "not-the-token")
+    await page.click("#token-submit")
+    await page.wait_for_selector("body[data-state=token] #token-rejected:not([hidden])")
+
+    await page.fill("#token-input", TOKEN)
+    await page.press("#token-input", "Enter")
+    await _ready(page)
+    assert await _listed(page) == {finished_runs.parallel, finished_runs.failing}
+    assert await page.evaluate("Object.values(sessionStorage)") == [TOKEN]
+    assert await page.context.cookies() == []
+
+    # The dead-letter view is a POST with the same token; a reload keeps the tab's token.
+    await page.click("#nav-dlq")
+    await page.wait_for_selector("#dlq-view:not([hidden])")
+    await _ready(page)
+    assert await page.text_content("#dlq-depth") == "0"
+    await page.reload()
+    await _ready(page)
+    assert await page.locator("#token-view").is_hidden()

@@ -38,15 +38,53 @@ function payload(value, summary) {
   ]);
 }
 
-async function api(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+// The API token, if the server wants one (LEDGERFLOW_DASHBOARD_TOKEN): asked for once,
+// kept in this tab's sessionStorage, sent as a bearer header (never a cookie, which a
+// browser would also attach to requests another site makes).
+const TOKEN_KEY = "ledgerflow-dashboard-token";
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = "Bearer " + token;
+  const response = await fetch(path, { ...options, headers });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401) throw new Unauthorized(body.detail || "token required");
   if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
   return body;
 }
 
+function post(path, payload) {
+  // JSON, so a cross-site form or image cannot make the same request.
+  return api(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(payload),
+  });
+}
+
+function askForToken() {
+  const rejected = sessionStorage.getItem(TOKEN_KEY) !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("#token-rejected").hidden = !rejected;
+  show("token-view");
+  $("#token-input").focus();
+}
+
+function useToken() {
+  const token = $("#token-input").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("#token-input").value = "";
+  render();
+}
+
 function show(view) {
-  for (const id of ["runs-view", "run-view", "dlq-view"]) $("#" + id).hidden = id !== view;
+  for (const id of ["runs-view", "run-view", "dlq-view", "token-view"]) {
+    $("#" + id).hidden = id !== view;
+  }
 }
 
 function route() {
@@ -200,7 +238,7 @@ async function showRun(runId) {
 
 async function showDlq() {
   const mine = rendering;
-  const data = await api("/api/dlq?limit=200");
+  const data = await post("/api/dlq", { limit: 200 });
   if (mine !== rendering) return; // a newer view was asked for meanwhile
   $("#dlq-queue").textContent = data.queue;
   $("#dlq-depth").textContent = String(data.depth);
@@ -236,6 +274,11 @@ async function render() {
     if (mine === rendering) document.body.dataset.state = "ready";
   } catch (error) {
     if (mine !== rendering) return;
+    if (error instanceof Unauthorized) {
+      askForToken();
+      document.body.dataset.state = "token";
+      return;
+    }
     $("#error").textContent = String(error.message || error);
     $("#error").hidden = false;
     document.body.dataset.state = "error";
@@ -245,6 +288,10 @@ async function render() {
 window.addEventListener("hashchange", render);
 document.addEventListener("DOMContentLoaded", () => {
   $("#refresh").addEventListener("click", render);
+  $("#token-submit").addEventListener("click", useToken);
+  $("#token-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") useToken();
+  });
   $("#workflow-filter").addEventListener("change", (event) =>
     setRunsFilter({ workflow: event.target.value.trim() }),
   );
