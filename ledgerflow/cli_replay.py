@@ -17,6 +17,7 @@ from scheduler.history import HistoryError, dump_history, load_history, replay
 # The module, not its names: cli.py may import this one at its top, while it is
 # itself still being imported (names are looked up when a command runs).
 from . import cli
+from .cli_args import run_id_arg
 
 
 async def cmd_runs_export(args: argparse.Namespace) -> int:
@@ -63,7 +64,7 @@ def register(
 ) -> None:
     """Add ``replay`` to the top-level commands and ``export`` to ``runs``."""
     export = runs.add_parser("export", help="a run's log as a history file (JSON Lines)")
-    export.add_argument("run_id")
+    export.add_argument("run_id", type=run_id_arg)
     export.add_argument("--output", "-o", help="write to FILE instead of stdout")
     export.set_defaults(handler=cmd_runs_export)
 

@@ -21,6 +21,7 @@ from eventlog.errors import (
 )
 from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
+from eventlog.names import check_hook_token, check_run_id
 from eventlog.settings import Settings
 from eventlog.store import EventStore
 from worker.backend import connect
@@ -86,14 +87,15 @@ class Client:
         """Record run_created and activate the run; idempotent for a given ``run_id``.
 
         Starting again with the same run_id (a producer retrying after a timeout)
-        records nothing new and returns the same run.
+        records nothing new and returns the same run. A run id is 1-200 letters,
+        digits, ``_ . - :`` (lf.InvalidArgumentError otherwise).
         """
         name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
         if isinstance(workflow, WorkflowFunction):
             workflow.definition.check_args(args, kwargs)
         elif name in self.registry:
             self.registry.get(name).check_args(args, kwargs)
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         created = NewEvent.of(
             EventType.RUN_CREATED,
             data={"workflow": name, "args": list(args), "kwargs": kwargs},
@@ -137,7 +139,7 @@ class Client:
 
     async def resume_hook(self, token: str, payload: Any = None) -> str:
         """Deliver ``payload`` to the live hook with this token; returns its run id."""
-        owner = await self.store.hook_owner(token)
+        owner = await self.store.hook_owner(check_hook_token(token))
         if owner is None:
             raise HookNotFoundError(f"no live hook has token {token!r}")
         run_id, corr = owner
