@@ -358,18 +358,24 @@ class Broker(ABC):
         await self.dead_letter(delivery, reason)
         return None
 
-    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def dead_letter(
+        self, delivery: Delivery, reason: str, *, body: bytes | None = None
+    ) -> None:
         """Park a message on the dead queue with why and where from, then ack the original.
 
         The copy is confirmed before the ack, so a crash in between leaves two
-        copies rather than none.
+        copies rather than none. ``body`` replaces the original body in the copy:
+        a batch whose other steps were run parks only the steps it refused.
         """
         headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
         headers[REASON_HEADER] = reason
         headers[QUEUE_HEADER] = delivery.queue
         headers[DEAD_AT_HEADER] = int(time.time() * 1000)
         await self.publish(
-            self.names.dead_queue, delivery.body, headers=headers, message_id=delivery.message_id
+            self.names.dead_queue,
+            delivery.body if body is None else body,
+            headers=headers,
+            message_id=delivery.message_id,
         )
         await delivery.ack()
 
