@@ -20,6 +20,7 @@ from eventlog import codec
 from eventlog.derived import repair_run, verify_run
 from eventlog.errors import (
     HookNotFoundError,
+    InvalidArgumentError,
     LedgerflowError,
     RunCancelled,
     RunNotFoundError,
@@ -43,7 +44,7 @@ from worker.backend import connect
 from worker.process import run_until_signalled
 from worker.service import DEFAULT_CONCURRENCY, DEFAULT_GRACE, Worker, worker_identity
 
-from .cli_args import hook_token_arg, run_id_arg
+from .cli_args import run_id_arg
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
 from .cli_format import EXIT_CODES, json_default
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="hooks", required=True
     )
     resume = hooks.add_parser("resume", help="send a payload to a waiting hook")
-    resume.add_argument("token", type=hook_token_arg)
+    resume.add_argument("token")  # checked by resume_hook: an old hook's token still resumes
     resume.add_argument("--payload", default="null", help="JSON payload")
     resume.add_argument("--json", action="store_true")
     resume.set_defaults(handler=cmd_hooks_resume)
@@ -448,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_FOUND
     except (LedgerflowError, TypeError) as exc:
         print(f"ledgerflow: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (UnknownWorkflowError, TypeError)) else EXIT_FAILED
+        usage = (UnknownWorkflowError, InvalidArgumentError, TypeError)
+        return EXIT_USAGE if isinstance(exc, usage) else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
 

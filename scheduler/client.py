@@ -21,6 +21,7 @@ from eventlog.errors import (
 )
 from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
+from eventlog.integrity import MAX_KEY
 from eventlog.names import check_hook_token, check_run_id
 from eventlog.settings import Settings
 from eventlog.store import EventStore
@@ -138,9 +139,15 @@ class Client:
             await report_to_parent(self.store, self.broker, parent, cancelled)
 
     async def resume_hook(self, token: str, payload: Any = None) -> str:
-        """Deliver ``payload`` to the live hook with this token; returns its run id."""
-        owner = await self.store.hook_owner(check_hook_token(token))
+        """Deliver ``payload`` to the live hook with this token; returns its run id.
+
+        A token outside the rule raises lf.InvalidArgumentError saying what is allowed,
+        unless a live hook created before the rule existed holds it (it stays
+        resumable: looking a token up writes nothing).
+        """
+        owner = await self.store.hook_owner(token) if _may_be_indexed(token) else None
         if owner is None:
+            check_hook_token(token)
             raise HookNotFoundError(f"no live hook has token {token!r}")
         run_id, corr = owner
         received = NewEvent.of(
@@ -183,6 +190,11 @@ class Client:
             cursor, events = await self.store.wait_for(
                 run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
             )
+
+
+def _may_be_indexed(token: object) -> bool:
+    """Worth a lookup: a string no longer than any token the index ever held."""
+    return isinstance(token, str) and 0 < len(token) <= MAX_KEY
 
 
 def _outcome(run_id: str, event: Event) -> Any:

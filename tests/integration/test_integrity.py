@@ -91,6 +91,20 @@ async def test_a_hook_token_outside_the_rule_is_refused_by_resume(running: lf.Cl
             await running.resume_hook(token, 1)
 
 
+async def test_a_live_hook_from_before_the_token_rule_stays_resumable(
+    running: lf.Client, backends: Any, redis_client: aioredis.Redis, namespace: str
+) -> None:
+    """Its token breaks today's rule, but it was created when that was allowed."""
+    run = await running.start(waiting.approval, f"{namespace}-legacy")
+    await wait_for_events(running, run.run_id, lambda ev: bool(of(ev, EventType.HOOK_CREATED)))
+    names = backends.names
+    legacy = "order 42 (legacy)"
+    owner = await redis_client.hget(names.hook_tokens(), f"approve-{namespace}-legacy")
+    await redis_client.hset(names.hook_tokens(), legacy, owner)
+    assert await running.resume_hook(legacy, "still works") == run.run_id
+    assert await run.result(timeout=30) == "still works"
+
+
 async def test_the_cli_refuses_bad_run_ids_and_tokens_as_bad_usage(
     servers: Servers, namespace: str
 ) -> None:
