@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from broker.base import MAX_REASON, bounded_reason
 from broker.messages import (
     SCHEMA_VERSION,
     Activation,
@@ -226,3 +227,11 @@ def test_an_attempt_past_the_bound_is_malformed() -> None:
 def test_child_and_generated_run_ids_pass() -> None:
     for run_id in ("0f3c9a", "order-42", "parent.s3", "tenant:7.s1.s2", "A_b-c.d:e"):
         assert decode_message(encode_message(Activation(run_id))) == Activation(run_id)
+
+
+def test_dead_letter_reasons_are_bounded_head_and_tail_kept() -> None:
+    assert bounded_reason("short") == "short"
+    reason = bounded_reason("a" * 10 + "b" * 300_000 + "c" * 10)
+    assert len(reason) < MAX_REASON + 100
+    assert reason.startswith("a" * 10) and reason.endswith("c" * 10)
+    assert "[298020 characters cut]" in reason

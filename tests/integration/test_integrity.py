@@ -136,6 +136,21 @@ async def test_an_activation_with_a_bad_run_id_is_dead_lettered(
     await wait_for_events(scheduling, run.run_id, lambda ev: bool(of(ev, EventType.STEP_CREATED)))
 
 
+async def test_a_huge_name_in_a_step_message_is_parked_with_a_bounded_reason(
+    scheduling: lf.Client, backends: Any, worker: Worker, label: str
+) -> None:
+    """The reason quotes the name: uncut, its header frame made RabbitMQ drop the connection."""
+    await worker.start()
+    hostile = StepMessage("run-1", "s1", "n" * 300_000, 1, b"\x92\x90\x80", "default")
+    await backends.broker.publish_step(hostile)
+    dead = await dead_letter(backends)
+    reason = str(dead.headers[REASON_HEADER])
+    assert reason.startswith("no step named 'nnnn") and "characters cut" in reason
+    assert len(reason) < 2100
+    run = await scheduling.start(integrity.charge_one, label, 4)  # the worker still serves
+    assert await run.result(timeout=30) == 4
+
+
 # --- item 6: delays that cannot be honoured -------------------------------------------------
 
 
