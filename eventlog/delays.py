@@ -21,8 +21,6 @@ MAX_DELAY_MS = int(MAX_DELAY_S * 1000)
 MAX_DUE_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: the latest absolute due time an append accepts."""
 
-Delay = float | int | decimal.Decimal | dt.timedelta
-
 
 def delay_seconds(value: object, what: str) -> float:
     """``value`` as seconds within [0, MAX_DELAY_S]; negative counts as 0.
