@@ -198,7 +198,11 @@ class Worker:
         )
         for call, verdict in zip(calls, verdicts, strict=True):
             if verdict:  # no message to park: the reconciler finds the step unstarted
-                log.error("in-process step refused", **_log_fields(call.message, 1), reason=verdict)
+                log.error(
+                    "in-process step refused",
+                    **_log_fields(call.message, call.message.attempt),
+                    reason=verdict,
+                )
 
     async def _drain_local(self, timeout: float) -> None:
         """Wait for in-process steps; those that overstay go to the queue as a new attempt."""
