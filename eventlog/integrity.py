@@ -24,6 +24,8 @@ from .delays import MAX_DELAY_MS, MAX_DUE_MS
 from .errors import AppendArgumentError, HookTokenConflictError
 from .events import EventType, NewEvent
 from .names import (
+    CORR_LUA_PATTERN,
+    CORR_RE,
     HOOK_TOKEN_LUA_PATTERN,
     HOOK_TOKEN_RE,
     MAX_CORR,
@@ -56,6 +58,7 @@ _FINGERPRINT_RE = re.compile(rf"^[0-9a-f]{{{FINGERPRINT_LEN}}}\Z")
 _MEMBER_RE = re.compile(r"^([a-z]+)\|([^|]+)\|([^|]+)\|([0-9]{1,10})\|([0-9]{1,15})\Z")
 _TIMER_KINDS = frozenset(k.value for k in TimerKind)
 _RUN_ID_RULE = f"use 1-{MAX_RUN_ID} characters: letters, digits, _ . - :"
+_CORR_RULE = f"use 1-{MAX_CORR} printable ASCII characters, no spaces or |"
 
 
 def call_fingerprint(step_name: str, args: bytes) -> str:
@@ -104,8 +107,8 @@ def _problem(run_id: str, w: Wire) -> tuple[str, str] | None:
         return "type", "unknown event type"
     if kind == "run" and w.corr != "":
         return "corr", "must be empty for a run event"
-    if kind != "run" and (w.corr == "" or len(w.corr) > MAX_CORR or "|" in w.corr):
-        return "corr", f"use 1-{MAX_CORR} characters, no '|'"
+    if kind != "run" and not CORR_RE.match(w.corr):
+        return "corr", _CORR_RULE
     if w.attempt != "" and not (_ATTEMPT_RE.match(w.attempt) and int(w.attempt) <= MAX_ATTEMPT):
         return "attempt", f"empty or an integer from 0 to {MAX_ATTEMPT}"
     key = _key_problem(w)
@@ -120,7 +123,7 @@ def _problem(run_id: str, w: Wire) -> tuple[str, str] | None:
         match is None
         or match[1] not in _TIMER_KINDS
         or match[2] != run_id
-        or len(match[3]) > MAX_CORR
+        or not CORR_RE.match(match[3])
     ):
         return "timer", "not a timer entry of this run (kind|run|corr|attempt|timeout)"
     digits, limit = (w.due[1:], MAX_DELAY_MS) if w.due.startswith("+") else (w.due, MAX_DUE_MS)
@@ -132,7 +135,7 @@ def _problem(run_id: str, w: Wire) -> tuple[str, str] | None:
 def _key_problem(w: Wire) -> str | None:
     if w.key == "":
         return None
-    if len(w.key) > MAX_KEY:
+    if len(w.key.encode("utf-8", "surrogatepass")) > MAX_KEY:  # bytes, as Lua counts
         return f"longer than {MAX_KEY} characters"
     role = KEY_ROLE.get(EventType(w.type))  # other types ignore the slot
     if role == KEY_TOKEN and not HOOK_TOKEN_RE.match(w.key):
@@ -156,6 +159,9 @@ local TIMER_KIND = {{{kinds}}}
 local function badarg(where, field, etype, detail)
   return {{'error', 'badarg', where, field, etype, detail}}
 end
+local function corr_ok(s)
+  return #s >= 1 and #s <= {MAX_CORR} and string.find(s, '{CORR_LUA_PATTERN}') ~= nil
+end
 local function digits(s, most)
   return #s >= 1 and #s <= most and string.find(s, '^%d+$') ~= nil
 end
@@ -178,8 +184,8 @@ for i = 1, n do
   if kind == 'run' and corr ~= '' then
     return badarg(where, 'corr', etype, 'must be empty for a run event')
   end
-  if kind ~= 'run' and (corr == '' or #corr > {MAX_CORR} or string.find(corr, '|', 1, true)) then
-    return badarg(where, 'corr', etype, "use 1-{MAX_CORR} characters, no '|'")
+  if kind ~= 'run' and not corr_ok(corr) then
+    return badarg(where, 'corr', etype, "{_CORR_RULE}")
   end
   if attempt_s ~= '' and not (digits(attempt_s, 10) and tonumber(attempt_s) <= {MAX_ATTEMPT}) then
     return badarg(where, 'attempt', etype, 'empty or an integer from 0 to {MAX_ATTEMPT}')
@@ -206,7 +212,7 @@ for i = 1, n do
   if member ~= '' then
     local tkind, trun, tcorr = string.match(member, '^(%l+)|([^|]+)|([^|]+)|%d+|%d+$')
     local parts = {{string.match(member, '|(%d+)|(%d+)$')}}
-    if not tkind or not TIMER_KIND[tkind] or trun ~= run_id or #tcorr > {MAX_CORR}
+    if not tkind or not TIMER_KIND[tkind] or trun ~= run_id or not corr_ok(tcorr)
         or #parts[1] > 10 or #parts[2] > 15 then
       return badarg(where, 'timer', etype,
         'not a timer entry of this run (kind|run|corr|attempt|timeout)')

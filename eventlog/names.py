@@ -36,8 +36,12 @@ HOOK_TOKEN_CHARS = "printable ASCII without spaces or '|'"
 HOOK_TOKEN_RE = re.compile(rf"^[\x21-\x7b\x7d\x7e]{{1,{MAX_HOOK_TOKEN}}}\Z")
 HOOK_TOKEN_LUA_PATTERN = "^[!-{}~]+$"  # 0x21-0x7b, 0x7d, 0x7e: the same set
 
-# Correlation ids (s1, s2, ...) of steps, waits and hooks: also in timer members.
+# Correlation ids (s1, s2, ...) of steps, waits and hooks: also in timer members and
+# hash field names. ASCII, so a length means the same to Python and to Lua (bytes).
 MAX_CORR = 64
+CORR_CHARS = HOOK_TOKEN_CHARS
+CORR_RE = re.compile(rf"^[\x21-\x7b\x7d\x7e]{{1,{MAX_CORR}}}\Z")
+CORR_LUA_PATTERN = HOOK_TOKEN_LUA_PATTERN
 
 
 def check_run_id(run_id: object) -> str:
@@ -60,10 +64,10 @@ def check_hook_token(token: object) -> str:
 
 def check_corr(corr: object) -> str:
     """A step/wait/hook id as a queue message or timer entry carries it."""
-    if isinstance(corr, str) and 0 < len(corr) <= MAX_CORR and "|" not in corr:
+    if isinstance(corr, str) and CORR_RE.match(corr):
         return corr
     raise InvalidArgumentError(
-        f"invalid step/wait/hook id {_shown(corr)}: use 1-{MAX_CORR} characters, no '|'"
+        f"invalid step/wait/hook id {_shown(corr)}: use 1-{MAX_CORR} characters, {CORR_CHARS}"
     )
 
 

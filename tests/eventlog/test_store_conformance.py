@@ -982,6 +982,12 @@ def _bad_last_events(run_id: str) -> dict[str, tuple[NewEvent, str]]:
     return {
         "corr with a bar": (ev(E.WAIT_CREATED, "w|9", {"due": 1}), "corr"),
         "corr too long": (ev(E.WAIT_CREATED, "w" * 65, {"due": 1}), "corr"),
+        "corr with a space": (ev(E.WAIT_CREATED, "w 9", {"due": 1}), "corr"),
+        "corr not ascii": (ev(E.WAIT_CREATED, "é" * 40, {"due": 1}), "corr"),
+        "workflow name too long in bytes": (
+            NewEvent.of(E.RUN_STARTED, workflow="é" * 300),
+            "key",
+        ),
         "entity without corr": (ev(E.WAIT_CREATED, "", {"due": 1}), "corr"),
         "run event with corr": (ev(E.RUN_STARTED, "s1"), "corr"),
         "negative attempt": (ev(E.STEP_CREATED, "s9", attempt=-1), "attempt"),
