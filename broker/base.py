@@ -38,6 +38,8 @@ MAX_IN_FLIGHT: Final = 1000
 """Unconfirmed publishes one ``publish_many`` keeps outstanding; bounds memory, not speed."""
 
 STEPS_PER_MESSAGE: Final = 32
+MAX_REASON: Final = 2000
+"""Characters of a dead-letter reason kept in its header (an AMQP frame is 128 KB)."""
 """Steps of one run that ``publish_steps`` packs into one message.
 
 Large enough that a fan-out's publishing cost drops by an order of magnitude
@@ -382,19 +384,24 @@ class Broker(ABC):
         await self.dead_letter(delivery, reason)
         return None
 
-    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def dead_letter(
+        self, delivery: Delivery, reason: str, *, body: bytes | None = None
+    ) -> None:
         """Park a message on the dead queue with why and where from, then ack the original.
 
         The copy is confirmed before the ack, so a crash in between leaves two
-        copies rather than none.
+        copies rather than none. ``body`` replaces the original body in the copy:
+        a batch whose other steps were run parks only the steps it refused.
         """
         headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
-        # Reasons quote errors and message contents; a header must fit in one frame.
-        headers[REASON_HEADER] = clip(reason, MAX_REASON)
+        headers[REASON_HEADER] = bounded_reason(reason)
         headers[QUEUE_HEADER] = delivery.queue
         headers[DEAD_AT_HEADER] = int(time.time() * 1000)
         await self.publish(
-            self.names.dead_queue, delivery.body, headers=headers, message_id=delivery.message_id
+            self.names.dead_queue,
+            delivery.body if body is None else body,
+            headers=headers,
+            message_id=delivery.message_id,
         )
         await delivery.ack()
 
@@ -475,6 +482,20 @@ class Broker(ABC):
         On leaving, every held message not settled must go back to the head of
         the dead queue in the order it was taken.
         """
+
+
+def bounded_reason(reason: str, limit: int = MAX_REASON) -> str:
+    """A dead-letter reason short enough for an AMQP header frame, head and tail kept.
+
+    Reasons quote what came in (a step name, a run id): a hostile 300 KB name would
+    otherwise make the header frame too large, RabbitMQ would close the connection,
+    and the message would come back to do it again.
+    """
+    if len(reason) <= limit:
+        return reason
+    cut = len(reason) - limit
+    half = limit // 2
+    return f"{reason[:half]} ...[{cut} characters cut]... {reason[-half:]}"
 
 
 def _as_outgoing(item: tuple[str, bytes] | Outgoing) -> Outgoing:

@@ -16,7 +16,9 @@ from typing import Any, Final, TypeVar
 
 import msgpack
 
-from eventlog.errors import MalformedMessageError
+from eventlog.errors import InvalidArgumentError, MalformedMessageError
+from eventlog.integrity import MAX_ATTEMPT
+from eventlog.names import check_corr, check_run_id
 
 SCHEMA_VERSION: Final = 1
 KIND_STEP: Final = "step"
@@ -147,8 +149,8 @@ def decode_message(body: bytes) -> Message:
     kind = raw.get("k")
     if kind == KIND_STEP:
         return StepMessage(
-            run_id=_field(raw, kind, "run_id", str),
-            step_id=_field(raw, kind, "step_id", str),
+            run_id=_run_id(raw, kind),
+            step_id=_step_id(raw, kind),
             step_name=_field(raw, kind, "step_name", str),
             attempt=_attempt(raw),
             args=_field(raw, kind, "args", bytes),
@@ -159,7 +161,7 @@ def decode_message(body: bytes) -> Message:
         return _batch(raw)
     if kind == KIND_ACTIVATION:
         return Activation(
-            run_id=_field(raw, kind, "run_id", str),
+            run_id=_run_id(raw, kind),
             reason=_field(raw, kind, "reason", str) if "reason" in raw else "",
         )
     raise MalformedMessageError(
@@ -180,8 +182,23 @@ def _field(raw: dict[Any, Any], kind: str, name: str, expected: type[_T]) -> _T:
     return value
 
 
+def _run_id(raw: dict[Any, Any], kind: str) -> str:
+    """A run id that breaks the naming rule is a malformed message, never a key or a timer."""
+    try:
+        return check_run_id(_field(raw, kind, "run_id", str))
+    except InvalidArgumentError as exc:
+        raise MalformedMessageError(f"{kind} message field 'run_id': {exc}") from None
+
+
+def _step_id(raw: dict[Any, Any], kind: str) -> str:
+    try:
+        return check_corr(_field(raw, kind, "step_id", str))
+    except InvalidArgumentError as exc:
+        raise MalformedMessageError(f"{kind} message field 'step_id': {exc}") from None
+
+
 def _batch(raw: dict[Any, Any]) -> StepBatch:
-    run_id = _field(raw, KIND_STEPS, "run_id", str)
+    run_id = _run_id(raw, KIND_STEPS)
     queue = _field(raw, KIND_STEPS, "queue", str)
     items = _field(raw, KIND_STEPS, "steps", list)
     workflow = _workflow(raw, KIND_STEPS)
@@ -197,7 +214,7 @@ def _batch(raw: dict[Any, Any]) -> StepBatch:
         steps.append(
             StepMessage(
                 run_id=run_id,
-                step_id=_field(fields, f"{KIND_STEPS}[{n}]", "step_id", str),
+                step_id=_step_id(fields, f"{KIND_STEPS}[{n}]"),
                 step_name=_field(fields, f"{KIND_STEPS}[{n}]", "step_name", str),
                 attempt=_attempt(fields, f"{KIND_STEPS}[{n}]"),
                 args=_field(fields, f"{KIND_STEPS}[{n}]", "args", bytes),
@@ -218,5 +235,9 @@ def _attempt(raw: dict[Any, Any], kind: str = KIND_STEP) -> int:
     if isinstance(attempt, bool) or attempt < 1:
         raise MalformedMessageError(
             f"{kind} message field 'attempt' must be a positive int, got {attempt!r}"
+        )
+    if attempt > MAX_ATTEMPT:
+        raise MalformedMessageError(
+            f"{kind} message field 'attempt' must be at most {MAX_ATTEMPT}, got {attempt!r}"
         )
     return attempt

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import RepairRaceError
 from .events import Event, EventType
-from .fold import fold
+from .fold import CALL_FINGERPRINT, HOOK_CONFLICT, fold
 from .store import EventStore
 from .timers import Timer, TimerKind
 
@@ -67,7 +67,13 @@ def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
                 attempts[event.corr] = max(attempts.get(event.corr, 0), attempt)
             if event.type is EventType.STEP_CREATED:
                 status[f"x:{event.corr}"] = event.id
-            if event.type is EventType.HOOK_CREATED and data.get("token"):
+                if data.get(CALL_FINGERPRINT):
+                    status[f"f:{event.corr}"] = str(data[CALL_FINGERPRINT])
+            if (
+                event.type is EventType.HOOK_CREATED
+                and data.get("token")
+                and not data.get(HOOK_CONFLICT)
+            ):
                 status[f"k:{event.corr}"] = str(data["token"])
     for corr, attempt in attempts.items():
         status[f"a:{corr}"] = str(attempt)
@@ -87,7 +93,7 @@ def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
                     (Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1), step.retry_due)
                 )
         for hook in state.hooks.values():
-            if hook.status == "created" and hook.token:
+            if hook.status == "created" and hook.token and hook.conflict is None:
                 hooks[hook.token] = f"{run_id}|{hook.id}"
     return Expected(
         status=status, active=not state.finished and bool(events), timers=timers, hooks=hooks

@@ -24,6 +24,15 @@ class ServiceUnavailableError(LedgerflowError):
     """RabbitMQ or Redis could not be reached; the message says how to start it."""
 
 
+class InvalidArgumentError(LedgerflowError, ValueError):
+    """A value given to ledgerflow is outside what it can honour (a run id, a hook token, a delay).
+
+    Raised where the value is passed in (inside workflow code too, where it can be
+    caught), so a bad value never reaches a log, an index or a queue; the message
+    says what is allowed.
+    """
+
+
 # --- payloads ---------------------------------------------------------------------------
 
 
@@ -74,6 +83,42 @@ class RunClosedError(IllegalTransitionError):
 
 class WorkflowMismatchError(EventLogError):
     """A run id was reused for a different workflow."""
+
+
+class AppendArgumentError(EventLogError, ValueError):
+    """The append refused a malformed argument before writing anything.
+
+    Redis does not roll a script back, so the append script checks every argument
+    of a batch before its first write; this names the event and the field.
+    """
+
+    def __init__(self, run_id: str, where: str, field: str, event_type: str, detail: str) -> None:
+        kind = f" ({event_type})" if event_type else ""
+        super().__init__(
+            f"append to run {run_id!r} refused, nothing written: {where}{kind}, "
+            f"field {field!r}: {detail}"
+        )
+        self.run_id = run_id
+        self.where = where
+        self.field = field
+        self.event_type = event_type
+        self.detail = detail
+
+
+class StepMismatchError(EventLogError):
+    """A step message's name or arguments are not those its step_created recorded.
+
+    A forged or corrupted message: the worker does not run it, and dead-letters it.
+    """
+
+    def __init__(self, run_id: str, corr: str, difference: str) -> None:
+        super().__init__(
+            f"step message for run {run_id!r} step {corr!r} does not match the logged "
+            f"step_created: {difference}; the step is not run"
+        )
+        self.run_id = run_id
+        self.corr = corr
+        self.difference = difference
 
 
 # --- registries -------------------------------------------------------------------------
@@ -202,7 +247,28 @@ class WorkerLostError(LedgerflowError):
 
 
 class HookTokenConflictError(EventLogError):
-    """Another live hook already uses this token; tokens are unique among live hooks."""
+    """Another live hook already uses this token; tokens are unique among live hooks.
+
+    The store raises it for the append that would have claimed the token (``corr``
+    names that hook, ``owner_run`` the run holding the token); the scheduler then
+    records the hook as conflicted instead of failing the run.
+    """
+
+    def __init__(
+        self, message: str, *, token: str = "", owner_run: str = "", corr: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.token = token
+        self.owner_run = owner_run
+        self.corr = corr
+
+
+class HookConflictError(HookTokenConflictError):
+    """Raised in the workflow when it awaits or iterates a hook whose token was taken.
+
+    The hook was recorded as created-and-conflicted and is never live; the workflow
+    may catch this and carry on (pick another token, say).
+    """
 
 
 class HookNotFoundError(LedgerflowError, LookupError):

@@ -79,6 +79,9 @@ class NewEvent:
     attempt: int | None = None
     workflow: str = ""
     token: str = ""
+    # step_created: the call's fingerprint to keep; step_started: the one to check
+    # against it (eventlog.integrity.call_fingerprint).
+    fingerprint: str = ""
     # A timer-index entry added in the same atomic append, due `delay_ms` after
     # the append (by the Redis clock) or at `due_ms`.
     timer: Timer | None = None
@@ -103,6 +106,7 @@ class NewEvent:
         attempt: int | None = None,
         workflow: str = "",
         token: str = "",
+        fingerprint: str = "",
         timer: Timer | None = None,
         delay_ms: int | None = None,
         due_ms: int | None = None,
@@ -121,6 +125,7 @@ class NewEvent:
             attempt=attempt,
             workflow=workflow,
             token=token,
+            fingerprint=fingerprint,
             timer=timer,
             delay_ms=delay_ms,
             due_ms=due_ms,

@@ -12,6 +12,14 @@ from typing import Any
 
 from .events import Event, EventType
 
+CALL_FINGERPRINT = "call_fp"
+"""step_created data: the call's fingerprint (name and arguments) step_started must match."""
+RECORDED_BY = "recorded_by"
+"""run_failed data: "scheduler" when the scheduler failed the run itself (a decision it
+could not record), so the failure is not the workflow's outcome."""
+HOOK_CONFLICT = "conflict"
+"""hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
+
 
 @dataclass
 class ErrorInfo:
@@ -64,6 +72,7 @@ class HookState:
     status: str = "created"
     received: int = 0
     created_ts: int = 0
+    conflict: str | None = None  # the run holding the token, if it was taken
 
 
 @dataclass
@@ -160,11 +169,13 @@ def apply(state: RunState, event: Event) -> RunState:
             wait.status = "completed"
             wait.finished_ts = event.ts
     elif t is EventType.HOOK_CREATED:
+        conflict = data.get(HOOK_CONFLICT)
         state.hooks[event.corr] = HookState(
             id=event.corr,
             token=str(data.get("token", "")),
             metadata=data.get("metadata"),
             created_ts=event.ts,
+            conflict=str(conflict.get("run", "")) if isinstance(conflict, dict) else None,
         )
     elif t is EventType.HOOK_RECEIVED:
         hook = state.hooks.get(event.corr)

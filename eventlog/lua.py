@@ -1,53 +1,63 @@
 """The append script: check, XADD, update the status hash and active index atomically.
 
-Rendered from ``transitions.RULES`` so the rules are written once. Redis runs a
-script as one atomic step, which is what makes concurrent appenders (two
-schedulers, a redelivered worker) unable to record anything twice.
+Rendered from ``transitions.RULES`` and ``integrity`` so the rules and limits are
+written once. Redis runs a script as one atomic step, which is what makes
+concurrent appenders (two schedulers, a redelivered worker) unable to record
+anything twice. Redis does not roll a script back, so every argument is checked
+(``integrity.lua_checks``) and every transition decided before the first write:
+a batch is written whole or not at all.
 
 KEYS: stream, status hash, active-index shard, timer-index shard, hook-token index,
 runs-index shard (every run, scored by creation time).
 ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
-workflow name of run_created, the token of hook_created),
-timer member ("" for none), timer due ("+ms" after now, or absolute ms).
+workflow name of run_created, the token of hook_created, the call fingerprint of
+step_created / step_started), timer member ("" for none), timer due ("+ms" after
+now, or absolute ms).
 Besides the stream entry, a written step_created records its entry id (x:<corr>,
-so a retry can re-dispatch the step's arguments) and a written step_started
-stamps the step's heartbeat (h:<corr>). A hook's token must be unused by any other
-live hook (the token index maps token -> run|corr; hook_disposed removes it).
-Reply: {"ok", id-or-"", ...} or {"error", code, entity, current, event_type, detail}.
+so a retry can re-dispatch the step's arguments) and its call fingerprint
+(f:<corr>), and a written step_started stamps the step's heartbeat (h:<corr>). A
+step_started with a fingerprint must match f:<corr> when the step has one. A
+hook's token must be unused by any other live hook, and by any other hook of the
+same batch (the token index maps token -> run|corr; hook_disposed removes it).
+Reply: {"ok", id-or-"", ...} or {"error", code, entity, current, event_type, detail};
+code badarg: entity is "event <i>" (or "batch") and current the field.
 """
 
 from __future__ import annotations
 
 from .events import SCHEMA_VERSION, EventType
+from .integrity import WIDTH, lua_checks
 from .transitions import RUN_TERMINAL_STATES, lua_table
 
 _KINDS = ",".join(f'["{t.value}"]="{t.kind}"' for t in EventType)
 _TERMINAL = ",".join(f'["{s}"]=true' for s in sorted(RUN_TERMINAL_STATES))
 
 APPEND_SCRIPT = f"""
-local W = 7
+local W = {WIDTH}
 local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
 local stream, status, active, timers, hooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local runs = KEYS[6]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
+{lua_checks()}
 local run_state = redis.call('HGET', status, 'run') or ''
 local stored_wf = redis.call('HGET', status, 'wf') or ''
 local entity = {{}}
 local plan = {{}}
+local claimed = {{}}
 
 local function load(corr)
   local cached = entity[corr]
   if cached then return cached end
-  local raw = redis.call('HMGET', status, 'c:' .. corr, 'a:' .. corr)
+  local raw = redis.call('HMGET', status, 'c:' .. corr, 'a:' .. corr, 'f:' .. corr)
   local kind, state = '', ''
   if raw[1] then
     local dot = string.find(raw[1], '.', 1, true)
     kind = string.sub(raw[1], 1, dot - 1)
     state = string.sub(raw[1], dot + 1)
   end
-  local e = {{kind, state, tonumber(raw[2] or '0')}}
+  local e = {{kind, state, tonumber(raw[2] or '0'), raw[3] or ''}}
   entity[corr] = e
   return e
 end
@@ -57,7 +67,6 @@ for i = 1, n do
   local etype, corr, attempt_s = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local wf = ARGV[b + 5]
   local kind = KIND[etype]
-  if not kind then return {{'error', 'illegal', 'event', '', etype, 'unknown event type'}} end
   if kind == 'run' then
     if etype == 'run_created' and run_state ~= '' and stored_wf ~= '' and wf ~= stored_wf then
       return {{'error', 'mismatch', 'run', stored_wf, etype, wf}}
@@ -89,19 +98,26 @@ for i = 1, n do
       if cur == '' then cur = 'absent' end
       return {{'error', 'illegal', label, cur, etype, ''}}
     end
+    if etype == 'step_started' and wf ~= '' and e[4] ~= '' and wf ~= e[4] then
+      return {{'error', 'forged', label, e[4], etype, wf}}
+    end
     local write = rule[1] == 'w'
     if write and etype == 'hook_created' and wf ~= '' then
-      local owner = redis.call('HGET', hooks, wf)
-      if owner and owner ~= run_id .. '|' .. corr then
+      local mine = run_id .. '|' .. corr
+      local owner = claimed[wf] or redis.call('HGET', hooks, wf)
+      if owner and owner ~= mine then
         return {{'error', 'tokenclash', label, owner, etype, wf}}
       end
+      claimed[wf] = mine
     end
     local attempt = tonumber(attempt_s) or 0
     if write and rule[3] == 'ge' and attempt < e[3] then write = false end
     if write and rule[3] == 'gt' and attempt <= e[3] then write = false end
     if write then
       local a = math.max(e[3], attempt)
-      entity[corr] = {{kind, rule[2], a}}
+      local fp = e[4]
+      if etype == 'step_created' then fp = wf end
+      entity[corr] = {{kind, rule[2], a, fp}}
       plan[i] = {{true, kind, rule[2], a, corr, attempt_s ~= ''}}
     else
       plan[i] = {{false}}
@@ -130,7 +146,10 @@ for i = 1, n do
     else
       redis.call('HSET', status, 'c:' .. p[5], p[2] .. '.' .. p[3], 'last', id)
       if p[6] then redis.call('HSET', status, 'a:' .. p[5], p[4]) end
-      if ARGV[b + 1] == 'step_created' then redis.call('HSET', status, 'x:' .. p[5], id) end
+      if ARGV[b + 1] == 'step_created' then
+        redis.call('HSET', status, 'x:' .. p[5], id)
+        if ARGV[b + 5] ~= '' then redis.call('HSET', status, 'f:' .. p[5], ARGV[b + 5]) end
+      end
       if ARGV[b + 1] == 'step_started' then redis.call('HSET', status, 'h:' .. p[5], now) end
       if ARGV[b + 1] == 'hook_created' and ARGV[b + 5] ~= '' then
         redis.call('HSET', hooks, ARGV[b + 5], run_id .. '|' .. p[5])

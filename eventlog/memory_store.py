@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from .derived import Expected
-from .errors import HookTokenConflictError
+from .errors import MalformedMessageError, StepMismatchError
 from .events import (
     SCHEMA_VERSION,
     AppendResult,
@@ -23,10 +23,11 @@ from .events import (
     decode_entry,
     id_order,
 )
+from .integrity import check_batch, fingerprint_difference, token_conflict, wire
 from .names import Names, shard_of
 from .store import START, EventStore, RunSummary, summary_of
-from .timers import DueTimer, EntityStatus, Timer
-from .transitions import ABSENT, RUN_TERMINAL_STATES, plan_batch
+from .timers import DueTimer, EntityStatus, Timer, quarantined
+from .transitions import ABSENT, RUN_TERMINAL_STATES, Planned, plan_batch
 
 
 def _now_ms() -> int:
@@ -68,17 +69,11 @@ class MemoryEventStore(EventStore):
             kind, _, state = raw.partition(".")
             return kind, state, int(status.get(f"a:{corr}", "0"))
 
+        check_batch(run_id, [wire(e) for e in events])
         plan = plan_batch(
             run_id, events, status.get("run", ABSENT), entity_state, status.get("wf", "")
         )
-        for event, verdict in zip(events, plan, strict=True):
-            if verdict.write and event.type is EventType.HOOK_CREATED and event.token:
-                owner = self._hooks.get(event.token)
-                if owner is not None and owner != f"{run_id}|{event.corr}":
-                    raise HookTokenConflictError(
-                        f"hook token {event.token!r} is already used by a live hook of run "
-                        f"{owner.partition('|')[0]!r}"
-                    )
+        self._check_claims(run_id, events, plan, status)
         now = _now_ms()
         results: list[AppendResult] = []
         written = 0
@@ -111,6 +106,8 @@ class MemoryEventStore(EventStore):
                     status[f"a:{event.corr}"] = str(verdict.attempt)
                 if event.type is EventType.STEP_CREATED:
                     status[f"x:{event.corr}"] = event_id
+                    if event.fingerprint:
+                        status[f"f:{event.corr}"] = event.fingerprint
                 if event.type is EventType.STEP_STARTED:
                     status[f"h:{event.corr}"] = str(now)
                 if event.type is EventType.HOOK_CREATED and event.token:
@@ -136,6 +133,33 @@ class MemoryEventStore(EventStore):
             async with cond:
                 cond.notify_all()
         return results
+
+    def _check_claims(
+        self,
+        run_id: str,
+        events: Sequence[NewEvent],
+        plan: Sequence[Planned],
+        status: dict[str, str],
+    ) -> None:
+        """The script's fingerprint and token checks, earlier events of the batch included."""
+        fingerprints: dict[str, str] = {}
+        claimed: dict[str, str] = {}
+        for event, verdict in zip(events, plan, strict=True):
+            corr = event.corr
+            if event.type is EventType.STEP_CREATED and verdict.write:
+                fingerprints[corr] = event.fingerprint
+            if event.type is EventType.STEP_STARTED and event.fingerprint:
+                logged = fingerprints.get(corr, status.get(f"f:{corr}", ""))
+                if logged and logged != event.fingerprint:
+                    raise StepMismatchError(
+                        run_id, corr, fingerprint_difference(logged, event.fingerprint)
+                    )
+            if verdict.write and event.type is EventType.HOOK_CREATED and event.token:
+                mine = f"{run_id}|{corr}"
+                owner = claimed.get(event.token) or self._hooks.get(event.token)
+                if owner is not None and owner != mine:
+                    raise token_conflict(event.token, owner, corr)
+                claimed[event.token] = mine
 
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
         floor = id_order(after)
@@ -190,8 +214,14 @@ class MemoryEventStore(EventStore):
         )[:limit]
         claimed = []
         for score, member, shard in due:
+            try:
+                timer = Timer.parse(member)
+            except MalformedMessageError as exc:
+                del shard[member]
+                quarantined(member, exc)
+                continue
             shard[member] = now + lease_ms
-            claimed.append(DueTimer(timer=Timer.parse(member), due=score, lease=now + lease_ms))
+            claimed.append(DueTimer(timer=timer, due=score, lease=now + lease_ms))
         return claimed
 
     async def release_timer(self, due: DueTimer) -> None:
@@ -207,11 +237,15 @@ class MemoryEventStore(EventStore):
         return at
 
     async def pending_timers(self, run_id: str) -> list[tuple[Timer, int]]:
-        return [
-            (timer, score)
-            for member, score in self._timer_shard(run_id).items()
-            if (timer := Timer.parse(member)).run_id == run_id
-        ]
+        found = []
+        for member, score in self._timer_shard(run_id).items():
+            try:
+                timer = Timer.parse(member)
+            except MalformedMessageError:
+                continue  # not this run's: the claim removes it
+            if timer.run_id == run_id:
+                found.append((timer, score))
+        return found
 
     async def entity(self, run_id: str, corr: str) -> EntityStatus:
         status = self._status.get(run_id, {})

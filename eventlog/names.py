@@ -12,7 +12,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidArgumentError
 
 DEFAULT_NAMESPACE = "ledgerflow"
 DEFAULT_STEP_QUEUE = "default"
@@ -20,6 +20,64 @@ INDEX_SHARDS = 16
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\Z")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*\Z")
+
+# Run ids go into keys ({run_id} is the Cluster hash tag), timer members and hook
+# owners (both "|"-separated), queue messages and terminals: so no "|", "{", "}",
+# whitespace or control characters. Child runs are "<parent>.s3"; generated ids are hex.
+MAX_RUN_ID = 200
+RUN_ID_CHARS = "letters, digits, '_', '.', '-' and ':'"
+RUN_ID_RE = re.compile(rf"^[A-Za-z0-9_.:\-]{{1,{MAX_RUN_ID}}}\Z")
+RUN_ID_LUA_PATTERN = "^[%w_%.%-:]+$"  # the same set; Redis runs Lua in the C locale
+
+# Hook tokens are chosen by users and typed into command lines: printable ASCII,
+# no whitespace, no "|" (the token index stores owners as "run|corr").
+MAX_HOOK_TOKEN = 256
+HOOK_TOKEN_CHARS = "printable ASCII without spaces or '|'"
+HOOK_TOKEN_RE = re.compile(rf"^[\x21-\x7b\x7d\x7e]{{1,{MAX_HOOK_TOKEN}}}\Z")
+HOOK_TOKEN_LUA_PATTERN = "^[!-{}~]+$"  # 0x21-0x7b, 0x7d, 0x7e: the same set
+
+# Correlation ids (s1, s2, ...) of steps, waits and hooks: also in timer members and
+# hash field names. ASCII, so a length means the same to Python and to Lua (bytes).
+MAX_CORR = 64
+CORR_CHARS = HOOK_TOKEN_CHARS
+CORR_RE = re.compile(rf"^[\x21-\x7b\x7d\x7e]{{1,{MAX_CORR}}}\Z")
+CORR_LUA_PATTERN = HOOK_TOKEN_LUA_PATTERN
+
+
+def check_run_id(run_id: object) -> str:
+    """The one run-id rule, applied wherever a run id comes in (API, CLI, queue, append)."""
+    if isinstance(run_id, str) and RUN_ID_RE.match(run_id):
+        return run_id
+    raise InvalidArgumentError(
+        f"invalid run id {_shown(run_id)}: use 1-{MAX_RUN_ID} characters, {RUN_ID_CHARS}"
+    )
+
+
+def check_hook_token(token: object) -> str:
+    """The one hook-token rule (lf.create_hook, resume_hook, ledgerflow hooks resume)."""
+    if isinstance(token, str) and HOOK_TOKEN_RE.match(token):
+        return token
+    raise InvalidArgumentError(
+        f"invalid hook token {_shown(token)}: use 1-{MAX_HOOK_TOKEN} characters, {HOOK_TOKEN_CHARS}"
+    )
+
+
+def check_corr(corr: object) -> str:
+    """A step/wait/hook id as a queue message or timer entry carries it."""
+    if isinstance(corr, str) and CORR_RE.match(corr):
+        return corr
+    raise InvalidArgumentError(
+        f"invalid step/wait/hook id {_shown(corr)}: use 1-{MAX_CORR} characters, {CORR_CHARS}"
+    )
+
+
+def _shown(value: object) -> str:
+    """A hostile value in an error message: escaped and cut short."""
+    text = repr(value)
+    if len(text) <= 80:
+        return text
+    size = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:60]}... ({size} characters)"
 
 
 def check_queue_name(queue: str) -> str:

@@ -16,15 +16,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .derived import Expected
 from .errors import (
+    AppendArgumentError,
     ConfigurationError,
     HookTokenConflictError,
     IllegalTransitionError,
+    MalformedMessageError,
     RunClosedError,
     RunNotFoundError,
     ServiceUnavailableError,
+    StepMismatchError,
     WorkflowMismatchError,
 )
 from .events import AppendResult, Event, EventType, NewEvent, decode_entry
+from .integrity import fingerprint_difference, token_conflict, wire
 from .lua import (
     ADD_TIMER_SCRIPT,
     APPEND_SCRIPT,
@@ -36,10 +40,10 @@ from .lua import (
     RELEASE_TIMER_SCRIPT,
     REWRITE_DERIVED_SCRIPT,
 )
-from .names import Names
+from .names import Names, check_run_id
 from .retrying import retried
 from .store import START, EventStore, RunSummary, summary_of
-from .timers import DueTimer, EntityStatus, Timer
+from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .urls import redact, redact_text
 from .watch import StreamWatcher
 
@@ -144,15 +148,8 @@ class RedisEventStore(EventStore):
             return []
         argv: list[Any] = [run_id, len(events)]
         for event in events:
-            argv += [
-                event.type.value,
-                event.corr,
-                "" if event.attempt is None else str(event.attempt),
-                event.payload,
-                event.workflow or event.token,
-                event.timer.member if event.timer is not None else "",
-                event.timer_due,
-            ]
+            w = wire(event)
+            argv += [w.type, w.corr, w.attempt, event.payload, w.key, w.member, w.due]
         reply = await self._append(keys=self._run_keys(run_id), args=argv)
         status = _text(reply[0])
         if status == "ok":
@@ -164,11 +161,13 @@ class RedisEventStore(EventStore):
             raise RunNotFoundError(run_id)
         if code == "closed":
             raise RunClosedError(run_id, entity, current, event_type)
+        if code == "badarg":
+            raise AppendArgumentError(run_id, entity, current, event_type, detail)
+        if code == "forged":
+            corr = entity.partition(" ")[2]
+            raise StepMismatchError(run_id, corr, fingerprint_difference(current, detail))
         if code == "tokenclash":
-            owner_run = current.partition("|")[0]
-            raise HookTokenConflictError(
-                f"hook token {detail!r} is already used by a live hook of run {owner_run!r}"
-            )
+            raise token_conflict(detail, current, entity.partition(" ")[2])
         if code == "mismatch":
             raise WorkflowMismatchError(
                 f"run {run_id!r} already exists for workflow {current!r}, not {detail!r}"
@@ -232,20 +231,34 @@ class RedisEventStore(EventStore):
         return sum(int(n) for n in replies)
 
     async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
+        shards = self.names.timer_shards()
         async with self.client.pipeline(transaction=False) as pipe:
-            for shard in self.names.timer_shards():
+            for shard in shards:
                 await self._claim(keys=[shard], args=[limit, lease_ms], client=pipe)
             replies: list[Any] = await pipe.execute()
         claimed: list[DueTimer] = []
-        for reply in replies:
+        for shard, reply in zip(shards, replies, strict=True):
             now = int(_text(reply[0]))
             for i in range(1, len(reply), 2):
-                timer = Timer.parse(_text(reply[i]))
-                claimed.append(
-                    DueTimer(timer=timer, due=int(float(reply[i + 1])), lease=now + lease_ms)
-                )
+                timer = await self._parse_claimed(shard, reply[i])
+                if timer is not None:
+                    claimed.append(
+                        DueTimer(timer=timer, due=int(float(reply[i + 1])), lease=now + lease_ms)
+                    )
         claimed.sort(key=lambda d: d.due)
         return claimed[:limit]
+
+    async def _parse_claimed(self, shard: str, raw: Any) -> Timer | None:
+        """A claimed member as a Timer; a malformed one is removed (exactly those bytes) and logged.
+
+        Parsed one by one, so a foreign entry never fails the claim of the others.
+        """
+        try:
+            return Timer.parse(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except (MalformedMessageError, UnicodeDecodeError) as exc:
+            await self.client.zrem(shard, raw)
+            quarantined(raw, exc)
+            return None
 
     @retried("release a timer")
     async def release_timer(self, due: DueTimer) -> None:
@@ -266,9 +279,12 @@ class RedisEventStore(EventStore):
     async def pending_timers(self, run_id: str) -> list[tuple[Timer, int]]:
         found: list[tuple[Timer, int]] = []
         async for member, score in self.client.zscan_iter(
-            self.names.timer_for(run_id), match=f"*|{run_id}|*", count=1000
+            self.names.timer_for(run_id), match=f"*|{check_run_id(run_id)}|*", count=1000
         ):
-            timer = Timer.parse(_text(member))
+            try:
+                timer = Timer.parse(member.decode() if isinstance(member, bytes) else str(member))
+            except (MalformedMessageError, UnicodeDecodeError):
+                continue  # not this run's: the timer loop's claim removes it
             if timer.run_id == run_id:
                 found.append((timer, int(score)))
         return found

@@ -10,11 +10,18 @@ every entry from the log.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
-from .errors import MalformedMessageError
+import structlog
+
+from .errors import InvalidArgumentError, MalformedMessageError
+from .names import check_corr, check_run_id
+
+log = structlog.get_logger("ledgerflow.timers")
 
 SEP = "|"
+_MEMBER_RE = re.compile(r"^([a-z]+)\|([^|]+)\|([^|]+)\|([0-9]{1,10})\|([0-9]{1,15})\Z")
 
 
 class TimerKind(enum.StrEnum):
@@ -39,14 +46,29 @@ class Timer:
 
     @classmethod
     def parse(cls, member: str) -> Timer:
-        parts = member.split(SEP)
-        if len(parts) != 5:
-            raise MalformedMessageError(f"malformed timer entry {member!r}")
-        kind, run_id, corr, attempt, timeout = parts
+        """The entry ``member`` stands for; MalformedMessageError for anything else.
+
+        As strict as the append script: the index is shared by every run, so an
+        entry that slipped in some other way must be recognisable as foreign.
+        """
+        match = _MEMBER_RE.match(member)
+        if match is None:
+            raise MalformedMessageError(
+                f"malformed timer entry {_shown(member)}: not kind|run|corr|attempt|timeout"
+            )
+        kind, run_id, corr, attempt, timeout = match.groups()
         try:
-            return cls(TimerKind(kind), run_id, corr, int(attempt), int(timeout))
-        except ValueError as exc:
-            raise MalformedMessageError(f"malformed timer entry {member!r}: {exc}") from None
+            return cls(
+                TimerKind(kind), check_run_id(run_id), check_corr(corr), int(attempt), int(timeout)
+            )
+        except (ValueError, InvalidArgumentError) as exc:
+            raise MalformedMessageError(f"malformed timer entry {_shown(member)}: {exc}") from None
+
+
+def _shown(member: str) -> str:
+    """An entry of unknown origin in a message or log line: escaped, and cut short."""
+    text = repr(member)
+    return text if len(text) <= 300 else f"{text[:280]}... ({len(member)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +90,13 @@ class EntityStatus:
     heartbeat: int | None
     now: int
     workflow: str = ""  # the run's workflow name, for log lines
+
+
+def quarantined(member: str | bytes, error: Exception) -> None:
+    """Say that a malformed entry was taken out of the index (by whoever claimed it).
+
+    One foreign entry must never stop the claim of everyone else's timers: it is
+    logged, escaped, and removed, and the claim carries on.
+    """
+    text = member.decode("utf-8", "backslashreplace") if isinstance(member, bytes) else member
+    log.error("malformed timer entry removed", member=_shown(text), error=str(error))

@@ -22,6 +22,7 @@ from eventlog.derived import repair_run, verify_run
 from eventlog.errors import (
     ConfigurationError,
     HookNotFoundError,
+    InvalidArgumentError,
     LedgerflowError,
     RunCancelled,
     RunNotFoundError,
@@ -58,6 +59,7 @@ from worker.service import (
     worker_identity,
 )
 
+from .cli_args import run_id_arg
 from .cli_dashboard import register as register_dashboard
 from .cli_dlq import register as register_dlq
 from .cli_format import (
@@ -466,22 +468,26 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("target", metavar="APP:WORKFLOW")
     start.add_argument("--args", default="[]", help="JSON list of positional arguments")
     start.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    start.add_argument("--run-id", help="idempotency: starting twice with one id starts once")
+    start.add_argument(
+        "--run-id",
+        type=run_id_arg,
+        help="idempotency: starting twice with one id starts once (1-200 of A-Z a-z 0-9 _ . - :)",
+    )
     start.add_argument("--wait", action="store_true", help="wait for and print the result")
     start.add_argument("--timeout", type=positive_float, default=None)
     start.set_defaults(handler=cmd_start)
 
     runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
     show = runs.add_parser("show", help="a run's timeline")
-    show.add_argument("run_id")
+    show.add_argument("run_id", type=run_id_arg)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_runs_show)
     events = runs.add_parser("events", help="a run's raw events")
-    events.add_argument("run_id")
+    events.add_argument("run_id", type=run_id_arg)
     events.add_argument("--json", action="store_true")
     events.set_defaults(handler=cmd_runs_events)
     cancel = runs.add_parser("cancel", help="cancel a run (and its children)")
-    cancel.add_argument("run_id")
+    cancel.add_argument("run_id", type=run_id_arg)
     cancel.add_argument("--reason", default="cancelled from the command line")
     cancel.add_argument("--json", action="store_true")
     cancel.set_defaults(handler=cmd_runs_cancel)
@@ -491,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("repair", cmd_runs_repair, "rebuild derived state (hash, indexes) from the stream"),
     ):
         check = runs.add_parser(name, help=text)
-        check.add_argument("run_id", nargs="?")
+        check.add_argument("run_id", nargs="?", type=run_id_arg)
         check.add_argument("--all", action="store_true", help="every unfinished run")
         check.add_argument("--json", action="store_true")
         check.set_defaults(handler=handler)
@@ -500,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="hooks", required=True
     )
     resume = hooks.add_parser("resume", help="send a payload to a waiting hook")
-    resume.add_argument("token")
+    resume.add_argument("token")  # checked by resume_hook: an old hook's token still resumes
     resume.add_argument("--payload", default="null", help="JSON payload")
     resume.add_argument("--json", action="store_true")
     resume.set_defaults(handler=cmd_hooks_resume)
@@ -529,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, EXIT_UNAVAILABLE)
     except (RunNotFoundError, HookNotFoundError) as exc:
         return _fail(args, exc, EXIT_NOT_FOUND)
-    except (ConfigurationError, UnknownWorkflowError, TypeError) as exc:
+    except (ConfigurationError, UnknownWorkflowError, InvalidArgumentError, TypeError) as exc:
         return _fail(args, exc, EXIT_USAGE)
     except LedgerflowError as exc:
         return _fail(args, exc, EXIT_FAILED)

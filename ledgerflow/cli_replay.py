@@ -18,6 +18,7 @@ from scheduler.history import HistoryError, dump_history, load_history, replay
 # itself still being imported (names are looked up when a command runs).
 from . import cli
 from .cli_format import printable
+from .cli_args import run_id_arg
 
 
 async def cmd_runs_export(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def register(
 ) -> None:
     """Add ``replay`` to the top-level commands and ``export`` to ``runs``."""
     export = runs.add_parser("export", help="a run's log as a history file (JSON Lines)")
-    export.add_argument("run_id")
+    export.add_argument("run_id", type=run_id_arg)
     export.add_argument("--output", "-o", help="write to FILE instead of stdout")
     export.set_defaults(handler=cmd_runs_export)
 

@@ -21,6 +21,7 @@ from worker.backend import connect
 
 # The module, not its names: cli.py imports this one while it is itself being imported.
 from . import cli
+from .cli_args import run_id_arg
 from .cli_format import (
     EXIT_CODES,
     Progress,
@@ -263,7 +264,7 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the run's state as of event N (steps, waits, hooks): the audit trail",
         epilog=EXIT_CODES,
     )
-    state.add_argument("run_id")
+    state.add_argument("run_id", type=run_id_arg)
     state.add_argument(
         "--at", type=int, metavar="N", help="fold only events 1..N (numbers as in `runs show`)"
     )
@@ -281,7 +282,7 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
         epilog=EXIT_CODES,
     )
-    redrive.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    redrive.add_argument("run_ids", nargs="*", metavar="RUN_ID", type=run_id_arg)
     redrive.add_argument(
         "--all-stuck",
         action="store_true",

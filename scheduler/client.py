@@ -27,6 +27,8 @@ from eventlog.errors import (
 )
 from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from eventlog.fold import ErrorInfo, RunState, fold
+from eventlog.integrity import MAX_KEY
+from eventlog.names import check_hook_token, check_run_id
 from eventlog.settings import Settings
 from eventlog.store import EventStore
 from eventlog.text import MAX_MESSAGE, clip, safe_str
@@ -113,7 +115,8 @@ class Client:
         """Record run_created and activate the run; idempotent for a given ``run_id``.
 
         Starting again with the same run_id (a producer retrying after a timeout)
-        records nothing new and returns the same run.
+        records nothing new and returns the same run. A run id is 1-200 letters,
+        digits, ``_ . - :`` (lf.InvalidArgumentError otherwise).
 
         Once run_created is recorded this returns the handle whatever RabbitMQ
         does: the activation is retried for up to ``publish_deadline`` seconds
@@ -125,7 +128,7 @@ class Client:
             workflow.definition.check_args(args, kwargs)
         elif name in self.registry:
             self.registry.get(name).check_args(args, kwargs)
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         created = NewEvent.of(
             EventType.RUN_CREATED,
             data={"workflow": name, "args": list(args), "kwargs": kwargs},
@@ -184,10 +187,14 @@ class Client:
         """Deliver ``payload`` to the live hook with this token; returns its run id.
 
         Once hook_received is recorded this returns the run id whatever RabbitMQ
-        does (the activation is retried, then left to the reconciler).
+        does (the activation is retried, then left to the reconciler). A token
+        outside the rule raises lf.InvalidArgumentError saying what is allowed,
+        unless a live hook created before the rule existed holds it (it stays
+        resumable: looking a token up writes nothing).
         """
-        owner = await self.store.hook_owner(token)
+        owner = await self.store.hook_owner(token) if _may_be_indexed(token) else None
         if owner is None:
+            check_hook_token(token)
             raise HookNotFoundError(f"no live hook has token {token!r}")
         run_id, corr = owner
         received = NewEvent.of(
@@ -266,6 +273,11 @@ class Client:
             cursor, events = await self.store.wait_for(
                 run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
             )
+
+
+def _may_be_indexed(token: object) -> bool:
+    """Worth a lookup: a string no longer than any token the index ever held."""
+    return isinstance(token, str) and 0 < len(token) <= MAX_KEY
 
 
 def _outcome(run_id: str, event: Event) -> Any:

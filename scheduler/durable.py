@@ -8,10 +8,12 @@ any producer can resume. They only make sense inside a workflow.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from eventlog.errors import LedgerflowError
+from eventlog.delays import delay_seconds
+from eventlog.errors import InvalidArgumentError, LedgerflowError
 
 from .context import current_instance
 from .replay import Hook, WorkflowInstance
@@ -26,26 +28,36 @@ def _instance(call: str) -> WorkflowInstance:
     return instance
 
 
-def _seconds(delay: float | dt.timedelta) -> float:
-    return delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
-
-
 async def sleep(delay: float | dt.timedelta) -> None:
-    """Sleep durably: the wake-up survives every process being killed and restarted."""
-    await _instance("lf.sleep()").sleep(_seconds(delay))
+    """Sleep durably: the wake-up survives every process being killed and restarted.
+
+    A delay that cannot be honoured (NaN, infinite, over 100 years, not a number)
+    raises lf.InvalidArgumentError here, in the workflow, which may catch it.
+    """
+    instance = _instance("lf.sleep()")
+    await instance.sleep(delay_seconds(delay, "lf.sleep() delay"))
 
 
 def create_hook(token: str | None = None, metadata: Any = None) -> Hook:
     """A point where the outside world can send this run data: ``await client.resume_hook``.
 
     ``token`` defaults to one derived from the run and position; pass your own
-    (an order id, say) to make it guessable by the caller. Tokens are unique
-    among live hooks.
+    (an order id, say) to make it guessable by the caller: 1-256 printable ASCII
+    characters without spaces or "|" (lf.InvalidArgumentError otherwise). Tokens
+    are unique among live hooks: a hook whose token another live hook holds is
+    recorded as conflicted, and awaiting it raises lf.HookConflictError.
     """
     return _instance("lf.create_hook()").create_hook(token, metadata)
 
 
 async def wait_for(awaitable: Awaitable[T], timeout: float | dt.timedelta) -> T:
     """Await with a durable timeout (a timer in the log, not asyncio): raises lf.WaitTimeout."""
-    result: T = await _instance("lf.wait_for()").wait_for(awaitable, _seconds(timeout))
+    instance = _instance("lf.wait_for()")
+    try:
+        seconds = delay_seconds(timeout, "lf.wait_for() timeout")
+    except InvalidArgumentError:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never started: nothing was asked for, nothing to warn about
+        raise
+    result: T = await instance.wait_for(awaitable, seconds)
     return result

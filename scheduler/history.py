@@ -49,7 +49,7 @@ from eventlog.errors import (
     SerializationError,
 )
 from eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
-from eventlog.fold import ErrorInfo
+from eventlog.fold import RECORDED_BY, ErrorInfo
 from worker.outcome import type_name
 
 from .registry import WorkflowDef, WorkflowFunction, workflows
@@ -68,9 +68,10 @@ from .replay import (
 FORMAT_VERSION = 1
 HEADER_KEY = "ledgerflow_history"
 
-# Run failures the scheduler records on its own, not as the workflow's outcome (the
-# hook it asked for could not be created): the code never got to see them, so the
-# log cannot be held to what the code does next.
+# Run failures the scheduler records on its own, not as the workflow's outcome: the
+# code never got to see them, so the log cannot be held to what the code does next.
+# Logs written before hook conflicts were recorded per hook failed the run with this
+# type; newer scheduler-recorded failures say so in their data (RECORDED_BY).
 _RECORDED_BY_SCHEDULER = frozenset({type_name(HookTokenConflictError)})
 
 Source = str | os.PathLike[str]
@@ -440,6 +441,9 @@ def _held_to_outcome(terminal: Event) -> bool:
     if terminal.type is EventType.RUN_CANCELLED:
         return False
     if terminal.type is EventType.RUN_FAILED:
+        data = terminal.data if isinstance(terminal.data, dict) else {}
+        if data.get(RECORDED_BY) == "scheduler":
+            return False
         return _recorded_error(terminal).type not in _RECORDED_BY_SCHEDULER
     return True
 

@@ -56,6 +56,7 @@ from eventlog.lease import Lease
 from eventlog.store import EventStore
 from eventlog.timers import Timer, TimerKind
 
+from .hookclash import CONFLICT_REASON
 from .replay import CHILD_PREFIX
 
 log = structlog.get_logger("ledgerflow.reconciler")
@@ -363,8 +364,16 @@ def _limit_ms(started: dict[str, Any] | None, default_ms: int) -> int:
 def _unacted(events: list[Event], state: RunState) -> bool:
     """Does the log end with outcomes after the scheduler last wrote anything?"""
     for event in reversed(events):
+        if _conflict_disposal(event):
+            return True  # written by a scheduler, but for the workflow to see next
         if event.type in _SCHEDULER_WRITES:
             return False
         if event.type in _NEEDS_SCHEDULER:
             return True
     return state.status == "started" and not state.steps and not state.waits and not state.hooks
+
+
+def _conflict_disposal(event: Event) -> bool:
+    """The disposal of a hook whose token was taken (scheduler.hookclash)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    return event.type is EventType.HOOK_DISPOSED and data.get("reason") == CONFLICT_REASON

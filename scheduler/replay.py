@@ -24,13 +24,15 @@ from typing import Any
 from eventlog import codec
 from eventlog.errors import (
     ChildWorkflowError,
+    HookConflictError,
     ReplayDivergenceError,
     RunCancelled,
     StepFailedError,
     WaitTimeout,
 )
 from eventlog.events import RUN_TERMINAL, Event, EventType, id_order
-from eventlog.fold import ErrorInfo
+from eventlog.fold import HOOK_CONFLICT, ErrorInfo
+from eventlog.names import MAX_RUN_ID, check_hook_token
 from eventlog.store import START
 from worker.dispatch import current_dispatcher
 from worker.registry import StepDef
@@ -90,8 +92,15 @@ CHILD_PREFIX = "workflow:"
 
 
 def child_run_id(parent_run_id: str, corr: str) -> str:
-    """Deterministic, so starting a child twice (a replay, a crash) starts it once."""
-    return f"{parent_run_id}.{corr}"
+    """Deterministic, so starting a child twice (a replay, a crash) starts it once.
+
+    ``<parent>.<corr>`` while that fits the run-id rule; a deeply nested child of a
+    long id gets a digest of its parent's id in its place, so it never outgrows it.
+    """
+    natural = f"{parent_run_id}.{corr}"
+    if len(natural) <= MAX_RUN_ID:
+        return natural
+    return f"{hashlib.sha256(parent_run_id.encode()).hexdigest()[:32]}.{corr}"
 
 
 class Hook:
@@ -108,6 +117,7 @@ class Hook:
         self.metadata = metadata
         self._buffer: deque[Any] = deque()
         self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._taken_by: str | None = None
 
     def _deliver(self, payload: Any) -> None:
         while self._waiters:
@@ -117,9 +127,29 @@ class Hook:
                 return
         self._buffer.append(payload)
 
+    def _conflicted(self, owner_run: str) -> None:
+        """The log says this hook's token was taken: every wait on it, now or later, raises."""
+        self._taken_by = owner_run
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(self._conflict())
+
+    def _conflict(self) -> HookConflictError:
+        owner = self._taken_by or ""
+        return HookConflictError(
+            f"hook token {self.token!r} is already used by a live hook of run {owner!r}; "
+            "this hook was recorded as conflicted and will never receive anything",
+            token=self.token,
+            owner_run=owner,
+            corr=self.corr,
+        )
+
     async def next(self) -> Any:
         if self._buffer:
             return self._buffer.popleft()
+        if self._taken_by is not None:
+            raise self._conflict()
         waiter: asyncio.Future[Any] = self._instance.loop.create_future()
         self._waiters.append(waiter)
         return await waiter
@@ -186,7 +216,9 @@ class WorkflowInstance:
         # corr -> (creation event type, name) of what this instance asked for there
         self._issued: dict[str, tuple[EventType, str]] = {}
         self._hooks: dict[str, Hook] = {}
-        self._disposed: set[str] = set()
+        # Hooks the log holds as created and not yet disposed (ordered, like a set).
+        self._live_hooks: dict[str, None] = {}
+        self._hook_conflicts: dict[str, str] = {}  # corr -> run holding its token
         self._children_started: set[str] = set()
         # Kept incrementally so an activation costs O(new events), not O(whole log):
         self._unissued: set[str] = set()  # recorded creations the code has not reached
@@ -214,6 +246,10 @@ class WorkflowInstance:
                 ):
                     self._pending_children[event.corr] = event
                 self._check_issued(event)
+            if event.type is EventType.HOOK_CREATED:
+                self._live_hooks[event.corr] = None
+            elif event.type is EventType.HOOK_DISPOSED:
+                self._live_hooks.pop(event.corr, None)
         for event in batch:
             self._now_ms = event.ts
             if self.divergence is None:
@@ -242,9 +278,16 @@ class WorkflowInstance:
             if hook is None:
                 return
             hook._deliver(data.get("payload"))
-        elif event.type is EventType.HOOK_DISPOSED:
-            self._disposed.add(event.corr)
-            return
+        elif event.type is EventType.HOOK_CREATED:
+            # Its outcome, in log order as every outcome: live, or conflicted.
+            owner = _conflict_owner(event)
+            if owner is None:
+                return
+            self._hook_conflicts[event.corr] = owner
+            hook = self._hooks.get(event.corr)
+            if hook is None:
+                return
+            hook._conflicted(owner)
         elif event.type is EventType.STEP_STARTED:
             # Only children are remembered: a set of every started step would grow
             # with the run (flat memory over hundreds of thousands of steps).
@@ -384,9 +427,14 @@ class WorkflowInstance:
         recorded = self._recorded.get(corr)
         if recorded is not None and isinstance(recorded.data, dict):
             token = str(recorded.data.get("token", token or ""))
+        elif token is not None:
+            # Checked only for a new hook: a recorded one replays as it was recorded.
+            check_hook_token(token)
         token = token or hashlib.sha256(f"{self.run_id}:{corr}".encode()).hexdigest()[:32]
         hook = Hook(self, corr, token, metadata)
         self._hooks[corr] = hook
+        if corr in self._hook_conflicts:
+            hook._conflicted(self._hook_conflicts[corr])
         if recorded is None:
             codec.encode(metadata, what="hook metadata")
             self._new.append(HookCommand(corr=corr, token=token, metadata=metadata))
@@ -403,7 +451,12 @@ class WorkflowInstance:
         raise WaitTimeout(f"nothing arrived within {timeout:g} s (a durable timeout)")
 
     def live_hooks(self) -> list[str]:
-        return [c for c in self._hooks if c not in self._disposed]
+        """Hooks the log holds as created and not disposed: what a run's end disposes.
+
+        A hook asked for in the very decision that ends the run was never recorded,
+        so there is nothing to dispose (disposing it would be an illegal transition).
+        """
+        return list(self._live_hooks)
 
     def unstarted_children(self) -> list[ChildCommand]:
         """Children recorded in the log whose start may not have happened (a crash)."""
@@ -496,6 +549,15 @@ class WorkflowInstance:
             self._task.cancel()
             self.loop.run_ready()
         self.loop.close()
+
+
+def _conflict_owner(event: Event) -> str | None:
+    """The run holding the token of a hook recorded as conflicted, else None."""
+    data = event.data if isinstance(event.data, dict) else {}
+    conflict = data.get(HOOK_CONFLICT)
+    if not isinstance(conflict, dict):
+        return None
+    return str(conflict.get("run", ""))
 
 
 def _matches(event: Event, kind: EventType, name: str) -> bool:

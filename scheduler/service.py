@@ -19,14 +19,17 @@ import structlog
 from broker import Activation, Broker, Consumer, Delivery, StepMessage
 from eventlog import faults, metrics
 from eventlog.errors import (
-    HookTokenConflictError,
+    IllegalTransitionError,
+    LedgerflowError,
     MalformedMessageError,
     RunClosedError,
     SerializationError,
     UnknownWorkflowError,
 )
 from eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEvent
-from eventlog.retrying import retrying
+from eventlog.fold import CALL_FINGERPRINT, RECORDED_BY
+from eventlog.integrity import call_fingerprint
+from eventlog.retrying import TRANSIENT, retrying
 from eventlog.store import EventStore
 from eventlog.timers import Timer, TimerKind
 from eventlog.transitions import RUN_TERMINAL_STATES
@@ -37,6 +40,7 @@ from worker.service import Worker
 from . import watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
 from .children import parent_of, report_to_parent, start_child
+from .hookclash import append_settling_clashes
 from .registry import WorkflowRegistry, workflows
 from .replay import (
     CHILD_PREFIX,
@@ -238,16 +242,19 @@ class Scheduler:
         the same batch, and reports its outcome to its parent, if it has one.
         """
         run_id = instance.run_id
-        batch = [self._created(instance, c) for c in decision.commands]
-        if decision.outcome is not None:
-            batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
-            batch.append(self._terminal(instance, decision.outcome))
         try:
-            results = await self._append_chunked(run_id, batch)
+            batch = [self._created(instance, c) for c in decision.commands]
+            if decision.outcome is not None:
+                batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
+                batch.append(self._terminal(instance, decision.outcome))
+            hooks = {c.corr: c for c in decision.commands if isinstance(c, HookCommand)}
+            results, conflicted = await self._append_chunked(run_id, batch, hooks)
         except RunClosedError:
             return True
-        except HookTokenConflictError as exc:
-            await self.store.append(run_id, [_failed(exc)])
+        except Exception as exc:
+            if not _unrecordable(exc):
+                raise
+            await self._give_up(instance, exc)
             return True
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         workflow = instance.definition.name
@@ -268,6 +275,8 @@ class Scheduler:
             children.update({c.corr: c for c in fresh if isinstance(c, ChildCommand)})
             for child in children.values():
                 await start_child(self.store, self.broker, run_id, child)
+            if conflicted:
+                await self._again(run_id)  # the workflow must see its conflicted hook
             return False
         log.info(
             "run finished",
@@ -279,7 +288,40 @@ class Scheduler:
             await report_to_parent(self.store, self.broker, instance.parent, batch[-1])
         return True
 
-    async def _append_chunked(self, run_id: str, batch: list[NewEvent]) -> list[AppendResult]:
+    async def _give_up(self, instance: WorkflowInstance, error: Exception) -> None:
+        """A decision that can never be recorded (a bad value, a bug) fails the run, saying why.
+
+        Retrying would not help: the activation would come back until the dead-letter
+        queue took it, and the run would stay started forever.
+        """
+        run_id = instance.run_id
+        log.error(
+            "decision cannot be recorded; run failed",
+            run_id=run_id,
+            workflow=instance.definition.name,
+            error=f"{type(error).__name__}: {error}",
+        )
+        failed = _failed(error, by_scheduler=True)
+        disposals = [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
+        try:
+            await self.store.append(run_id, [*disposals, failed])
+        except RunClosedError:
+            return
+        if instance.parent is not None:
+            await report_to_parent(self.store, self.broker, instance.parent, failed)
+
+    async def _again(self, run_id: str) -> None:
+        """Have the run activated once more: by the round in flight here, else through the queue."""
+        busy = self._busy.get(run_id)
+        if busy is not None:
+            busy.dirty = True
+            return
+        activation = Activation(run_id=run_id, reason="hook conflict")
+        await retrying("publish activation", lambda: self.broker.publish_activation(activation))
+
+    async def _append_chunked(
+        self, run_id: str, batch: list[NewEvent], hooks: dict[str, HookCommand]
+    ) -> tuple[list[AppendResult], bool]:
         """Append a decision in chunks, so a 10,000-step fan-out never blocks Redis for long.
 
         Each chunk is atomic; a crash between chunks leaves a prefix of the
@@ -288,9 +330,13 @@ class Scheduler:
         append and its publish. The run's terminal event is always in the last chunk.
         """
         results: list[AppendResult] = []
+        conflicted = False
         for start in range(0, len(batch), self.append_chunk):
-            results += await self.store.append(run_id, batch[start : start + self.append_chunk])
-        return results
+            chunk = batch[start : start + self.append_chunk]
+            written, clashed = await append_settling_clashes(self.store, run_id, chunk, hooks)
+            results += written
+            conflicted = conflicted or clashed
+        return results, conflicted
 
     def _run_here(self, steps: list[StepMessage]) -> list[StepMessage]:
         """Hand what this process's worker has room for to it (eager dispatch); return the rest."""
@@ -313,6 +359,8 @@ class Scheduler:
     @staticmethod
     def _created(instance: WorkflowInstance, command: Command) -> NewEvent:
         if isinstance(command, StepCommand):
+            # The worker's step_started must carry the same call fingerprint.
+            call = call_fingerprint(command.step.name, command.args)
             return NewEvent.of(
                 EventType.STEP_CREATED,
                 command.corr,
@@ -321,7 +369,9 @@ class Scheduler:
                     "queue": command.step.queue,
                     "args": command.args,
                     "fp": command.fingerprint,
+                    CALL_FINGERPRINT: call,
                 },
+                fingerprint=call,
                 max_size=None,
             )
         if isinstance(command, WaitCommand):
@@ -402,5 +452,19 @@ def _trigger_ms(events: list[Event]) -> int:
     return next((e.ts for e in reversed(events) if e.type not in _OWN_WRITES), events[-1].ts)
 
 
-def _failed(error: BaseException) -> NewEvent:
-    return NewEvent.of(EventType.RUN_FAILED, data={"error": error_info(error)}, max_size=None)
+def _failed(error: BaseException, *, by_scheduler: bool = False) -> NewEvent:
+    data: dict[str, object] = {"error": error_info(error)}
+    if by_scheduler:
+        data[RECORDED_BY] = "scheduler"  # not the workflow's outcome (see history.replay)
+    return NewEvent.of(EventType.RUN_FAILED, data=data, max_size=None)
+
+
+def _unrecordable(exc: Exception) -> bool:
+    """An error no retry of the same decision can cure: a bad value, or a bug.
+
+    Infrastructure errors are retried; an illegal transition means another writer
+    got there first, and a fresh replay sorts that out.
+    """
+    if isinstance(exc, (*TRANSIENT, IllegalTransitionError)):
+        return False
+    return isinstance(exc, (LedgerflowError, ValueError, TypeError, ArithmeticError))

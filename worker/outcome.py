@@ -5,7 +5,8 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from eventlog.errors import SerializationError
+from eventlog.delays import MAX_DELAY_MS
+from eventlog.errors import InvalidArgumentError, SerializationError
 from eventlog.events import EventType, NewEvent
 from eventlog.text import MAX_MESSAGE, MAX_NAME, clip, safe_str
 from eventlog.timers import Timer, TimerKind
@@ -100,7 +101,11 @@ def failure_event(
     """
     if not policy.should_retry(exc, attempt):
         return failed(step_id, attempt, exc)
-    delay_ms = int(policy.delay(exc, attempt) * 1000)
+    try:
+        delay_ms = min(MAX_DELAY_MS, int(policy.delay(exc, attempt) * 1000))
+    except InvalidArgumentError as bad:
+        # A retry that can never come: the attempt fails for good, saying why.
+        return failed(step_id, attempt, _unhonoured(exc, bad))
     return NewEvent.of(
         EventType.STEP_RETRYING,
         step_id,
@@ -110,3 +115,12 @@ def failure_event(
         delay_ms=delay_ms,
         max_size=None,
     )
+
+
+def _unhonoured(exc: BaseException, bad: InvalidArgumentError) -> InvalidArgumentError:
+    """The error recorded for a retry whose requested delay cannot be honoured."""
+    error = InvalidArgumentError(
+        f"{bad}; the step is failed, not retried (it raised {type_name(type(exc))}: {exc})"
+    )
+    error.__cause__ = exc
+    return error

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from eventlog import codec
-from eventlog.errors import ConfigurationError, SerializationError, UnknownStepError
+from eventlog.delays import delay_seconds
+from eventlog.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    SerializationError,
+    UnknownStepError,
+)
 from eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 
 from .dispatch import current_dispatcher
@@ -135,7 +141,13 @@ def step(
 
     def register(func: Callable[..., Any]) -> StepFunction[Any, Any]:
         for label, limit in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
-            if limit is not None and limit <= 0:
+            if limit is None:
+                continue
+            try:
+                seconds = delay_seconds(limit, f"step {func.__qualname__}: {label}")
+            except InvalidArgumentError as exc:
+                raise ConfigurationError(str(exc)) from None
+            if seconds <= 0:
                 raise ConfigurationError(f"step {func.__qualname__}: {label} must be positive")
         definition = StepDef(
             name=name or func.__qualname__,

@@ -38,16 +38,19 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
+from broker.messages import encode_message
 from eventlog import faults, metrics
 from eventlog.errors import (
     BrokerError,
     EventLogError,
     RunClosedError,
     SerializationError,
+    StepMismatchError,
     UnknownStepError,
     WorkerLostError,
 )
 from eventlog.events import EventType, NewEvent
+from eventlog.integrity import call_fingerprint
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
 from eventlog.timers import Timer, TimerKind
@@ -231,9 +234,16 @@ class Worker:
             await retrying("publish steps", lambda: self.broker.publish_steps(messages))
             return
         hold = _Hold(covered=False)
-        await asyncio.gather(
+        verdicts = await asyncio.gather(
             *(self._invoke(call, call.message.attempt, hold, local=True) for call in calls)
         )
+        for call, verdict in zip(calls, verdicts, strict=True):
+            if verdict:  # no message to park: the reconciler finds the step unstarted
+                log.error(
+                    "in-process step refused",
+                    **_log_fields(call.message, call.message.attempt),
+                    reason=verdict,
+                )
 
     async def _drain_local(self, timeout: float) -> None:
         """Wait for in-process and released steps; those that overstay go to the queue.
@@ -312,9 +322,10 @@ class Worker:
             else:
                 await self._give_back(delivery, work)
             return
-        problems = [v for v in work.result() if v]
-        if problems:
-            await self._dead_letter(delivery, problems[0])
+        verdicts = work.result()
+        refused = [(c.message, v) for c, v in zip(calls, verdicts, strict=True) if v]
+        if refused:
+            await self._dead_letter_refused(delivery, len(calls), refused)
             return
         await delivery.ack()
 
@@ -397,6 +408,33 @@ class Worker:
             return
         log.info("step message waited for a free slot too long; handed back", **fields)
 
+    async def _dead_letter_refused(
+        self, delivery: Delivery, total: int, refused: list[tuple[StepMessage, str]]
+    ) -> None:
+        """Park the steps this worker refused to run; the others of the batch ran and count.
+
+        The dead-letter copy holds only the refused steps (with their reasons), so a
+        requeue from the dead queue retries exactly those, and the honest steps of a
+        batch with one forged step are not held back.
+        """
+        reasons = [reason for _, reason in refused]
+        reason = "; ".join(reasons[:3]) + (
+            f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        )
+        if len(refused) == total:
+            await self._dead_letter(delivery, reason)
+            return
+        steps = tuple(message for message, _ in refused)
+        body = encode_message(steps[0] if len(steps) == 1 else StepBatch(steps))
+        log.warning(
+            "steps dead-lettered; the rest of their batch ran",
+            queue=delivery.queue,
+            refused=len(steps),
+            of=total,
+            reason=reason,
+        )
+        await self.broker.dead_letter(delivery, reason, body=body)
+
     def _prepare(self, message: StepMessage) -> _Call:
         """Resolve the step and decode its arguments: UnknownStepError or SerializationError."""
         definition = self.registry.get(message.step_name)
@@ -433,9 +471,13 @@ class Worker:
                 f"without an outcome (its workers died or were stopped); {policy.max_attempts} "
                 "attempts allowed"
             )
-            await self._record(
-                message, [started, outcome.failed(message.step_id, attempt, lost)], bound
-            )
+            try:
+                # step_started goes first: a forged message cannot fail a step this way.
+                await self._record(
+                    message, [started, outcome.failed(message.step_id, attempt, lost)], bound
+                )
+            except EventLogError as exc:
+                return await self._refusal(message, exc, bound)
             return ""
         try:
             (result,) = await self._writes.append(message.run_id, [started])
@@ -443,7 +485,7 @@ class Worker:
             bound.info("run already ended; step skipped")
             return ""
         except EventLogError as exc:
-            return f"cannot start step {message.step_id}: {exc}"
+            return await self._refusal(message, exc, bound)
         if result.duplicate:
             # Already has an outcome, or this attempt is stale: never run it again.
             bound.info("step already recorded; skipped")
@@ -459,6 +501,46 @@ class Worker:
             raise
         await self._record(message, [event], bound, time.monotonic() - began)
         return ""
+
+    async def _refusal(
+        self,
+        message: StepMessage,
+        exc: EventLogError,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> str:
+        """Why a step was not started, as its dead-letter reason (a forgery says what differs)."""
+        if not isinstance(exc, StepMismatchError):
+            return f"cannot start step {message.step_id}: {exc}"
+        try:
+            difference = await self._difference(message)
+        except Exception as read_error:  # the reason stays the store's own
+            difference = f"{exc.difference} (the step_created could not be read: {read_error})"
+        reason = (
+            f"forged step message: run {message.run_id!r} step {message.step_id!r} "
+            f"does not match its step_created: {difference}; not run"
+        )
+        bound.warning("step message refused", reason=reason)
+        return reason
+
+    async def _difference(self, message: StepMessage) -> str:
+        """Name, arguments or both: read from the step_created the message claims to be."""
+        entity = await self.store.entity(message.run_id, message.step_id)
+        created = (
+            await self.store.read_event(message.run_id, entity.created_id)
+            if entity.created_id
+            else None
+        )
+        data = created.data if created is not None and isinstance(created.data, dict) else {}
+        name, args = str(data.get("name", "")), data.get("args", b"")
+        differs = []
+        if name != message.step_name:
+            differs.append(f"step name {_cut(message.step_name)!r}, the log's {_cut(name)!r}")
+        if not isinstance(args, bytes) or args != message.args:
+            logged = len(args) if isinstance(args, bytes) else 0
+            differs.append(
+                f"arguments ({len(message.args)} bytes) differ from the log's ({logged} bytes)"
+            )
+        return "; ".join(differs) or "its call fingerprint differs from the log's"
 
     async def _hand_back(self, message: StepMessage, next_attempt: int, attempt: int) -> None:
         """A step no message covers, cut off by shutdown, goes to the queue as ``next_attempt``.
@@ -489,6 +571,8 @@ class Worker:
             # The limits let the reconciler tell a stuck step from a slow one.
             {"worker": self.identity, **{k: v for k, v in limits.items() if v is not None}},
             attempt=attempt,
+            # The append refuses it unless the step_created recorded this very call.
+            fingerprint=call_fingerprint(message.step_name, message.args),
             timer=timer,
             delay_ms=timeout_ms,
         )
@@ -583,6 +667,11 @@ class Worker:
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("message dead-lettered", queue=delivery.queue, reason=reason)
         await self.broker.dead_letter(delivery, reason)
+
+
+def _cut(text: str, limit: int = 100) -> str:
+    """A name from a message of unknown origin, short enough for a header and a log line."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _log_fields(message: StepMessage, attempt: int) -> dict[str, object]:

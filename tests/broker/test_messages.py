@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from broker.base import MAX_REASON, bounded_reason
 from broker.messages import (
     SCHEMA_VERSION,
     Activation,
@@ -177,3 +178,60 @@ def test_pickle_is_not_accepted() -> None:
 
     with pytest.raises(MalformedMessageError):
         decode_message(pickle.dumps(Activation("r")))
+
+
+# --- identifiers a message may carry (issue 11, item 2) ---------------------------------
+
+
+@pytest.mark.parametrize("run_id", ["a|b", "a{b}", "a b", "", "x" * 201, "line\nbreak"])
+def test_a_run_id_outside_the_rule_makes_any_message_malformed(run_id: str) -> None:
+    bodies = [
+        _pack(_step_map(run_id=run_id)),
+        _pack({"v": SCHEMA_VERSION, "k": "activation", "run_id": run_id}),
+        _pack(
+            {
+                "v": SCHEMA_VERSION,
+                "k": "steps",
+                "run_id": run_id,
+                "queue": "default",
+                "steps": [["s1", "n", 1, b""]],
+            }
+        ),
+    ]
+    for body in bodies:
+        with pytest.raises(MalformedMessageError, match="'run_id': invalid run id"):
+            decode_message(body)
+
+
+@pytest.mark.parametrize("step_id", ["s|1", "", "s" * 65])
+def test_a_step_id_that_cannot_be_a_log_id_is_malformed(step_id: str) -> None:
+    with pytest.raises(MalformedMessageError, match="'step_id'"):
+        decode_message(_pack(_step_map(step_id=step_id)))
+    batch = {
+        "v": SCHEMA_VERSION,
+        "k": "steps",
+        "run_id": "r",
+        "queue": "default",
+        "steps": [["s1", "n", 1, b""], [step_id, "n", 1, b""]],
+    }
+    with pytest.raises(MalformedMessageError, match=r"steps\[1\] message field 'step_id'"):
+        decode_message(_pack(batch))
+
+
+def test_an_attempt_past_the_bound_is_malformed() -> None:
+    with pytest.raises(MalformedMessageError, match="'attempt' must be at most 2147483647"):
+        decode_message(_pack(_step_map(attempt=2**31)))
+    assert decode_message(_pack(_step_map(attempt=2**31 - 1))).attempt == 2**31 - 1
+
+
+def test_child_and_generated_run_ids_pass() -> None:
+    for run_id in ("0f3c9a", "order-42", "parent.s3", "tenant:7.s1.s2", "A_b-c.d:e"):
+        assert decode_message(encode_message(Activation(run_id))) == Activation(run_id)
+
+
+def test_dead_letter_reasons_are_bounded_head_and_tail_kept() -> None:
+    assert bounded_reason("short") == "short"
+    reason = bounded_reason("a" * 10 + "b" * 300_000 + "c" * 10)
+    assert len(reason) < MAX_REASON + 100
+    assert reason.startswith("a" * 10) and reason.endswith("c" * 10)
+    assert "[298020 characters cut]" in reason

@@ -19,19 +19,26 @@ import pytest
 import redis.asyncio as aioredis
 
 from eventlog import codec
+from eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
+from eventlog.derived import verify_run
 from eventlog.errors import (
+    AppendArgumentError,
     EventLogError,
+    HookTokenConflictError,
     IllegalTransitionError,
     RunClosedError,
     RunNotFoundError,
+    StepMismatchError,
     WorkflowMismatchError,
 )
 from eventlog.events import AppendResult, Event, EventType, NewEvent
 from eventlog.fold import fold
+from eventlog.integrity import call_fingerprint
 from eventlog.memory_store import MemoryEventStore
 from eventlog.names import Names, shard_of
 from eventlog.redis_store import RedisEventStore
 from eventlog.store import START, EventStore
+from eventlog.timers import Timer, TimerKind
 from eventlog.transitions import ABSENT, RULES, RUN_TERMINAL_STATES, Action, Guard
 
 E = EventType
@@ -988,3 +995,272 @@ async def test_both_stores_give_the_same_verdicts(
                     f"memory {got_memory}; redis {got_redis}"
                 )
     assert not disagreements, "\n".join(disagreements)
+
+
+# --- hostile arguments: checked before anything is written (issue 11, items 2, 7, 8, 11) --
+
+
+def _timer(kind: TimerKind, run: str, corr: str = "s1", attempt: int = 0) -> Timer:
+    return Timer(kind, run, corr, attempt)
+
+
+def _bad_last_events(run_id: str) -> dict[str, tuple[NewEvent, str]]:
+    """One bad event per field the first pass checks, with the field it names."""
+    wait = _timer(TimerKind.WAIT, run_id, "w9")
+    other = _timer(TimerKind.WAIT, "another-run", "w9")
+    return {
+        "corr with a bar": (ev(E.WAIT_CREATED, "w|9", {"due": 1}), "corr"),
+        "corr too long": (ev(E.WAIT_CREATED, "w" * 65, {"due": 1}), "corr"),
+        "corr with a space": (ev(E.WAIT_CREATED, "w 9", {"due": 1}), "corr"),
+        "corr not ascii": (ev(E.WAIT_CREATED, "é" * 40, {"due": 1}), "corr"),
+        "workflow name too long in bytes": (
+            NewEvent.of(E.RUN_STARTED, workflow="é" * 300),
+            "key",
+        ),
+        "entity without corr": (ev(E.WAIT_CREATED, "", {"due": 1}), "corr"),
+        "run event with corr": (ev(E.RUN_STARTED, "s1"), "corr"),
+        "negative attempt": (ev(E.STEP_CREATED, "s9", attempt=-1), "attempt"),
+        "attempt too large": (ev(E.STEP_CREATED, "s9", attempt=2**31), "attempt"),
+        "token with a space": (NewEvent.of(E.HOOK_CREATED, "h9", {}, token="a b"), "key"),
+        "token with a bar": (NewEvent.of(E.HOOK_CREATED, "h9", {}, token="a|b"), "key"),
+        "workflow name too long": (NewEvent.of(E.RUN_STARTED, workflow="w" * 513), "key"),
+        "fingerprint not hex": (NewEvent.of(E.STEP_CREATED, "s9", {}, fingerprint="x" * 32), "key"),
+        "timer of another run": (
+            NewEvent.of(E.WAIT_CREATED, "w9", {}, timer=other, due_ms=1),
+            "timer",
+        ),
+        "due past year 9999": (
+            NewEvent.of(E.WAIT_CREATED, "w9", {}, timer=wait, due_ms=MAX_DUE_MS + 1),
+            "due",
+        ),
+        "delay over 100 years": (
+            NewEvent.of(E.WAIT_CREATED, "w9", {}, timer=wait, delay_ms=MAX_DELAY_MS + 1),
+            "due",
+        ),
+        "negative delay": (
+            NewEvent.of(E.WAIT_CREATED, "w9", {}, timer=wait, delay_ms=-5),
+            "due",
+        ),
+    }
+
+
+async def _everything(store: EventStore, run_id: str) -> tuple[Any, ...]:
+    """The run's stream, status hash and every index an append touches."""
+    active = [await store.active_runs(shard) for shard in range(store.names.shards)]
+    return (
+        await snapshot(store, run_id),
+        active,
+        await store.count_timers(),
+        await store.pending_timers(run_id),
+        await store.hook_owner("tok-good"),
+        await store.list_runs(limit=100),
+    )
+
+
+@pytest.mark.parametrize("case", sorted(_bad_last_events("r")))
+async def test_a_batch_whose_last_event_is_bad_writes_nothing(
+    store: EventStore, run_id: str, case: str
+) -> None:
+    """Redis does not roll a script back: every argument is checked before the first write."""
+    await started_run(store, run_id)
+    bad, field = _bad_last_events(run_id)[case]
+    good = [
+        step_created("s1"),
+        NewEvent.of(E.HOOK_CREATED, "h1", {"token": "tok-good"}, token="tok-good"),
+        NewEvent.of(
+            E.WAIT_CREATED, "w1", {"due": 1}, timer=_timer(TimerKind.WAIT, run_id, "w1"), due_ms=1
+        ),
+    ]
+    before = await _everything(store, run_id)
+    with pytest.raises(AppendArgumentError) as info:
+        await store.append(run_id, [*good, bad])
+    assert isinstance(info.value, ValueError)
+    assert (info.value.where, info.value.field) == ("event 4", field), str(info.value)
+    assert "nothing written" in str(info.value)
+    assert await _everything(store, run_id) == before
+
+
+@pytest.mark.parametrize("bad", ["a|b", "a{b}", "a b", "", "x" * 201, "tab\there", "é"])
+async def test_a_run_id_outside_the_rule_is_refused(store: EventStore, bad: str) -> None:
+    with pytest.raises(AppendArgumentError) as info:
+        await store.append(bad, [run_created()])
+    assert info.value.field == "run_id"
+    assert "letters, digits" in str(info.value)
+    assert await store.status(bad) == {}
+    assert await store.read(bad) == []
+    assert await store.list_runs(limit=10) == []
+
+
+async def test_two_hooks_with_one_token_in_one_batch_clash(store: EventStore, run_id: str) -> None:
+    """The second hook of a batch sees the token the first one claims in the same batch."""
+    await started_run(store, run_id)
+    before = await snapshot(store, run_id)
+    with pytest.raises(HookTokenConflictError) as info:
+        await store.append(
+            run_id,
+            [
+                NewEvent.of(E.HOOK_CREATED, "h1", {"token": "twin"}, token="twin"),
+                NewEvent.of(E.HOOK_CREATED, "h2", {"token": "twin"}, token="twin"),
+            ],
+        )
+    assert (info.value.token, info.value.owner_run, info.value.corr) == ("twin", run_id, "h2")
+    assert await snapshot(store, run_id) == before
+    assert await store.hook_owner("twin") is None
+    # A hook recorded without claiming its token (a conflicted one) clashes with nothing.
+    await append_ok(
+        store,
+        run_id,
+        [
+            NewEvent.of(E.HOOK_CREATED, "h1", {"token": "twin"}, token="twin"),
+            NewEvent.of(E.HOOK_CREATED, "h2", {"token": "twin", "conflict": {"run": run_id}}),
+            NewEvent.of(E.HOOK_DISPOSED, "h2", {"reason": "token conflict"}),
+        ],
+    )
+    assert await store.hook_owner("twin") == (run_id, "h1")
+    status = await store.status(run_id)
+    assert status["k:h1"] == "twin" and "k:h2" not in status
+    assert await verify_run(store, run_id) == []
+
+
+async def test_step_started_must_carry_the_call_fingerprint_of_step_created(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    honest = call_fingerprint("charge", codec.encode(["s1"]))
+    forged = call_fingerprint("charge", codec.encode(["all the money"]))
+    created = NewEvent.of(
+        E.STEP_CREATED,
+        "s1",
+        {"name": "charge", "queue": "default", "args": codec.encode(["s1"]), "call_fp": honest},
+        fingerprint=honest,
+    )
+    await append_ok(store, run_id, [created])
+    assert (await store.status(run_id))["f:s1"] == honest
+    before = await snapshot(store, run_id)
+    for attempt in (1, 10**6):  # a huge attempt is no way around it
+        with pytest.raises(StepMismatchError) as info:
+            await store.append(
+                run_id,
+                [
+                    NewEvent.of(E.STEP_STARTED, "s1", attempt=attempt, fingerprint=forged),
+                    NewEvent.of(E.STEP_FAILED, "s1", {"error": {}}, attempt=attempt),
+                ],
+            )
+        assert (info.value.run_id, info.value.corr) == (run_id, "s1")
+        assert forged in str(info.value) and honest in str(info.value)
+        assert await snapshot(store, run_id) == before
+    started = NewEvent.of(E.STEP_STARTED, "s1", attempt=1, fingerprint=honest)
+    await append_ok(store, run_id, [started])
+    # Internal writers that send no fingerprint (a child's start) are not refused.
+    await append_ok(store, run_id, [NewEvent.of(E.STEP_STARTED, "s1", attempt=2)])
+    assert await verify_run(store, run_id) == []
+
+
+async def test_the_fingerprint_check_sees_a_step_created_earlier_in_the_batch(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    fp = call_fingerprint("charge", b"\x90")
+    before = await snapshot(store, run_id)
+    with pytest.raises(StepMismatchError):
+        await store.append(
+            run_id,
+            [
+                NewEvent.of(E.STEP_CREATED, "s1", {"name": "charge"}, fingerprint=fp),
+                NewEvent.of(E.STEP_STARTED, "s1", attempt=1, fingerprint="0" * 32),
+            ],
+        )
+    assert await snapshot(store, run_id) == before
+
+
+async def test_steps_created_without_a_fingerprint_are_not_checked(
+    store: EventStore, run_id: str
+) -> None:
+    """Runs created before step fingerprints existed keep running."""
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [step_created("s1")])
+    assert "f:s1" not in await store.status(run_id)
+    started = NewEvent.of(E.STEP_STARTED, "s1", attempt=1, fingerprint="0" * 32)
+    await append_ok(store, run_id, [started])
+
+
+async def _plant_timer(store: EventStore, shard: int, member: str | bytes, due: int) -> None:
+    """Put an entry straight into a timer shard, the way no ledgerflow code would."""
+    if isinstance(store, RedisEventStore):
+        await store.client.zadd(store.names.timer_shard(shard), {member: due})
+    else:
+        assert isinstance(store, MemoryEventStore) and isinstance(member, str)
+        store._timers[shard][member] = due
+
+
+async def test_claiming_timers_removes_malformed_entries_and_returns_the_rest(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    healthy = _timer(TimerKind.WAIT, run_id, "w1")
+    wait = NewEvent.of(E.WAIT_CREATED, "w1", {"due": 1}, timer=healthy, due_ms=1)
+    await append_ok(store, run_id, [wait])
+    shard = shard_of(run_id, store.names.shards)
+    planted: list[str | bytes] = [
+        f"wait|{run_id}|w2|0",  # four fields
+        f"bogus|{run_id}|w2|0|0",  # no such kind
+        "wait|a{b}|w2|0|0",  # not a run id
+        f"wait|{run_id}|w2|-1|0",  # negative attempt
+        "x" * 5000,
+    ]
+    if isinstance(store, RedisEventStore):
+        planted.append(b"\xff\xfe|not utf-8")
+    for member in planted:
+        await _plant_timer(store, shard, member, 0)
+    assert [t for t, _ in await store.pending_timers(run_id)] == [healthy]
+    claimed = await store.claim_timers(100, 15_000)
+    assert [d.timer for d in claimed] == [healthy]
+    assert await store.count_timers() == 1
+    assert await store.claim_timers(100, 15_000) == []  # leased, and nothing else left
+
+
+async def test_delays_at_the_bounds_are_accepted(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    far = _timer(TimerKind.WAIT, run_id, "w1")
+    longest = _timer(TimerKind.WAIT, run_id, "w2")
+    await append_ok(
+        store,
+        run_id,
+        [
+            NewEvent.of(E.WAIT_CREATED, "w1", {"due": MAX_DUE_MS}, timer=far, due_ms=MAX_DUE_MS),
+            NewEvent.of(E.WAIT_CREATED, "w2", {}, timer=longest, delay_ms=MAX_DELAY_MS),
+        ],
+    )
+    pending = dict(await store.pending_timers(run_id))
+    assert pending[far] == MAX_DUE_MS
+    assert pending[longest] > MAX_DELAY_MS
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("argv_tail", "where", "field"),
+    [
+        (["2", "run_started", "", "", b"", "", "", ""], "batch", "n"),  # says 2, carries 1
+        (["0"], "batch", "n"),
+        (["1.5", "run_started", "", "", b"", "", "", ""], "batch", "n"),
+        (["1", "run_exploded", "", "", b"", "", "", ""], "event 1", "type"),
+        (["1", "wait_created", "w1", "", b"", "", "wait|RUN|w1|0|0", ""], "event 1", "timer"),
+        (["1", "wait_created", "w1", "", b"", "", "", "+5"], "event 1", "timer"),
+        (["1", "wait_created", "w1", "", b"", "", "wait|RUN|w1|0|0", "+1e3"], "event 1", "due"),
+        (["1", "step_created", "s1", "1.5", b"", "", "", ""], "event 1", "attempt"),
+    ],
+)
+async def test_the_script_refuses_what_no_store_method_can_send(
+    redis_client: aioredis.Redis, names: Names, argv_tail: list[Any], where: str, field: str
+) -> None:
+    """Raw script calls: a count that does not match, an unknown type, half a timer."""
+    store = RedisEventStore(redis_client, names)
+    run_id = new_run_id()
+    await started_run(store, run_id)
+    before = await snapshot(store, run_id)
+    argv = [run_id, *(a.replace("RUN", run_id) if isinstance(a, str) else a for a in argv_tail)]
+    reply = await store._append(keys=store._run_keys(run_id), args=argv)
+    text = [r.decode() if isinstance(r, bytes) else r for r in reply]
+    assert text[:4] == ["error", "badarg", where, field], text
+    assert await snapshot(store, run_id) == before
+    await store.close()

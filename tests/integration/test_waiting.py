@@ -126,8 +126,11 @@ async def test_hook_tokens_are_unique_among_live_hooks(running: lf.Client, names
     first = await running.start(waiting.approval, order)
     await wait_for_events(running, first.run_id, lambda ev: bool(of(ev, EventType.HOOK_CREATED)))
     second = await running.start(waiting.approval, order)
-    with pytest.raises(lf.WorkflowFailedError, match="already used by a live hook"):
+    with pytest.raises(lf.WorkflowFailedError, match="already used by a live hook") as info:
         await second.result(timeout=30)
+    # The workflow itself saw the conflict where it awaited the hook (it could have caught it).
+    assert info.value.type_name == "eventlog.errors.HookConflictError"
+    assert of(await running.events(second.run_id), EventType.HOOK_DISPOSED)
     await running.resume_hook(f"approve-{order}", "ok")
     assert await first.result(timeout=30) == "ok"
 
