@@ -38,8 +38,6 @@ MAX_IN_FLIGHT: Final = 1000
 """Unconfirmed publishes one ``publish_many`` keeps outstanding; bounds memory, not speed."""
 
 STEPS_PER_MESSAGE: Final = 32
-MAX_REASON: Final = 2000
-"""Characters of a dead-letter reason kept in its header (an AMQP frame is 128 KB)."""
 """Steps of one run that ``publish_steps`` packs into one message.
 
 Large enough that a fan-out's publishing cost drops by an order of magnitude
@@ -484,18 +482,14 @@ class Broker(ABC):
         """
 
 
-def bounded_reason(reason: str, limit: int = MAX_REASON) -> str:
+def bounded_reason(reason: str) -> str:
     """A dead-letter reason short enough for an AMQP header frame, head and tail kept.
 
     Reasons quote what came in (a step name, a run id): a hostile 300 KB name would
     otherwise make the header frame too large, RabbitMQ would close the connection,
     and the message would come back to do it again.
     """
-    if len(reason) <= limit:
-        return reason
-    cut = len(reason) - limit
-    half = limit // 2
-    return f"{reason[:half]} ...[{cut} characters cut]... {reason[-half:]}"
+    return clip(reason, MAX_REASON)
 
 
 def _as_outgoing(item: tuple[str, bytes] | Outgoing) -> Outgoing:

@@ -18,7 +18,6 @@ from .derived import Expected
 from .errors import (
     AppendArgumentError,
     ConfigurationError,
-    HookTokenConflictError,
     IllegalTransitionError,
     MalformedMessageError,
     RunClosedError,

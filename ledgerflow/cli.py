@@ -115,14 +115,6 @@ def resolve_workflow(target: str) -> str:
     )
 
 
-def positive_seconds(text: str) -> float:
-    """A finite number of seconds above zero (argparse turns the ValueError into usage)."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def settings_of(args: argparse.Namespace) -> Settings:
     return Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
 
@@ -435,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--ack-after",
-        type=positive_seconds,
+        type=positive_float,
         default=DEFAULT_ACK_AFTER,
         help="seconds a step message is held unacked; longer steps are covered by the log "
         "(keep it well under RabbitMQ's consumer_timeout, 30 min by default)",

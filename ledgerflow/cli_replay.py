@@ -17,8 +17,8 @@ from scheduler.history import HistoryError, dump_history, load_history, replay
 # The module, not its names: cli.py may import this one at its top, while it is
 # itself still being imported (names are looked up when a command runs).
 from . import cli
-from .cli_format import printable
 from .cli_args import run_id_arg
+from .cli_format import printable
 
 
 async def cmd_runs_export(args: argparse.Namespace) -> int:
