@@ -4,7 +4,7 @@
 behaviour lives in eventlog/, broker/, worker/ and scheduler/.
 """
 
-from eventlog.codec import serializable
+from eventlog.codec import allow_modules, serializable
 from eventlog.errors import (
     ChildWorkflowError,
     ConfigurationError,
@@ -14,6 +14,7 @@ from eventlog.errors import (
     HookTokenConflictError,
     IllegalTransitionError,
     LedgerflowError,
+    NestingTooDeepError,
     NonDeterminismError,
     PayloadTooLargeError,
     ReplayDivergenceError,
@@ -27,6 +28,7 @@ from eventlog.errors import (
     StepFailedError,
     StepTimeoutError,
     UnknownStepError,
+    UnknownTypeError,
     UnknownWorkflowError,
     WaitTimeout,
     WorkerLostError,
@@ -58,6 +60,7 @@ __all__ = [
     "HookTokenConflictError",
     "IllegalTransitionError",
     "LedgerflowError",
+    "NestingTooDeepError",
     "NonDeterminismError",
     "PayloadTooLargeError",
     "ReplayDivergenceError",
@@ -76,10 +79,12 @@ __all__ = [
     "StepState",
     "StepTimeoutError",
     "UnknownStepError",
+    "UnknownTypeError",
     "UnknownWorkflowError",
     "WaitTimeout",
     "WorkerLostError",
     "WorkflowFailedError",
+    "allow_modules",
     "create_hook",
     "embedded",
     "heartbeat",
