@@ -57,13 +57,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3,
 
 
 def import_app(app: str) -> Any:
-    """Import the module that defines the workflows and steps (like ``celery -A``)."""
+    """Import the module that defines the workflows and steps (like ``celery -A``).
+
+    The operator named it, so its dataclasses and pydantic models (and those of
+    its submodules) may be rebuilt from payloads: it joins the codec's allow-list.
+    """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return importlib.import_module(app)
+        module = importlib.import_module(app)
     except ModuleNotFoundError as exc:
         raise LedgerflowError(f"cannot import APP module {app!r}: {exc}") from exc
+    codec.allow_modules(app)
+    return module
 
 
 def resolve_workflow(target: str) -> str:
