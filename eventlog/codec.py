@@ -409,7 +409,7 @@ class _Encoder:
             ordered = sorted(items)
             if all(a < b for a, b in itertools.pairwise(ordered)):
                 return ordered
-        except TypeError:
+        except (TypeError, ArithmeticError):  # a Decimal NaN refuses to be ordered
             pass
         # Mixed types, or a partial order (sets of sets, NaN) where sorted() depends on the
         # iteration order: order by each item's encoding, a total order equal items share.

@@ -244,6 +244,8 @@ def _load(fp: IO[str], name: str) -> History:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise HistoryFormatError(f"{where}: not valid JSON ({exc})", line=number) from None
+        except RecursionError:  # json's parser recurses: a line of ten thousand '['
+            raise HistoryFormatError(f"{where}: JSON nested too deep", line=number) from None
         if not isinstance(obj, dict):
             raise HistoryFormatError(f"{where}: expected a JSON object", line=number)
         if HEADER_KEY in obj:
