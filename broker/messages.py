@@ -146,17 +146,22 @@ def decode_message(body: bytes) -> Message:
         raise MalformedMessageError(
             f"message body is {size} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
         )
+    shape = _Shape(size)
     try:
         raw = msgpack.unpackb(
             body,
             raw=False,
             strict_map_key=True,
+            object_hook=shape.map,
+            list_hook=shape.array,
             max_str_len=size,
             max_bin_len=size,
             max_array_len=size,
             max_map_len=size // 2,
             max_ext_len=size,
         )
+    except MalformedMessageError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise MalformedMessageError(
             f"message body ({size} bytes) is not valid msgpack: "
@@ -199,6 +204,36 @@ def _shown(value: Any) -> str:
     if isinstance(value, (str, bytes, int, float, bool)) or value is None:
         return brief(repr(value), 80)
     return f"a {type(value).__name__}"
+
+
+class _Shape:
+    """Stops unpacking a body that cannot be a message before it fills memory.
+
+    A message is one map, plus a list of four-field arrays for a batch, each
+    holding a step's arguments. Empty maps and arrays cost a byte each on the
+    wire and some 60 in memory: a body of them would cost 60 times its size.
+    Counting them as they are built (the hooks run bottom up, one per
+    container) keeps what a body can allocate to a small multiple of its size.
+    """
+
+    __slots__ = ("arrays", "limit", "maps")
+
+    def __init__(self, size: int) -> None:
+        self.maps = 0
+        self.arrays = 0
+        self.limit = 2 + size // 8  # each array of a real message holds a step: 8+ bytes
+
+    def map(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self.maps += 1
+        if self.maps > 1:
+            raise MalformedMessageError("a message body is one map, with no map inside it")
+        return value
+
+    def array(self, value: list[Any]) -> list[Any]:
+        self.arrays += 1
+        if self.arrays > self.limit:
+            raise MalformedMessageError("a message body holds more arrays than steps can fill")
+        return value
 
 
 def _field(raw: dict[Any, Any], kind: str, name: str, expected: type[_T]) -> _T:
