@@ -14,18 +14,33 @@ import contextlib
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import structlog
 
-from eventlog.errors import BrokerError, MalformedMessageError, PublishError
+from eventlog.codec import brief
+from eventlog.errors import (
+    BrokerError,
+    MalformedMessageError,
+    PayloadTooLargeError,
+    PublishError,
+)
 from eventlog.names import Names
 from eventlog.text import MAX_REASON, clip
 
 from .messages import Activation, StepBatch, StepMessage, decode_message, encode_message
+from .topology import MAX_MESSAGE_BYTES
 
 M = TypeVar("M", StepMessage, StepBatch, Activation)
 
@@ -48,6 +63,10 @@ hundreds of messages, hence over every worker.
 REASON_HEADER: Final = "x-ledgerflow-reason"
 QUEUE_HEADER: Final = "x-ledgerflow-queue"
 DEAD_AT_HEADER: Final = "x-ledgerflow-dead-at"
+
+MAX_REASON_CHARS: Final = 1000
+"""A dead-letter reason is cut to this: it goes into an AMQP header, which must fit in a
+frame, and it often quotes what the refused message itself said."""
 
 DELIVERY_LIMIT_REASON: Final = "delivery limit exceeded"
 REJECTED_REASON: Final = "rejected"
@@ -297,8 +316,14 @@ class Broker(ABC):
         headers: Mapping[str, Any] | None = None,
         message_id: str | None = None,
     ) -> None:
-        """Return only once the broker has the message; ``queue`` is a full queue name."""
-        await self._publish_one(Outgoing(queue, body, headers, message_id or _new_id()))
+        """Return only once the broker has the message; ``queue`` is a full queue name.
+
+        A body over ``MAX_MESSAGE_BYTES`` is refused (PayloadTooLargeError) before
+        anything is sent: every consumer would dead-letter it unread.
+        """
+        out = Outgoing(queue, body, headers, message_id or _new_id())
+        _check_size(out)
+        await self._publish_one(out)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes] | Outgoing]) -> None:
         """Keep many publishes in flight and return when all are confirmed.
@@ -308,6 +333,8 @@ class Broker(ABC):
         attempted even if some fail, so one bad queue does not hide the rest.
         """
         outgoing = [_as_outgoing(item) for item in items]
+        for out in outgoing:  # before any is sent: all or nothing for this reason
+            _check_size(out)
         failures: list[BaseException] = []
         for start in range(0, len(outgoing), MAX_IN_FLIGHT):
             chunk = outgoing[start : start + MAX_IN_FLIGHT]
@@ -329,7 +356,12 @@ class Broker(ABC):
     async def publish_steps(
         self, msgs: Sequence[StepMessage], *, per_message: int = STEPS_PER_MESSAGE
     ) -> None:
-        """Publish steps packed per run and queue, with all confirms awaited together."""
+        """Publish steps packed per run and queue, with all confirms awaited together.
+
+        A message holds up to ``per_message`` steps, and fewer when their
+        arguments would take it over ``MAX_MESSAGE_BYTES`` (each step's may be up
+        to its ``max_payload``).
+        """
         full_names: dict[str, str] = {}
         for short in dict.fromkeys(m.queue for m in msgs):
             full_names[short] = await self.declare_step_queue(short)
@@ -338,8 +370,7 @@ class Broker(ABC):
             groups.setdefault((m.run_id, m.queue), []).append(m)
         outgoing: list[Outgoing] = []
         for (_, queue), group in groups.items():
-            for start in range(0, len(group), max(1, per_message)):
-                chunk = group[start : start + max(1, per_message)]
+            for chunk in _chunks(group, max(1, per_message)):
                 message: StepMessage | StepBatch = (
                     chunk[0] if len(chunk) == 1 else StepBatch(tuple(chunk))
                 )
@@ -378,7 +409,7 @@ class Broker(ABC):
             if isinstance(message, kind):
                 return message
             reason = wrong_kind
-        log.warning("message dead-lettered", queue=delivery.queue, reason=reason)
+        log.warning("message dead-lettered", queue=delivery.queue, reason=brief(reason))
         await self.dead_letter(delivery, reason)
         return None
 
@@ -389,17 +420,20 @@ class Broker(ABC):
 
         The copy is confirmed before the ack, so a crash in between leaves two
         copies rather than none. ``body`` replaces the original body in the copy:
-        a batch whose other steps were run parks only the steps it refused.
+        a batch whose other steps were run parks only the steps it refused. The
+        body goes as it came, whatever its size (the broker accepted it once): the
+        size check of ``publish`` is for what ledgerflow builds, and refusing here
+        would leave the message nowhere.
         """
         headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
         headers[REASON_HEADER] = bounded_reason(reason)
         headers[QUEUE_HEADER] = delivery.queue
         headers[DEAD_AT_HEADER] = int(time.time() * 1000)
-        await self.publish(
-            self.names.dead_queue,
-            delivery.body if body is None else body,
-            headers=headers,
-            message_id=delivery.message_id,
+        message_id = delivery.message_id or _new_id()
+        await self._publish_one(
+            Outgoing(
+                self.names.dead_queue, delivery.body if body is None else body, headers, message_id
+            )
         )
         await delivery.ack()
 
@@ -414,9 +448,8 @@ class Broker(ABC):
         """
         headers = {k: v for k, v in delivery.headers.items() if k not in BROKER_OWNED_HEADERS}
         headers[EARLIER_DELIVERIES_HEADER] = delivery.deliveries_before
-        await self.publish(
-            delivery.queue, delivery.body, headers=headers, message_id=delivery.message_id
-        )
+        message_id = delivery.message_id or _new_id()
+        await self._publish_one(Outgoing(delivery.queue, delivery.body, headers, message_id))
         await delivery.ack()
 
     @abstractmethod
@@ -490,6 +523,41 @@ def bounded_reason(reason: str) -> str:
     and the message would come back to do it again.
     """
     return clip(reason, MAX_REASON)
+
+
+def _check_size(out: Outgoing) -> None:
+    if len(out.body) > MAX_MESSAGE_BYTES:
+        raise PayloadTooLargeError(
+            f"message {out.message_id!r} to {out.queue!r} is {len(out.body)} bytes, over the "
+            f"{MAX_MESSAGE_BYTES}-byte message limit; nothing was published"
+        )
+
+
+# Bytes a step adds to a batch message besides its id, name and arguments (msgpack
+# headers of the item and its four fields), and those of the batch itself besides
+# its run id, queue and workflow: generous upper bounds, so an estimate never undershoots.
+_STEP_OVERHEAD: Final = 32
+_BATCH_OVERHEAD: Final = 128
+
+
+def _chunks(group: list[StepMessage], per_message: int) -> Iterator[list[StepMessage]]:
+    """Consecutive runs of steps, each at most ``per_message`` long and one message in size."""
+    first = group[0]
+    base = _BATCH_OVERHEAD + sum(
+        len(text.encode()) for text in (first.run_id, first.queue, first.workflow)
+    )
+    chunk: list[StepMessage] = []
+    size = base
+    for step in group:
+        cost = _STEP_OVERHEAD + len(step.args) + len(step.step_id.encode())
+        cost += len(step.step_name.encode())
+        if chunk and (len(chunk) == per_message or size + cost > MAX_MESSAGE_BYTES):
+            yield chunk
+            chunk, size = [], base
+        chunk.append(step)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def _as_outgoing(item: tuple[str, bytes] | Outgoing) -> Outgoing:

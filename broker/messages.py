@@ -16,9 +16,12 @@ from typing import Any, Final, TypeVar
 
 import msgpack
 
+from eventlog.codec import brief
 from eventlog.errors import InvalidArgumentError, MalformedMessageError
 from eventlog.integrity import MAX_ATTEMPT
 from eventlog.names import check_corr, check_run_id
+
+from .topology import MAX_MESSAGE_BYTES
 
 SCHEMA_VERSION: Final = 1
 KIND_STEP: Final = "step"
@@ -131,19 +134,47 @@ def encode_message(msg: Message) -> bytes:
 
 
 def decode_message(body: bytes) -> Message:
-    """Decode a queue body; anything unexpected is a MalformedMessageError naming the problem."""
+    """Decode a queue body; anything unexpected is a MalformedMessageError naming the problem.
+
+    A body over ``MAX_MESSAGE_BYTES`` is refused before it is unpacked, and every
+    msgpack length limit is bounded by the body's own length, so no body can make
+    the consumer allocate far beyond its size. Nothing but MalformedMessageError
+    leaves here, and its text quotes at most a few hundred characters of the body.
+    """
+    if not isinstance(body, bytes):
+        raise MalformedMessageError(f"message body must be bytes, got {type(body).__name__}")
+    size = len(body)
+    if size > MAX_MESSAGE_BYTES:
+        raise MalformedMessageError(
+            f"message body is {size} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"
+        )
+    shape = _Shape(size)
     try:
-        raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        raw = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            object_hook=shape.map,
+            list_hook=shape.array,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=size,
+        )
+    except MalformedMessageError:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise MalformedMessageError(
-            f"message body ({len(body)} bytes) is not valid msgpack: {exc}"
-        ) from exc
+            f"message body ({size} bytes) is not valid msgpack: "
+            f"{type(exc).__name__}: {brief(str(exc))}"
+        ) from None
     if not isinstance(raw, dict):
         raise MalformedMessageError(f"message body must be a msgpack map, got {type(raw).__name__}")
     version = raw.get("v")
     if version != SCHEMA_VERSION:
         raise MalformedMessageError(
-            f"unsupported message schema version {version!r}; "
+            f"unsupported message schema version {_shown(version)}; "
             f"this process supports version {SCHEMA_VERSION}"
         )
     kind = raw.get("k")
@@ -165,9 +196,46 @@ def decode_message(body: bytes) -> Message:
             reason=_field(raw, kind, "reason", str) if "reason" in raw else "",
         )
     raise MalformedMessageError(
-        f"unknown message kind {kind!r}; expected {KIND_STEP!r}, {KIND_STEPS!r} or "
+        f"unknown message kind {_shown(kind)}; expected {KIND_STEP!r}, {KIND_STEPS!r} or "
         f"{KIND_ACTIVATION!r}"
     )
+
+
+def _shown(value: Any) -> str:
+    """A field value from the body, for an error message: short, and never a failure itself."""
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None:
+        return brief(repr(value), 80)
+    return f"a {type(value).__name__}"
+
+
+class _Shape:
+    """Stops unpacking a body that cannot be a message before it fills memory.
+
+    A message is one map, plus a list of four-field arrays for a batch, each
+    holding a step's arguments. Empty maps and arrays cost a byte each on the
+    wire and some 60 in memory: a body of them would cost 60 times its size.
+    Counting them as they are built (the hooks run bottom up, one per
+    container) keeps what a body can allocate to a small multiple of its size.
+    """
+
+    __slots__ = ("arrays", "limit", "maps")
+
+    def __init__(self, size: int) -> None:
+        self.maps = 0
+        self.arrays = 0
+        self.limit = 2 + size // 8  # each array of a real message holds a step: 8+ bytes
+
+    def map(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self.maps += 1
+        if self.maps > 1:
+            raise MalformedMessageError("a message body is one map, with no map inside it")
+        return value
+
+    def array(self, value: list[Any]) -> list[Any]:
+        self.arrays += 1
+        if self.arrays > self.limit:
+            raise MalformedMessageError("a message body holds more arrays than steps can fill")
+        return value
 
 
 def _field(raw: dict[Any, Any], kind: str, name: str, expected: type[_T]) -> _T:
@@ -234,7 +302,7 @@ def _attempt(raw: dict[Any, Any], kind: str = KIND_STEP) -> int:
     attempt = _field(raw, kind, "attempt", int)
     if isinstance(attempt, bool) or attempt < 1:
         raise MalformedMessageError(
-            f"{kind} message field 'attempt' must be a positive int, got {attempt!r}"
+            f"{kind} message field 'attempt' must be a positive int, got {_shown(attempt)}"
         )
     if attempt > MAX_ATTEMPT:
         raise MalformedMessageError(

@@ -14,16 +14,27 @@ says what to do, because it is always a deployment mismatch, never transient.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel
 
+from eventlog import codec
 from eventlog.errors import ConfigurationError
 from eventlog.names import Names
 
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+
+MAX_MESSAGE_BYTES: Final = codec.MAX_PAYLOAD + 64 * 1024
+"""The largest message body ledgerflow publishes or decodes.
+
+One step's arguments may be ``codec.MAX_PAYLOAD`` (the ceiling of a step's
+``max_payload``) plus the ids and names around them; ``publish_steps`` splits
+batches so that no message exceeds this. Consumers refuse (dead-letter) a longer
+body before unpacking it. RabbitMQ's own ``max_message_size`` is a server-wide
+setting (rabbitmq.conf), not a queue argument: set it to at least this.
+"""
 
 
 def work_queue_arguments(names: Names, delivery_limit: int) -> dict[str, Any]:

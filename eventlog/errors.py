@@ -44,6 +44,23 @@ class PayloadTooLargeError(SerializationError):
     """An encoded payload is over the configured size limit."""
 
 
+class NestingTooDeepError(SerializationError):
+    """A value is nested deeper than ledgerflow carries (containers and rich values combined).
+
+    Permanent, like a malformed payload: no deploy makes such bytes decodable.
+    """
+
+
+class UnknownTypeError(SerializationError):
+    """A payload names a class this process may not rebuild.
+
+    Not registered with ``@lf.serializable``, and not a dataclass or pydantic model
+    of an allowed, already imported module. Unlike a malformed payload this is a
+    deployment problem: the same bytes decode once the class is registered or its
+    module allowed (``lf.allow_modules``), so they are parked, not failed.
+    """
+
+
 class MalformedMessageError(LedgerflowError):
     """A queue message could not be decoded into a known message type."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codec
+from .errors import SerializationError
 from .timers import Timer
 
 SCHEMA_VERSION = 1
@@ -112,12 +113,24 @@ class NewEvent:
         due_ms: int | None = None,
         what: str | None = None,
         max_size: int | None = codec.DEFAULT_MAX_PAYLOAD,
+        envelope: int = 1,
     ) -> NewEvent:
+        """Build and encode an event.
+
+        ``max_size`` limits the encoded data (None: only the ceiling every stored
+        event is read back with, ``codec.MAX_EVENT_BYTES``). ``envelope`` is how
+        many levels the data puts around the user's value it carries (1 for
+        ``{"result": value}``, 2 for ``{"args": [...]}``), so that value may nest
+        ``codec.MAX_DEPTH`` deep and errors name its own depth.
+        """
         if data is None:
             data = {}
         if attempt is not None and isinstance(data, dict) and "attempt" not in data:
             data = {**data, "attempt": attempt}
-        payload = codec.encode(data, what=what or f"data of {type.value}", max_size=max_size)
+        limit = codec.MAX_EVENT_BYTES if max_size is None else min(max_size, codec.MAX_EVENT_BYTES)
+        payload = codec.encode(
+            data, what=what or f"data of {type.value}", max_size=limit, envelope=envelope
+        )
         return cls(
             type=type,
             corr=corr,
@@ -150,22 +163,43 @@ def id_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def decode_entry(entry_id: str, fields: dict[str, Any]) -> Event:
-    """Build an Event from a stream entry's raw fields (bytes or str)."""
+def decode_entry(entry_id: str, fields: Any) -> Event:
+    """Build an Event from a stream entry's raw fields (bytes or str).
 
-    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
-
-    def text(name: str) -> str:
-        value = fields.get(name, b"")
-        return value.decode() if isinstance(value, bytes) else str(value)
-
+    Anything wrong with the entry is a ``SerializationError`` naming it: stream
+    entries are input like any other (an XADD needs no ledgerflow code). Inside
+    ``codec.inspecting()`` data that cannot be decoded becomes an
+    ``codec.Undecodable`` marker instead, so a read-only tool still shows the
+    rest of the run; the entry's type must still be one this version knows.
+    """
+    where = f"event {codec.brief(str(entry_id), 80)}"
+    try:
+        fields = {_text(k): v for k, v in fields.items()}
+        event_type = EventType(_text(fields.get("type", b"")))
+        corr = _text(fields.get("corr", b""))
+        ts = int(_text(fields.get("ts", b"")) or 0)
+        version = int(_text(fields.get("v", b"")) or SCHEMA_VERSION)
+    except (AttributeError, TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise SerializationError(
+            f"{where} is malformed: {type(exc).__name__}: {codec.brief(str(exc))}"
+        ) from None
     raw = fields.get("data", b"")
-    data = codec.decode(raw if isinstance(raw, bytes) else raw.encode(), what=f"event {entry_id}")
-    return Event(
-        id=entry_id,
-        type=EventType(text("type")),
-        corr=text("corr"),
-        data=data,
-        ts=int(text("ts") or 0),
-        v=int(text("v") or SCHEMA_VERSION),
-    )
+    try:
+        data = codec.decode(
+            raw.encode() if isinstance(raw, str) else raw,
+            what=where,
+            max_size=codec.MAX_EVENT_BYTES,
+        )
+    except SerializationError as exc:
+        if not codec.is_inspecting():
+            raise
+        data = codec.Undecodable(str(exc))
+    return Event(id=entry_id, type=event_type, corr=corr, data=data, ts=ts, v=version)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"a stream field must be text, not {type(value).__name__}")

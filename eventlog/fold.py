@@ -131,7 +131,8 @@ def apply(state: RunState, event: Event) -> RunState:
             id=event.corr,
             name=str(data.get("name", "")),
             queue=str(data.get("queue", "")),
-            args=bytes(data.get("args", b"")),
+            # Stored encoded; anything else (bytes(10**12) would allocate a terabyte) is none.
+            args=args if isinstance(args := data.get("args"), bytes) else b"",
             child_run_id=str(data["child_run_id"]) if data.get("child_run_id") else None,
             created_ts=event.ts,
         )

@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .derived import Expected
 from .errors import MalformedMessageError, StepMismatchError
@@ -34,10 +36,29 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A stream entry as Redis keeps it: raw fields, decoded only when read.
+
+    Decoding on read, not on append, is what Redis does: a payload this process
+    cannot decode is written, and fails (or shows as undecodable) where it is read.
+    """
+
+    id: str
+    fields: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.fields["type"])
+
+    def event(self) -> Event:
+        return decode_entry(self.id, self.fields)
+
+
 class MemoryEventStore(EventStore):
     def __init__(self, names: Names | None = None) -> None:
         self.names = names or Names()
-        self._streams: dict[str, list[Event]] = defaultdict(list)
+        self._streams: dict[str, list[_Entry]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
         self._active: dict[int, dict[str, int]] = defaultdict(dict)
         self._timers: dict[int, dict[str, int]] = defaultdict(dict)
@@ -83,7 +104,7 @@ class MemoryEventStore(EventStore):
                 continue
             event_id = self._next_id(now)
             self._streams[run_id].append(
-                decode_entry(
+                _Entry(
                     event_id,
                     {
                         "type": event.type.value,
@@ -162,11 +183,23 @@ class MemoryEventStore(EventStore):
                 claimed[event.token] = mine
 
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
-        floor = id_order(after)
-        found = [e for e in self._streams.get(run_id, []) if id_order(e.id) > floor]
-        return found[:count] if count is not None else found
+        found = self._newer(run_id, after)
+        return [e.event() for e in (found[:count] if count is not None else found)]
 
     async def wait(self, run_id: str, after: str, timeout: float) -> list[Event]:
+        return [e.event() for e in await self._wait(run_id, after, timeout)]
+
+    async def wait_for(
+        self, run_id: str, after: str, timeout: float, types: frozenset[EventType]
+    ) -> tuple[str, list[Event]]:
+        """Filters on the raw type before decoding, as the Redis store does."""
+        entries = await self._wait(run_id, after, timeout)
+        if not entries:
+            return after, []
+        wanted = {t.value for t in types}
+        return entries[-1].id, [e.event() for e in entries if e.type in wanted]
+
+    async def _wait(self, run_id: str, after: str, timeout: float) -> list[_Entry]:
         cond = self._condition(run_id)
         async with cond:
             try:
@@ -177,7 +210,7 @@ class MemoryEventStore(EventStore):
                 return []
         return self._newer(run_id, after)
 
-    def _newer(self, run_id: str, after: str) -> list[Event]:
+    def _newer(self, run_id: str, after: str) -> list[_Entry]:
         floor = id_order(after)
         return [e for e in self._streams.get(run_id, []) if id_order(e.id) > floor]
 
@@ -263,9 +296,9 @@ class MemoryEventStore(EventStore):
         )
 
     async def read_event(self, run_id: str, event_id: str) -> Event | None:
-        for event in self._streams.get(run_id, []):
-            if event.id == event_id:
-                return event
+        for entry in self._streams.get(run_id, []):
+            if entry.id == event_id:
+                return entry.event()
         return None
 
     async def statuses(self, run_ids: Sequence[str]) -> list[dict[str, str]]:

@@ -124,6 +124,11 @@ SWEEPS = Counter(
     "Completed reconciler sweeps.",
     registry=REGISTRY,
 )
+SKIPPED_RUNS = Counter(
+    "ledgerflow_reconciler_skipped_runs",
+    "Runs a reconciler sweep passed over because their log could not be read.",
+    registry=REGISTRY,
+)
 
 # --- sampled gauges (GaugeSampler) -----------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .codec import Undecodable
 from .events import Event, EventType
 
 _DETAIL_LIMIT = 60
@@ -50,7 +51,9 @@ def timeline(events: Sequence[Event]) -> list[TimelineRow]:
         entity = "run" if event.type.kind == "run" else event.corr
         duration: int | None = None
         detail = ""
-        if event.type is EventType.RUN_CREATED:
+        if isinstance(event.data, Undecodable):  # only read-only tools see these
+            detail = f"undecodable: {event.data.reason}"
+        elif event.type is EventType.RUN_CREATED:
             detail = f"{data.get('workflow')}({_short(data.get('args', []))[1:-1]})"
         elif event.type is EventType.STEP_CREATED:
             names[event.corr] = str(data.get("name", ""))

@@ -19,6 +19,7 @@ import ledgerflow as lf
 PRICES = {"apple": Decimal("0.50"), "pear": Decimal("0.75"), "fig": Decimal("1.20")}
 
 
+@lf.serializable  # a class that travels between processes is registered by name
 @dataclass
 class Receipt:
     order_id: str

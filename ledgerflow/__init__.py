@@ -4,7 +4,7 @@
 behaviour lives in eventlog/, broker/, worker/ and scheduler/.
 """
 
-from eventlog.codec import serializable
+from eventlog.codec import allow_modules, serializable
 from eventlog.errors import (
     ChildWorkflowError,
     ConfigurationError,
@@ -16,6 +16,7 @@ from eventlog.errors import (
     IllegalTransitionError,
     InvalidArgumentError,
     LedgerflowError,
+    NestingTooDeepError,
     NonDeterminismError,
     PayloadTooLargeError,
     ReplayDivergenceError,
@@ -29,6 +30,7 @@ from eventlog.errors import (
     StepFailedError,
     StepTimeoutError,
     UnknownStepError,
+    UnknownTypeError,
     UnknownWorkflowError,
     WaitTimeout,
     WorkerLostError,
@@ -63,6 +65,7 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidArgumentError",
     "LedgerflowError",
+    "NestingTooDeepError",
     "NonDeterminismError",
     "PayloadTooLargeError",
     "ReplayDivergenceError",
@@ -81,11 +84,13 @@ __all__ = [
     "StepState",
     "StepTimeoutError",
     "UnknownStepError",
+    "UnknownTypeError",
     "UnknownWorkflowError",
     "WaitTimeout",
     "WorkerLostError",
     "WorkflowFailedError",
     "WorkflowStalledError",
+    "allow_modules",
     "create_hook",
     "embedded",
     "heartbeat",

@@ -86,17 +86,22 @@ def import_app(app: str) -> Any:
     Whatever the module raises while it is imported (a missing dependency, a typo,
     its own configuration check) is a ConfigurationError naming the module: the
     process cannot do its job, and a traceback from inside importlib helps nobody.
+
+    The operator named it, so its dataclasses and pydantic models (and those of
+    its submodules) may be rebuilt from payloads: it joins the codec's allow-list.
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        return importlib.import_module(app)
+        module = importlib.import_module(app)
     except ModuleNotFoundError as exc:
         raise ConfigurationError(f"cannot import APP module {app!r}: {exc}") from exc
     except Exception as exc:
         raise ConfigurationError(
             f"APP module {app!r} raised {type(exc).__name__} while being imported: {exc}"
         ) from exc
+    codec.allow_modules(app)
+    return module
 
 
 def resolve_workflow(target: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from broker import Broker, StepMessage
 from broker.deadletters import DeadLetter, describe, requeue
-from eventlog.errors import BrokerError, MalformedMessageError
+from eventlog.errors import BrokerError, MalformedMessageError, PayloadTooLargeError
 from worker.backend import connect
 
 from . import cli
@@ -97,7 +97,7 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
                 for delivery, letter in chosen:
                     try:
                         await requeue(broker, delivery, letter)
-                    except (BrokerError, MalformedMessageError) as exc:
+                    except (BrokerError, MalformedMessageError, PayloadTooLargeError) as exc:
                         # Not acked, so it goes back to the dead queue with the rest.
                         failed[letter.id] = str(exc)
                     else:

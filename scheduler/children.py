@@ -38,6 +38,7 @@ async def start_child(
         },
         workflow=command.workflow,
         what=f"arguments of child workflow {command.workflow!r}",
+        envelope=2,
     )
     (result,) = await store.append(command.child_run_id, [created])
     entity = await store.entity(parent_run_id, command.corr)
@@ -90,7 +91,7 @@ async def report_to_parent(
     if isinstance(terminal, Event):
         data = terminal.data if isinstance(terminal.data, dict) else {}
     else:
-        decoded = codec.decode(terminal.payload)
+        decoded = codec.decode(terminal.payload, max_size=codec.MAX_EVENT_BYTES)
         data = decoded if isinstance(decoded, dict) else {}
     if kind is EventType.RUN_COMPLETED:
         outcome = NewEvent.of(

@@ -7,13 +7,14 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 
 from broker import Activation, Broker
+from eventlog import codec
 from eventlog.errors import (
     BrokerError,
     HookNotFoundError,
@@ -22,6 +23,7 @@ from eventlog.errors import (
     RunCancelled,
     RunClosedError,
     RunNotFoundError,
+    SerializationError,
     ServiceUnavailableError,
     WorkflowFailedError,
 )
@@ -30,7 +32,7 @@ from eventlog.fold import ErrorInfo, RunState, fold
 from eventlog.integrity import MAX_KEY
 from eventlog.names import check_hook_token, check_run_id
 from eventlog.settings import Settings
-from eventlog.store import EventStore
+from eventlog.store import START, EventStore
 from eventlog.text import MAX_MESSAGE, clip, safe_str
 from worker.backend import connect
 
@@ -134,6 +136,7 @@ class Client:
             data={"workflow": name, "args": list(args), "kwargs": kwargs},
             workflow=name,
             what=f"arguments of workflow {name!r}",
+            envelope=2,
         )
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
@@ -151,7 +154,10 @@ class Client:
         a parent run is retried for up to ``publish_deadline`` seconds, then left
         to the reconciler (the parent's log holds an outcome not acted on).
         """
-        events = await self.store.read(run_id)
+        # Only the run's structure matters here (hooks, children), so a run holding
+        # data this process cannot decode can still be cancelled.
+        with codec.inspecting():
+            events = await self.store.read(run_id)
         if not events:
             raise RunNotFoundError(run_id)
         state = fold(run_id, events)
@@ -250,29 +256,52 @@ class Client:
         return RunHandle(self, run_id)
 
     async def events(self, run_id: str) -> list[Event]:
-        return await self.store.read(run_id)
+        """The run's log; SerializationError naming the run and event if one cannot be decoded."""
+        with _naming_run(run_id):
+            return await self.store.read(run_id)
 
     async def state(self, run_id: str) -> RunState:
-        return fold(run_id, await self.store.read(run_id))
+        with _naming_run(run_id):
+            return fold(run_id, await self.store.read(run_id))
 
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
-        """Wait for the run's end with blocking stream reads (XREAD BLOCK), never a sleep loop."""
+        """Wait for the run's end with blocking stream reads (XREAD BLOCK), never a sleep loop.
+
+        Only the run's end must be decodable: a result that cannot be decoded
+        raises SerializationError naming the run and the event.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        events = await self.store.read(run_id)
-        if not events:
-            raise RunNotFoundError(run_id)
-        cursor = events[-1].id
-        while True:
-            for event in events:
-                if event.type in RUN_TERMINAL:
-                    return _outcome(run_id, event)
-            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
-            # Only the end is decoded: a 10,000-step run's results are not this waiter's.
-            cursor, events = await self.store.wait_for(
-                run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
-            )
+        with _naming_run(run_id):
+            try:
+                events = await self.store.read(run_id)
+            except SerializationError:
+                # Another event cannot be decoded (the scheduler fails such a run): look
+                # for the end alone, decoding nothing else on the way.
+                events, cursor = [], START
+            else:
+                if not events:
+                    raise RunNotFoundError(run_id)
+                cursor = events[-1].id
+            while True:
+                for event in events:
+                    if event.type in RUN_TERMINAL:
+                        return _outcome(run_id, event)
+                remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
+                # Only the end is decoded: a 10,000-step run's results are not this waiter's.
+                cursor, events = await self.store.wait_for(
+                    run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
+                )
+
+
+@contextlib.contextmanager
+def _naming_run(run_id: str) -> Iterator[None]:
+    """A decoding error names the event; from the client it names the run too."""
+    try:
+        yield
+    except SerializationError as exc:
+        raise type(exc)(f"run {run_id!r}: {exc}") from exc
 
 
 def _may_be_indexed(token: object) -> bool:

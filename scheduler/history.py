@@ -47,6 +47,7 @@ from eventlog.errors import (
     LedgerflowError,
     ReplayDivergenceError,
     SerializationError,
+    UnknownTypeError,
 )
 from eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
 from eventlog.fold import RECORDED_BY, ErrorInfo
@@ -144,7 +145,12 @@ def dump_history(
 
 
 def _event_line(event: Event) -> dict[str, Any]:
-    blob = codec.encode(event.data, what=f"data of event {event.id}", max_size=None)
+    blob = codec.encode(
+        event.data,
+        what=f"data of event {event.id}",
+        max_size=None,
+        envelope=codec.ENVELOPE_DEPTH,
+    )
     return {
         "id": event.id,
         "type": event.type.value,
@@ -212,9 +218,10 @@ def _object_view(value: Any) -> dict[str, Any] | None:
 def load_history(source: IO[str] | Source) -> History:
     """Read a history file (a path, or an open text stream).
 
-    Classes in the data (dataclasses, pydantic models) are rebuilt only if their
-    module is imported, as everywhere in ledgerflow: import the workflow's module
-    first (``replay`` and ``ledgerflow replay`` do).
+    Classes in the data are rebuilt only if registered (``@lf.serializable``), or
+    dataclasses and pydantic models of an allowed, imported module, as everywhere
+    in ledgerflow: ``replay`` and ``ledgerflow replay`` allow the workflow's module
+    before reading; call ``lf.allow_modules`` first to load a file on its own.
     """
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
@@ -238,6 +245,8 @@ def _load(fp: IO[str], name: str) -> History:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise HistoryFormatError(f"{where}: not valid JSON ({exc})", line=number) from None
+        except RecursionError:  # json's parser recurses: a line of ten thousand '['
+            raise HistoryFormatError(f"{where}: JSON nested too deep", line=number) from None
         if not isinstance(obj, dict):
             raise HistoryFormatError(f"{where}: expected a JSON object", line=number)
         if HEADER_KEY in obj:
@@ -305,12 +314,17 @@ def _read_event(obj: dict[str, Any], where: str, number: int) -> Event:
     except (binascii.Error, ValueError) as exc:
         raise HistoryFormatError(f"{where}: 'msgpack' is not base64 ({exc})", line=number) from None
     try:
-        data = codec.decode(blob, what=f"the data of event {event_id}")
-    except SerializationError as exc:
+        data = codec.decode(
+            blob, what=f"the data of event {event_id}", max_size=codec.MAX_EVENT_BYTES
+        )
+    except UnknownTypeError as exc:
         raise HistoryFormatError(
-            f"{where}: {exc} (import the module defining the workflow before loading)",
+            f"{where}: {exc} (register the class with @lf.serializable, or import its module "
+            "and allow it with lf.allow_modules before loading)",
             line=number,
         ) from exc
+    except SerializationError as exc:
+        raise HistoryFormatError(f"{where}: {exc}", line=number) from exc
     return Event(id=event_id, type=event_type, corr=corr, data=data, ts=ts, v=version)
 
 
@@ -362,7 +376,10 @@ def replay(
     code would end the run otherwise than the log says. A history of a run still
     going is consistent as long as what it recorded matches.
     """
-    definition = _definition(workflow)  # first: it imports what decoding the data needs
+    definition = _definition(workflow)
+    # The workflow's own module, like the APP the CLI is given: its dataclasses and
+    # pydantic models in the recorded data may be rebuilt (before a file is read).
+    codec.allow_modules(definition.fn.__module__)
     if isinstance(history, (str, os.PathLike)):
         history = load_history(history)
     events = list(history)
@@ -481,7 +498,7 @@ def _as_recorded(outcome: Outcome | None) -> Outcome | None:
 
 def _same_result(recorded: Any, replayed: Any) -> bool:
     """Equal as the log would hold them: compared after a codec round trip, else by bytes."""
-    normalized = codec.decode(codec.encode(replayed, max_size=None))
+    normalized = codec.decode(codec.encode(replayed, max_size=None), max_size=None)
     try:
         if bool(normalized == recorded):
             return True

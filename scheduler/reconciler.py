@@ -48,8 +48,8 @@ from typing import Any
 import structlog
 
 from broker import Activation, Broker, StepMessage
-from eventlog import metrics
-from eventlog.errors import ConfigurationError
+from eventlog import codec, metrics
+from eventlog.errors import ConfigurationError, SerializationError
 from eventlog.events import Event, EventType
 from eventlog.fold import RunState, StepState, fold
 from eventlog.lease import Lease
@@ -108,6 +108,8 @@ class Recovery:
 class SweepReport:
     runs_checked: int = 0
     recoveries: Counter[str] = field(default_factory=Counter)
+    # Runs whose log could not be read at all (each logged): the sweep went on without them.
+    runs_skipped: int = 0
 
 
 class Reconciler:
@@ -131,6 +133,7 @@ class Reconciler:
         self.max_recheck_ms = max(int(max_recheck * 1000), self.stale_after_ms)
         self.recoveries: Counter[str] = Counter()
         self.sweeps = 0
+        self.skipped = 0
         self._stopping = asyncio.Event()
         # run -> last event id an activation was sent for: a run waiting on a running
         # step keeps the same tail, and one activation for that tail is enough.
@@ -181,11 +184,20 @@ class Reconciler:
                     await self._fence()
                     checked.add(run_id)
                     report.runs_checked += 1
-                    reasons = await self.repair(run_id, now)
+                    try:
+                        reasons = await self.repair(run_id, now)
+                    except SerializationError as exc:
+                        # One unreadable log must not stop the sweep for every run after it.
+                        report.runs_skipped += 1
+                        metrics.SKIPPED_RUNS.inc()
+                        log.warning("run skipped: log unreadable", run_id=run_id, error=str(exc))
+                        await self._defer(run_id, score, now, ["log unreadable"])
+                        continue
                     for reason in reasons:
                         report.recoveries[reason] += 1
                     await self._defer(run_id, score, now, reasons)
         self.sweeps += 1
+        self.skipped += report.runs_skipped
         metrics.SWEEPS.inc()
         self.recoveries.update(report.recoveries)
         return report
@@ -223,12 +235,17 @@ class Reconciler:
         whatever its log's tail says. None if the run does not exist; an empty
         list for a finished run (nothing is ever sent for one).
         """
-        if not await self.store.read(run_id, count=1):
-            return None
+        with codec.inspecting():
+            if not await self.store.read(run_id, count=1):
+                return None
         return await self._repair(run_id, await self.store.now_ms(), force=True)
 
     async def _repair(self, run_id: str, now: int, *, force: bool) -> list[Recovery]:
-        events = await self.store.read(run_id)
+        # The reconciler runs no workflow code and reads only the log's structure (step
+        # arguments stay encoded blobs): classes it cannot import, or data it cannot
+        # decode at all, must not stop it from putting back what the queues lost.
+        with codec.inspecting():
+            events = await self.store.read(run_id)
         if not events:
             return []
         state = fold(run_id, events)

@@ -24,6 +24,7 @@ from eventlog.errors import (
     MalformedMessageError,
     RunClosedError,
     SerializationError,
+    UnknownTypeError,
     UnknownWorkflowError,
 )
 from eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEvent
@@ -55,6 +56,7 @@ from .replay import (
     WorkflowInstance,
 )
 from .timers import TimerLoop
+from .unreadable import fail_unreadable_run
 
 log = structlog.get_logger("ledgerflow.scheduler")
 
@@ -124,9 +126,13 @@ class Scheduler:
             return
         try:
             await self.drive(message.run_id)
-        except UnknownWorkflowError as exc:
-            await self._dead_letter(delivery, str(exc))
+        except (UnknownWorkflowError, UnknownTypeError) as exc:
+            # A deploy can fix these: park the activation once, to requeue after the fix.
+            await self._dead_letter(delivery, f"run {message.run_id}: {exc}")
             return
+        except SerializationError as exc:
+            # An event no deploy can read (too deep, too large, malformed): the run ends.
+            await fail_unreadable_run(self.store, self.broker, message.run_id, exc, _failed(exc))
         await delivery.ack()
 
     async def drive(self, run_id: str) -> None:
@@ -400,6 +406,7 @@ class Scheduler:
                 "child_kwargs": command.kwargs,
             },
             what=f"arguments of child workflow {command.workflow!r}",
+            envelope=2,
         )
 
     @staticmethod

@@ -8,6 +8,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+# Hypothesis times garbage collection with the time.perf_counter it finds at import. Imported
+# here, before any test module installs the workflow sandbox's clock guard, it keeps the real
+# one: otherwise a collection that happens inside workflow code makes its timer raise (only an
+# unraisable-exception warning, but a misleading one).
+import hypothesis  # noqa: F401
 import pytest
 import redis.asyncio as aioredis
 

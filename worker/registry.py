@@ -47,12 +47,23 @@ class StepDef:
         """
         check_arguments(self.signature, args, kwargs, what=f"step {self.name!r}")
         return codec.encode(
-            [list(args), kwargs], what=f"arguments of step {self.name!r}", max_size=self.max_payload
+            [list(args), kwargs],
+            what=f"arguments of step {self.name!r}",
+            max_size=self.max_payload,
+            envelope=2,
         )
 
     @staticmethod
-    def decode_args(blob: bytes) -> tuple[list[Any], dict[str, Any]]:
-        decoded = codec.decode(blob, what="step arguments")
+    def decode_args(
+        blob: bytes, *, max_size: int = codec.MAX_PAYLOAD
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Decode an arguments blob from a queue or a log: SerializationError for anything else.
+
+        ``max_size`` is the step's own ``max_payload`` where the step is known (the
+        worker): arguments no producer of this step could have written are refused
+        before they are unpacked.
+        """
+        decoded = codec.decode(blob, what="step arguments", max_size=max_size)
         if (
             not isinstance(decoded, list)
             or len(decoded) != 2
@@ -60,6 +71,8 @@ class StepDef:
             or not isinstance(decoded[1], dict)
         ):
             raise SerializationError("step arguments are not an [args, kwargs] pair")
+        if not all(isinstance(key, str) for key in decoded[1]):
+            raise SerializationError("step arguments: keyword argument names must be strings")
         return decoded[0], decoded[1]
 
     async def invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -149,6 +162,12 @@ def step(
                 raise ConfigurationError(str(exc)) from None
             if seconds <= 0:
                 raise ConfigurationError(f"step {func.__qualname__}: {label} must be positive")
+        if not 1 <= max_payload <= codec.MAX_PAYLOAD:
+            # Its arguments travel in one queue message, which has a ceiling of its own.
+            raise ConfigurationError(
+                f"step {func.__qualname__}: max_payload must be between 1 and "
+                f"{codec.MAX_PAYLOAD} bytes, got {max_payload}"
+            )
         definition = StepDef(
             name=name or func.__qualname__,
             fn=func,

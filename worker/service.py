@@ -438,7 +438,7 @@ class Worker:
     def _prepare(self, message: StepMessage) -> _Call:
         """Resolve the step and decode its arguments: UnknownStepError or SerializationError."""
         definition = self.registry.get(message.step_name)
-        args, kwargs = StepDef.decode_args(message.args)
+        args, kwargs = StepDef.decode_args(message.args, max_size=definition.max_payload)
         return _Call(message, definition, args, kwargs)
 
     async def _invoke(self, call: _Call, attempt: int, hold: _Hold, *, local: bool = False) -> str:

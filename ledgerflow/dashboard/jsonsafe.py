@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from eventlog.codec import Undecodable
+
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 
 MAX_DEPTH = 32
@@ -44,6 +46,8 @@ def to_json(value: Any, *, depth: int = 0) -> JsonValue:
 
 
 def _compound(value: Any, depth: int) -> JsonValue:
+    if isinstance(value, Undecodable):  # the same marker as undecodable step arguments
+        return {"$type": "undecodable", "error": value.reason}
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         return {

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from broker import REASON_HEADER, Broker
 from broker.deadletters import DeadLetter, describe
+from eventlog import codec
 from eventlog.errors import SerializationError
 from eventlog.events import Event, EventType
 from eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
@@ -55,8 +56,18 @@ async def list_runs(
 
 
 async def run_detail(store: EventStore, run_id: str) -> dict[str, JsonValue] | None:
-    """A run's state, its step and wait bars on one time axis, and every event; None if absent."""
-    events = await store.read(run_id)
+    """A run's state, its step and wait bars on one time axis, and every event; None if absent.
+
+    Read as a read-only tool reads: objects of classes this process cannot import
+    are shown by their fields, data that cannot be decoded at all as an
+    ``undecodable`` marker naming why, and a log whose very structure cannot be
+    read as an unreadable run carrying the error, never as a failed request.
+    """
+    try:
+        with codec.inspecting():
+            events = await store.read(run_id)
+    except SerializationError as exc:
+        return _unreadable(run_id, exc)
     if not events:
         return None
     state = fold(run_id, events)
@@ -69,6 +80,12 @@ async def run_detail(store: EventStore, run_id: str) -> dict[str, JsonValue] | N
         "bars": list[JsonValue](_bars(state, end)),
         "events": list[JsonValue](_event(event) for event in events),
     }
+
+
+def _unreadable(run_id: str, error: SerializationError) -> dict[str, JsonValue]:
+    state = RunState(run_id=run_id, status="unreadable")
+    state.error = ErrorInfo(type=type(error).__name__, message=str(error))
+    return {"run": _run(state), "origin_ms": 0, "end_ms": 0, "bars": [], "events": []}
 
 
 def _run(state: RunState) -> dict[str, JsonValue]:

@@ -28,7 +28,9 @@ from broker import (
     StepMessage,
     decode_message,
 )
-from eventlog.errors import BrokerError, PublishError
+from broker.base import MAX_REASON_CHARS, Outgoing
+from broker.topology import MAX_MESSAGE_BYTES
+from eventlog.errors import BrokerError, PayloadTooLargeError, PublishError
 from eventlog.names import Names
 
 WAIT = 10.0  # upper bound for anything that should happen promptly
@@ -552,6 +554,48 @@ async def test_typed_messages_round_trip(factory: Factory, broker: Broker, names
     assert await drain(names.step_queue()) == [(packed, "run-8:s0..s2:1")]
     [(activation, _)] = await drain(names.runs_queue)
     assert activation == Activation("run-7", reason="step s1 completed")
+
+
+async def test_a_body_over_the_message_limit_is_refused_before_sending(
+    broker: Broker, names: Names
+) -> None:
+    queue = names.runs_queue
+    with pytest.raises(PayloadTooLargeError, match=f"over the {MAX_MESSAGE_BYTES}-byte"):
+        await broker.publish(queue, b"\0" * (MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(PayloadTooLargeError):
+        await broker.publish_many([(queue, b"ok"), (queue, b"\0" * (MAX_MESSAGE_BYTES + 1))])
+    assert await broker.queue_depth(queue) == 0  # not even the small one of the batch
+
+
+async def test_steps_are_batched_within_the_message_limit(broker: Broker, names: Names) -> None:
+    """Each step may carry up to its max_payload: a batch holds only as many as fit."""
+    args = b"\0" * (1024 * 1024)
+    steps = [StepMessage("run-big", f"s{i}", "upload", 1, args, "default") for i in range(12)]
+    await broker.publish_steps(steps)
+    received: list[StepMessage] = []
+    while (delivery := await broker.get(names.step_queue(), timeout=2)) is not None:
+        assert len(delivery.body) <= MAX_MESSAGE_BYTES
+        message = decode_message(delivery.body)
+        received += message.steps if isinstance(message, StepBatch) else [message]
+        await delivery.ack()
+    assert received == steps
+
+
+async def test_an_oversized_delivery_is_dead_lettered_as_it_came(
+    broker: Broker, names: Names
+) -> None:
+    """The broker accepted it once: dead-lettering must not refuse it and leave it nowhere."""
+    queue = names.runs_queue
+    huge = b"\0" * (MAX_MESSAGE_BYTES + 10)
+    await broker._publish_one(Outgoing(queue, huge, None, "huge"))  # as another producer would
+    delivery = await broker.get(queue, timeout=WAIT)
+    assert delivery is not None
+    await broker.dead_letter(delivery, "x" * 5000)
+    dead = await broker.get(names.dead_queue, timeout=WAIT)
+    assert dead is not None
+    assert dead.body == huge
+    assert len(dead.headers[REASON_HEADER]) <= MAX_REASON_CHARS
+    await dead.ack()
 
 
 async def test_queue_depth_and_purge(broker: Broker, names: Names) -> None:

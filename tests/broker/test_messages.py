@@ -235,3 +235,58 @@ def test_dead_letter_reasons_are_bounded_head_and_tail_kept() -> None:
     assert len(reason) < MAX_REASON + 100
     assert reason.startswith("a" * 10) and reason.endswith("c" * 10)
     assert "[298020 characters cut]" in reason
+
+
+# --- hostile bodies: size, length bombs, allocation -------------------------------------------
+
+
+def test_a_body_over_the_message_limit_is_refused_before_unpacking() -> None:
+    from broker.topology import MAX_MESSAGE_BYTES
+
+    big = _pack(_step_map(args=b"\0" * MAX_MESSAGE_BYTES))
+    with pytest.raises(MalformedMessageError, match=f"over the {MAX_MESSAGE_BYTES}-byte limit"):
+        decode_message(big)
+    assert decode_message(_pack(_step_map(args=b"\0" * 1_000_000))).args == b"\0" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xdd\x80\x00\x00\x00" + b"\x00" * 5,  # an array claiming 2**31 elements
+        b"\xdf\x80\x00\x00\x00" + b"\x00" * 5,  # a map claiming 2**31 pairs
+        b"\x81\xa4args\xc6\x7f\xff\xff\xff" + b"\x00" * 5,  # bytes claiming 2 GiB
+    ],
+    ids=["array", "map", "bin"],
+)
+def test_length_bombs_are_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedMessageError, match="not valid msgpack"):
+        decode_message(body)
+
+
+@pytest.mark.parametrize(
+    ("filler", "fragment"),
+    [({}, "one map"), ([], "more arrays")],
+    ids=["maps", "arrays"],
+)
+def test_a_body_of_empty_containers_is_refused_early(filler: object, fragment: str) -> None:
+    """A megabyte of empty maps would cost 70 MB once unpacked: refused as it is built."""
+    import tracemalloc
+
+    body = _pack({**_step_map(), "x": [filler] * 1_000_000})
+    tracemalloc.start()
+    try:
+        with pytest.raises(MalformedMessageError, match=fragment):
+            decode_message(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * len(body)
+
+
+def test_hostile_field_values_are_quoted_briefly() -> None:
+    with pytest.raises(MalformedMessageError) as info:
+        decode_message(_pack({"v": "x" * 100_000}))
+    assert len(str(info.value)) < 300
+    with pytest.raises(MalformedMessageError) as nested:
+        decode_message(_pack({"v": 1, "k": [1, 2]}))
+    assert "a list" in str(nested.value)

@@ -18,7 +18,7 @@ import pytest
 
 from eventlog import codec
 from eventlog.codec import decode, encode, serializable
-from eventlog.errors import PayloadTooLargeError, SerializationError
+from eventlog.errors import PayloadTooLargeError, SerializationError, UnknownTypeError
 
 # --- classes the tests send (module level, so they are found by import path) ------------
 
@@ -85,6 +85,13 @@ class Colour(enum.IntEnum):
     RED = 1
 
 
+@pytest.fixture
+def allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's dataclasses may be rebuilt (as the CLI allows its APP), for this test only."""
+    monkeypatch.setattr(codec, "_allowed", set(codec._allowed))
+    codec.allow_modules(__name__)
+
+
 # --- round trips ------------------------------------------------------------------------
 
 AWARE = dt.datetime(2024, 3, 1, 12, 30, 45, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5)))
@@ -143,6 +150,7 @@ def test_datetimes_keep_their_zone() -> None:
     assert type(decode(encode(dt.date(2024, 1, 2)))) is dt.date
 
 
+@pytest.mark.usefixtures("allowed")
 def test_nested_dataclass_round_trip() -> None:
     order = Order(
         id=7,
@@ -330,12 +338,15 @@ def test_unknown_class_name_raises_and_imports_nothing(
     module = f"lf_never_imported_{uuid.uuid4().hex[:8]}"
     write_module(tmp_path, module)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(codec, "_allowed", set(codec._allowed))
+    codec.allow_modules(module)
     assert module not in sys.modules
-    with pytest.raises(SerializationError) as info:
+    with pytest.raises(UnknownTypeError) as info:
         decode(object_payload(f"{module}.Thing", {"x": 1}))
     assert f"{module}.Thing" in str(info.value)
+    assert "not imported" in str(info.value)
     assert module not in sys.modules
-    # Once the application itself imported it, the same payload decodes.
+    # Once the application itself imported it, the same payload decodes (its module is allowed).
     imported = __import__(module)
     try:
         thing = decode(object_payload(f"{module}.Thing", {"x": 1}))
@@ -345,8 +356,9 @@ def test_unknown_class_name_raises_and_imports_nothing(
         sys.modules.pop(module, None)
 
 
+@pytest.mark.usefixtures("allowed")
 def test_only_dataclasses_decode_by_import_path() -> None:
-    # Opaque is importable from this module but is neither registered nor a dataclass.
+    # Opaque is defined in an allowed module but is neither registered nor a dataclass.
     with pytest.raises(SerializationError):
         decode(object_payload(f"{__name__}.Opaque", {}))
     with pytest.raises(SerializationError):

@@ -270,3 +270,26 @@ async def test_a_result_the_log_cannot_hold_is_judged_as_the_failure_recorded() 
     result = testing.replay(events, opaque, run_id=run.run_id)
     assert isinstance(result.outcome, testing.Failed)
     assert isinstance(result.outcome.error, lf.SerializationError)
+
+
+async def test_replay_allows_the_workflows_module_for_its_unregistered_dataclasses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``ledgerflow worker APP`` allows APP: the workflow's own classes decode, nothing else."""
+    from eventlog import codec
+    from tests.apps import hostile
+    from tests.unit.helpers import stack
+
+    monkeypatch.setattr(codec, "_allowed", {"tests.apps.hostile"})  # to run it here
+    async with stack() as s:
+        run = await s.client.start(hostile.weigh, hostile.Parcel("box", 1))
+        assert await run.result(timeout=10) == hostile.Parcel("box", 2)
+        path = tmp_path / "weigh.jsonl"
+        testing.dump_history(await s.client.events(run.run_id), path, run_id=run.run_id)
+    monkeypatch.setattr(codec, "_allowed", set())
+    with pytest.raises(testing.HistoryFormatError, match=r"lf\.allow_modules"):
+        testing.load_history(path)
+    result = testing.replay(path, hostile.weigh)
+    assert isinstance(result.outcome, testing.Completed)
+    assert result.outcome.result == hostile.Parcel("box", 2)
+    assert "tests.apps.hostile" in codec.allowed_modules()
