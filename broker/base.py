@@ -64,10 +64,6 @@ REASON_HEADER: Final = "x-ledgerflow-reason"
 QUEUE_HEADER: Final = "x-ledgerflow-queue"
 DEAD_AT_HEADER: Final = "x-ledgerflow-dead-at"
 
-MAX_REASON_CHARS: Final = 1000
-"""A dead-letter reason is cut to this: it goes into an AMQP header, which must fit in a
-frame, and it often quotes what the refused message itself said."""
-
 DELIVERY_LIMIT_REASON: Final = "delivery limit exceeded"
 REJECTED_REASON: Final = "rejected"
 

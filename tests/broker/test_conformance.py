@@ -28,10 +28,11 @@ from broker import (
     StepMessage,
     decode_message,
 )
-from broker.base import MAX_REASON_CHARS, Outgoing
+from broker.base import Outgoing
 from broker.topology import MAX_MESSAGE_BYTES
 from eventlog.errors import BrokerError, PayloadTooLargeError, PublishError
 from eventlog.names import Names
+from eventlog.text import MAX_REASON
 
 WAIT = 10.0  # upper bound for anything that should happen promptly
 
@@ -594,7 +595,7 @@ async def test_an_oversized_delivery_is_dead_lettered_as_it_came(
     dead = await broker.get(names.dead_queue, timeout=WAIT)
     assert dead is not None
     assert dead.body == huge
-    assert len(dead.headers[REASON_HEADER]) <= MAX_REASON_CHARS
+    assert len(dead.headers[REASON_HEADER]) <= MAX_REASON
     await dead.ack()
 
 
