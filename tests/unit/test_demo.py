@@ -26,7 +26,7 @@ def test_demo_falls_back_to_embedded_mode_without_servers() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "Redis is not reachable" in done.stdout
+    assert "Redis at redis://127.0.0.1:1/0 is not reachable" in done.stdout
     assert "embedded in-memory mode" in done.stdout
     assert "process_order completed" in done.stdout
     assert done.stdout.count("step_completed") == 7
