@@ -13,7 +13,10 @@ is missing:
 - a step started by a worker that is gone (its presence mark expired: the
   process died) with no outcome: a new attempt. This is what recovers steps a
   ``--with-scheduler`` process ran in-process, which no unacked message covers;
-- a step started long ago (twice its time limit) with no outcome: a new attempt;
+- a step started long ago (twice its time limit) with no outcome: a new attempt.
+  A step with no time limit of its own whose worker is alive is left alone: it
+  is a long step (its message was released early), and a second attempt would
+  run beside the first;
 - a wait or retry whose timer entry is missing: the timer entry.
 
 Each run checked is pushed back in the index (``defer_check``) so the sweep
@@ -292,8 +295,9 @@ class Reconciler:
                         timer, step.retry_due, run_id, step.id, "retry timer missing", done
                     )
             elif step.status == "started":
-                limit = _limit_ms(last_started.get(step.id), self.default_step_limit_ms)
-                worker = str(last_started.get(step.id, {}).get("worker", ""))
+                started = last_started.get(step.id)
+                limit = _limit_ms(started, self.default_step_limit_ms)
+                worker = str((started or {}).get("worker", ""))
                 if (
                     worker
                     and worker not in alive
@@ -304,7 +308,15 @@ class Reconciler:
                     await self._dispatch(
                         run_id, step, step.attempt + 1, "step's worker is gone", done
                     )
-                elif step.started_ts is not None and now - step.started_ts > 2 * limit:
+                elif worker in alive and limit is None:
+                    # A live worker runs it, and it has no time limit: a long step, not a
+                    # lost one (a worker acks a long step's message early, so nothing else
+                    # covers it, and a second attempt now would run it twice at once).
+                    continue
+                elif (
+                    step.started_ts is not None
+                    and now - step.started_ts > 2 * (limit or self.default_step_limit_ms)
+                ):
                     await self._dispatch(
                         run_id, step, step.attempt + 1, "step started long ago, no outcome", done
                     )
@@ -371,11 +383,19 @@ def _last_started(events: list[Event]) -> dict[str, dict[str, Any]]:
     return started
 
 
-def _limit_ms(started: dict[str, Any] | None, default_ms: int) -> int:
-    if not started:
+def _limit_ms(started: dict[str, Any] | None, default_ms: int) -> int | None:
+    """The step's own time limit in ms; None if it has none; the default if unknown.
+
+    Unknown means a started event recorded before limits were (no ``worker`` field).
+    """
+    if not started or "worker" not in started:
         return default_ms
-    limits = [v for v in (started.get("timeout"), started.get("heartbeat_timeout")) if v]
-    return int(max(limits) * 1000) if limits else default_ms
+    limits = [
+        v
+        for v in (started.get("timeout"), started.get("heartbeat_timeout"))
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    ]
+    return int(max(limits) * 1000) if limits else None
 
 
 def _unacted(events: list[Event], state: RunState) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 import ledgerflow as lf
 from eventlog import faults
-from eventlog.events import EventType
+from eventlog.events import EventType, NewEvent
 from eventlog.lease import Lease
 from scheduler.reconciler import Reconciler
 from scheduler.service import Scheduler
@@ -98,18 +98,38 @@ async def test_nothing_to_repair_means_no_recoveries(
     assert reconciler.sweeps > 0
 
 
-async def test_a_slow_worker_redispatched_records_one_result(
+async def test_a_long_step_of_a_live_worker_is_left_alone(
     running: lf.Client, reconciler: Reconciler
 ) -> None:
-    """The reconciler re-sends a step whose first attempt is still running: one result."""
-    run = await running.start(arith.slow_once_wf, 3.0)
-    assert await run.result(timeout=15) == "attempt 2"
-    await asyncio.sleep(3.0)  # attempt 1 finishes too, and must not be recorded
+    """No time limit and a live worker: a long step, never run twice at once.
+
+    (Its message may have been released early, so nothing else covers it; the
+    reconciler's fixture would call anything past 2 x 0.5 s "started long ago".)
+    """
+    run = await running.start(arith.slow_once_wf, 2.5)
+    assert await run.result(timeout=15) == "attempt 1"
+    assert reconciler.recoveries["step started long ago, no outcome"] == 0
     events = await running.events(run.run_id)
-    assert reconciler.recoveries["step started long ago, no outcome"] >= 1
-    starts = [e.data["attempt"] for e in events if e.type is EventType.STEP_STARTED]
-    assert starts[:2] == [1, 2]
-    assert_clean(events)
+    assert [e.data["attempt"] for e in events if e.type is EventType.STEP_STARTED] == [1]
+
+
+async def test_a_step_past_twice_its_own_limit_gets_a_new_attempt(backends: Any) -> None:
+    """A live worker whose step overran twice its timeout with no outcome: try again."""
+    store, broker, names = backends.store, backends.broker, backends.names
+    await store.mark_alive("host:1", 60_000)
+    run_id = "overran"
+    created = NewEvent.of(EventType.RUN_CREATED, data={"workflow": "w"}, workflow="w")
+    await store.append(run_id, [created])
+    await store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
+    step = {"name": "it_slow_once", "queue": "default", "args": b"\x92\x91\x01\x80"}
+    await store.append(run_id, [NewEvent.of(EventType.STEP_CREATED, "s1", step)])
+    started = {"worker": "host:1", "timeout": 0.2}
+    await store.append(run_id, [NewEvent.of(EventType.STEP_STARTED, "s1", started, attempt=1)])
+    await asyncio.sleep(0.5)
+    reconciler = Reconciler(store, broker, None, stale_after=0.1)
+    report = await reconciler.sweep()
+    assert report.recoveries["step started long ago, no outcome"] == 1
+    assert await broker.queue_depth(names.step_queue()) == 1
 
 
 async def test_two_schedulers_activating_the_same_runs_record_nothing_twice(
