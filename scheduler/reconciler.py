@@ -25,6 +25,9 @@ thousand runs legitimately waiting on hooks for days must not hide the one run
 that lost a message. A run found with nothing to do, or given the same
 recovery again, is looked at again after a delay that doubles each time, up to
 ``max_recheck``; any append (progress) resets it, since it scores the run now.
+A run with a step running on a worker is looked at every ``stale_after``
+instead: the worker's death is the one thing that can go wrong without an
+append, and only a look finds it.
 So a recovery that cannot help (an activation for a workflow no scheduler
 knows, a step no worker has) is repeated with backoff, loudly, instead of
 flooding the dead-letter queue every few seconds.
@@ -143,6 +146,8 @@ class Reconciler:
         self._activated_at: dict[str, str] = {}
         # run -> (the score this reconciler gave it, checks in a row without progress)
         self._checked: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Runs the current look found with a step running on a worker (see _defer).
+        self._on_workers: set[str] = set()
 
     # --- the daemon ------------------------------------------------------------------
 
@@ -209,6 +214,11 @@ class Reconciler:
         """Look at this run again later: after ``stale_after``, doubling while nothing moves."""
         mine, repeats = self._checked.pop(run_id, (None, -1))
         repeats = repeats + 1 if seen == mine else 0
+        if run_id in self._on_workers:
+            # A step runs on a worker: if that worker dies, only the next look finds
+            # it, so look at the usual pace rather than backing off.
+            self._on_workers.discard(run_id)
+            repeats = 0 if not reasons else repeats
         delay = min(self.stale_after_ms * 2 ** min(repeats, 32), self.max_recheck_ms)
         # Due again once it has been stale for ``stale_after`` past ``now + delay``.
         until = now + delay - self.stale_after_ms
@@ -279,6 +289,8 @@ class Reconciler:
             if s.status == "started"
         ]
         alive = await self.store.alive([w for w in running if w])
+        if any(running):
+            self._on_workers.add(run_id)
         for step in state.steps.values():
             if step.name.startswith(CHILD_PREFIX):
                 continue
@@ -313,9 +325,8 @@ class Reconciler:
                     # lost one (a worker acks a long step's message early, so nothing else
                     # covers it, and a second attempt now would run it twice at once).
                     continue
-                elif (
-                    step.started_ts is not None
-                    and now - step.started_ts > 2 * (limit or self.default_step_limit_ms)
+                elif step.started_ts is not None and now - step.started_ts > 2 * (
+                    limit or self.default_step_limit_ms
                 ):
                     await self._dispatch(
                         run_id, step, step.attempt + 1, "step started long ago, no outcome", done

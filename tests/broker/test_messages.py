@@ -234,7 +234,7 @@ def test_dead_letter_reasons_are_bounded_head_and_tail_kept() -> None:
     reason = bounded_reason("a" * 10 + "b" * 300_000 + "c" * 10)
     assert len(reason) < MAX_REASON + 100
     assert reason.startswith("a" * 10) and reason.endswith("c" * 10)
-    assert "[298020 characters cut]" in reason
+    assert "characters cut" in reason
 
 
 # --- hostile bodies: size, length bombs, allocation -------------------------------------------

@@ -249,7 +249,7 @@ async def test_hostile_step_messages_are_dead_lettered_and_the_worker_keeps_serv
         assert shown.returncode == 0, shown.stderr
         assert "nested more than 66 deep" in shown.stdout
         with dashboard(servers, ns) as url:
-            response = await asyncio.to_thread(httpx.get, f"{url}/api/dlq", timeout=30)
+            response = await asyncio.to_thread(httpx.post, f"{url}/api/dlq", json={}, timeout=30)
         assert response.status_code == 200
         rows = {row["id"]: row for row in response.json()["messages"]}
         decoded_args = rows["hp-deep"]["decoded"]["args"]

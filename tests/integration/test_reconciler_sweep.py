@@ -121,3 +121,30 @@ async def test_progress_resets_the_backoff(backends: Any) -> None:
     report = await reconciler.sweep()
     assert report.runs_checked == 1
     assert report.recoveries["outcome not acted on"] == 1
+
+
+async def test_a_run_with_a_step_on_a_worker_is_looked_at_without_backoff(backends: Any) -> None:
+    """Its worker dying is the one thing that goes wrong with no append: keep looking."""
+    store, broker, names = backends.store, backends.broker, backends.names
+    await store.mark_alive("host:7", 60_000)
+    run_id = "long-step"
+    await store.append(
+        run_id, [NewEvent.of(EventType.RUN_CREATED, data={"workflow": "w"}, workflow="w")]
+    )
+    await store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
+    step = {"name": "some_step", "queue": "default", "args": b"\x92\x90\x80"}
+    await store.append(run_id, [NewEvent.of(EventType.STEP_CREATED, "s1", step)])
+    await store.append(
+        run_id, [NewEvent.of(EventType.STEP_STARTED, "s1", {"worker": "host:7"}, attempt=1)]
+    )
+    reconciler = Reconciler(store, broker, None, stale_after=0.2, max_recheck=60)
+    for _ in range(4):
+        await asyncio.sleep(0.3)
+        report = await reconciler.sweep()
+        assert report.runs_checked == 1  # no doubling: every stale_after
+        assert not report.recoveries  # a long step of a live worker is left alone
+    await store.mark_gone("host:7")
+    await asyncio.sleep(0.3)
+    report = await reconciler.sweep()
+    assert report.recoveries["step's worker is gone"] == 1
+    assert await broker.queue_depth(names.step_queue()) == 1
