@@ -2,7 +2,8 @@
 
 JSON lines when stderr is not a terminal (for log shippers), readable console
 output when it is. Every line carries the process id so lines from a fleet
-can be told apart, and no line carries a URL's password (``redact_secrets``).
+can be told apart, no line carries a URL's password (``redact_secrets``), and no
+text value in a line is longer than ``MAX_LOG_VALUE`` (``bound_values``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 
 import structlog
 
+from .text import clip
 from .urls import redact_text
+
+MAX_LOG_VALUE = 8000
+"""Characters of one text value in a log line (an error message, a traceback, a reason).
+
+Values quote what came in: a step raising an 8 MB message, a 300 KB step name in a
+forged message. A log line must stay a line a shipper accepts and a person can read.
+"""
 
 
 def add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -37,6 +46,16 @@ def redact_secrets(
     return event
 
 
+def bound_values(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Clip every long text value, keeping its head and tail (``eventlog.text.clip``)."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_LOG_VALUE:
+            event[key] = clip(value, MAX_LOG_VALUE)
+    return event
+
+
 def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
     name = (level or os.environ.get("LEDGERFLOW_LOG_LEVEL") or "info").upper()
     numeric = logging.getLevelName(name)
@@ -55,6 +74,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             add_pid,
             structlog.processors.format_exc_info,
+            bound_values,
             redact_secrets,
             renderer,
         ],

@@ -55,6 +55,7 @@ from worker.service import (
     DEFAULT_ACK_AFTER,
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE,
+    MIN_ACK_AFTER,
     Worker,
     worker_identity,
 )
@@ -382,6 +383,14 @@ def add_stall_budget(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def ack_after_seconds(text: str) -> float:
+    """An argparse type: the hold limit of a step message (see worker.service.MIN_ACK_AFTER)."""
+    value = positive_float(text)
+    if value < MIN_ACK_AFTER:
+        raise argparse.ArgumentTypeError(f"{text} is under the minimum of {MIN_ACK_AFTER:g} s")
+    return value
+
+
 def lease_ttl(text: str) -> float:
     """An argparse type: the reconciler's lease, at least 1 ms (Redis expires it in ms)."""
     value = positive_float(text)
@@ -432,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--ack-after",
-        type=positive_float,
+        type=ack_after_seconds,
         default=DEFAULT_ACK_AFTER,
         help="seconds a step message is held unacked; longer steps are covered by the log "
         "(keep it well under RabbitMQ's consumer_timeout, 30 min by default)",

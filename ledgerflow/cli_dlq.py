@@ -24,10 +24,10 @@ from . import cli
 from .cli_format import (
     EXIT_CODES,
     Progress,
+    bounded_count,
     dump,
     iso,
     iso_json,
-    positive_int,
     printable,
     table,
 )
@@ -216,7 +216,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ).add_subparsers(dest="dlq", required=True)
 
     listing = dlq.add_parser("list", help="dead messages, oldest first", epilog=EXIT_CODES)
-    listing.add_argument("--limit", type=positive_int, default=100)
+    listing.add_argument("--limit", type=bounded_count, default=100, help="at most 10000")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_dlq_list)
 

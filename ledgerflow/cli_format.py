@@ -165,6 +165,18 @@ def _seconds(text: str, *, allow_zero: bool) -> float:
     return value
 
 
+MAX_COUNT = 10_000
+"""The most rows one listing prints: a page, never a whole index or queue in memory."""
+
+
+def bounded_count(text: str) -> int:
+    """An argparse type: a positive count of at most ``MAX_COUNT`` rows."""
+    value = positive_int(text)
+    if value > MAX_COUNT:
+        raise ValueError(f"{text} is over the limit of {MAX_COUNT}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -26,12 +26,12 @@ from .cli_format import (
     EXIT_CODES,
     Progress,
     age,
+    bounded_count,
     dump,
     iso,
     iso_json,
     non_negative_float,
     parse_since,
-    positive_int,
     printable,
     table,
 )
@@ -255,7 +255,9 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument(
         "--since", type=_since, help="created since: 15m, 2h, 3d, 1w or an ISO time (UTC)"
     )
-    listing.add_argument("--limit", type=positive_int, default=50)
+    listing.add_argument(
+        "--limit", type=bounded_count, default=50, help="at most 10000 (a page of the index)"
+    )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_runs_list)
 

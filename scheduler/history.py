@@ -163,7 +163,7 @@ def _event_line(event: Event) -> dict[str, Any]:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return json.dumps(value, ensure_ascii=True, allow_nan=False)
 
 
 def json_view(value: Any) -> Any:

@@ -20,12 +20,17 @@ import structlog
 
 from broker import Activation, Broker, StepMessage
 from eventlog import metrics
-from eventlog.errors import EventLogError, HeartbeatTimeoutError, RunClosedError
-from eventlog.events import EventType, NewEvent
+from eventlog.errors import (
+    EventLogError,
+    HeartbeatTimeoutError,
+    RunClosedError,
+    SerializationError,
+)
+from eventlog.events import Event, EventType, NewEvent
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
-from eventlog.timers import DueTimer, TimerKind
-from worker.outcome import failure_event
+from eventlog.timers import DueTimer, Timer, TimerKind
+from worker.outcome import failed, failure_event
 from worker.registry import StepRegistry, steps
 
 log = structlog.get_logger("ledgerflow.timers")
@@ -114,17 +119,15 @@ class TimerLoop:
             and entity.attempt == timer.attempt - 1
             and entity.created_id is not None
         ):
-            created = await self.store.read_event(timer.run_id, entity.created_id)
-            if created is not None and isinstance(created.data, dict):
-                message = StepMessage(
-                    run_id=timer.run_id,
-                    step_id=timer.corr,
-                    step_name=str(created.data.get("name", "")),
-                    attempt=timer.attempt,
-                    args=bytes(created.data.get("args", b"")),
-                    queue=str(created.data.get("queue", "default")),
-                    workflow=entity.workflow,
-                )
+            try:
+                created = await self.store.read_event(timer.run_id, entity.created_id)
+                message = _retry_message(timer, created, entity.workflow)
+            except SerializationError as exc:
+                # The step can never be sent again: fail it (its workflow decides what
+                # next) rather than re-arming a timer that fails the same way forever.
+                await self._give_up(due, exc)
+                return
+            if message is not None:
                 await retrying("publish retry", lambda: self.broker.publish_step(message))
                 self._fired(due, entity.now)
                 log.info(
@@ -136,6 +139,30 @@ class TimerLoop:
                     attempt=timer.attempt,
                     late_ms=entity.now - due.due,
                 )
+        await self.store.release_timer(due)
+
+    async def _give_up(self, due: DueTimer, exc: SerializationError) -> None:
+        timer = due.timer
+        error = SerializationError(
+            f"step {timer.corr} of run {timer.run_id!r} cannot be retried: its step_created "
+            f"cannot be read ({exc})"
+        )
+        log.error(
+            "retry impossible: step failed", run_id=timer.run_id, corr=timer.corr, error=str(exc)
+        )
+        # A retrying step fails only from an attempt: record the attempt the timer was
+        # for as started here and failed at once (as a worker records a lost step).
+        started = NewEvent.of(
+            EventType.STEP_STARTED, timer.corr, {"worker": "timer-loop"}, attempt=timer.attempt
+        )
+        try:
+            await self.store.append(
+                timer.run_id, [started, failed(timer.corr, timer.attempt, error)]
+            )
+        except EventLogError as refused:  # moved on meanwhile: nothing to fail any more
+            log.info("retry impossible, and the step moved on", error=str(refused))
+        else:
+            await self._activate(timer.run_id)
         await self.store.release_timer(due)
 
     async def _heartbeat(self, due: DueTimer) -> None:
@@ -208,3 +235,22 @@ class TimerLoop:
     async def _activate(self, run_id: str) -> None:
         activation = Activation(run_id=run_id, reason="timer")
         await retrying("publish activation", lambda: self.broker.publish_activation(activation))
+
+
+def _retry_message(timer: Timer, created: Event | None, workflow: str) -> StepMessage | None:
+    """The next attempt's message, from the step's step_created; None if it is gone."""
+    if created is None:
+        return None
+    data = created.data
+    args = data.get("args", b"") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(args, bytes):
+        raise SerializationError(f"event {created.id} is not a step_created this code can read")
+    return StepMessage(
+        run_id=timer.run_id,
+        step_id=timer.corr,
+        step_name=str(data.get("name", "")),
+        attempt=timer.attempt,
+        args=args,
+        queue=str(data.get("queue", "default")),
+        workflow=workflow,
+    )

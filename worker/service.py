@@ -42,6 +42,7 @@ from broker.messages import encode_message
 from eventlog import faults, metrics
 from eventlog.errors import (
     BrokerError,
+    ConfigurationError,
     EventLogError,
     RunClosedError,
     SerializationError,
@@ -71,6 +72,9 @@ DEFAULT_ACK_AFTER = 600.0
 
 A third of RabbitMQ's default ``consumer_timeout`` (30 min): lower it with the
 server's timeout, never raise it to meet it."""
+MIN_ACK_AFTER = 1.0
+"""Below this, a busy worker would hand its waiting messages back to the queue
+over and over (a publish and an ack each time) without ever running them."""
 CANCEL_POLL = 0.5
 PRESENCE_TTL_MS = 10_000
 """How long a worker's presence mark outlives its last renewal (renewed every third).
@@ -131,8 +135,10 @@ class Worker:
         grace: float = DEFAULT_GRACE,
         ack_after: float = DEFAULT_ACK_AFTER,
     ) -> None:
-        if ack_after <= 0:
-            raise ValueError(f"ack_after must be positive, got {ack_after}")
+        if not MIN_ACK_AFTER <= ack_after < float("inf"):
+            raise ConfigurationError(
+                f"ack_after must be at least {MIN_ACK_AFTER:g} s and finite, got {ack_after}"
+            )
         self.store = store
         self.broker = broker
         self.registry = registry

@@ -24,11 +24,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from broker import Broker
+from eventlog.errors import InvalidArgumentError
+from eventlog.names import check_run_id
 from eventlog.store import EventStore
 
 from . import queries
 from .access import Access
 from .jsonsafe import JsonValue
+
+MAX_LIST: Final = 1000
+"""Most runs one listing returns: a page, never the whole index."""
 
 STATIC: Final = Path(__file__).parent / "static"
 
@@ -77,9 +82,9 @@ def create_app(store: EventStore, broker: Broker, access: Access | None = None) 
 
     @app.get("/api/runs", response_model=None)
     async def runs(
-        status: Annotated[str | None, Query()] = None,
-        workflow: Annotated[str | None, Query()] = None,
-        limit: Annotated[int, Query()] = 100,
+        status: Annotated[str | None, Query(max_length=64)] = None,
+        workflow: Annotated[str | None, Query(max_length=1000)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
     ) -> dict[str, JsonValue]:
         found = await queries.list_runs(
             store, status=status or None, workflow=workflow or None, limit=limit
@@ -88,6 +93,10 @@ def create_app(store: EventStore, broker: Broker, access: Access | None = None) 
 
     @app.get("/api/runs/{run_id}", response_model=None)
     async def run(run_id: str) -> dict[str, JsonValue]:
+        try:
+            check_run_id(run_id)
+        except InvalidArgumentError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         detail = await queries.run_detail(store, run_id)
         if detail is None:
             raise HTTPException(status_code=404, detail=f"no run {run_id!r}")

@@ -43,7 +43,13 @@ async def test_runs_filters(http: httpx.AsyncClient, finished_runs: Runs) -> Non
 
 @pytest.mark.parametrize(
     ("params", "says"),
-    [({"status": "exploded"}, "unknown status"), ({"limit": 0}, "limit"), ({"limit": "x"}, "")],
+    [
+        ({"status": "exploded"}, "unknown status"),
+        ({"limit": 0}, "limit"),
+        ({"limit": "x"}, ""),
+        ({"limit": 100_000_000}, "limit"),  # a page, never the whole index
+        ({"workflow": "w" * 5000}, "workflow"),
+    ],
 )
 async def test_bad_filters_are_client_errors(
     http: httpx.AsyncClient, params: dict[str, Any], says: str
@@ -51,6 +57,15 @@ async def test_bad_filters_are_client_errors(
     response = await http.get("/api/runs", params=params)
     assert response.status_code in (400, 422)
     assert says in str(response.json()["detail"])
+
+
+@pytest.mark.parametrize("run_id", ["a|b", "x" * 201, "a%20b", "%1b%5b2J"])
+async def test_a_run_id_outside_the_rule_is_a_client_error(
+    http: httpx.AsyncClient, run_id: str
+) -> None:
+    response = await http.get(f"/api/runs/{run_id}")
+    assert response.status_code == 400
+    assert "invalid run id" in response.json()["detail"]
 
 
 async def test_run_detail_has_bars_events_and_payloads(

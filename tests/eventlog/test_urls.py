@@ -100,3 +100,32 @@ def test_log_lines_carry_no_url_password() -> None:
     for secret in ("LogS3cret", "QueryS3cret", "TbS3cret"):
         assert secret not in text
     assert out["attempt"] == 3 and out["event"] == event["event"]
+
+
+def test_long_text_values_in_a_log_line_are_clipped() -> None:
+    from eventlog.logs import MAX_LOG_VALUE, bound_values
+
+    event = {"event": "x", "error": "a" * 10 + "b" * 8_000_000 + "c" * 10, "n": 5}
+    bounded = bound_values(None, "warning", dict(event))
+    assert len(bounded["error"]) <= MAX_LOG_VALUE
+    assert bounded["error"].startswith("a" * 10) and bounded["error"].endswith("c" * 10)
+    assert "characters cut" in bounded["error"]
+    assert bounded["n"] == 5 and bounded["event"] == "x"
+
+
+def test_a_logged_exception_with_a_huge_message_stays_one_bounded_line() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import structlog; from eventlog.logs import configure_logging; "
+        "configure_logging('info', json=True)\n"
+        "try:\n    raise ValueError('x' * 5_000_000)\n"
+        "except ValueError:\n    structlog.get_logger('t').exception('failed')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 20_000
+    assert "characters cut" in lines[0]

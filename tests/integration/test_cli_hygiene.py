@@ -86,6 +86,10 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], says: str) -> N
         (["--redis-url", "redis://127.0.0.1:notaport/0", "runs", "list"], "port 'notaport'"),
         (["--amqp-url", "amqp://guest:guest@127.0.0.1:99999/", "queues"], "port '99999'"),
         (["--redis-url", "http://127.0.0.1:6379", "runs", "list"], "scheme http://"),
+        (["runs", "list", "--limit", "100000000"], "invalid bounded_count value"),
+        (["dlq", "list", "--limit", "10001"], "invalid bounded_count value"),
+        (["worker", "tests.apps.arith", "--ack-after", "0.01"], "under the minimum of 1 s"),
+        (["worker", "tests.apps.arith", "--stall-budget", "0"], "(more than 0)"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args: list[str], says: str) -> None:

@@ -338,3 +338,38 @@ async def test_a_batch_with_one_forged_step_runs_the_others_and_parks_only_that_
     await backends.broker.publish_step(s2)
     assert await run.result(timeout=30) == 3
     assert await attempts(redis_client, label) == 2
+
+
+async def test_a_retry_whose_step_created_cannot_be_read_fails_the_step(
+    backends: Any, scheduling: lf.Client
+) -> None:
+    """The timer loop fails the step, saying why, instead of re-arming the timer forever."""
+    from eventlog.events import NewEvent
+    from eventlog.fold import fold
+    from eventlog.timers import Timer, TimerKind
+
+    store, run_id = backends.store, "unreadable-retry"
+    await store.append(
+        run_id, [NewEvent.of(EventType.RUN_CREATED, data={"workflow": "w"}, workflow="w")]
+    )
+    await store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
+    # args of the wrong type: bytes(12345678901) would allocate 11 GB
+    hostile = {"name": "x", "queue": "default", "args": 12_345_678_901}
+    await store.append(run_id, [NewEvent.of(EventType.STEP_CREATED, "s1", hostile)])
+    await store.append(run_id, [NewEvent.of(EventType.STEP_STARTED, "s1", {}, attempt=1)])
+    retry = NewEvent.of(
+        EventType.STEP_RETRYING,
+        "s1",
+        {"error": {"type": "E", "message": "m", "traceback": ""}, "delay_ms": 0},
+        attempt=1,
+        timer=Timer(TimerKind.STEP_RETRY, run_id, "s1", 2),
+        delay_ms=0,
+    )
+    await store.append(run_id, [retry])
+    events = await wait_for_events(
+        scheduling, run_id, lambda evs: any(e.type is EventType.STEP_FAILED for e in evs)
+    )
+    step = fold(run_id, events).steps["s1"]
+    assert step.status == "failed" and step.attempt == 2
+    assert step.error is not None and "cannot be retried" in step.error.message
+    assert await store.pending_timers(run_id) == []

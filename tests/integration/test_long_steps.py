@@ -185,13 +185,13 @@ async def test_a_batch_released_early_runs_each_step_once(
     """Steps of a released batch that had not started yet still run here, once each."""
     label = f"{namespace}:test:batch"
     worker = Worker(
-        backends.store, backends.broker, queues=["default"], concurrency=1, ack_after=0.5
+        backends.store, backends.broker, queues=["default"], concurrency=1, ack_after=1.0
     )
     await worker.start()
     try:
         with capture_logs() as logs:
-            run = await scheduling.start(flaky.many_slow, label, 3, 1.0)
-            assert await run.result(timeout=60) == ["slept 1.0"] * 3
+            run = await scheduling.start(flaky.many_slow, label, 3, 2.0)
+            assert await run.result(timeout=60) == ["slept 2.0"] * 3
     finally:
         await worker.stop(grace=10)
     events = await scheduling.events(run.run_id)
