@@ -17,13 +17,15 @@ from typing import Any, Final, TypeVar
 import msgpack
 
 from eventlog.codec import brief
-from eventlog.errors import InvalidArgumentError, MalformedMessageError
+from eventlog.errors import ConfigurationError, InvalidArgumentError, MalformedMessageError
 from eventlog.integrity import MAX_ATTEMPT
-from eventlog.names import check_corr, check_run_id
+from eventlog.names import check_corr, check_queue_name, check_run_id
 
 from .topology import MAX_MESSAGE_BYTES
 
 SCHEMA_VERSION: Final = 1
+MAX_NAME: Final = 1000
+"""Characters of a step name, workflow name, queue name or reason a message may carry."""
 KIND_STEP: Final = "step"
 KIND_ACTIVATION: Final = "activation"
 KIND_STEPS: Final = "steps"
@@ -182,10 +184,10 @@ def decode_message(body: bytes) -> Message:
         return StepMessage(
             run_id=_run_id(raw, kind),
             step_id=_step_id(raw, kind),
-            step_name=_field(raw, kind, "step_name", str),
+            step_name=_name(raw, kind, "step_name"),
             attempt=_attempt(raw),
             args=_field(raw, kind, "args", bytes),
-            queue=_field(raw, kind, "queue", str),
+            queue=_queue(raw, kind),
             workflow=_workflow(raw, kind),
         )
     if kind == KIND_STEPS:
@@ -193,7 +195,7 @@ def decode_message(body: bytes) -> Message:
     if kind == KIND_ACTIVATION:
         return Activation(
             run_id=_run_id(raw, kind),
-            reason=_field(raw, kind, "reason", str) if "reason" in raw else "",
+            reason=_name(raw, kind, "reason") if "reason" in raw else "",
         )
     raise MalformedMessageError(
         f"unknown message kind {_shown(kind)}; expected {KIND_STEP!r}, {KIND_STEPS!r} or "
@@ -267,7 +269,7 @@ def _step_id(raw: dict[Any, Any], kind: str) -> str:
 
 def _batch(raw: dict[Any, Any]) -> StepBatch:
     run_id = _run_id(raw, KIND_STEPS)
-    queue = _field(raw, KIND_STEPS, "queue", str)
+    queue = _queue(raw, KIND_STEPS)
     items = _field(raw, KIND_STEPS, "steps", list)
     workflow = _workflow(raw, KIND_STEPS)
     if not items:
@@ -283,7 +285,7 @@ def _batch(raw: dict[Any, Any]) -> StepBatch:
             StepMessage(
                 run_id=run_id,
                 step_id=_step_id(fields, f"{KIND_STEPS}[{n}]"),
-                step_name=_field(fields, f"{KIND_STEPS}[{n}]", "step_name", str),
+                step_name=_name(fields, f"{KIND_STEPS}[{n}]", "step_name"),
                 attempt=_attempt(fields, f"{KIND_STEPS}[{n}]"),
                 args=_field(fields, f"{KIND_STEPS}[{n}]", "args", bytes),
                 queue=queue,
@@ -294,7 +296,28 @@ def _batch(raw: dict[Any, Any]) -> StepBatch:
 
 
 def _workflow(raw: dict[Any, Any], kind: str) -> str:
-    return _field(raw, kind, "wf", str) if "wf" in raw else ""
+    return _name(raw, kind, "wf") if "wf" in raw else ""
+
+
+def _name(raw: dict[Any, Any], kind: str, field: str) -> str:
+    """A step or workflow name, or a reason: text that ends up in logs and dead-letter headers."""
+    value = _field(raw, kind, field, str)
+    if len(value) > MAX_NAME:
+        raise MalformedMessageError(
+            f"{kind} message field {field!r} is {len(value)} characters, over {MAX_NAME}"
+        )
+    return value
+
+
+def _queue(raw: dict[Any, Any], kind: str) -> str:
+    """The step queue's short name, by the rule every queue name follows."""
+    value = _field(raw, kind, "queue", str)
+    try:
+        if len(value) > MAX_NAME:
+            raise ConfigurationError(f"{len(value)} characters, over {MAX_NAME}")
+        return check_queue_name(value)
+    except ConfigurationError as exc:
+        raise MalformedMessageError(f"{kind} message field 'queue': {exc}") from None
 
 
 def _attempt(raw: dict[Any, Any], kind: str = KIND_STEP) -> int:

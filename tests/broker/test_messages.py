@@ -290,3 +290,19 @@ def test_hostile_field_values_are_quoted_briefly() -> None:
     with pytest.raises(MalformedMessageError) as nested:
         decode_message(_pack({"v": 1, "k": [1, 2]}))
     assert "a list" in str(nested.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("queue", "bad queue!", "'queue'"),
+        ("queue", "q" * 1001, "'queue'"),
+        ("step_name", "x" * 1001, "'step_name' is 1001 characters"),
+        ("wf", "w" * 100_000, "'wf' is 100000 characters"),
+    ],
+)
+def test_names_a_message_carries_are_bounded_and_well_formed(
+    field: str, value: str, says: str
+) -> None:
+    with pytest.raises(MalformedMessageError, match=says):
+        decode_message(_pack(_step_map(**{field: value})))
