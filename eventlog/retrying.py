@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 import structlog
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
@@ -36,6 +37,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     ServiceUnavailableError,
     RedisConnectionError,
     RedisTimeoutError,
+    # Redis refusing writes for a while: full (maxmemory), loading its data after a
+    # restart, a replica during a failover. Waited out like a dropped connection,
+    # never mistaken for a bad value (a run is failed for those).
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
     ConnectionError,
     TimeoutError,
     OSError,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
 
 import ledgerflow as lf
 from broker import REASON_HEADER
@@ -182,3 +183,24 @@ async def test_a_message_of_an_unknown_schema_version_is_dead_lettered(
     await dead.ack()
     run = await running.start(arith.total, 2)
     assert await run.result(timeout=30) == arith.expected_total(2)
+
+
+async def test_runs_ride_out_redis_refusing_writes_when_full(
+    running: lf.Client, backends: Any, redis_client: aioredis.Redis
+) -> None:
+    """maxmemory reached (OOM errors on every write): waited out, never a failed run."""
+    runs = [await running.start(arith.long_chain, 30) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    before = await redis_client.config_get("maxmemory")
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(OutOfMemoryError):
+            await redis_client.set(f"{backends.names.namespace}:probe", b"1")
+        await asyncio.sleep(3.0)
+    finally:
+        await redis_client.config_set("maxmemory", before["maxmemory"])
+    results = await asyncio.gather(*(r.result(timeout=120) for r in runs))
+    assert results == [sum(range(30))] * 3
+    for run in runs:
+        assert_clean(await running.events(run.run_id))
+    assert await backends.broker.queue_depth(backends.names.dead_queue) == 0
