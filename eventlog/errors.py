@@ -233,6 +233,18 @@ class RetryableError(LedgerflowError):
         self.retry_after = retry_after
 
 
+class ExitCalledError(LedgerflowError):
+    """Step or workflow code called ``sys.exit()`` (raised SystemExit).
+
+    In a ledgerflow process that would stop the worker or scheduler, and every
+    redelivery would stop the next one: it is recorded as the code's failure instead.
+    """
+
+    def __init__(self, where: str, code: object) -> None:
+        super().__init__(f"{where} called sys.exit({code!r}); recorded as a failure instead")
+        self.code = code
+
+
 class FatalError(LedgerflowError):
     """Raised by a step that must not be retried."""
 

@@ -8,6 +8,7 @@ from eventlog.codec import allow_modules, serializable
 from eventlog.errors import (
     ChildWorkflowError,
     ConfigurationError,
+    ExitCalledError,
     FatalError,
     HeartbeatTimeoutError,
     HookConflictError,
@@ -56,6 +57,7 @@ __all__ = [
     "ConfigurationError",
     "Event",
     "EventType",
+    "ExitCalledError",
     "FatalError",
     "HeartbeatTimeoutError",
     "Hook",

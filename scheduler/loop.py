@@ -10,6 +10,7 @@ futures, ``asyncio.gather``), so it can be written as plain ``async def``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
@@ -100,7 +101,10 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
                 while self._ready:
                     handle = self._ready.popleft()
                     if not handle._cancelled:
-                        handle._run()
+                        # Workflow code that called sys.exit(): the task that raised it
+                        # holds it and fails the run; the scheduler is not stopped.
+                        with contextlib.suppress(SystemExit):
+                            handle._run()
         finally:
             self._running = False
             _set_running(previous)

@@ -24,6 +24,7 @@ from typing import Any
 from eventlog import codec
 from eventlog.errors import (
     ChildWorkflowError,
+    ExitCalledError,
     HookConflictError,
     ReplayDivergenceError,
     RunCancelled,
@@ -302,7 +303,7 @@ class WorkflowInstance:
         context = contextvars.copy_context()
         context.run(current_dispatcher.set, self)
         context.run(current_instance.set, self)
-        coro = self.definition.fn(*self.args, **self.kwargs)
+        coro = _exit_as_failure(self.definition.fn(*self.args, **self.kwargs), self.definition.name)
         self._task = self.loop.create_task(coro, context=context)
 
     def _settle(self, future: asyncio.Future[Any], event: Event) -> None:
@@ -558,6 +559,14 @@ def _conflict_owner(event: Event) -> str | None:
     if not isinstance(conflict, dict):
         return None
     return str(conflict.get("run", ""))
+
+
+async def _exit_as_failure(coro: Coroutine[Any, Any, Any], workflow: str) -> Any:
+    """The workflow's outcome, with sys.exit() in its code an ordinary failure."""
+    try:
+        return await coro
+    except SystemExit as exc:
+        raise ExitCalledError(f"workflow {workflow!r}", exc.code) from None
 
 
 def _matches(event: Event, kind: EventType, name: str) -> bool:

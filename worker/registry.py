@@ -13,6 +13,7 @@ from eventlog import codec
 from eventlog.delays import delay_seconds
 from eventlog.errors import (
     ConfigurationError,
+    ExitCalledError,
     InvalidArgumentError,
     SerializationError,
     UnknownStepError,
@@ -76,10 +77,17 @@ class StepDef:
         return decoded[0], decoded[1]
 
     async def invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Run the user's function; plain ``def`` steps run in a thread."""
-        if inspect.iscoroutinefunction(self.fn):
-            return await self.fn(*args, **kwargs)
-        return await asyncio.to_thread(self.fn, *args, **kwargs)
+        """Run the user's function; plain ``def`` steps run in a thread.
+
+        SystemExit from the step's code becomes an ordinary failure here, before it
+        reaches a task boundary, where asyncio would let it stop the whole worker.
+        """
+        try:
+            if inspect.iscoroutinefunction(self.fn):
+                return await self.fn(*args, **kwargs)
+            return await asyncio.to_thread(self.fn, *args, **kwargs)
+        except SystemExit as exc:
+            raise ExitCalledError(f"step {self.name!r}", exc.code) from None
 
 
 class StepFunction(Generic[P, R]):
