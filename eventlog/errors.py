@@ -308,6 +308,10 @@ class WaitTimeout(LedgerflowError, TimeoutError):
     """``lf.wait_for`` reached its durable timeout before the awaited thing happened."""
 
 
+class ChildRunIdTakenError(LedgerflowError):
+    """A child workflow's run id (``<parent>.s3``) was already taken by a run that is not it."""
+
+
 class ChildWorkflowError(RemoteError):
     """A child workflow ended in failure; raised in the parent where it was awaited."""
 

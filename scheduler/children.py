@@ -16,11 +16,11 @@ from typing import Any
 
 from broker import Activation, Broker
 from eventlog import codec
-from eventlog.errors import IllegalTransitionError
+from eventlog.errors import ChildRunIdTakenError, IllegalTransitionError, WorkflowMismatchError
 from eventlog.events import Event, EventType, NewEvent
 from eventlog.retrying import retrying
 from eventlog.store import EventStore
-from worker.outcome import bounded_error
+from worker.outcome import bounded_error, failed
 
 from .replay import ChildCommand
 
@@ -40,7 +40,14 @@ async def start_child(
         what=f"arguments of child workflow {command.workflow!r}",
         envelope=2,
     )
-    (result,) = await store.append(command.child_run_id, [created])
+    try:
+        (result,) = await store.append(command.child_run_id, [created])
+    except WorkflowMismatchError:
+        await _id_taken(store, broker, parent_run_id, command)
+        return
+    if result.duplicate and not await _is_our_child(store, parent_run_id, command):
+        await _id_taken(store, broker, parent_run_id, command)
+        return
     entity = await store.entity(parent_run_id, command.corr)
     if entity.state == "created":
         started = NewEvent.of(
@@ -58,6 +65,37 @@ async def start_child(
     elif result.duplicate:
         return  # started before, by this or another scheduler
     activation = Activation(run_id=command.child_run_id, reason="child")
+    await retrying("publish activation", lambda: broker.publish_activation(activation))
+
+
+async def _is_our_child(store: EventStore, parent_run_id: str, command: ChildCommand) -> bool:
+    """Whether the run already at the child's id was started as this child, by this parent.
+
+    Child run ids are predictable (``<parent>.s3``), so a producer may have taken
+    one first; adopting that run would leave the parent waiting for a report that
+    never comes (that run knows no parent).
+    """
+    first = await store.read(command.child_run_id, count=1)
+    return bool(first) and parent_of(first[0]) == (parent_run_id, command.corr)
+
+
+async def _id_taken(
+    store: EventStore, broker: Broker, parent_run_id: str, command: ChildCommand
+) -> None:
+    """Fail the child's step in the parent, saying why: the workflow may catch it."""
+    error = ChildRunIdTakenError(
+        f"cannot start child workflow {command.workflow!r}: run id "
+        f"{command.child_run_id!r} is taken by a run that is not this child"
+    )
+    batch = [
+        NewEvent.of(EventType.STEP_STARTED, command.corr, {}, attempt=1),
+        failed(command.corr, 1, error),
+    ]
+    try:
+        await store.append(parent_run_id, batch)
+    except IllegalTransitionError:
+        return  # the parent moved on (ended, or the step was settled meanwhile)
+    activation = Activation(run_id=parent_run_id, reason="child")
     await retrying("publish activation", lambda: broker.publish_activation(activation))
 
 

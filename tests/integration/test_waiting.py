@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import json
 import signal
@@ -203,6 +204,26 @@ async def test_steps_not_yet_started_never_start(
 
 
 # --- child workflows ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("squatter", ["same workflow", "other workflow"])
+async def test_a_child_whose_run_id_was_taken_fails_in_the_parent_instead_of_hanging(
+    running: lf.Client, squatter: str
+) -> None:
+    """Child run ids are predictable: a run a producer started there is not adopted."""
+    parent_id = f"parent-{squatter.replace(' ', '-')}"
+    if squatter == "same workflow":
+        taken = await running.start(arith.failing, "squatting", run_id=f"{parent_id}.s1")
+    else:
+        taken = await running.start(arith.total, 2, run_id=f"{parent_id}.s1")
+    with contextlib.suppress(lf.WorkflowFailedError):
+        await taken.result(timeout=30)
+    run = await running.start(waiting.parent_of_failing, "boom", run_id=parent_id)
+    outcome = await run.result(timeout=30)
+    assert outcome.startswith("child failed: eventlog.errors.ChildRunIdTakenError")
+    assert f"run id '{parent_id}.s1' is taken" in outcome
+    first = (await running.events(taken.run_id))[0]
+    assert "parent" not in first.data  # the squatter was left alone
 
 
 async def test_child_workflows_are_linked_and_awaited(running: lf.Client) -> None:
