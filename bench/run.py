@@ -42,14 +42,14 @@ from typing import Any, BinaryIO
 import aio_pika
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.worker.backend import connect
 
 import ledgerflow as lf
 from bench import apps
-from eventlog.events import Event, EventType
-from eventlog.names import Names
-from eventlog.settings import Settings
 from ledgerflow.cli_processes import run_with_loop
-from worker.backend import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = Path(__file__).resolve().parent / "results.json"

@@ -28,16 +28,15 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import structlog
-
-from eventlog.codec import brief
-from eventlog.errors import (
+from ledgerflow.eventlog.codec import brief
+from ledgerflow.eventlog.errors import (
     BrokerError,
     MalformedMessageError,
     PayloadTooLargeError,
     PublishError,
 )
-from eventlog.names import Names
-from eventlog.text import MAX_REASON, clip
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.text import MAX_REASON, clip
 
 from .messages import Activation, StepBatch, StepMessage, decode_message, encode_message
 from .topology import MAX_MESSAGE_BYTES

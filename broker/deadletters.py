@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from eventlog.errors import MalformedMessageError
+from ledgerflow.eventlog.errors import MalformedMessageError
 
 from .base import (
     BROKER_OWNED_HEADERS,

@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from eventlog.errors import BrokerError, ConfigurationError, PublishError
-from eventlog.names import DEFAULT_STEP_QUEUE, Names
+from ledgerflow.eventlog.errors import BrokerError, ConfigurationError, PublishError
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, Names
 
 from .base import (
     BROKER_OWNED_HEADERS,

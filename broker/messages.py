@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgpack
-
-from eventlog.codec import brief
-from eventlog.errors import ConfigurationError, InvalidArgumentError, MalformedMessageError
-from eventlog.integrity import MAX_ATTEMPT
-from eventlog.names import check_corr, check_queue_name, check_run_id
+from ledgerflow.eventlog.codec import brief
+from ledgerflow.eventlog.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    MalformedMessageError,
+)
+from ledgerflow.eventlog.integrity import MAX_ATTEMPT
+from ledgerflow.eventlog.names import check_corr, check_queue_name, check_run_id
 
 from .topology import MAX_MESSAGE_BYTES
 

@@ -42,16 +42,15 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import MessageProcessError
-
-from eventlog.errors import (
+from ledgerflow.eventlog.errors import (
     BrokerError,
     ConfigurationError,
     LedgerflowError,
     PublishError,
     ServiceUnavailableError,
 )
-from eventlog.names import DEFAULT_STEP_QUEUE, Names
-from eventlog.urls import redact, redact_text
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, Names
+from ledgerflow.eventlog.urls import redact, redact_text
 
 from .base import (
     DEFAULT_DELIVERY_LIMIT,

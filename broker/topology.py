@@ -19,10 +19,9 @@ from typing import Any, Final
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel
-
-from eventlog import codec
-from eventlog.errors import ConfigurationError
-from eventlog.names import Names
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import ConfigurationError
+from ledgerflow.eventlog.names import Names
 
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 

@@ -13,6 +13,33 @@ class LedgerflowError(Exception):
     """Base of every error ledgerflow raises on purpose."""
 
 
+PUBLIC_PREFIX = "ledgerflow."
+# Where these classes were recorded from before: the module's earlier import paths.
+_EARLIER_PREFIXES = ("eventlog.errors.", "ledgerflow.eventlog.errors.")
+
+
+def error_type_name(kind: type) -> str:
+    """The name an exception type is recorded under in a run's log.
+
+    Builtins by bare name (``ValueError``); ledgerflow's own errors by their public
+    name (``ledgerflow.FatalError``), so a log does not change meaning when this
+    module moves; anything else module-qualified.
+    """
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    if kind.__module__ == __name__:
+        return PUBLIC_PREFIX + kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def canonical_error_name(name: str) -> str:
+    """A recorded type name as ``error_type_name`` writes it today (older logs used paths)."""
+    for prefix in _EARLIER_PREFIXES:
+        if name.startswith(prefix):
+            return PUBLIC_PREFIX + name[len(prefix) :]
+    return name
+
+
 # --- configuration and infrastructure -------------------------------------------------
 
 

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import uuid
 
-from eventlog.errors import ServiceUnavailableError
-from eventlog.fold import fold
-from eventlog.logs import configure_logging
-from eventlog.settings import Settings
-from eventlog.timeline import render, timeline
-from scheduler.client import Client
-from scheduler.embedded import embedded
+from ledgerflow.eventlog.errors import ServiceUnavailableError
+from ledgerflow.eventlog.fold import fold
+from ledgerflow.eventlog.logs import configure_logging
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.eventlog.timeline import render, timeline
+from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.embedded import embedded
 
 from .orders import process_order
 

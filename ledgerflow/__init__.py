@@ -1,11 +1,25 @@
 """ledgerflow: durable, event-sourced workflows for Python.
 
 ``import ledgerflow as lf``. This package only re-exports and wires; the
-behaviour lives in eventlog/, broker/, worker/ and scheduler/.
+behaviour lives in its subpackages ``ledgerflow.eventlog``, ``.broker``,
+``.worker`` and ``.scheduler`` (the folders eventlog/, broker/, worker/ and
+scheduler/ of the repository).
 """
 
-from eventlog.codec import allow_modules, serializable
-from eventlog.errors import (
+import os as _os
+
+# In a checkout the layers' folders sit beside this one; an installed ledgerflow has
+# them inside it (pyproject's package-dir). Imported straight from a checkout (its
+# root first on sys.path: the test suite, `python -m examples.demo`), look beside it
+# too, so both layouts import the same `ledgerflow.<layer>` names.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and not _os.path.isdir(
+    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "eventlog")
+):
+    __path__.append(_checkout)
+
+from ledgerflow.eventlog.codec import allow_modules, serializable
+from ledgerflow.eventlog.errors import (
     ChildWorkflowError,
     ConfigurationError,
     ExitCalledError,
@@ -38,14 +52,14 @@ from eventlog.errors import (
     WorkflowFailedError,
     WorkflowStalledError,
 )
-from eventlog.events import Event, EventType
-from eventlog.fold import RunState, StepState
-from scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
-from scheduler.durable import create_hook, sleep, wait_for
-from scheduler.replay import Hook
-from worker import StepContext, heartbeat, step, step_context
-from worker.registry import set_default_retry
-from worker.retry import RetryPolicy
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.fold import RunState, StepState
+from ledgerflow.scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
+from ledgerflow.scheduler.durable import create_hook, sleep, wait_for
+from ledgerflow.scheduler.replay import Hook
+from ledgerflow.worker import StepContext, heartbeat, step, step_context
+from ledgerflow.worker.registry import set_default_retry
+from ledgerflow.worker.retry import RetryPolicy
 
 from . import testing
 

@@ -17,9 +17,9 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from eventlog import codec
-from eventlog.derived import repair_run, verify_run
-from eventlog.errors import (
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.derived import repair_run, verify_run
+from ledgerflow.eventlog.errors import (
     ConfigurationError,
     HookNotFoundError,
     InvalidArgumentError,
@@ -30,28 +30,28 @@ from eventlog.errors import (
     UnknownWorkflowError,
     WorkflowFailedError,
 )
-from eventlog.events import Event
-from eventlog.fold import fold
-from eventlog.lease import Lease
-from eventlog.logs import configure_logging
-from eventlog.redis_store import RedisEventStore
-from eventlog.settings import Settings
-from eventlog.store import EventStore
-from eventlog.timeline import TimelineRow, render, timeline
-from eventlog.urls import redact_text
-from scheduler import watchdog
-from scheduler.client import Client
-from scheduler.reconciler import (
+from ledgerflow.eventlog.events import Event
+from ledgerflow.eventlog.fold import fold
+from ledgerflow.eventlog.lease import Lease
+from ledgerflow.eventlog.logs import configure_logging
+from ledgerflow.eventlog.redis_store import RedisEventStore
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.timeline import TimelineRow, render, timeline
+from ledgerflow.eventlog.urls import redact_text
+from ledgerflow.scheduler import watchdog
+from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.reconciler import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_RECHECK,
     DEFAULT_STALE_AFTER,
     Reconciler,
 )
-from scheduler.registry import WorkflowFunction, workflows
-from scheduler.service import Scheduler
-from worker.backend import connect
-from worker.process import run_until_signalled
-from worker.service import (
+from ledgerflow.scheduler.registry import WorkflowFunction, workflows
+from ledgerflow.scheduler.service import Scheduler
+from ledgerflow.worker.backend import connect
+from ledgerflow.worker.process import run_until_signalled
+from ledgerflow.worker.service import (
     DEFAULT_ACK_AFTER,
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE,

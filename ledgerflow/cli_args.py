@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from eventlog.errors import InvalidArgumentError
-from eventlog.names import check_run_id
+from ledgerflow.eventlog.errors import InvalidArgumentError
+from ledgerflow.eventlog.names import check_run_id
 
 
 def run_id_arg(text: str) -> str:

@@ -17,8 +17,8 @@ import sys
 
 import structlog
 
-from worker.backend import connect
-from worker.process import run_until_signalled
+from ledgerflow.worker.backend import connect
+from ledgerflow.worker.process import run_until_signalled
 
 # The module, not its names: cli.py imports this one while it is itself being imported.
 from . import cli

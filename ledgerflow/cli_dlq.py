@@ -15,10 +15,10 @@ import dataclasses
 import sys
 from typing import Any
 
-from broker import Broker, StepMessage
-from broker.deadletters import DeadLetter, describe, requeue
-from eventlog.errors import BrokerError, MalformedMessageError, PayloadTooLargeError
-from worker.backend import connect
+from ledgerflow.broker import Broker, StepMessage
+from ledgerflow.broker.deadletters import DeadLetter, describe, requeue
+from ledgerflow.eventlog.errors import BrokerError, MalformedMessageError, PayloadTooLargeError
+from ledgerflow.worker.backend import connect
 
 from . import cli
 from .cli_format import (

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from broker import Broker
-from broker.deadletters import describe
-from eventlog.backlog import DEFAULT_MAX_RUNS, Backlog, oldest_waiting
-from eventlog.errors import BrokerError
-from eventlog.names import DEFAULT_STEP_QUEUE
-from worker.backend import connect
-from worker.registry import steps
+from ledgerflow.broker import Broker
+from ledgerflow.broker.deadletters import describe
+from ledgerflow.eventlog.backlog import DEFAULT_MAX_RUNS, Backlog, oldest_waiting
+from ledgerflow.eventlog.errors import BrokerError
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.worker.backend import connect
+from ledgerflow.worker.registry import steps
 
 from . import cli
 from .cli_format import EXIT_CODES, age, dump, printable, table

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eventlog.errors import ReplayDivergenceError, RunNotFoundError
-from scheduler.client import Client
-from scheduler.history import HistoryError, dump_history, load_history, replay
+from ledgerflow.eventlog.errors import ReplayDivergenceError, RunNotFoundError
+from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.history import HistoryError, dump_history, load_history, replay
 
 # The module, not its names: cli.py may import this one at its top, while it is
 # itself still being imported (names are looked up when a command runs).

@@ -12,12 +12,12 @@ import argparse
 import sys
 from typing import Any
 
-from eventlog.backlog import entry_ms
-from eventlog.errors import RunNotFoundError
-from eventlog.fold import ErrorInfo, RunState, fold
-from eventlog.store import EventStore
-from scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
-from worker.backend import connect
+from ledgerflow.eventlog.backlog import entry_ms
+from ledgerflow.eventlog.errors import RunNotFoundError
+from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
+from ledgerflow.worker.backend import connect
 
 # The module, not its names: cli.py imports this one while it is itself being imported.
 from . import cli

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Sequence
 import structlog
 from prometheus_client import start_http_server
 
-from eventlog.errors import ConfigurationError
-from eventlog.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, GaugeSampler
-from worker.backend import Backends
-from worker.registry import steps
+from ledgerflow.eventlog.errors import ConfigurationError
+from ledgerflow.eventlog.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, GaugeSampler
+from ledgerflow.worker.backend import Backends
+from ledgerflow.worker.registry import steps
 
 from .cli_format import port_number, positive_float
 

@@ -15,8 +15,8 @@ you deploy. The file format is described in ``scheduler.history``; this module
 only re-exports.
 """
 
-from eventlog.errors import ReplayDivergenceError
-from scheduler.history import (
+from ledgerflow.eventlog.errors import ReplayDivergenceError
+from ledgerflow.scheduler.history import (
     History,
     HistoryError,
     HistoryFormatError,
@@ -25,7 +25,7 @@ from scheduler.history import (
     load_history,
     replay,
 )
-from scheduler.replay import Completed, Failed
+from ledgerflow.scheduler.replay import Completed, Failed
 
 __all__ = [
     "Completed",

@@ -14,13 +14,19 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from broker import Activation, Broker
-from eventlog import codec
-from eventlog.errors import ChildRunIdTakenError, IllegalTransitionError, WorkflowMismatchError
-from eventlog.events import Event, EventType, NewEvent
-from eventlog.retrying import retrying
-from eventlog.store import EventStore
-from worker.outcome import bounded_error, failed
+from ledgerflow.broker import Activation, Broker
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import (
+    ChildRunIdTakenError,
+    IllegalTransitionError,
+    RunCancelled,
+    WorkflowMismatchError,
+    error_type_name,
+)
+from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.retrying import retrying
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.worker.outcome import bounded_error, failed
 
 from .replay import ChildCommand
 
@@ -139,7 +145,7 @@ async def report_to_parent(
         error = bounded_error(
             data.get("error")
             or {
-                "type": "eventlog.errors.RunCancelled",
+                "type": error_type_name(RunCancelled),
                 "message": f"the child run was cancelled: {data.get('reason', '')}",
             }
         )

@@ -12,10 +12,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-
-from broker import Activation, Broker
-from eventlog import codec
-from eventlog.errors import (
+from ledgerflow.broker import Activation, Broker
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import (
     BrokerError,
     HookNotFoundError,
     IllegalTransitionError,
@@ -27,14 +26,14 @@ from eventlog.errors import (
     ServiceUnavailableError,
     WorkflowFailedError,
 )
-from eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
-from eventlog.fold import ErrorInfo, RunState, fold
-from eventlog.integrity import MAX_KEY
-from eventlog.names import check_hook_token, check_run_id
-from eventlog.settings import Settings
-from eventlog.store import START, EventStore
-from eventlog.text import MAX_MESSAGE, clip, safe_str
-from worker.backend import connect
+from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
+from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
+from ledgerflow.eventlog.integrity import MAX_KEY
+from ledgerflow.eventlog.names import check_hook_token, check_run_id
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.eventlog.store import START, EventStore
+from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
+from ledgerflow.worker.backend import connect
 
 from .children import parent_of, report_to_parent
 from .registry import WorkflowFunction, WorkflowRegistry, workflows

@@ -12,8 +12,8 @@ import inspect
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from eventlog.delays import delay_seconds
-from eventlog.errors import InvalidArgumentError, LedgerflowError
+from ledgerflow.eventlog.delays import delay_seconds
+from ledgerflow.eventlog.errors import InvalidArgumentError, LedgerflowError
 
 from .context import current_instance
 from .replay import Hook, WorkflowInstance

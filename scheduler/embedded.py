@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from worker.backend import in_memory
-from worker.service import Worker
+from ledgerflow.worker.backend import in_memory
+from ledgerflow.worker.service import Worker
 
 from .client import Client
 from .service import Scheduler

@@ -40,18 +40,18 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import msgpack
-
-from eventlog import codec
-from eventlog.errors import (
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import (
     HookTokenConflictError,
     LedgerflowError,
     ReplayDivergenceError,
     SerializationError,
     UnknownTypeError,
+    canonical_error_name,
 )
-from eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
-from eventlog.fold import RECORDED_BY, ErrorInfo
-from worker.outcome import type_name
+from ledgerflow.eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
+from ledgerflow.eventlog.fold import RECORDED_BY, ErrorInfo
+from ledgerflow.worker.outcome import type_name
 
 from .registry import WorkflowDef, WorkflowFunction, workflows
 from .replay import (
@@ -461,7 +461,7 @@ def _held_to_outcome(terminal: Event) -> bool:
         data = terminal.data if isinstance(terminal.data, dict) else {}
         if data.get(RECORDED_BY) == "scheduler":
             return False
-        return _recorded_error(terminal).type not in _RECORDED_BY_SCHEDULER
+        return canonical_error_name(_recorded_error(terminal).type) not in _RECORDED_BY_SCHEDULER
     return True
 
 
@@ -480,7 +480,8 @@ def _check_outcome(run_id: str, terminal: Event, outcome: Outcome | None) -> Non
         recorded = f"run_completed with result {_short(recorded_result)}"
     else:
         error_type = _recorded_error(terminal).type
-        if isinstance(outcome, Failed) and type_name(type(outcome.error)) == error_type:
+        recorded_type = canonical_error_name(error_type)
+        if isinstance(outcome, Failed) and type_name(type(outcome.error)) == recorded_type:
             return
         recorded = f"run_failed with {error_type}"
     raise ReplayDivergenceError(run_id, "end", recorded, _describe_outcome(outcome))

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import structlog
-
-from eventlog.errors import HookTokenConflictError
-from eventlog.events import AppendResult, EventType, NewEvent
-from eventlog.fold import HOOK_CONFLICT
-from eventlog.store import EventStore
+from ledgerflow.eventlog.errors import HookTokenConflictError
+from ledgerflow.eventlog.events import AppendResult, EventType, NewEvent
+from ledgerflow.eventlog.fold import HOOK_CONFLICT
+from ledgerflow.eventlog.store import EventStore
 
 from .replay import HookCommand
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NoReturn, TypeVar
 
-from eventlog.errors import NonDeterminismError
+from ledgerflow.eventlog.errors import NonDeterminismError
 
 from . import sandbox, watchdog
 

@@ -52,15 +52,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-
-from broker import Activation, Broker, StepMessage
-from eventlog import codec, metrics
-from eventlog.errors import ConfigurationError, SerializationError
-from eventlog.events import Event, EventType
-from eventlog.fold import RunState, StepState, fold
-from eventlog.lease import Lease
-from eventlog.store import EventStore
-from eventlog.timers import Timer, TimerKind
+from ledgerflow.broker import Activation, Broker, StepMessage
+from ledgerflow.eventlog import codec, metrics
+from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.fold import RunState, StepState, fold
+from ledgerflow.eventlog.lease import Lease
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from .hookclash import CONFLICT_REASON
 from .replay import CHILD_PREFIX

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from eventlog.errors import ConfigurationError, UnknownWorkflowError
-from worker.naming import Registry, check_arguments
+from ledgerflow.eventlog.errors import ConfigurationError, UnknownWorkflowError
+from ledgerflow.worker.naming import Registry, check_arguments
 
 from .context import current_instance
 

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from eventlog import codec
-from eventlog.errors import (
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import (
     ChildWorkflowError,
     ExitCalledError,
     HookConflictError,
@@ -30,13 +30,15 @@ from eventlog.errors import (
     RunCancelled,
     StepFailedError,
     WaitTimeout,
+    canonical_error_name,
+    error_type_name,
 )
-from eventlog.events import RUN_TERMINAL, Event, EventType, id_order
-from eventlog.fold import HOOK_CONFLICT, ErrorInfo
-from eventlog.names import MAX_RUN_ID, check_hook_token
-from eventlog.store import START
-from worker.dispatch import current_dispatcher
-from worker.registry import StepDef
+from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, id_order
+from ledgerflow.eventlog.fold import HOOK_CONFLICT, ErrorInfo
+from ledgerflow.eventlog.names import MAX_RUN_ID, check_hook_token
+from ledgerflow.eventlog.store import START
+from ledgerflow.worker.dispatch import current_dispatcher
+from ledgerflow.worker.registry import StepDef
 
 from .context import current_instance
 from .loop import DeterministicLoop
@@ -336,7 +338,7 @@ class WorkflowInstance:
         created = self._recorded.get(event.corr)
         name = str(created.data.get("name", "")) if created is not None else event.corr
         if name.startswith(CHILD_PREFIX):
-            if error.type.endswith("RunCancelled"):
+            if canonical_error_name(error.type) == error_type_name(RunCancelled):
                 future.set_exception(RunCancelled(error.message))
             else:
                 future.set_exception(ChildWorkflowError(error.type, error.message, error.traceback))

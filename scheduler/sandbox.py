@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from eventlog.errors import NonDeterminismError
+from ledgerflow.eventlog.errors import NonDeterminismError
 
 _active_thread: int | None = None
 _installed = False

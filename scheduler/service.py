@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 
 import structlog
-
-from broker import Activation, Broker, Consumer, Delivery, StepMessage
-from eventlog import faults, metrics
-from eventlog.errors import (
+from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
+from ledgerflow.eventlog import faults, metrics
+from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     LedgerflowError,
     MalformedMessageError,
@@ -27,16 +26,16 @@ from eventlog.errors import (
     UnknownTypeError,
     UnknownWorkflowError,
 )
-from eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEvent
-from eventlog.fold import CALL_FINGERPRINT, RECORDED_BY
-from eventlog.integrity import call_fingerprint
-from eventlog.retrying import TRANSIENT, retrying
-from eventlog.store import EventStore
-from eventlog.timers import Timer, TimerKind
-from eventlog.transitions import RUN_TERMINAL_STATES
-from worker.outcome import error_info
-from worker.registry import StepRegistry, steps
-from worker.service import Worker
+from ledgerflow.eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEvent
+from ledgerflow.eventlog.fold import CALL_FINGERPRINT, RECORDED_BY
+from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.retrying import TRANSIENT, retrying
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.timers import Timer, TimerKind
+from ledgerflow.eventlog.transitions import RUN_TERMINAL_STATES
+from ledgerflow.worker.outcome import error_info
+from ledgerflow.worker.registry import StepRegistry, steps
+from ledgerflow.worker.service import Worker
 
 from . import watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache

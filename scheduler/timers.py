@@ -17,21 +17,20 @@ import asyncio
 import contextlib
 
 import structlog
-
-from broker import Activation, Broker, StepMessage
-from eventlog import metrics
-from eventlog.errors import (
+from ledgerflow.broker import Activation, Broker, StepMessage
+from ledgerflow.eventlog import metrics
+from ledgerflow.eventlog.errors import (
     EventLogError,
     HeartbeatTimeoutError,
     RunClosedError,
     SerializationError,
 )
-from eventlog.events import Event, EventType, NewEvent
-from eventlog.retrying import retrying
-from eventlog.store import EventStore
-from eventlog.timers import DueTimer, Timer, TimerKind
-from worker.outcome import failed, failure_event
-from worker.registry import StepRegistry, steps
+from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.retrying import retrying
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
+from ledgerflow.worker.outcome import failed, failure_event
+from ledgerflow.worker.registry import StepRegistry, steps
 
 log = structlog.get_logger("ledgerflow.timers")
 

@@ -14,13 +14,12 @@ the activation in the dead-letter queue instead of failing the run.
 from __future__ import annotations
 
 import structlog
-
-from broker import Broker
-from eventlog import codec
-from eventlog.errors import IllegalTransitionError, RunNotFoundError, SerializationError
-from eventlog.events import Event, EventType, NewEvent
-from eventlog.fold import fold
-from eventlog.store import EventStore
+from ledgerflow.broker import Broker
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import IllegalTransitionError, RunNotFoundError, SerializationError
+from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.fold import fold
+from ledgerflow.eventlog.store import EventStore
 
 from .children import parent_of, report_to_parent
 

@@ -25,8 +25,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 import structlog
-
-from eventlog.errors import WorkflowStalledError
+from ledgerflow.eventlog.errors import WorkflowStalledError
 
 log = structlog.get_logger("ledgerflow.watchdog")
 

@@ -15,8 +15,8 @@ from typing import Any
 import hypothesis  # noqa: F401
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.eventlog.names import Names
 
-from eventlog.names import Names
 from tests.servers import HOW_TO_START, Servers, configured, docker_running, reachable
 
 
@@ -85,7 +85,7 @@ async def delete_namespace_queues(amqp_url: str, names: Names, extra: list[str])
 
     connection = await aio_pika.connect(amqp_url)
     try:
-        from worker.registry import steps
+        from ledgerflow.worker.registry import steps
 
         # Workers declare a queue for every step queue registered in the process (the
         # test apps register several), not only the fixed ones.
@@ -126,8 +126,8 @@ async def backends(
     servers: Servers, names: Names, redis_client: aioredis.Redis, amqp_cleanup: list[str]
 ) -> AsyncIterator[Any]:
     """Real Redis + RabbitMQ in this test's namespace."""
-    from eventlog.settings import Settings
-    from worker.backend import connect
+    from ledgerflow.eventlog.settings import Settings
+    from ledgerflow.worker.backend import connect
 
     settings = Settings(servers.amqp_url, servers.redis_url, names.namespace)
     async with connect(settings) as connected:
@@ -137,9 +137,9 @@ async def backends(
 @pytest.fixture
 async def running(backends: Any) -> AsyncIterator[Any]:
     """A worker and a scheduler in this process on the real servers, plus a client."""
-    from scheduler.client import Client
-    from scheduler.service import Scheduler
-    from worker.service import Worker
+    from ledgerflow.scheduler.client import Client
+    from ledgerflow.scheduler.service import Scheduler
+    from ledgerflow.worker.service import Worker
 
     worker = Worker(backends.store, backends.broker, concurrency=16)
     scheduler = Scheduler(backends.store, backends.broker)
@@ -155,8 +155,8 @@ async def running(backends: Any) -> AsyncIterator[Any]:
 @pytest.fixture
 async def scheduling(backends: Any) -> AsyncIterator[Any]:
     """A scheduler (with its timer loop) and a client in this process; tests bring workers."""
-    from scheduler.client import Client
-    from scheduler.service import Scheduler
+    from ledgerflow.scheduler.client import Client
+    from ledgerflow.scheduler.service import Scheduler
 
     scheduler = Scheduler(backends.store, backends.broker)
     await scheduler.start()

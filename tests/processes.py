@@ -29,12 +29,17 @@ def cli_env(servers: Servers, namespace: str) -> dict[str, str]:
 
 
 def cli(
-    servers: Servers, namespace: str, *args: str, timeout: float = 60
+    servers: Servers,
+    namespace: str,
+    *args: str,
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ledgerflow", *args],
-        env=cli_env(servers, namespace),
-        cwd=ROOT,
+        env={**cli_env(servers, namespace), **(env or {})},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,10 +53,12 @@ def processes(
     namespace: str,
     commands: Sequence[Sequence[str]],
     env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Run `ledgerflow <command>` processes for the block; SIGTERM (then SIGKILL) after.
 
-    ``env`` overrides variables of ``cli_env`` (other server URLs, say).
+    ``env`` overrides variables of ``cli_env`` (other server URLs, say); ``cwd`` is
+    where they run (an application's own directory).
     """
     # Logs go to files, never to a pipe nobody reads: a full pipe would block the
     # process the moment it logs a burst (say, reconnect warnings during an outage).
@@ -63,7 +70,7 @@ def processes(
                 subprocess.Popen(
                     [sys.executable, "-m", "ledgerflow", *command],
                     env={**cli_env(servers, namespace), **(env or {})},
-                    cwd=ROOT,
+                    cwd=cwd,
                     stdout=subprocess.DEVNULL,
                     stderr=log_file,
                 )

@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from broker import Broker, MemoryBroker, RabbitBroker
-from eventlog.errors import ConfigurationError, LedgerflowError, ServiceUnavailableError
-from eventlog.memory_store import MemoryEventStore
-from eventlog.names import Names
-from eventlog.redis_store import RedisEventStore
-from eventlog.settings import Settings
-from eventlog.store import EventStore
-from eventlog.urls import check_url, redact, redact_text
+from ledgerflow.broker import Broker, MemoryBroker, RabbitBroker
+from ledgerflow.eventlog.errors import ConfigurationError, LedgerflowError, ServiceUnavailableError
+from ledgerflow.eventlog.memory_store import MemoryEventStore
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.redis_store import RedisEventStore
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.urls import check_url, redact, redact_text
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventlog.errors import RunClosedError
-from eventlog.events import AppendResult, NewEvent
-from eventlog.store import EventStore
+from ledgerflow.eventlog.errors import RunClosedError
+from ledgerflow.eventlog.events import AppendResult, NewEvent
+from ledgerflow.eventlog.store import EventStore
 
 
 @dataclass

@@ -10,7 +10,7 @@ import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from eventlog.errors import LedgerflowError
+from ledgerflow.eventlog.errors import LedgerflowError
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from eventlog.errors import HeartbeatTimeoutError, StepTimeoutError
+from ledgerflow.eventlog.errors import HeartbeatTimeoutError, StepTimeoutError
 
 
 class Beats:

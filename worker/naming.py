@@ -6,8 +6,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
-from eventlog import codec
-from eventlog.errors import ConfigurationError
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import ConfigurationError
 
 
 class Named(Protocol):

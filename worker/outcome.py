@@ -5,11 +5,11 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from eventlog.delays import MAX_DELAY_MS
-from eventlog.errors import InvalidArgumentError, SerializationError
-from eventlog.events import EventType, NewEvent
-from eventlog.text import MAX_MESSAGE, MAX_NAME, clip, safe_str
-from eventlog.timers import Timer, TimerKind
+from ledgerflow.eventlog.delays import MAX_DELAY_MS
+from ledgerflow.eventlog.errors import InvalidArgumentError, SerializationError, error_type_name
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.text import MAX_MESSAGE, MAX_NAME, clip, safe_str
+from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from .retry import RetryPolicy
 
@@ -19,11 +19,7 @@ MAX_TRACEBACK_LINE = 1000
 in ``message``, so the traceback's copy of it need not repeat thousands of characters."""
 
 
-def type_name(kind: type) -> str:
-    """Builtins by bare name (ValueError), everything else module-qualified."""
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
+type_name = error_type_name
 
 
 def error_info(exc: BaseException) -> dict[str, str]:

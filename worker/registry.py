@@ -9,16 +9,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from eventlog import codec
-from eventlog.delays import delay_seconds
-from eventlog.errors import (
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.delays import delay_seconds
+from ledgerflow.eventlog.errors import (
     ConfigurationError,
     ExitCalledError,
     InvalidArgumentError,
     SerializationError,
     UnknownStepError,
 )
-from eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 
 from .dispatch import current_dispatcher
 from .naming import Registry, check_arguments

@@ -13,9 +13,9 @@ import numbers
 import random
 from dataclasses import dataclass
 
-from eventlog.delays import MAX_DELAY_S, delay_seconds
-from eventlog.errors import ConfigurationError, FatalError, RetryableError
-from eventlog.integrity import MAX_ATTEMPT
+from ledgerflow.eventlog.delays import MAX_DELAY_S, delay_seconds
+from ledgerflow.eventlog.errors import ConfigurationError, FatalError, RetryableError
+from ledgerflow.eventlog.integrity import MAX_ATTEMPT
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
-
-from broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
-from broker.messages import encode_message
-from eventlog import faults, metrics
-from eventlog.errors import (
+from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
+from ledgerflow.broker.messages import encode_message
+from ledgerflow.eventlog import faults, metrics
+from ledgerflow.eventlog.errors import (
     BrokerError,
     ConfigurationError,
     EventLogError,
@@ -50,11 +49,11 @@ from eventlog.errors import (
     UnknownStepError,
     WorkerLostError,
 )
-from eventlog.events import EventType, NewEvent
-from eventlog.integrity import call_fingerprint
-from eventlog.retrying import retrying
-from eventlog.store import EventStore
-from eventlog.timers import Timer, TimerKind
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.retrying import retrying
+from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from . import outcome
 from .batching import Coalesced, GroupCommit

@@ -23,10 +23,10 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from broker import Broker
-from eventlog.errors import InvalidArgumentError
-from eventlog.names import check_run_id
-from eventlog.store import EventStore
+from ledgerflow.broker import Broker
+from ledgerflow.eventlog.errors import InvalidArgumentError
+from ledgerflow.eventlog.names import check_run_id
+from ledgerflow.eventlog.store import EventStore
 
 from . import queries
 from .access import Access

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from broker import REASON_HEADER, Broker
-from broker.deadletters import DeadLetter, describe
-from eventlog import codec
-from eventlog.errors import SerializationError
-from eventlog.events import Event, EventType
-from eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
-from eventlog.store import EventStore, RunSummary
-from worker.registry import StepDef
+from ledgerflow.broker import REASON_HEADER, Broker
+from ledgerflow.broker.deadletters import DeadLetter, describe
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import SerializationError
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
+from ledgerflow.eventlog.store import EventStore, RunSummary
+from ledgerflow.worker.registry import StepDef
 
 from .jsonsafe import JsonValue, to_json
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from eventlog.errors import ConfigurationError
+from ledgerflow.eventlog.errors import ConfigurationError
 
 
 class _Server(uvicorn.Server):

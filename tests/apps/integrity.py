@@ -7,8 +7,9 @@ import datetime as dt
 import math
 from typing import Any
 
+from ledgerflow.scheduler.context import current_instance
+
 import ledgerflow as lf
-from scheduler.context import current_instance
 from tests.apps.flaky import FAST, count_attempt
 
 DELAYS: dict[str, Any] = {

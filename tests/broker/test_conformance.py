@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
-from broker import (
+from ledgerflow.broker import (
     DEAD_AT_HEADER,
     EARLIER_DELIVERIES_HEADER,
     QUEUE_HEADER,
@@ -28,11 +27,11 @@ from broker import (
     StepMessage,
     decode_message,
 )
-from broker.base import Outgoing
-from broker.topology import MAX_MESSAGE_BYTES
-from eventlog.errors import BrokerError, PayloadTooLargeError, PublishError
-from eventlog.names import Names
-from eventlog.text import MAX_REASON
+from ledgerflow.broker.base import Outgoing
+from ledgerflow.broker.topology import MAX_MESSAGE_BYTES
+from ledgerflow.eventlog.errors import BrokerError, PayloadTooLargeError, PublishError
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.text import MAX_REASON
 
 WAIT = 10.0  # upper bound for anything that should happen promptly
 

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from ledgerflow.broker import Delivery, RabbitBroker
+from ledgerflow.broker.rabbitmq import RabbitConsumer
+from ledgerflow.eventlog.names import Names
 from structlog.testing import capture_logs
 
-from broker import Delivery, RabbitBroker
-from broker.rabbitmq import RabbitConsumer
-from eventlog.names import Names
 from tests.servers import Servers
 
 WAIT = 15.0

@@ -17,8 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-
-from broker import (
+from ledgerflow.broker import (
     DEAD_AT_HEADER,
     QUEUE_HEADER,
     REASON_HEADER,
@@ -26,8 +25,9 @@ from broker import (
     MemoryBroker,
     RabbitBroker,
 )
-from broker.deadletters import describe
-from eventlog.names import Names
+from ledgerflow.broker.deadletters import describe
+from ledgerflow.eventlog.names import Names
+
 from ledgerflow.dashboard.queries import dead_letters
 from tests.servers import Servers
 

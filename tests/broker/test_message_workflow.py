@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import msgpack
-
-from broker.messages import StepBatch, StepMessage, decode_message, encode_message
+from ledgerflow.broker.messages import StepBatch, StepMessage, decode_message, encode_message
 
 
 def test_workflow_name_round_trips_in_a_step_and_a_batch() -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-
-from broker.base import MAX_REASON, bounded_reason
-from broker.messages import (
+from ledgerflow.broker.base import MAX_REASON, bounded_reason
+from ledgerflow.broker.messages import (
     SCHEMA_VERSION,
     Activation,
     StepBatch,
@@ -14,7 +13,7 @@ from broker.messages import (
     decode_message,
     encode_message,
 )
-from eventlog.errors import MalformedMessageError
+from ledgerflow.eventlog.errors import MalformedMessageError
 
 STEP = StepMessage(
     run_id="run-1",
@@ -241,7 +240,7 @@ def test_dead_letter_reasons_are_bounded_head_and_tail_kept() -> None:
 
 
 def test_a_body_over_the_message_limit_is_refused_before_unpacking() -> None:
-    from broker.topology import MAX_MESSAGE_BYTES
+    from ledgerflow.broker.topology import MAX_MESSAGE_BYTES
 
     big = _pack(_step_map(args=b"\0" * MAX_MESSAGE_BYTES))
     with pytest.raises(MalformedMessageError, match=f"over the {MAX_MESSAGE_BYTES}-byte limit"):

@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
+from ledgerflow.broker import Broker, Delivery, RabbitBroker
+from ledgerflow.eventlog.errors import ConfigurationError, ServiceUnavailableError
+from ledgerflow.eventlog.names import Names
 
-from broker import Broker, Delivery, RabbitBroker
-from eventlog.errors import ConfigurationError, ServiceUnavailableError
-from eventlog.names import Names
 from tests.servers import Servers
 
 WAIT = 10.0

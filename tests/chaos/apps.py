@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ledgerflow.scheduler.registry import WorkflowFunction
+
 import ledgerflow as lf
-from scheduler.registry import WorkflowFunction
 
 STEP_SECONDS = 0.05
 # The reconciler re-sends a started step with no outcome after twice its time

@@ -64,21 +64,21 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
+from ledgerflow.eventlog.checker import check_log
+from ledgerflow.eventlog.errors import BrokerError, ServiceUnavailableError
+from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType
+from ledgerflow.eventlog.fold import RunState, apply
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.retrying import retrying
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.worker.backend import Backends, connect
 from redis.exceptions import RedisError
 
 import ledgerflow as lf
-from eventlog.checker import check_log
-from eventlog.errors import BrokerError, ServiceUnavailableError
-from eventlog.events import RUN_TERMINAL, Event, EventType
-from eventlog.fold import RunState, apply
-from eventlog.names import Names
-from eventlog.retrying import retrying
-from eventlog.settings import Settings
 from tests.chaos import apps
 from tests.conftest import delete_namespace_queues
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers
-from worker.backend import Backends, connect
 
 APP = "tests.chaos.apps"
 

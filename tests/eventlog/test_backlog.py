@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from eventlog.backlog import entry_ms, oldest_waiting
-from eventlog.events import EventType, NewEvent
-from eventlog.memory_store import MemoryEventStore
+from ledgerflow.eventlog.backlog import entry_ms, oldest_waiting
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.memory_store import MemoryEventStore
 
 E = EventType
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import msgpack
 import pytest
-
-from eventlog import codec
-from eventlog.codec import decode, encode, serializable
-from eventlog.errors import PayloadTooLargeError, SerializationError, UnknownTypeError
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.codec import decode, encode, serializable
+from ledgerflow.eventlog.errors import PayloadTooLargeError, SerializationError, UnknownTypeError
 
 # --- classes the tests send (module level, so they are found by import path) ------------
 
@@ -392,8 +391,7 @@ def test_a_class_without_a_way_to_travel_cannot_register() -> None:
 def test_unknown_classes_are_refused_except_when_inspecting() -> None:
     """As a process that never imported the application sees one of its objects."""
     import msgpack
-
-    from eventlog.codec import Unregistered, inspecting
+    from ledgerflow.eventlog.codec import Unregistered, inspecting
 
     state = {"name": "x", "amount": 3}
     inner = msgpack.packb(["nowhere.billing.Invoice", state], use_bin_type=True)

@@ -19,17 +19,16 @@ from typing import Any
 
 import msgpack
 import pytest
-
-from eventlog import codec
-from eventlog.codec import MAX_DECODE_DEPTH, MAX_DEPTH, MAX_EXT_VALUES, decode, encode
-from eventlog.codec import Unregistered as ReExported
-from eventlog.errors import (
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.codec import MAX_DECODE_DEPTH, MAX_DEPTH, MAX_EXT_VALUES, decode, encode
+from ledgerflow.eventlog.codec import Unregistered as ReExported
+from ledgerflow.eventlog.errors import (
     NestingTooDeepError,
     PayloadTooLargeError,
     SerializationError,
     UnknownTypeError,
 )
-from eventlog.events import decode_entry
+from ledgerflow.eventlog.events import decode_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,8 +64,8 @@ def decode_in_subprocess(blob: bytes, *, max_size: int | None = None) -> str:
     script = textwrap.dedent(
         f"""
         import sys
-        from eventlog import codec
-        from eventlog.errors import SerializationError
+        from ledgerflow.eventlog import codec
+        from ledgerflow.eventlog.errors import SerializationError
         try:
             codec.decode(sys.stdin.buffer.read(), what="the payload", max_size={max_size!r})
         except SerializationError as exc:

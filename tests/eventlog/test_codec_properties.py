@@ -21,13 +21,12 @@ from typing import Any
 import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from broker.messages import SCHEMA_VERSION, decode_message
-from eventlog import codec
-from eventlog.errors import MalformedMessageError, SerializationError
-from eventlog.events import decode_entry
-from scheduler.history import HistoryError, load_history
-from worker.registry import StepDef
+from ledgerflow.broker.messages import SCHEMA_VERSION, decode_message
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import MalformedMessageError, SerializationError
+from ledgerflow.eventlog.events import decode_entry
+from ledgerflow.scheduler.history import HistoryError, load_history
+from ledgerflow.worker.registry import StepDef
 
 EXAMPLES = int(os.environ.get("LEDGERFLOW_HYPOTHESIS_EXAMPLES", "120"))
 BOUNDED = settings(

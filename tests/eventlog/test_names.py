@@ -7,16 +7,15 @@ import fnmatch
 import zlib
 
 import pytest
-from redis.crc import key_slot
-
-from eventlog.errors import ConfigurationError
-from eventlog.names import (
+from ledgerflow.eventlog.errors import ConfigurationError
+from ledgerflow.eventlog.names import (
     DEFAULT_NAMESPACE,
     INDEX_SHARDS,
     Names,
     check_queue_name,
     shard_of,
 )
+from redis.crc import key_slot
 
 
 def test_default_namespace_names() -> None:

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-
-from eventlog import codec
-from eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
-from eventlog.derived import verify_run
-from eventlog.errors import (
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
+from ledgerflow.eventlog.derived import verify_run
+from ledgerflow.eventlog.errors import (
     AppendArgumentError,
     EventLogError,
     HookTokenConflictError,
@@ -31,15 +30,15 @@ from eventlog.errors import (
     StepMismatchError,
     WorkflowMismatchError,
 )
-from eventlog.events import AppendResult, Event, EventType, NewEvent
-from eventlog.fold import fold
-from eventlog.integrity import call_fingerprint
-from eventlog.memory_store import MemoryEventStore
-from eventlog.names import Names, shard_of
-from eventlog.redis_store import RedisEventStore
-from eventlog.store import START, EventStore
-from eventlog.timers import Timer, TimerKind
-from eventlog.transitions import ABSENT, RULES, RUN_TERMINAL_STATES, Action, Guard
+from ledgerflow.eventlog.events import AppendResult, Event, EventType, NewEvent
+from ledgerflow.eventlog.fold import fold
+from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.memory_store import MemoryEventStore
+from ledgerflow.eventlog.names import Names, shard_of
+from ledgerflow.eventlog.redis_store import RedisEventStore
+from ledgerflow.eventlog.store import START, EventStore
+from ledgerflow.eventlog.timers import Timer, TimerKind
+from ledgerflow.eventlog.transitions import ABSENT, RULES, RUN_TERMINAL_STATES, Action, Guard
 
 E = EventType
 WF = "orders.checkout"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from eventlog.errors import ConfigurationError
-from eventlog.logs import redact_secrets
-from eventlog.urls import check_url, redact, redact_text
+from ledgerflow.eventlog.errors import ConfigurationError
+from ledgerflow.eventlog.logs import redact_secrets
+from ledgerflow.eventlog.urls import check_url, redact, redact_text
 
 SCHEMES = ("amqp", "amqps", "redis", "rediss", "unix")
 
@@ -103,7 +102,7 @@ def test_log_lines_carry_no_url_password() -> None:
 
 
 def test_long_text_values_in_a_log_line_are_clipped() -> None:
-    from eventlog.logs import MAX_LOG_VALUE, bound_values
+    from ledgerflow.eventlog.logs import MAX_LOG_VALUE, bound_values
 
     event = {"event": "x", "error": "a" * 10 + "b" * 8_000_000 + "c" * 10, "n": 5}
     bounded = bound_values(None, "warning", dict(event))

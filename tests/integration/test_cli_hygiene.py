@@ -16,10 +16,10 @@ import sys
 from typing import Any
 
 import pytest
+from ledgerflow.broker import QUEUE_HEADER, REASON_HEADER, Activation, encode_message
+from ledgerflow.eventlog.events import EventType, NewEvent
 
 import ledgerflow as lf
-from broker import QUEUE_HEADER, REASON_HEADER, Activation, encode_message
-from eventlog.events import EventType, NewEvent
 from ledgerflow.cli import build_parser
 from ledgerflow.cli_format import printable
 from tests.apps import arith

@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import EventType, NewEvent
 
-from eventlog.events import EventType, NewEvent
 from tests.processes import cli
 from tests.servers import Servers
 

@@ -14,16 +14,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from ledgerflow.broker import StepBatch, StepMessage
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.scheduler.service import Scheduler
+from ledgerflow.worker.registry import steps
+from ledgerflow.worker.service import Worker
 
 import ledgerflow as lf
-from broker import StepBatch, StepMessage
-from eventlog.events import EventType, NewEvent
-from scheduler.service import Scheduler
 from tests.apps import arith
 from tests.processes import cli_env, processes
 from tests.servers import Servers
-from worker.registry import steps
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -193,7 +193,7 @@ async def test_an_in_process_step_cut_off_by_shutdown_goes_back_to_the_queue(
 
 
 def codec_message(body: bytes) -> StepMessage:
-    from broker import decode_message
+    from ledgerflow.broker import decode_message
 
     message = decode_message(body)
     if isinstance(message, StepBatch):
@@ -279,7 +279,7 @@ async def test_a_step_run_in_a_killed_process_is_recovered_by_the_reconciler(
     servers: Servers, backends: Any
 ) -> None:
     """No unacked message covers an in-process step: the worker's expired presence mark does."""
-    from scheduler.reconciler import Reconciler
+    from ledgerflow.scheduler.reconciler import Reconciler
 
     ns = backends.names.namespace
     client = lf.Client(backends.store, backends.broker)

@@ -7,10 +7,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from ledgerflow.broker import REASON_HEADER, StepMessage, encode_message
+from ledgerflow.eventlog.events import EventType
 
 import ledgerflow as lf
-from broker import REASON_HEADER, StepMessage, encode_message
-from eventlog.events import EventType
 from tests.apps import arith
 
 pytestmark = pytest.mark.integration

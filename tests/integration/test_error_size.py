@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.text import MAX_MESSAGE
+from ledgerflow.worker.outcome import MAX_TRACEBACK
 
 import ledgerflow as lf
-from eventlog.events import EventType
-from eventlog.text import MAX_MESSAGE
 from tests.apps import flaky, waiting
-from worker.outcome import MAX_TRACEBACK
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ async def test_a_step_raising_an_8_mb_message_is_recorded_bounded(
     with pytest.raises(lf.WorkflowFailedError) as failure:
         await run.result(timeout=60)
     # Still readable by whoever waits for the run: type, start and end of the text.
-    assert failure.value.type_name == "eventlog.errors.StepFailedError"
+    assert failure.value.type_name == "ledgerflow.StepFailedError"
     assert "failed after 4 attempt(s): ValueError: START" in failure.value.message
     assert "END" in failure.value.message
     events = await running.events(run.run_id)

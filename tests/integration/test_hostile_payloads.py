@@ -28,16 +28,16 @@ import aio_pika
 import httpx
 import msgpack
 import pytest
+from ledgerflow.broker import Activation, StepMessage, encode_message
+from ledgerflow.broker.deadletters import DeadLetter, describe
+from ledgerflow.broker.topology import MAX_MESSAGE_BYTES
+from ledgerflow.eventlog import codec, metrics
+from ledgerflow.eventlog.codec import MAX_DEPTH
+from ledgerflow.eventlog.errors import NestingTooDeepError
+from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.reconciler import Reconciler
 
 import ledgerflow as lf
-from broker import Activation, StepMessage, encode_message
-from broker.deadletters import DeadLetter, describe
-from broker.topology import MAX_MESSAGE_BYTES
-from eventlog import codec, metrics
-from eventlog.codec import MAX_DEPTH
-from eventlog.errors import NestingTooDeepError
-from scheduler.client import Client
-from scheduler.reconciler import Reconciler
 from tests.apps import hostile
 from tests.processes import ROOT, cli, cli_env, processes
 from tests.servers import Servers
@@ -138,7 +138,7 @@ def dashboard(servers: Servers, namespace: str) -> Iterator[str]:
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from scheduler.client import Client
+    from ledgerflow.scheduler.client import Client
 
     async def main(run_id):
         async with Client.connect() as client:
@@ -285,7 +285,7 @@ async def test_an_unreadable_event_fails_its_run_once_and_every_reader_says_why(
         ending = await backends.store.read_event(run.run_id, last)
         assert ending is not None
         error = ending.data["error"]
-        assert error["type"] == "eventlog.errors.NestingTooDeepError"
+        assert error["type"] == "ledgerflow.NestingTooDeepError"
         assert error["message"].startswith(f"event {bad_id} could not be decoded: nested")
         entries = await redis_client.xrange(backends.names.stream(run.run_id))
         types = [fields[b"type"] for _, fields in entries]
@@ -310,7 +310,7 @@ async def test_an_unreadable_event_fails_its_run_once_and_every_reader_says_why(
     assert events.startswith(
         f"NestingTooDeepError run '{run.run_id}': event {bad_id} could not be decoded: nested"
     )
-    assert result.startswith("WorkflowFailedError eventlog.errors.NestingTooDeepError: event")
+    assert result.startswith("WorkflowFailedError ledgerflow.NestingTooDeepError: event")
     _, end_result = await asyncio.to_thread(client_in_subprocess, servers, ns, ended.run_id)
     assert end_result.startswith(
         f"NestingTooDeepError run '{ended.run_id}': event {raw_end.decode()} could not be decoded"

@@ -14,18 +14,25 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.broker import (
+    REASON_HEADER,
+    Activation,
+    Delivery,
+    StepBatch,
+    StepMessage,
+    encode_message,
+)
+from ledgerflow.broker.messages import decode_message
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.names import Names
+from ledgerflow.worker.registry import steps
+from ledgerflow.worker.service import Worker
 
 import ledgerflow as lf
-from broker import REASON_HEADER, Activation, Delivery, StepBatch, StepMessage, encode_message
-from broker.messages import decode_message
-from eventlog.events import Event, EventType
-from eventlog.names import Names
 from tests.apps import arith, flaky, integrity, waiting
 from tests.integration.test_worker_failures import wait_for_events
 from tests.processes import cli
 from tests.servers import Servers
-from worker.registry import steps
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +173,7 @@ async def test_a_retry_after_that_cannot_be_honoured_fails_the_step_saying_why(
 ) -> None:
     run = await running.start(integrity.retry_after_wf, label, kind)
     result = await run.result(timeout=30)
-    assert result.startswith("1: eventlog.errors.InvalidArgumentError: RetryableError.retry_after")
+    assert result.startswith("1: ledgerflow.InvalidArgumentError: RetryableError.retry_after")
     assert "failed, not retried" in result and "slow down" in result
     events = await running.events(run.run_id)
     assert of(events, EventType.STEP_RETRYING) == []
@@ -189,7 +196,7 @@ async def test_an_uncaught_bad_sleep_fails_the_run_with_the_reason(
     run = await running.start(integrity.sleep_uncaught, "huge")
     with pytest.raises(lf.WorkflowFailedError, match="cannot be honoured") as info:
         await run.result(timeout=30)
-    assert info.value.type_name == "eventlog.errors.InvalidArgumentError"
+    assert info.value.type_name == "ledgerflow.InvalidArgumentError"
     assert await backends.broker.queue_depth(backends.names.dead_queue) == 0
 
 
@@ -208,7 +215,7 @@ async def test_a_decision_the_log_refuses_fails_the_run_instead_of_looping(
     run = await running.start(integrity.slipped_through)
     with pytest.raises(lf.WorkflowFailedError, match="field 'due'") as info:
         await run.result(timeout=30)
-    assert info.value.type_name == "eventlog.errors.AppendArgumentError"
+    assert info.value.type_name == "ledgerflow.AppendArgumentError"
     (failed,) = of(await running.events(run.run_id), EventType.RUN_FAILED)
     assert failed.data["recorded_by"] == "scheduler"
     assert await backends.broker.queue_depth(backends.names.dead_queue) == 0
@@ -350,9 +357,9 @@ async def test_a_retry_whose_step_created_cannot_be_read_fails_the_step(
     backends: Any, scheduling: lf.Client
 ) -> None:
     """The timer loop fails the step, saying why, instead of re-arming the timer forever."""
-    from eventlog.events import NewEvent
-    from eventlog.fold import fold
-    from eventlog.timers import Timer, TimerKind
+    from ledgerflow.eventlog.events import NewEvent
+    from ledgerflow.eventlog.fold import fold
+    from ledgerflow.eventlog.timers import Timer, TimerKind
 
     store, run_id = backends.store, "unreadable-retry"
     await store.append(

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import structlog
+from ledgerflow.eventlog.logs import add_pid
+from ledgerflow.scheduler.client import Client
 from structlog.testing import capture_logs
 
 import ledgerflow as lf
-from eventlog.logs import add_pid
-from scheduler.client import Client
 from tests.apps import observed
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers

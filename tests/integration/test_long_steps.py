@@ -29,18 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.lease import Lease
+from ledgerflow.scheduler.reconciler import Reconciler
+from ledgerflow.worker.service import Worker
 from structlog.testing import capture_logs
 
 import ledgerflow as lf
-from eventlog.events import Event, EventType
-from eventlog.lease import Lease
-from scheduler.reconciler import Reconciler
 from tests.apps import arith, flaky
 from tests.integration.test_worker_failures import wait_for_events
 from tests.outages import rabbit_env_changed
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.broker import REASON_HEADER
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.worker.backend import connect
 from redis.exceptions import OutOfMemoryError
 
 import ledgerflow as lf
-from broker import REASON_HEADER
-from eventlog.events import Event, EventType
-from eventlog.names import Names
-from eventlog.settings import Settings
 from tests.apps import arith, flaky
 from tests.conftest import delete_namespace_queues
 from tests.outages import free_port, rabbitmq_app_stopped, wait_port
 from tests.processes import processes
 from tests.servers import Servers
-from worker.backend import connect
 
 pytestmark = pytest.mark.integration
 

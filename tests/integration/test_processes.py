@@ -8,9 +8,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import EventType
 
 import ledgerflow as lf
-from eventlog.events import EventType
 from tests.apps import arith
 from tests.processes import cli, processes
 from tests.servers import Servers

@@ -14,11 +14,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.scheduler.reconciler import Reconciler
 from structlog.testing import capture_logs
 
 import ledgerflow as lf
-from eventlog.events import Event, EventType
-from scheduler.reconciler import Reconciler
 from tests.apps import arith, waiting
 from tests.integration.test_worker_failures import wait_for_events
 from tests.outages import rabbitmq_app_stopped

@@ -13,11 +13,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.names import shard_of
+from ledgerflow.scheduler.reconciler import BATCH, Reconciler
 from structlog.testing import capture_logs
-
-from eventlog.events import EventType, NewEvent
-from eventlog.names import shard_of
-from scheduler.reconciler import BATCH, Reconciler
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import Event, EventType
 
 import ledgerflow as lf
-from eventlog.events import Event, EventType
 from tests.apps import flaky
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ async def test_fatal_error_is_never_retried(running: lf.Client, label: str) -> N
     assert of(events, EventType.STEP_RETRYING) == []
     assert len(of(events, EventType.STEP_STARTED)) == 1
     (failed,) = of(events, EventType.STEP_FAILED)
-    assert failed.data["error"]["type"] == "eventlog.errors.FatalError"
+    assert failed.data["error"]["type"] == "ledgerflow.FatalError"
 
 
 async def test_non_retryable_types_fail_at_once(running: lf.Client, label: str) -> None:
@@ -89,7 +89,7 @@ async def test_hanging_step_times_out_and_is_retried(running: lf.Client, label: 
     assert await run.result(timeout=30) == "finished"
     events = await running.events(run.run_id)
     (retry,) = of(events, EventType.STEP_RETRYING)
-    assert retry.data["error"]["type"] == "eventlog.errors.StepTimeoutError"
+    assert retry.data["error"]["type"] == "ledgerflow.StepTimeoutError"
     assert "exceeded its 0.5 s timeout" in retry.data["error"]["message"]
     first_start = of(events, EventType.STEP_STARTED)[0]
     assert 450 <= retry.ts - first_start.ts < 3000
@@ -111,7 +111,7 @@ async def test_step_that_stops_heartbeating_is_failed_and_retried(
     assert await run.result(timeout=30) == "recovered"
     events = await running.events(run.run_id)
     (retry,) = of(events, EventType.STEP_RETRYING)
-    assert retry.data["error"]["type"] == "eventlog.errors.HeartbeatTimeoutError"
+    assert retry.data["error"]["type"] == "ledgerflow.HeartbeatTimeoutError"
 
 
 async def test_idempotency_key_is_stable_across_attempts(running: lf.Client, label: str) -> None:

@@ -8,16 +8,16 @@ import subprocess
 from typing import Any
 
 import pytest
+from ledgerflow.broker import Activation, encode_message
+from ledgerflow.broker.deadletters import REQUEUES_HEADER
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.worker.service import Worker
 
 import ledgerflow as lf
-from broker import Activation, encode_message
-from broker.deadletters import REQUEUES_HEADER
-from eventlog.events import EventType
 from tests.apps import arith
 from tests.integration.test_worker_failures import wait_for_events
 from tests.processes import cli
 from tests.servers import Servers
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +178,7 @@ async def test_queues_ages_come_from_the_log_for_created_steps(
 async def test_queues_age_of_the_runs_queue_is_the_oldest_unacted_outcome(
     servers: Servers, backends: Any
 ) -> None:
-    from scheduler.client import Client
+    from ledgerflow.scheduler.client import Client
 
     ns, names = backends.names.namespace, backends.names
     client = Client(backends.store, backends.broker)  # no scheduler: run_created is unacted

@@ -13,12 +13,12 @@ from typing import Any
 
 import aio_pika
 import pytest
+from ledgerflow.eventlog.errors import ConfigurationError, ServiceUnavailableError
+from ledgerflow.eventlog.settings import Settings
+from ledgerflow.worker.backend import connect
 
-from eventlog.errors import ConfigurationError, ServiceUnavailableError
-from eventlog.settings import Settings
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers
-from worker.backend import connect
 
 pytestmark = pytest.mark.integration
 

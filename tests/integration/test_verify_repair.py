@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.eventlog.derived import repair_run, verify_run
+from ledgerflow.eventlog.events import EventType
 
 import ledgerflow as lf
-from eventlog.derived import repair_run, verify_run
-from eventlog.events import EventType
 from tests.apps import arith, waiting
 from tests.integration.test_worker_failures import wait_for_events
 from tests.processes import cli

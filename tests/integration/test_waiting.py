@@ -10,11 +10,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.scheduler.registry import workflows
+from ledgerflow.scheduler.replay import WorkflowInstance
 
 import ledgerflow as lf
-from eventlog.events import Event, EventType
-from scheduler.registry import workflows
-from scheduler.replay import WorkflowInstance
 from tests.apps import arith, waiting
 from tests.integration.test_worker_failures import wait_for_events
 from tests.processes import cli, processes
@@ -130,7 +130,7 @@ async def test_hook_tokens_are_unique_among_live_hooks(running: lf.Client, names
     with pytest.raises(lf.WorkflowFailedError, match="already used by a live hook") as info:
         await second.result(timeout=30)
     # The workflow itself saw the conflict where it awaited the hook (it could have caught it).
-    assert info.value.type_name == "eventlog.errors.HookConflictError"
+    assert info.value.type_name == "ledgerflow.HookConflictError"
     assert of(await running.events(second.run_id), EventType.HOOK_DISPOSED)
     await running.resume_hook(f"approve-{order}", "ok")
     assert await first.result(timeout=30) == "ok"
@@ -220,7 +220,7 @@ async def test_a_child_whose_run_id_was_taken_fails_in_the_parent_instead_of_han
         await taken.result(timeout=30)
     run = await running.start(waiting.parent_of_failing, "boom", run_id=parent_id)
     outcome = await run.result(timeout=30)
-    assert outcome.startswith("child failed: eventlog.errors.ChildRunIdTakenError")
+    assert outcome.startswith("child failed: ledgerflow.ChildRunIdTakenError")
     assert f"run id '{parent_id}.s1' is taken" in outcome
     first = (await running.events(taken.run_id))[0]
     assert "parent" not in first.data  # the squatter was left alone
@@ -243,7 +243,7 @@ async def test_child_workflows_are_linked_and_awaited(running: lf.Client) -> Non
 async def test_a_failing_child_raises_in_the_parent(running: lf.Client) -> None:
     run = await running.start(waiting.parent_of_failing, "broken child")
     result = await run.result(timeout=30)
-    assert result.startswith("child failed: eventlog.errors.StepFailedError")
+    assert result.startswith("child failed: ledgerflow.StepFailedError")
     assert "broken child" in result
 
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from ledgerflow.scheduler import watchdog
+from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.service import Scheduler
 
 import ledgerflow as lf
-from scheduler import watchdog
-from scheduler.client import Client
-from scheduler.service import Scheduler
 from tests.apps import arith, stalling
 from tests.processes import processes
 from tests.servers import Servers

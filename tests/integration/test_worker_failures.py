@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import Event, EventType
 
 import ledgerflow as lf
-from eventlog.events import Event, EventType
 from tests.apps import flaky
 from tests.processes import processes
 from tests.servers import Servers
@@ -95,7 +95,7 @@ async def test_hung_worker_is_detected_by_its_missing_heartbeat(
         await asyncio.sleep(1.5)
     events = await scheduling.events(run.run_id)
     (retry,) = [e for e in events if e.type is EventType.STEP_RETRYING]
-    assert retry.data["error"]["type"] == "eventlog.errors.HeartbeatTimeoutError"
+    assert retry.data["error"]["type"] == "ledgerflow.HeartbeatTimeoutError"
     assert "presumed lost" in retry.data["error"]["message"]
     assert count(events, EventType.STEP_COMPLETED) == {"s1": 1}
     assert sum(e.type is EventType.RUN_COMPLETED for e in events) == 1

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventlog.errors import WorkflowFailedError
-from eventlog.logs import configure_logging
+from ledgerflow.eventlog.errors import WorkflowFailedError
+from ledgerflow.eventlog.logs import configure_logging
+from ledgerflow.scheduler.embedded import embedded
+from ledgerflow.scheduler.history import dump_history
+from ledgerflow.scheduler.registry import WorkflowFunction
+
 from examples.orders import process_order
-from scheduler.embedded import embedded
-from scheduler.history import dump_history
-from scheduler.registry import WorkflowFunction
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.errors import ReplayDivergenceError
+from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType
+from ledgerflow.scheduler.history import History, dump_history
 
 import ledgerflow as lf
-from eventlog.errors import ReplayDivergenceError
-from eventlog.events import RUN_TERMINAL, Event, EventType
 from examples.orders import Receipt, process_order
 from ledgerflow import testing
-from scheduler.history import History, dump_history
 
 from . import edited, record
 

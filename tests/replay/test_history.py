@@ -14,13 +14,13 @@ from typing import Any
 
 import msgpack
 import pytest
+from ledgerflow.eventlog.errors import LedgerflowError
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.scheduler.history import json_view
 
 import ledgerflow as lf
-from eventlog.errors import LedgerflowError
-from eventlog.events import Event, EventType
 from examples.orders import Receipt
 from ledgerflow import testing
-from scheduler.history import json_view
 
 HERE = Path(__file__).resolve().parent
 OK = HERE / "orders_ok.jsonl"
@@ -276,7 +276,8 @@ async def test_replay_allows_the_workflows_module_for_its_unregistered_dataclass
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As ``ledgerflow worker APP`` allows APP: the workflow's own classes decode, nothing else."""
-    from eventlog import codec
+    from ledgerflow.eventlog import codec
+
     from tests.apps import hostile
     from tests.unit.helpers import stack
 

@@ -10,15 +10,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from broker import MemoryBroker
-from eventlog.events import Event, EventType
-from eventlog.memory_store import MemoryEventStore
-from eventlog.names import Names
-from scheduler.client import Client
-from scheduler.registry import WorkflowDef
-from scheduler.replay import Completed, Decision, Failed, StepCommand, WorkflowInstance
-from scheduler.service import Scheduler
-from worker.service import Worker
+from ledgerflow.broker import MemoryBroker
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.memory_store import MemoryEventStore
+from ledgerflow.eventlog.names import Names
+from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.registry import WorkflowDef
+from ledgerflow.scheduler.replay import Completed, Decision, Failed, StepCommand, WorkflowInstance
+from ledgerflow.scheduler.service import Scheduler
+from ledgerflow.worker.service import Worker
 
 WorkflowFn = Callable[..., Coroutine[Any, Any, Any]]
 

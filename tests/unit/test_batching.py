@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-
-from eventlog.errors import IllegalTransitionError, RunClosedError
-from eventlog.events import AppendResult, EventType, NewEvent
-from eventlog.memory_store import MemoryEventStore
-from worker.batching import Coalesced, GroupCommit
+from ledgerflow.eventlog.errors import IllegalTransitionError, RunClosedError
+from ledgerflow.eventlog.events import AppendResult, EventType, NewEvent
+from ledgerflow.eventlog.memory_store import MemoryEventStore
+from ledgerflow.worker.batching import Coalesced, GroupCommit
 
 
 class CountingStore(MemoryEventStore):

@@ -12,18 +12,22 @@ import decimal
 import math
 
 import pytest
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.delays import MAX_DELAY_MS, MAX_DELAY_S, delay_ms, delay_seconds
+from ledgerflow.eventlog.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    MalformedMessageError,
+)
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.integrity import Wire, check_batch
+from ledgerflow.eventlog.names import check_hook_token, check_run_id
+from ledgerflow.eventlog.timers import Timer, TimerKind
+from ledgerflow.scheduler.replay import child_run_id
+from ledgerflow.worker.outcome import failure_event
+from ledgerflow.worker.retry import RetryPolicy
 
 import ledgerflow as lf
-from eventlog import codec
-from eventlog.delays import MAX_DELAY_MS, MAX_DELAY_S, delay_ms, delay_seconds
-from eventlog.errors import ConfigurationError, InvalidArgumentError, MalformedMessageError
-from eventlog.events import EventType
-from eventlog.integrity import Wire, check_batch
-from eventlog.names import check_hook_token, check_run_id
-from eventlog.timers import Timer, TimerKind
-from scheduler.replay import child_run_id
-from worker.outcome import failure_event
-from worker.retry import RetryPolicy
 
 # --- run ids and hook tokens -------------------------------------------------------------
 
@@ -197,7 +201,7 @@ def test_a_retry_after_that_cannot_be_honoured_fails_the_step_with_the_reason(
     assert event.type is EventType.STEP_FAILED
     assert event.timer is None
     error = codec.decode(event.payload)["error"]
-    assert error["type"] == "eventlog.errors.InvalidArgumentError"
+    assert error["type"] == "ledgerflow.InvalidArgumentError"
     assert "RetryableError.retry_after" in error["message"]
     assert "failed, not retried" in error["message"]
     assert "rate limited" in error["message"]

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from eventlog.checker import check_log
-from eventlog.events import Event, EventType
+from ledgerflow.eventlog.checker import check_log
+from ledgerflow.eventlog.events import Event, EventType
 
 E = EventType
 

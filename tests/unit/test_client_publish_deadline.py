@@ -12,11 +12,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from ledgerflow.broker import Activation, MemoryBroker
+from ledgerflow.eventlog.errors import HookNotFoundError, PublishError
+from ledgerflow.scheduler.client import Client
 from structlog.testing import capture_logs
 
-from broker import Activation, MemoryBroker
-from eventlog.errors import HookNotFoundError, PublishError
-from scheduler.client import Client
 from tests.apps import arith
 from tests.unit.helpers import stack
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-from broker.topology import MAX_MESSAGE_BYTES
-from eventlog.urls import check_url
+from ledgerflow.broker.topology import MAX_MESSAGE_BYTES
+from ledgerflow.eventlog.urls import check_url
+
 from tests.integration.test_transport_security import ACL_RULES
 from tests.processes import ROOT
 

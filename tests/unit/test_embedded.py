@@ -7,15 +7,21 @@ import time
 from typing import Any
 
 import pytest
+from ledgerflow.broker import (
+    QUEUE_HEADER,
+    REASON_HEADER,
+    Activation,
+    StepBatch,
+    StepMessage,
+    decode_message,
+)
+from ledgerflow.broker import encode_message as encode
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.store import START
+from ledgerflow.scheduler.replay import fingerprint
+from ledgerflow.worker.registry import StepDef, StepFunction
 
 import ledgerflow as lf
-from broker import QUEUE_HEADER, REASON_HEADER, Activation, StepBatch, StepMessage, decode_message
-from broker import encode_message as encode
-from eventlog.errors import ReplayDivergenceError
-from eventlog.events import EventType, NewEvent
-from eventlog.store import START
-from scheduler.replay import fingerprint
-from worker.registry import StepDef, StepFunction
 
 from .helpers import counts, stack, unique_namespace
 
@@ -399,9 +405,9 @@ async def test_cached_instance_detects_a_step_recorded_by_other_code() -> None:
         events = await s.client.events(run_id)
         assert events[-1].type is EventType.RUN_FAILED, [e.type.value for e in events]
         error = events[-1].data["error"]
-        assert error["type"] == "eventlog.errors.ReplayDivergenceError"
+        assert error["type"] == "ledgerflow.ReplayDivergenceError"
         assert "s2" in error["message"]
         assert "unit_emb_other" in error["message"] and "unit_emb_div_b" in error["message"]
         with pytest.raises(lf.WorkflowFailedError) as info:
             await s.client.result(run_id, timeout=1)
-        assert info.value.type_name == f"{ReplayDivergenceError.__module__}.ReplayDivergenceError"
+        assert info.value.type_name == "ledgerflow.ReplayDivergenceError"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from eventlog.text import MAX_MESSAGE, MAX_NAME, clip
-from worker.outcome import MAX_TRACEBACK, bounded_error, error_info
+from ledgerflow.eventlog.text import MAX_MESSAGE, MAX_NAME, clip
+from ledgerflow.worker.outcome import MAX_TRACEBACK, bounded_error, error_info
 
 
 @pytest.mark.parametrize("size", [0, 1, 79, 80, 81, 4000, 4001, 10_000, 1_000_000])

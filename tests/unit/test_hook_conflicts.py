@@ -10,10 +10,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.scheduler.replay import Completed, HookCommand
 
 import ledgerflow as lf
-from eventlog.events import EventType
-from scheduler.replay import Completed, HookCommand
 
 from .helpers import LogBuilder, instance_for, stack
 
@@ -127,7 +127,7 @@ async def test_an_uncaught_conflict_fails_the_run_with_hook_conflict_error() -> 
         second = await s.client.start(uncaught, "taken")
         with pytest.raises(lf.WorkflowFailedError, match="already used by a live hook") as info:
             await second.result(timeout=5)
-        assert info.value.type_name == "eventlog.errors.HookConflictError"
+        assert info.value.type_name == "ledgerflow.HookConflictError"
         assert owner.run_id in info.value.message
         await s.client.resume_hook("taken", 7)
         assert await owner.result(timeout=5) == 7

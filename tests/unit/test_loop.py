@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.errors import NonDeterminismError
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.scheduler.loop import DeterministicLoop
+from ledgerflow.scheduler.replay import Completed, Failed
 
 import ledgerflow as lf
-from eventlog.errors import NonDeterminismError
-from eventlog.events import EventType
-from scheduler.loop import DeterministicLoop
-from scheduler.replay import Completed, Failed
 
 from .helpers import LogBuilder, counts, instance_for, unique_namespace
 
@@ -233,12 +233,12 @@ async def test_embedded_workflow_with_asyncio_sleep_ends_run_failed() -> None:
         with pytest.raises(lf.WorkflowFailedError) as info:
             await run.result(timeout=5)
         assert time.monotonic() - started < 1.0  # failed at once, did not sleep
-        assert info.value.type_name == "eventlog.errors.NonDeterminismError"
+        assert info.value.type_name == "ledgerflow.NonDeterminismError"
         assert "asyncio.sleep()" in info.value.message
         assert "sleeps_for_real" in info.value.traceback_text
         events = await client.events(run.run_id)
         assert events[-1].type is EventType.RUN_FAILED
-        assert events[-1].data["error"]["type"] == "eventlog.errors.NonDeterminismError"
+        assert events[-1].data["error"]["type"] == "ledgerflow.NonDeterminismError"
         tally = counts(events)
         assert tally["run_failed"] == 1
         assert tally["run_completed"] == 0
@@ -258,13 +258,14 @@ async def test_embedded_workflow_with_asyncio_sleep_ends_run_failed() -> None:
 async def test_wall_clock_and_randomness_fail_inside_workflow_code(which: str, named: str) -> None:
     import time as real_time
 
-    from scheduler.embedded import embedded
+    from ledgerflow.scheduler.embedded import embedded
+
     from tests.apps.waiting import reads_clock
 
     async with embedded(f"unit-clock-{which}") as client:
         run = await client.start(reads_clock, which)
         with pytest.raises(lf.WorkflowFailedError) as info:
             await run.result(timeout=5)
-    assert info.value.type_name == "eventlog.errors.NonDeterminismError"
+    assert info.value.type_name == "ledgerflow.NonDeterminismError"
     assert named in info.value.message
     assert real_time.time() > 0  # outside workflow code the clock still works

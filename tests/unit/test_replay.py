@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from ledgerflow.eventlog.errors import ReplayDivergenceError
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.scheduler.replay import Completed, Failed, StepCommand, WorkflowInstance
+from ledgerflow.worker.registry import StepDef
 
 import ledgerflow as lf
-from eventlog.errors import ReplayDivergenceError
-from eventlog.events import Event, EventType
-from scheduler.replay import Completed, Failed, StepCommand, WorkflowInstance
-from worker.registry import StepDef
 
 from .helpers import (
     LogBuilder,
@@ -444,7 +444,7 @@ async def test_uncaught_step_failure_fails_the_run() -> None:
         run = await client.start(uncaught_failure, "5555")
         with pytest.raises(lf.WorkflowFailedError) as info:
             await run.result(timeout=5)
-        assert info.value.type_name == "eventlog.errors.StepFailedError"
+        assert info.value.type_name == "ledgerflow.StepFailedError"
         assert "card declined: 5555" in info.value.message
         assert "unit_replay_decline" in info.value.message
         assert (await client.state(run.run_id)).status == "failed"
@@ -505,7 +505,7 @@ async def test_uncaught_unserializable_step_argument_fails_the_run_writing_no_st
         run = await client.start(bad_arg_uncaught)
         with pytest.raises(lf.WorkflowFailedError) as info:
             await run.result(timeout=5)
-        assert info.value.type_name == "eventlog.errors.SerializationError"
+        assert info.value.type_name == "ledgerflow.SerializationError"
         assert "argument 'b'" in info.value.message and "Opaque" in info.value.message
         tally = counts(await client.events(run.run_id))
         assert tally["step_created"] == 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.errors import PayloadTooLargeError, SerializationError
+from ledgerflow.worker.registry import StepDef
 
 import ledgerflow as lf
-from eventlog import codec
-from eventlog.errors import PayloadTooLargeError, SerializationError
-from worker.registry import StepDef
 
 
 @pytest.mark.parametrize("limit", [0, codec.MAX_PAYLOAD + 1])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from eventlog.events import Event, EventType
-from eventlog.timeline import render, timeline
+from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.timeline import render, timeline
+
 from ledgerflow.cli_format import parse_since, table
 
 
