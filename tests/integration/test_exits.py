@@ -16,9 +16,7 @@ async def test_a_step_calling_sys_exit_fails_the_step_not_the_worker(
 ) -> None:
     run = await running.start(exits.step_exits, sync)
     attempts = 1 if sync else 2
-    assert (
-        await run.result(timeout=30) == f"caught ledgerflow.ExitCalledError after {attempts}"
-    )
+    assert await run.result(timeout=30) == f"caught ledgerflow.ExitCalledError after {attempts}"
     other = await running.start(arith.total, 3)
     assert await other.result(timeout=30) == arith.expected_total(3)
 
