@@ -1,4 +1,4 @@
-"""The two message types that travel through the broker, and their wire format.
+"""The messages that travel through the broker (a step, a batch of steps, an activation).
 
 Queue messages are derived data (the run's stream is the truth), so they carry
 only what a consumer needs to find its place in the log: ids, a step name, an

@@ -1,9 +1,11 @@
 """Every Redis key, stream, queue and exchange name, built in one place.
 
 Names are derived from a namespace so that two deployments, or two tests, can
-share one Redis and one RabbitMQ without seeing each other. Per-run keys carry
-the ``{run_id}`` hash tag so one run lives in one Redis Cluster slot; global
-indexes are split into a fixed number of shards so no single key is hot.
+share one Redis and one RabbitMQ without seeing each other. A run's own keys
+(its stream and status hash) share the ``{run_id}`` hash tag; the global indexes
+are split into a fixed number of shards so no single key is hot. (The append
+script touches both a run's keys and index shards, so on Redis Cluster these do
+not yet share one slot: that is the clusters issue's key layout.)
 """
 
 from __future__ import annotations

@@ -593,7 +593,3 @@ def _describe_ask(kind: EventType, name: str) -> str:
             return f"child workflow {name[len(CHILD_PREFIX) :]!r}"
         return f"step {name!r}"
     return "a sleep" if kind is EventType.WAIT_CREATED else "a hook"
-
-
-def is_terminal(event: Event) -> bool:
-    return event.type in RUN_TERMINAL

@@ -55,7 +55,6 @@ class TimerLoop:
         self.registry = registry
         self.tick = tick
         self.fired = 0
-        self.late_ms_max = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -228,7 +227,6 @@ class TimerLoop:
     def _fired(self, due: DueTimer, now_ms: int) -> None:
         """A timer was acted on at ``now_ms`` (the Redis clock): record how late."""
         late_ms = now_ms - due.due
-        self.late_ms_max = max(self.late_ms_max, late_ms)
         metrics.TIMER_LATENESS.labels(kind=due.timer.kind.value).observe(max(0, late_ms) / 1000)
 
     async def _activate(self, run_id: str) -> None:

@@ -39,4 +39,7 @@ async def test_a_reduced_chaos_run_loses_and_duplicates_nothing(
     assert report.completed == 36
     assert set(report.faults) == set(FAULT_KINDS), report.faults
     assert report.faults["rabbitmq_restart"] == 1
-    assert sum(report.recoveries.values()) >= 1, report.render()
+    if report.purged:
+        # Purged messages come back only through the reconciler. (A purge can find the
+        # queues empty, as can every other fault miss its moment: then nothing needs it.)
+        assert sum(report.recoveries.values()) >= 1, report.render()
