@@ -33,7 +33,7 @@ from ledgerflow.eventlog.errors import (
     canonical_error_name,
     error_type_name,
 )
-from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, id_order
+from ledgerflow.eventlog.events import Event, EventType, id_order
 from ledgerflow.eventlog.fold import HOOK_CONFLICT, ErrorInfo
 from ledgerflow.eventlog.names import MAX_RUN_ID, check_hook_token
 from ledgerflow.eventlog.store import START
