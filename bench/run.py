@@ -49,7 +49,7 @@ from ledgerflow.worker.backend import connect
 
 import ledgerflow as lf
 from bench import apps
-from ledgerflow.cli_processes import run_with_loop
+from ledgerflow.cli.supervisor import run_with_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = Path(__file__).resolve().parent / "results.json"

@@ -1,6 +1,6 @@
 """``ledgerflow dashboard [--host] [--port] [--allowed-host NAME]``: serve the web dashboard.
 
-Kept apart from cli.py so it is wired in with one ``register`` call. The web
+Wired into the parser with one ``register`` call. The web
 server is an optional extra: without it the command says how to install it
 (exit 2) instead of failing with an ImportError.
 
@@ -17,15 +17,13 @@ import sys
 
 import structlog
 
+# No web framework in here: the access rules load without the dashboard extra.
+from ledgerflow.dashboard.access import Access, is_loopback
 from ledgerflow.worker.backend import connect
 from ledgerflow.worker.process import run_until_signalled
 
-# The module, not its names: cli.py imports this one while it is itself being imported.
-from . import cli
-from .cli_format import port_number
-
-# No web framework in here: the access rules load without the dashboard extra.
-from .dashboard.access import Access, is_loopback
+from .args import port_number
+from .common import EXIT_OK, EXIT_USAGE, settings_of
 
 DEFAULT_PORT = 8080
 INSTALL_HINT = "pip install 'ledgerflow[dashboard]'"
@@ -46,13 +44,13 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
             f"installed; install them with: {INSTALL_HINT}",
             file=sys.stderr,
         )
-        return cli.EXIT_USAGE
-    from .dashboard.app import create_app
-    from .dashboard.server import DashboardServer
+        return EXIT_USAGE
+    from ledgerflow.dashboard.app import create_app
+    from ledgerflow.dashboard.server import DashboardServer
 
     access = Access.from_env(args.host, args.allowed_host or ())
     warn_if_exposed(args.host, access)
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         server = DashboardServer(
             create_app(backends.store, backends.broker, access), host=args.host, port=args.port
         )
@@ -62,7 +60,7 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
             print(f"ledgerflow dashboard on {server.url} (namespace {backends.names.namespace})")
 
         await run_until_signalled(start, server.stop, what="dashboard")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def warn_if_exposed(host: str, access: Access) -> None:

@@ -20,11 +20,17 @@ from ledgerflow.broker.deadletters import DeadLetter, describe, requeue
 from ledgerflow.eventlog.errors import BrokerError, MalformedMessageError, PayloadTooLargeError
 from ledgerflow.worker.backend import connect
 
-from . import cli
-from .cli_format import (
+from .args import bounded_count
+from .common import (
     EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    settings_of,
+)
+from .format import (
     Progress,
-    bounded_count,
     dump,
     iso,
     iso_json,
@@ -38,17 +44,17 @@ async def _depth(broker: Broker) -> int:
 
 
 async def cmd_dlq_list(args: argparse.Namespace) -> int:
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         broker = backends.broker
         depth = await _depth(broker)
         async with broker.hold_dead_letters(min(depth, args.limit)) as held:
             letters = [describe(d) for d in held]
     if args.json:
         dump({"depth": depth, "messages": [_letter_json(x, full=False) for x in letters]})
-        return cli.EXIT_OK
+        return EXIT_OK
     if not letters:
         print(f"dead queue {backends.names.dead_queue} is empty")
-        return cli.EXIT_OK
+        return EXIT_OK
     print(
         table(
             ("#", "ID", "QUEUE", "REASON", "DEAD AT (UTC)", "KIND", "RUN", "STEP"),
@@ -60,12 +66,12 @@ async def cmd_dlq_list(args: argparse.Namespace) -> int:
     )
     if depth > len(letters):
         print(f"(first {len(letters)} of {depth}; --limit for more)")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 async def cmd_dlq_show(args: argparse.Namespace) -> int:
     """Every dead message with this id, decoded: headers, then the body's fields or hex."""
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         broker = backends.broker
         async with broker.hold_dead_letters(await _depth(broker)) as held:
             letters = [x for x in map(describe, held) if x.id == args.id]
@@ -73,21 +79,21 @@ async def cmd_dlq_show(args: argparse.Namespace) -> int:
         return _not_found(args.id)
     if args.json:
         dump([_letter_json(x, full=True) for x in letters])
-        return cli.EXIT_OK
+        return EXIT_OK
     for letter in letters:
         _print_letter(letter)
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     """Back to the original queue: exit 1 if any could not be republished (they stay dead)."""
     if bool(args.ids) == bool(args.all):
         print("ledgerflow: name message ID(s) or pass --all (not both)", file=sys.stderr)
-        return cli.EXIT_USAGE
+        return EXIT_USAGE
     wanted = set(args.ids)
     requeued: list[DeadLetter] = []
     failed: dict[str, str] = {}
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         broker = backends.broker
         async with broker.hold_dead_letters(await _depth(broker)) as held:
             chosen = [(d, describe(d)) for d in held]
@@ -128,8 +134,8 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
         if args.all and not chosen:
             print("dead queue is empty")
     if failed:
-        return cli.EXIT_FAILED
-    return cli.EXIT_NOT_FOUND if missing else cli.EXIT_OK
+        return EXIT_FAILED
+    return EXIT_NOT_FOUND if missing else EXIT_OK
 
 
 async def cmd_dlq_purge(args: argparse.Namespace) -> int:
@@ -139,14 +145,14 @@ async def cmd_dlq_purge(args: argparse.Namespace) -> int:
             "(look first: `ledgerflow dlq list`; keep some: `ledgerflow dlq requeue ID`)",
             file=sys.stderr,
         )
-        return cli.EXIT_USAGE
-    async with connect(cli.settings_of(args)) as backends:
+        return EXIT_USAGE
+    async with connect(settings_of(args)) as backends:
         dropped = await backends.broker.purge(backends.names.dead_queue)
     if args.json:
         dump({"purged": dropped})
     else:
         print(f"purged {dropped} message(s) from {backends.names.dead_queue}")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _not_found(key: str) -> int:
@@ -154,7 +160,7 @@ def _not_found(key: str) -> int:
         f"ledgerflow: no dead message {printable(repr(key))} (ids as in `ledgerflow dlq list`)",
         file=sys.stderr,
     )
-    return cli.EXIT_NOT_FOUND
+    return EXIT_NOT_FOUND
 
 
 def _letter_json(letter: DeadLetter, *, full: bool) -> dict[str, Any]:

@@ -14,20 +14,12 @@ reorder text with a bidi override. (The ``--json`` forms need nothing more:
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
-import math
 import re
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, TextIO
-
-EXIT_CODES = (
-    "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage or configuration, "
-    "3 RabbitMQ or Redis unreachable, 4 not found"
-)
 
 _CELL_LIMIT = 48
 
@@ -39,8 +31,6 @@ _UNPRINTABLE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
 )
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -110,78 +100,6 @@ def age(ms: int | None, now_ms: int) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
-
-
-def parse_since(text: str) -> int:
-    """``--since``: a relative duration (``15m``, ``2h``, ``3d``, ``1w``, ``30s``) or an ISO time.
-
-    An ISO time without a zone is taken as UTC, like every time this CLI prints.
-    Raises ValueError (argparse turns it into a usage error, exit 2).
-    """
-    relative = _RELATIVE.match(text)
-    if relative:
-        seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
-        return int((time.time() - seconds) * 1000)
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"--since {text!r}: use a duration like 15m, 2h, 3d or an ISO time"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
-
-
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port, 0..65535 (0 where the option means "off" or "any")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number of seconds above zero (a timeout, an interval)."""
-    return _seconds(text, allow_zero=False)
-
-
-def non_negative_float(text: str) -> float:
-    """An argparse type: a finite number of seconds, zero allowed (a grace period)."""
-    return _seconds(text, allow_zero=True)
-
-
-def _seconds(text: str, *, allow_zero: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "0 or more" if allow_zero else "more than 0"
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds ({bound})")
-    return value
-
-
-MAX_COUNT = 10_000
-"""The most rows one listing prints: a page, never a whole index or queue in memory."""
-
-
-def bounded_count(text: str) -> int:
-    """An argparse type: a positive count of at most ``MAX_COUNT`` rows."""
-    value = positive_int(text)
-    if value > MAX_COUNT:
-        raise ValueError(f"{text} is over the limit of {MAX_COUNT}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text} is not a positive integer")
-    return value
 
 
 def json_default(value: Any) -> Any:

@@ -20,7 +20,7 @@ from ledgerflow.eventlog.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, Gauge
 from ledgerflow.worker.backend import Backends
 from ledgerflow.worker.registry import steps
 
-from .cli_format import port_number, positive_float
+from .args import port_number, positive_float
 
 log = structlog.get_logger("ledgerflow.metrics")
 

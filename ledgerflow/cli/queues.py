@@ -35,8 +35,8 @@ from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
 from ledgerflow.worker.backend import connect
 from ledgerflow.worker.registry import steps
 
-from . import cli
-from .cli_format import EXIT_CODES, age, dump, printable, table
+from .common import EXIT_CODES, EXIT_OK, import_app, settings_of
+from .format import age, dump, printable, table
 
 FROM_LOG = (
     "OLDEST of step and runs queues is from the event log: steps created and not yet"
@@ -80,9 +80,9 @@ async def _dead_head(broker: Broker) -> tuple[int | None, str]:
 async def cmd_queues(args: argparse.Namespace) -> int:
     shorts = [DEFAULT_STEP_QUEUE, *(args.queue or [])]
     if args.app:
-        cli.import_app(args.app)
+        import_app(args.app)
         shorts += steps.queues()
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         broker, names = backends.broker, backends.names
         backlog = await oldest_waiting(backends.store, max_runs=args.max_runs)
         scan_note = _scan_note(backlog)
@@ -126,7 +126,7 @@ async def cmd_queues(args: argparse.Namespace) -> int:
                 for r in rows
             ]
         )
-        return cli.EXIT_OK
+        return EXIT_OK
     print(
         table(
             ("QUEUE", "KIND", "DEPTH", "CONSUMERS", "OLDEST"),
@@ -146,7 +146,7 @@ async def cmd_queues(args: argparse.Namespace) -> int:
     notes = dict.fromkeys(r.note for r in rows if r.note and r.exists)
     for note in notes:
         print(f"OLDEST {printable(note)}")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _oldest_cell(row: QueueRow, now: int) -> str:

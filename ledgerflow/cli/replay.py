@@ -1,6 +1,6 @@
 """``ledgerflow runs export`` and ``ledgerflow replay``: replay tests from the command line.
 
-Kept apart from cli.py so the commands can be wired in with one ``register`` call;
+Wired into the parser with one ``register`` call;
 only parsing and wiring live here, the format and the check are in
 ``scheduler.history``.
 """
@@ -14,11 +14,9 @@ from ledgerflow.eventlog.errors import ReplayDivergenceError, RunNotFoundError
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.history import HistoryError, dump_history, load_history, replay
 
-# The module, not its names: cli.py may import this one at its top, while it is
-# itself still being imported (names are looked up when a command runs).
-from . import cli
-from .cli_args import run_id_arg
-from .cli_format import printable
+from .args import run_id_arg
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, resolve_workflow
+from .format import printable
 
 
 async def cmd_runs_export(args: argparse.Namespace) -> int:
@@ -29,10 +27,10 @@ async def cmd_runs_export(args: argparse.Namespace) -> int:
         raise RunNotFoundError(args.run_id)  # main() turns this into exit code 4
     if args.output is None:
         dump_history(events, sys.stdout, run_id=args.run_id)
-        return cli.EXIT_OK
+        return EXIT_OK
     count = dump_history(events, args.output, run_id=args.run_id)
     print(f"exported {count} events of run {printable(args.run_id)} to {printable(args.output)}")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:
@@ -41,22 +39,22 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     The APP module is imported before the file is read so that the classes in the
     recorded data can be rebuilt. A file that cannot be used is bad input (exit 2).
     """
-    name = cli.resolve_workflow(args.target)
+    name = resolve_workflow(args.target)
     try:
         history = load_history(args.file)
     except HistoryError as exc:
         print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
-        return cli.EXIT_USAGE
+        return EXIT_USAGE
     try:
         result = replay(history, name)
     except ReplayDivergenceError as exc:
         print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
-        return cli.EXIT_FAILED
+        return EXIT_FAILED
     except HistoryError as exc:
         print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
-        return cli.EXIT_USAGE
+        return EXIT_USAGE
     print(printable(result.summary()))
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def register(

@@ -1,47 +1,110 @@
-"""``ledgerflow runs list / state / redrive``: what happened to a run, and pushing it along.
+"""``ledgerflow runs ...``: what happened to a run, and pushing it along.
 
-Only parsing, wiring and printing live here. Listing reads the runs index
-(``EventStore.list_runs``), ``state`` folds a prefix of the log with the one
-fold every view uses, and ``redrive`` is ``Reconciler.redrive``, so the command
-re-enqueues exactly what the reconciler would, just without waiting.
+Only parsing, wiring and printing live here. ``show`` and ``events`` read the
+run's log, listing reads the runs index (``EventStore.list_runs``), ``state``
+folds a prefix of the log with the one fold every view uses, and ``redrive`` is
+``Reconciler.redrive``, so the command re-enqueues exactly what the reconciler
+would, just without waiting. ``export`` lives with ``replay``, ``verify`` and
+``repair`` in ``consistency``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from typing import Any
 
 from ledgerflow.eventlog.backlog import entry_ms
 from ledgerflow.eventlog.errors import RunNotFoundError
+from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
 from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.timeline import TimelineRow, render, timeline
+from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from ledgerflow.worker.backend import connect
 
-# The module, not its names: cli.py imports this one while it is itself being imported.
-from . import cli
-from .cli_args import run_id_arg
-from .cli_format import (
-    EXIT_CODES,
-    Progress,
-    age,
-    bounded_count,
-    dump,
-    iso,
-    iso_json,
-    non_negative_float,
-    parse_since,
-    printable,
-    table,
-)
+from .args import bounded_count, non_negative_float, run_id_arg, since_arg
+from .common import EXIT_CODES, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, settings_of
+from .format import Progress, age, dump, iso, iso_json, json_default, printable, table
 
 STATUSES = ("created", "started", "completed", "failed", "cancelled")
 
 
+def _event_json(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type.value,
+        "corr": event.corr,
+        "ts": event.ts,
+        "v": event.v,
+        "data": event.data,
+    }
+
+
+async def _read_run(args: argparse.Namespace) -> list[Event]:
+    async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
+        events = await client.events(args.run_id)
+    if not events:
+        raise RunNotFoundError(args.run_id)
+    return events
+
+
+async def cmd_runs_events(args: argparse.Namespace) -> int:
+    events = await _read_run(args)
+    if args.json:
+        for event in events:
+            print(json.dumps(_event_json(event), default=json_default))
+    else:
+        for event in events:
+            print(
+                f"{printable(event.id):<18} {event.type.value:<15} {printable(event.corr):<6} "
+                f"{printable(repr(event.data))}"
+            )
+    return EXIT_OK
+
+
+async def cmd_runs_show(args: argparse.Namespace) -> int:
+    events = await _read_run(args)
+    state = fold(args.run_id, events)
+    rows = timeline(events)
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], default=json_default))
+        return EXIT_OK
+    print(
+        f"run {printable(state.run_id)}  workflow {printable(state.workflow)}  "
+        f"status {state.status}"
+    )
+    print(render([_printable_row(row) for row in rows]))
+    if state.status == "completed":
+        print(f"result: {printable(repr(state.result))}")
+    elif state.error is not None:
+        print(f"error: {printable(state.error.type)}: {printable(state.error.message)}")
+    return EXIT_OK
+
+
+def _printable_row(row: TimelineRow) -> TimelineRow:
+    """A timeline row whose stored text (step names, errors, results) is terminal-safe."""
+    return dataclasses.replace(
+        row, entity=printable(row.entity), detail=printable(row.detail), event=printable(row.event)
+    )
+
+
+async def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
+        await client.cancel(args.run_id, reason=args.reason)
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "status": "cancelled"}))
+    else:
+        print(f"run {printable(args.run_id)} cancelled")
+    return EXIT_OK
+
+
 async def cmd_runs_list(args: argparse.Namespace) -> int:
     """The newest runs first; an empty listing is still a success (exit 0)."""
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         runs = await backends.store.list_runs(
             status=args.status, workflow=args.workflow, since_ms=args.since, limit=args.limit
         )
@@ -62,10 +125,10 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
                 for r in runs
             ]
         )
-        return cli.EXIT_OK
+        return EXIT_OK
     if not runs:
         print("no runs match")
-        return cli.EXIT_OK
+        return EXIT_OK
     print(
         table(
             ("RUN ID", "WORKFLOW", "STATUS", "CREATED (UTC)", "LAST EVENT", "EVENTS"),
@@ -84,12 +147,12 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
     )
     if len(runs) == args.limit:
         print(f"(first {args.limit}; --limit for more)")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 async def cmd_runs_state(args: argparse.Namespace) -> int:
     """The run as of event N: the fold of the log's first N entries (the audit trail)."""
-    async with connect(cli.settings_of(args)) as backends:
+    async with connect(settings_of(args)) as backends:
         events = await backends.store.read(args.run_id)
     if not events:
         raise RunNotFoundError(args.run_id)
@@ -100,12 +163,12 @@ async def cmd_runs_state(args: argparse.Namespace) -> int:
             f"{len(events)} events, numbered 1..{len(events)} as in `runs show`",
             file=sys.stderr,
         )
-        return cli.EXIT_USAGE
+        return EXIT_USAGE
     state = fold(args.run_id, events[:at])
     last = events[at - 1]
     if args.json:
         dump(_state_json(state, at, len(events), last.type.value, last.ts))
-        return cli.EXIT_OK
+        return EXIT_OK
     print(
         f"run {printable(state.run_id)}  workflow {printable(state.workflow)}  "
         f"status {state.status}  "
@@ -129,7 +192,7 @@ async def cmd_runs_state(args: argparse.Namespace) -> int:
         rows.append(("hook", hook.id, hook.token, hook.status, "", f"{hook.received} payload(s)"))
     if rows:
         print(table(("KIND", "ID", "NAME", "STATUS", "ATTEMPT", "RESULT / ERROR"), rows))
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _error(error: ErrorInfo) -> str:
@@ -195,8 +258,8 @@ async def cmd_runs_redrive(args: argparse.Namespace) -> int:
     """Re-enqueue what each run is missing and force an activation; exit 4 if a run is unknown."""
     if bool(args.run_ids) == bool(args.all_stuck):
         print("ledgerflow: name RUN_ID(s) or pass --all-stuck (not both)", file=sys.stderr)
-        return cli.EXIT_USAGE
-    async with connect(cli.settings_of(args)) as backends:
+        return EXIT_USAGE
+    async with connect(settings_of(args)) as backends:
         store = backends.store
         run_ids: list[str] = list(dict.fromkeys(args.run_ids))
         if args.all_stuck:
@@ -237,14 +300,28 @@ async def cmd_runs_redrive(args: argparse.Namespace) -> int:
             print(f"{printable(run_id)}: no such run", file=sys.stderr)
         if args.all_stuck and not run_ids:
             print(f"no unfinished run without progress for {args.stale_after:g}s")
-    return cli.EXIT_NOT_FOUND if missing else cli.EXIT_OK
+    return EXIT_NOT_FOUND if missing else EXIT_OK
 
 
-def _since(text: str) -> int:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def add_group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add ``runs`` with ``show``, ``events`` and ``cancel``; its subcommands, for the rest."""
+    runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
+    show = runs.add_parser("show", help="a run's timeline")
+    show.add_argument("run_id", type=run_id_arg)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_runs_show)
+    events = runs.add_parser("events", help="a run's raw events")
+    events.add_argument("run_id", type=run_id_arg)
+    events.add_argument("--json", action="store_true")
+    events.set_defaults(handler=cmd_runs_events)
+    cancel = runs.add_parser("cancel", help="cancel a run (and its children)")
+    cancel.add_argument("run_id", type=run_id_arg)
+    cancel.add_argument("--reason", default="cancelled from the command line")
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(handler=cmd_runs_cancel)
+    return runs
 
 
 def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -253,7 +330,7 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--workflow", help="registered workflow name")
     listing.add_argument(
-        "--since", type=_since, help="created since: 15m, 2h, 3d, 1w or an ISO time (UTC)"
+        "--since", type=since_arg, help="created since: 15m, 2h, 3d, 1w or an ISO time (UTC)"
     )
     listing.add_argument(
         "--limit", type=bounded_count, default=50, help="at most 10000 (a page of the index)"

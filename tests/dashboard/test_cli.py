@@ -16,7 +16,7 @@ import structlog
 import structlog.testing
 
 from ledgerflow import cli
-from ledgerflow.cli_dashboard import warn_if_exposed
+from ledgerflow.cli.dashboard import warn_if_exposed
 from ledgerflow.dashboard.access import Access
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers

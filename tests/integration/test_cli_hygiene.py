@@ -21,7 +21,7 @@ from ledgerflow.eventlog.events import EventType, NewEvent
 
 import ledgerflow as lf
 from ledgerflow.cli import build_parser
-from ledgerflow.cli_format import printable
+from ledgerflow.cli.format import printable
 from tests.apps import arith
 from tests.processes import ROOT, cli
 from tests.servers import Servers

@@ -21,7 +21,7 @@ from ledgerflow.scheduler.reconciler import Reconciler
 from prometheus_client.parser import text_string_to_metric_families
 
 import ledgerflow as lf
-from ledgerflow.metrics_server import exported
+from ledgerflow.cli.metrics import exported
 from tests.apps import arith, flaky, waiting
 from tests.processes import processes
 from tests.servers import Servers

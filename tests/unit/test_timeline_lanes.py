@@ -5,7 +5,8 @@ from __future__ import annotations
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.timeline import render, timeline
 
-from ledgerflow.cli_format import parse_since, table
+from ledgerflow.cli.args import parse_since
+from ledgerflow.cli.format import table
 
 
 def ev(n: int, type: EventType, corr: str = "", **data: object) -> Event:
