@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from ledgerflow.eventlog.names import Names
 
+from ledgerflow.testing.namespace import delete_queues, delete_redis_keys
 from tests.servers import HOW_TO_START, Servers, configured, docker_running, reachable
 
 
@@ -73,38 +74,13 @@ async def redis_client(servers: Servers, names: Names) -> AsyncIterator[aioredis
     client: aioredis.Redis = aioredis.Redis.from_url(servers.redis_url)
     yield client
     with contextlib.suppress(Exception):
-        keys = [k async for k in client.scan_iter(match=names.key_pattern(), count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await delete_redis_keys(client, names)
     await client.aclose()
 
 
 async def delete_namespace_queues(amqp_url: str, names: Names, extra: list[str]) -> None:
     """Remove the queues and exchanges a test's namespace declared."""
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        from ledgerflow.worker.registry import steps
-
-        # Workers declare a queue for every step queue registered in the process (the
-        # test apps register several), not only the fixed ones.
-        registered = [names.step_queue(q) for q in steps.queues()]
-        queues = [names.step_queue(), *registered, names.runs_queue, names.dead_queue, *extra]
-        for queue in dict.fromkeys(queues):
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(queue)
-            with contextlib.suppress(Exception):
-                await channel.close()
-        for exchange in (names.exchange, names.dead_exchange):
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
-            with contextlib.suppress(Exception):
-                await channel.close()
-    finally:
-        await connection.close()
+    await delete_queues(amqp_url, names, extra)
 
 
 @pytest.fixture

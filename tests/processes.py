@@ -1,10 +1,12 @@
-"""Start ledgerflow CLI processes for tests, and always stop them."""
+"""Start ledgerflow CLI processes for tests, and always stop them.
+
+The processes themselves are ``ledgerflow.testing.fleet``'s (shared with the
+benchmark and the chaos driver); this only points them at the test's servers.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -12,20 +14,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from ledgerflow.testing.fleet import Fleet
+from ledgerflow.testing.fleet import cli_env as fleet_env
 from tests.servers import Servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli_env(servers: Servers, namespace: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "LEDGERFLOW_AMQP_URL": servers.amqp_url,
-        "LEDGERFLOW_REDIS_URL": servers.redis_url,
-        "LEDGERFLOW_NAMESPACE": namespace,
-        "LEDGERFLOW_LOG_LEVEL": "warning",
-        "PYTHONPATH": str(ROOT),
-    }
+    return fleet_env(servers.amqp_url, servers.redis_url, namespace, pythonpath=ROOT)
 
 
 def cli(
@@ -60,31 +57,13 @@ def processes(
     ``env`` overrides variables of ``cli_env`` (other server URLs, say); ``cwd`` is
     where they run (an application's own directory).
     """
-    # Logs go to files, never to a pipe nobody reads: a full pipe would block the
-    # process the moment it logs a burst (say, reconnect warnings during an outage).
     log_dir = Path(tempfile.mkdtemp(prefix=f"lf-{namespace}-"))
-    procs = []
+    fleet = Fleet({**cli_env(servers, namespace), **(env or {})}, log_dir, cwd=cwd)
     for index, command in enumerate(commands):
-        with open(log_dir / f"{index}-{command[0]}.log", "wb") as log_file:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "ledgerflow", *command],
-                    env={**cli_env(servers, namespace), **(env or {})},
-                    cwd=cwd,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log_file,
-                )
-            )
+        fleet.add(command[0], command, name=f"{index}-{command[0]}")
     try:
-        yield procs
+        fleet.start_all()
+        yield [proc.popen for proc in fleet.procs if proc.popen is not None]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        fleet.stop_all()
         shutil.rmtree(log_dir, ignore_errors=True)

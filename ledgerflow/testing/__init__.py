@@ -13,6 +13,12 @@ commit it, and replay it in a test::
 log recorded: exactly what would break that run if it were still in flight when
 you deploy. The file format is described in ``scheduler.history``; this module
 only re-exports.
+
+For integration tests on real servers, two modules of this package are not
+imported here (they need the servers' clients): ``ledgerflow.testing.fleet``
+runs worker, scheduler and reconciler processes and always stops them, and
+``ledgerflow.testing.namespace`` deletes a namespace's keys, queues and
+exchanges afterwards.
 """
 
 from ledgerflow.eventlog.errors import ReplayDivergenceError

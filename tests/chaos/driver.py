@@ -49,7 +49,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -75,8 +74,9 @@ from ledgerflow.worker.backend import Backends, connect
 from redis.exceptions import RedisError
 
 import ledgerflow as lf
+from ledgerflow.testing.fleet import Fleet
+from ledgerflow.testing.namespace import delete_namespace
 from tests.chaos import apps
-from tests.conftest import delete_namespace_queues
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers
 
@@ -332,148 +332,54 @@ async def restart_rabbitmq(amqp_url: str, pause: float) -> None:
 # --- the processes -------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    """One CLI process slot; restarts reuse the slot and append to its log."""
-
-    role: str
-    index: int
-    command: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    expected_exit: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.role}-{self.index}"
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-
-class Fleet:
+def make_fleet(
+    servers: Servers,
+    namespace: str,
+    log_dir: Path,
+    *,
+    workers: int,
+    schedulers: int,
+    reconcilers: int,
+    concurrency: int,
+    stale_after: float,
+    interval: float,
+    lease_ttl: float,
+    log_level: str = "warning",
+) -> Fleet:
     """Workers, schedulers and reconcilers as real ``python -m ledgerflow`` processes."""
-
-    def __init__(
-        self,
-        servers: Servers,
-        namespace: str,
-        log_dir: Path,
-        *,
-        workers: int,
-        schedulers: int,
-        reconcilers: int,
-        concurrency: int,
-        stale_after: float,
-        interval: float,
-        lease_ttl: float,
-        log_level: str = "warning",
-    ) -> None:
-        self.servers = servers
-        self.log_level = log_level
-        self.namespace = namespace
-        self.procs: list[Proc] = []
-        reconciler = [
-            "reconciler",
-            "--stale-after",
-            str(stale_after),
-            "--interval",
-            str(interval),
-            "--lease-ttl",
-            str(lease_ttl),
-        ]
-        worker = ["worker", APP, "--concurrency", str(concurrency), "--grace", "5"]
-        for role, count, command in (
-            ("worker", workers, worker),
-            ("scheduler", schedulers, ["scheduler", APP]),
-            ("reconciler", reconcilers, reconciler),
-        ):
-            for i in range(count):
-                self.procs.append(Proc(role, i, command, log_dir / f"{role}-{i}.log"))
-
-    def of(self, role: str) -> list[Proc]:
-        return [p for p in self.procs if p.role == role]
-
-    def spawn(self, proc: Proc) -> None:
-        env = cli_env(self.servers, self.namespace)
+    fleet = Fleet(cli_env(servers, namespace), log_dir, cwd=ROOT, stop_timeout=STOP_TIMEOUT)
+    reconciler = [
+        "reconciler",
+        "--stale-after",
+        str(stale_after),
+        "--interval",
+        str(interval),
+        "--lease-ttl",
+        str(lease_ttl),
+    ]
+    worker = ["worker", APP, "--concurrency", str(concurrency), "--grace", "5"]
+    for role, count, command in (
+        ("worker", workers, worker),
+        ("scheduler", schedulers, ["scheduler", APP]),
+        ("reconciler", reconcilers, reconciler),
+    ):
         # Reconcilers log each recovery at info; the others only what goes wrong.
-        env["LEDGERFLOW_LOG_LEVEL"] = "info" if proc.role == "reconciler" else self.log_level
-        with open(proc.log_path, "ab") as log_file:
-            if proc.starts:
-                log_file.write(f"--- chaos: restart {proc.starts} ---\n".encode())
-                log_file.flush()
-            proc.popen = subprocess.Popen(
-                [sys.executable, "-m", "ledgerflow", *proc.command],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        proc.starts += 1
-        proc.expected_exit = False
-
-    def start_all(self) -> None:
-        for proc in self.procs:
-            self.spawn(proc)
-
-    async def kill_and_restart(self, proc: Proc, pause: float) -> str:
-        """SIGKILL, wait ``pause``, start again: a crash and a supervisor's restart."""
-        assert proc.popen is not None
-        proc.expected_exit = True
-        pid = proc.popen.pid
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(proc.popen.wait)
-        await asyncio.sleep(pause)
-        self.spawn(proc)
-        return f"{proc.name} (pid {pid}, back after {pause:.1f} s)"
-
-    def reap(self) -> list[str]:
-        """Processes that exited without being killed: report them and start them again."""
-        crashed = []
-        for proc in self.procs:
-            if proc.popen is None or proc.expected_exit or proc.popen.poll() is None:
-                continue
-            crashed.append(
-                f"{proc.name} exited {proc.popen.returncode} on its own; log tail: "
-                f"{_tail(proc.log_path)}"
-            )
-            self.spawn(proc)
-        return crashed
-
-    def stop_all(self) -> list[str]:
-        """SIGTERM everything, SIGKILL what does not stop; blocking so no cancel skips it."""
-        problems = []
-        for proc in self.procs:
-            proc.expected_exit = True
-            if proc.alive and proc.popen is not None:
-                proc.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in self.procs:
-            if proc.popen is None:
-                continue
-            try:
-                code = proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-                problems.append(f"{proc.name} did not stop within {STOP_TIMEOUT} s of SIGTERM")
-                continue
-            # -SIGTERM: a process restarted a moment ago, still importing, has no
-            # handler yet; that is Python's default, not a failure to stop.
-            if code not in (0, -signal.SIGTERM):
-                problems.append(f"{proc.name} exited {code} on SIGTERM: {_tail(proc.log_path)}")
-        return problems
+        level = "info" if role == "reconciler" else log_level
+        for _ in range(count):
+            fleet.add(role, command, env={"LEDGERFLOW_LOG_LEVEL": level})
+    return fleet
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"
+def stop_problems(fleet: Fleet) -> list[str]:
+    """Stop every process; what did not stop cleanly on SIGTERM, with its log's tail."""
+    problems = []
+    for stopped in fleet.stop_all():
+        if stopped.killed:
+            problems.append(f"{stopped.name} did not stop within {STOP_TIMEOUT} s of SIGTERM")
+        elif not stopped.clean:
+            tail = next(p.tail() for p in fleet.procs if p.name == stopped.name)
+            problems.append(f"{stopped.name} exited {stopped.returncode} on SIGTERM: {tail}")
+    return problems
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -856,14 +762,16 @@ def recoveries_from_logs(paths: Sequence[Path]) -> Counter[str]:
     return reasons
 
 
-async def _cleanup(servers: Servers, names: Names, redis: aioredis.Redis) -> None:
-    """Delete this namespace's queues, exchanges and Redis keys; never anyone else's."""
-    with contextlib.suppress(Exception):
-        await delete_namespace_queues(servers.amqp_url, names, [])
-    with contextlib.suppress(Exception):
-        keys = [k async for k in redis.scan_iter(match=names.key_pattern(), count=1000)]
-        for i in range(0, len(keys), 500):
-            await redis.delete(*keys[i : i + 500])
+async def _cleanup(servers: Servers, names: Names) -> None:
+    """Delete this namespace's queues, exchanges and Redis keys; never anyone else's.
+
+    Best effort (the verdict is already made); a server it could not reach is said.
+    """
+    deleted = await delete_namespace(
+        servers.amqp_url, servers.redis_url, names.namespace, best_effort=True
+    )
+    for error in deleted.errors:
+        print(f"chaos: cleanup of {names.namespace}: {error}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -922,7 +830,7 @@ async def run_chaos(
     redis: aioredis.Redis = aioredis.Redis.from_url(servers.redis_url)
     try:
         with _log_dir(namespace, report) as log_dir:
-            fleet = Fleet(
+            fleet = make_fleet(
                 servers,
                 namespace,
                 log_dir,
@@ -962,13 +870,13 @@ async def run_chaos(
                         await asyncio.wait([watcher, load])
                     await chaos.verdict(started, outcomes)
             finally:
-                report.crashes += fleet.stop_all()
+                report.crashes += stop_problems(fleet)
                 report.recoveries = recoveries_from_logs(
                     [p.log_path for p in fleet.of("reconciler")]
                 )
                 report.elapsed = time.monotonic() - began
     finally:
-        await _cleanup(servers, names, redis)
+        await _cleanup(servers, names)
         await redis.aclose()
     return report
 

@@ -1,0 +1,154 @@
+"""Clean up a namespace: delete its Redis keys and its RabbitMQ queues and exchanges.
+
+Give each integration test (or benchmark, or chaos run) a namespace of its own
+and delete it afterwards, and parallel runs on shared servers never see each
+other. Only names of the namespace are touched (``Names.key_pattern``, its
+queues and exchanges), never anyone else's.
+
+A queue or exchange that cannot be deleted (already gone, refused) is skipped
+and not counted, on a fresh channel each, since a refused operation closes the
+channel it ran on. Whether an unreachable server is an error is the caller's
+choice: ``best_effort`` records it in the result and goes on with the other
+server, for clean-ups that must not mask the error that got them there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import redis.asyncio as aioredis
+
+from ledgerflow.eventlog.names import Names
+from ledgerflow.worker.registry import steps
+
+BATCH = 500
+"""Keys per UNLINK: a namespace may hold many thousands, one command should not."""
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What a clean-up removed, and what it could not reach (``best_effort`` only)."""
+
+    redis_keys: int = 0
+    queues: int = 0
+    exchanges: int = 0
+    redis_keys_left: int | None = None
+    errors: tuple[str, ...] = field(default=())
+
+
+async def delete_redis_keys(client: aioredis.Redis, names: Names) -> int:
+    """UNLINK every key of the namespace, ``BATCH`` at a time; how many were deleted."""
+    deleted = 0
+    batch: list[Any] = []
+    async for key in client.scan_iter(match=names.key_pattern(), count=1000):
+        batch.append(key)
+        if len(batch) >= BATCH:
+            deleted += int(await client.unlink(*batch))
+            batch = []
+    if batch:
+        deleted += int(await client.unlink(*batch))
+    return deleted
+
+
+async def count_redis_keys(client: aioredis.Redis, names: Names) -> int:
+    """Keys of the namespace still in Redis (0 after a complete clean-up)."""
+    return len([k async for k in client.scan_iter(match=names.key_pattern(), count=1000)])
+
+
+def namespace_queues(names: Names, extra: Sequence[str] = ()) -> list[str]:
+    """The namespace's queues: the fixed ones, every step queue registered here, ``extra``.
+
+    Workers declare a queue for every step queue registered in their process (an
+    app may register several), not only the default one.
+    """
+    registered = [names.step_queue(q) for q in steps.queues()]
+    queues = [names.step_queue(), *registered, names.runs_queue, names.dead_queue, *extra]
+    return list(dict.fromkeys(queues))
+
+
+async def delete_queues(amqp_url: str, names: Names, extra: Sequence[str] = ()) -> tuple[int, int]:
+    """Delete the namespace's queues and exchanges; (queues, exchanges) deleted.
+
+    An unreachable RabbitMQ raises; a single refused deletion is skipped.
+    """
+    queues = exchanges = 0
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        for queue in namespace_queues(names, extra):
+            queues += await _delete_one(connection, queue, exchange=False)
+        for exchange in (names.exchange, names.dead_exchange):
+            exchanges += await _delete_one(connection, exchange, exchange=True)
+    finally:
+        await connection.close()
+    return queues, exchanges
+
+
+async def _delete_one(
+    connection: aio_pika.abc.AbstractConnection, name: str, *, exchange: bool
+) -> bool:
+    """Delete one queue or exchange on a channel of its own; False if RabbitMQ refused.
+
+    A channel that cannot be opened is a broken connection, and raises.
+    """
+    channel = await connection.channel()
+    try:
+        if exchange:
+            await channel.exchange_delete(name)
+        else:
+            await channel.queue_delete(name)
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return True
+
+
+async def delete_namespace(
+    amqp_url: str,
+    redis_url: str,
+    namespace: str,
+    extra_queues: Sequence[str] = (),
+    *,
+    best_effort: bool = False,
+) -> Deleted:
+    """Delete every Redis key, queue and exchange of ``namespace``; count what is left.
+
+    With ``best_effort`` an unreachable server is recorded in ``Deleted.errors``
+    and the other one is still cleaned; without it, the error propagates.
+    """
+    names = Names(namespace)
+    errors: list[str] = []
+    keys = queues = exchanges = 0
+    left: int | None = None
+    try:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            keys = await delete_redis_keys(client, names)
+        finally:
+            await client.aclose()
+    except Exception as exc:
+        if not best_effort:
+            raise
+        errors.append(f"redis: {type(exc).__name__}: {exc}")
+    try:
+        queues, exchanges = await delete_queues(amqp_url, names, extra_queues)
+    except Exception as exc:
+        if not best_effort:
+            raise
+        errors.append(f"rabbitmq: {type(exc).__name__}: {exc}")
+    try:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            left = await count_redis_keys(client, names)
+        finally:
+            await client.aclose()
+    except Exception as exc:
+        if not best_effort:
+            raise
+        errors.append(f"redis: {type(exc).__name__}: {exc}")
+    return Deleted(keys, queues, exchanges, left, tuple(errors))
