@@ -1,0 +1,60 @@
+"""What the benchmark runs: its process layout, its sizes and its time limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_JSON = Path(__file__).resolve().parent / "results.json"
+APP = "bench.apps"
+WORKERS = 2
+WORKER_CONCURRENCY = 64
+SCHEDULERS = 0  # 0: every worker runs with --with-scheduler (the issue's layout)
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+# A healthy run here takes seconds; a stuck one should cost a minute, not the budget.
+RUN_TIMEOUT = 60.0
+FLOOR_TIMEOUT = 10.0
+FLOOR_ATTEMPTS = 3
+SLEEP_TARGET_MS = 100.0
+IDLE_SECONDS = 3.0
+SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is; --quick shrinks the ones whose time grows with size."""
+
+    floor_amqp: int
+    floor_redis: int
+    fanout: int
+    many_runs: int
+    chain: int
+    long: int
+    soak_waves: int = 2000
+    soak_width: int = 100
+    sleepers: int = 50
+    sleep_seconds: float = 1.0
+    long_window: int = 100
+
+    @classmethod
+    def pick(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(
+                floor_amqp=500,
+                floor_redis=2000,
+                fanout=500,
+                many_runs=50,
+                chain=100,
+                long=400,
+                soak_waves=200,
+            )
+        return cls(
+            floor_amqp=2000,
+            floor_redis=5000,
+            fanout=10_000,
+            many_runs=1000,
+            chain=2000,
+            long=10_000,
+        )

@@ -1,0 +1,64 @@
+"""The benchmark's processes: workers (each also a scheduler) as real CLI processes.
+
+Starting, readiness, stopping and logs are ``ledgerflow.testing.fleet``'s, shared
+with the tests and the chaos driver; this is only the benchmark's layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.settings import Settings
+
+from bench.config import (
+    APP,
+    READY_TIMEOUT,
+    ROOT,
+    SCHEDULERS,
+    STOP_TIMEOUT,
+    WORKER_CONCURRENCY,
+    WORKERS,
+)
+from ledgerflow.testing.fleet import Fleet, cli_env
+
+
+def make_fleet(settings: Settings, log_dir: Path, *, loop: str) -> Fleet:
+    """Workers and schedulers (not started yet); logs to files, never to a pipe."""
+    env = cli_env(settings.amqp_url, settings.redis_url, settings.namespace, pythonpath=ROOT)
+    fleet = Fleet(env, log_dir, cwd=ROOT, options=["--loop", loop], stop_timeout=STOP_TIMEOUT)
+    for i in range(WORKERS):
+        fleet.add(
+            "worker",
+            ["worker", APP, "--concurrency", str(WORKER_CONCURRENCY), "--grace", "5"]
+            + (["--with-scheduler"] if SCHEDULERS == 0 else []),
+            name=f"worker-{i + 1}",
+        )
+    for i in range(SCHEDULERS):
+        fleet.add("scheduler", ["scheduler", APP], name=f"scheduler-{i + 1}")
+    return fleet
+
+
+async def wait_until_consuming(fleet: Fleet, settings: Settings, names: Names) -> float:
+    """Block until RabbitMQ shows every worker and scheduler consuming; returns seconds."""
+    wanted = {names.step_queue(): WORKERS, names.runs_queue: SCHEDULERS or WORKERS}
+    return await fleet.wait_until_consuming(settings.amqp_url, wanted, READY_TIMEOUT)
+
+
+def stop(fleet: Fleet) -> None:
+    """SIGTERM all, then SIGKILL whatever has not exited after STOP_TIMEOUT."""
+    for stopped in fleet.stop_all():
+        if stopped.killed:
+            print(f"  {stopped.name} ignored SIGTERM for {STOP_TIMEOUT:g} s: SIGKILL")
+
+
+def log_line_counts(fleet: Fleet) -> dict[str, int]:
+    return {name: len(lines) for name, lines in fleet.log_lines().items()}
+
+
+def new_log_lines(fleet: Fleet, before: dict[str, int]) -> list[str]:
+    """Lines logged since ``before``: any means the scenario ran through trouble."""
+    out = []
+    for name, lines in fleet.log_lines().items():
+        out += [f"{name}: {line}" for line in lines[before.get(name, 0) :]]
+    return out

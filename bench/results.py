@@ -1,0 +1,185 @@
+"""What each scenario measured, as typed records; ``to_json`` is results.json's shape.
+
+Field names and order are the keys of results.json (readers compare runs across
+commits), so a field is added at the end of its record, never renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """Counts that must be boring: every step created and completed once, nothing retried."""
+
+    steps_created: int
+    steps_completed: int
+    expected_steps: int
+    extra_step_starts: int
+    step_retries: int
+    step_failures: int
+
+    def suspicious(self) -> bool:
+        return bool(
+            self.extra_step_starts
+            or self.step_retries
+            or self.step_failures
+            or self.steps_created != self.expected_steps
+            or self.steps_completed != self.expected_steps
+        )
+
+
+@dataclass(frozen=True)
+class FanoutResult:
+    steps: int
+    wall_s: float
+    steps_per_s: float
+    step_p50_ms: float | None
+    step_p99_ms: float | None
+    run_span_ms: float | None
+    ratio_to_floor: float | None
+    ratio_name: str
+    correct: bool
+    integrity: Integrity
+
+
+@dataclass(frozen=True)
+class ManyResult:
+    steps: int
+    runs: int
+    wall_s: float
+    steps_per_s: float
+    runs_per_s: float
+    step_p50_ms: float | None
+    step_p99_ms: float | None
+    run_p50_ms: float | None
+    run_p99_ms: float | None
+    ratio_to_floor: float | None
+    ratio_name: str
+    correct: bool
+    integrity: Integrity
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    steps: int
+    wall_s: float
+    steps_per_s: float
+    step_p50_ms: float | None
+    step_p99_ms: float | None
+    step_to_step_p50_ms: float | None
+    step_to_step_p99_ms: float | None
+    cycle_p50_ms: float | None
+    cycle_mean_ms: float | None
+    hop_mean_ms: dict[str, float | None]
+    ratio_to_floor: float | None
+    ratio_name: str
+    step_ratio_to_floor: float | None
+    correct: bool
+    integrity: Integrity
+
+
+@dataclass(frozen=True)
+class LongResult:
+    steps: int
+    wall_s: float
+    steps_per_s: float
+    step_p50_ms: float | None
+    step_p99_ms: float | None
+    first_step_p50_ms: float | None
+    last_step_p50_ms: float | None
+    first_gap_p50_ms: float | None
+    last_gap_p50_ms: float | None
+    first_cycle_mean_ms: float | None
+    last_cycle_mean_ms: float | None
+    scheduler_cpu_ms_per_step_first_fifth: float | None
+    scheduler_cpu_ms_per_step_last_fifth: float | None
+    scheduler_cpu_ratio: float | None
+    ratio_to_floor: float | None
+    ratio_name: str
+    gap_ratio: float | None
+    cycle_mean_ratio: float | None
+    summary_extra: str
+    correct: bool
+    integrity: Integrity
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    steps: int
+    waves: int
+    width: int
+    wall_s: float
+    steps_per_s: float
+    step_p50_ms: None
+    step_p99_ms: None
+    rss_kib_at_tenth: dict[str, int | None] | None
+    rss_kib_at_end: dict[str, int | None] | None
+    rss_growth_percent: dict[str, float | None]
+    rss_worst_growth_percent: float | None
+    rss_mib_by_tenth: list[float | None]
+    passed: bool
+    events: int
+    ratio_to_floor: float | None
+    ratio_name: str
+    correct: bool
+    integrity: dict[str, int] = field(default_factory=dict)
+    """Empty: a 200,000-step log is not read back; ``events`` counts it instead."""
+
+
+@dataclass(frozen=True)
+class SleepResult:
+    steps: int
+    runs: int
+    sleep_s: float
+    wall_s: float
+    steps_per_s: None
+    late_p50_ms: float | None
+    late_p99_ms: float | None
+    late_max_ms: float | None
+    late_min_ms: float | None
+    wake_to_run_completed_p50_ms: float | None
+    # due = the last event's ts + the delay (replay-safe lf.now()), so this can be
+    # a little under the requested sleep: the workflow's clock lags wait_created.
+    slept_p50_ms: float | None
+    slept_min_ms: float | None
+    slept_max_ms: float | None
+    target_ms: float
+    passed: bool
+    ratio_to_floor: None
+    ratio_name: str
+    correct: bool
+
+
+ScenarioResult = FanoutResult | ManyResult | ChainResult | LongResult | SoakResult | SleepResult
+
+
+def result_json(result: ScenarioResult) -> dict[str, Any]:
+    """``dataclasses.asdict`` of the record: the scenario's entry in results.json."""
+    return dataclasses.asdict(result)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One scenario as run: its result or its error, what it cost, what was logged meanwhile."""
+
+    result: ScenarioResult | None
+    error: str | None = None
+    cpu_percent_of_one_core: dict[str, float] = field(default_factory=dict)
+    disturbed: list[str] = field(default_factory=list)
+
+    @property
+    def correct(self) -> bool:
+        return self.result is not None and self.result.correct
+
+    def to_json(self) -> dict[str, Any]:
+        if self.result is None:
+            return {"error": self.error, "disturbed": self.disturbed}
+        return {
+            **result_json(self.result),
+            "cpu_percent_of_one_core": self.cpu_percent_of_one_core,
+            "disturbed": self.disturbed,
+        }
