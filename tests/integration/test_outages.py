@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,8 +132,11 @@ async def test_a_run_survives_a_redis_crash_with_the_aof_on(
             commands = [["scheduler", APP], ["worker", APP, "--concurrency", "4"], RECONCILER]
             with processes(local, namespace, commands):
                 run = await client.start(arith.long_chain, 60)
-                await asyncio.sleep(1.0)
-                before = len(await client.events(run.run_id))
+                # Crash mid-run: once the chain is under way, however slow the machine.
+                deadline = time.monotonic() + 60
+                while (before := len(await client.events(run.run_id))) <= 10:
+                    assert time.monotonic() < deadline, "the chain never got under way"
+                    await asyncio.sleep(0.05)
                 proc.send_signal(signal.SIGKILL)  # a crash, not a clean shutdown
                 proc.wait()
                 await asyncio.sleep(1.5)
