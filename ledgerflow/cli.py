@@ -32,13 +32,13 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import fold
-from ledgerflow.eventlog.lease import Lease
-from ledgerflow.eventlog.logs import configure_logging
 from ledgerflow.eventlog.redis_store import RedisEventStore
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import EventStore
-from ledgerflow.eventlog.timeline import TimelineRow, render, timeline
 from ledgerflow.eventlog.urls import redact_text
+from ledgerflow.ops.lease import Lease
+from ledgerflow.ops.logs import configure_logging
+from ledgerflow.ops.timeline import TimelineRow, render, timeline
 from ledgerflow.scheduler import watchdog
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.reconciler import (

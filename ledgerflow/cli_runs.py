@@ -12,10 +12,10 @@ import argparse
 import sys
 from typing import Any
 
-from ledgerflow.eventlog.backlog import entry_ms
 from ledgerflow.eventlog.errors import RunNotFoundError
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
 from ledgerflow.eventlog.store import EventStore
+from ledgerflow.ops.backlog import entry_ms
 from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from ledgerflow.worker.backend import connect
 

@@ -53,13 +53,15 @@ from typing import Any
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
-from ledgerflow.eventlog import codec, metrics
+from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState, fold
-from ledgerflow.eventlog.lease import Lease
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import Timer, TimerKind
+
+from ledgerflow.ops import metrics
+from ledgerflow.ops.lease import Lease
 
 from .hookclash import CONFLICT_REASON
 from .replay import CHILD_PREFIX

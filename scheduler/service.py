@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
-from ledgerflow.eventlog import faults, metrics
 from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     LedgerflowError,
@@ -36,6 +35,8 @@ from ledgerflow.eventlog.transitions import RUN_TERMINAL_STATES
 from ledgerflow.worker.outcome import error_info
 from ledgerflow.worker.registry import StepRegistry, steps
 from ledgerflow.worker.service import Worker
+
+from ledgerflow.ops import faults, metrics
 
 from . import watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
@@ -452,7 +453,7 @@ _OWN_WRITES = frozenset(
 def _trigger_ms(events: list[Event]) -> int:
     """When what an activation reacts to happened: its newest event not written by a scheduler.
 
-    The start of ``ledgerflow_activation_latency_seconds`` (see eventlog/metrics.py):
+    The start of ``ledgerflow_activation_latency_seconds`` (see ledgerflow/ops/metrics.py):
     a step outcome, a wake-up, a hook delivery, or run_created for a new run.
     """
     return next((e.ts for e in reversed(events) if e.type not in _OWN_WRITES), events[-1].ts)

@@ -18,7 +18,6 @@ import contextlib
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
-from ledgerflow.eventlog import metrics
 from ledgerflow.eventlog.errors import (
     EventLogError,
     HeartbeatTimeoutError,
@@ -31,6 +30,8 @@ from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
 from ledgerflow.worker.outcome import failed, failure_event
 from ledgerflow.worker.registry import StepRegistry, steps
+
+from ledgerflow.ops import metrics
 
 log = structlog.get_logger("ledgerflow.timers")
 

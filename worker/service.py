@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
 from ledgerflow.broker.messages import encode_message
-from ledgerflow.eventlog import faults, metrics
 from ledgerflow.eventlog.errors import (
     BrokerError,
     ConfigurationError,
@@ -54,6 +53,8 @@ from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import Timer, TimerKind
+
+from ledgerflow.ops import faults, metrics
 
 from . import outcome
 from .batching import Coalesced, GroupCommit

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import EventType, id_order
-from .names import DEFAULT_STEP_QUEUE
-from .store import EventStore
+from ledgerflow.eventlog.events import EventType, id_order
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog.store import EventStore
 
 # The newest entry of a run being one of these means the run is due an
 # activation no scheduler has acted on yet: an outcome it has not replayed, or a

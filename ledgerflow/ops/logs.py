@@ -16,8 +16,8 @@ from typing import Any
 
 import structlog
 
-from .text import clip
-from .urls import redact_text
+from ledgerflow.eventlog.text import clip
+from ledgerflow.eventlog.urls import redact_text
 
 MAX_LOG_VALUE = 8000
 """Characters of one text value in a log line (an error message, a traceback, a reason).

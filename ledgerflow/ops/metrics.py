@@ -2,8 +2,9 @@
 
 Like ``names.py`` for keys, this module is the one list of metric names, types
 and labels; the worker, the scheduler, the timer loop and the reconciler only
-call ``.inc()`` / ``.observe()`` on what is defined here. It lives in the lowest
-layer so that every layer can record without importing a higher one.
+call ``.inc()`` / ``.observe()`` on what is defined here. It lives in ``ops``, just
+above the event log's core, so that every layer can record without importing a
+higher one.
 
 The metrics go into ``REGISTRY``, a registry of ledgerflow's own rather than
 prometheus_client's global default: step code and host applications register
@@ -38,8 +39,8 @@ from prometheus_client import (
     Histogram,
 )
 
-from .events import EventType
-from .store import EventStore
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.store import EventStore
 
 log = structlog.get_logger("ledgerflow.metrics")
 

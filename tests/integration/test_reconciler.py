@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ledgerflow.eventlog import faults
 from ledgerflow.eventlog.events import EventType, NewEvent
-from ledgerflow.eventlog.lease import Lease
 from ledgerflow.scheduler.reconciler import Reconciler
 from ledgerflow.scheduler.service import Scheduler
 
 import ledgerflow as lf
+from ledgerflow.ops import faults
+from ledgerflow.ops.lease import Lease
 from tests.apps import arith
 
 pytestmark = pytest.mark.integration

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ledgerflow.eventlog.events import Event, EventType
-from ledgerflow.eventlog.timeline import render, timeline
 
 from ledgerflow.cli_format import parse_since, table
+from ledgerflow.ops.timeline import render, timeline
 
 
 def ev(n: int, type: EventType, corr: str = "", **data: object) -> Event:
