@@ -32,7 +32,6 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import fold
-from ledgerflow.eventlog.redis_store import RedisEventStore
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.urls import redact_text
@@ -171,10 +170,10 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
 
 async def cmd_reconciler(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends, exported(args, backends):
-        if not isinstance(backends.store, RedisEventStore):
+        if backends.redis is None:
             raise ConfigurationError("the reconciler needs the Redis event store")
         lease = Lease(
-            backends.store.client,
+            backends.redis,
             backends.names,
             owner=worker_identity(),
             ttl_ms=int(args.lease_ttl * 1000),

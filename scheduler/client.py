@@ -31,7 +31,7 @@ from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
 from ledgerflow.eventlog.settings import Settings
-from ledgerflow.eventlog.store import START, EventStore
+from ledgerflow.eventlog.store import START, RunLog
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
 from ledgerflow.worker.backend import connect
 
@@ -77,7 +77,7 @@ class RunHandle:
 class Client:
     def __init__(
         self,
-        store: EventStore,
+        store: RunLog,
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,

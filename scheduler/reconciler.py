@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
@@ -57,7 +57,7 @@ from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState, fold
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from ledgerflow.ops import metrics
@@ -119,10 +119,14 @@ class SweepReport:
     runs_skipped: int = 0
 
 
+class ReconcilerStore(EventLog, TimerIndex, Presence, Maintenance, Protocol):
+    """What the reconciler uses: it scans, reads logs, re-arms timers and asks who is alive."""
+
+
 class Reconciler:
     def __init__(
         self,
-        store: EventStore,
+        store: ReconcilerStore,
         broker: Broker,
         lease: Lease | None,
         *,

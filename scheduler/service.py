@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
@@ -29,7 +30,7 @@ from ledgerflow.eventlog.events import RUN_TERMINAL, AppendResult, Event, EventT
 from ledgerflow.eventlog.fold import CALL_FINGERPRINT, RECORDED_BY
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.retrying import TRANSIENT, retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 from ledgerflow.eventlog.transitions import RUN_TERMINAL_STATES
 from ledgerflow.worker.outcome import error_info
@@ -70,10 +71,14 @@ class _Busy:
     dirty: bool = False
 
 
+class SchedulerStore(EventLog, RunIndex, TimerIndex, Protocol):
+    """What a scheduler uses: run logs and where runs stand, and (for its timer loop) timers."""
+
+
 class Scheduler:
     def __init__(
         self,
-        store: EventStore,
+        store: SchedulerStore,
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,

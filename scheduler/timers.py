@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
@@ -26,7 +27,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.retrying import retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
 from ledgerflow.worker.outcome import failed, failure_event
 from ledgerflow.worker.registry import StepRegistry, steps
@@ -42,10 +43,14 @@ RETRY_FAILED_MS = 1_000
 STOP_TIMEOUT = 5.0
 
 
+class TimerStore(EventLog, RunIndex, TimerIndex, Protocol):
+    """What the timer loop uses: it claims due timers and appends what they mean."""
+
+
 class TimerLoop:
     def __init__(
         self,
-        store: EventStore,
+        store: TimerStore,
         broker: Broker,
         *,
         registry: StepRegistry = steps,

@@ -34,6 +34,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
@@ -51,7 +52,7 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.retrying import retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from ledgerflow.ops import faults, metrics
@@ -115,6 +116,10 @@ class _Hold:
     started: int = 0  # steps that got a slot: from then on they run to their end
 
 
+class WorkerStore(EventLog, RunIndex, Presence, Protocol):
+    """What a worker uses: it appends outcomes, reads run states and marks itself alive."""
+
+
 class Worker:
     """Runs steps from one or more step queues, and steps handed over in-process.
 
@@ -125,7 +130,7 @@ class Worker:
 
     def __init__(
         self,
-        store: EventStore,
+        store: WorkerStore,
         broker: Broker,
         *,
         queues: Sequence[str] | None = None,
@@ -695,7 +700,7 @@ class _HeartbeatRecorder:
     """Writes a running step's heartbeats to Redis at most every third of its timeout."""
 
     def __init__(
-        self, store: EventStore, message: StepMessage, attempt: int, timeout: float | None
+        self, store: Presence, message: StepMessage, attempt: int, timeout: float | None
     ) -> None:
         self._store = store
         self._message = message

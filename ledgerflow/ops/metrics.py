@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from prometheus_client import (
@@ -40,7 +41,7 @@ from prometheus_client import (
 )
 
 from ledgerflow.eventlog.events import EventType
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import RunIndex, TimerIndex
 
 log = structlog.get_logger("ledgerflow.metrics")
 
@@ -168,6 +169,10 @@ DEFAULT_READ_TIMEOUT = 2.0
 QueueDepth = Callable[[str], Awaitable[int]]
 
 
+class Counted(RunIndex, TimerIndex, Protocol):
+    """What the sampled gauges count: active runs and pending timers."""
+
+
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one sample of ``REGISTRY`` (0.0 if absent): for tests and checks."""
     value = REGISTRY.get_sample_value(name, labels or {})
@@ -186,7 +191,7 @@ class GaugeSampler:
 
     def __init__(
         self,
-        store: EventStore,
+        store: Counted,
         *,
         depth: QueueDepth | None = None,
         queues: Sequence[str] = (),
