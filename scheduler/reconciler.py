@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,8 +61,9 @@ from ledgerflow.eventlog.fold import RunState, StepState, fold
 from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
-from ledgerflow.ops import metrics
 from ledgerflow.ops.lease import Lease
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
 
 from .hookclash import CONFLICT_REASON
 from .replay import CHILD_PREFIX
@@ -134,8 +136,10 @@ class Reconciler:
         interval: float = DEFAULT_INTERVAL,
         default_step_limit: float = DEFAULT_STEP_LIMIT,
         max_recheck: float = DEFAULT_MAX_RECHECK,
+        observers: Sequence[Observer] | None = None,
     ) -> None:
         self.store = store
+        self.observers = Observers(standard_observers() if observers is None else observers)
         self.broker = broker
         self.lease = lease
         self.stale_after_ms = int(stale_after * 1000)
@@ -202,7 +206,7 @@ class Reconciler:
                     except SerializationError as exc:
                         # One unreadable log must not stop the sweep for every run after it.
                         report.runs_skipped += 1
-                        metrics.SKIPPED_RUNS.inc()
+                        self.observers.after_run_skipped(run_id)
                         log.warning("run skipped: log unreadable", run_id=run_id, error=str(exc))
                         await self._defer(run_id, score, now, ["log unreadable"])
                         continue
@@ -211,7 +215,7 @@ class Reconciler:
                     await self._defer(run_id, score, now, reasons)
         self.sweeps += 1
         self.skipped += report.runs_skipped
-        metrics.SWEEPS.inc()
+        self.observers.after_sweep()
         self.recoveries.update(report.recoveries)
         return report
 
@@ -387,7 +391,7 @@ class Reconciler:
         self, run_id: str, entity: str, reason: str, done: list[Recovery], **extra: Any
     ) -> None:
         done.append(Recovery(entity, reason))
-        metrics.RECOVERIES.labels(reason=reason).inc()
+        self.observers.after_recovery(run_id, entity, reason)
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
 
 

@@ -11,7 +11,7 @@ lost even if the process dies at any point.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,7 +37,8 @@ from ledgerflow.worker.outcome import error_info
 from ledgerflow.worker.registry import StepRegistry, steps
 from ledgerflow.worker.service import Worker
 
-from ledgerflow.ops import faults, metrics
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
 
 from . import watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
@@ -88,6 +89,7 @@ class Scheduler:
         local: Worker | None = None,
         append_chunk: int = APPEND_CHUNK,
         stall_budget: float = watchdog.DEFAULT_BUDGET,
+        observers: Sequence[Observer] | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -103,7 +105,9 @@ class Scheduler:
         self._consumer: Consumer | None = None
         self._watching = False
         self.stall_budget = stall_budget
-        self.timers = TimerLoop(store, broker, registry=step_registry)
+        # Metrics, fault points: see ledgerflow.ops.observer (shared with the timer loop).
+        self.observers = Observers(standard_observers() if observers is None else observers)
+        self.timers = TimerLoop(store, broker, registry=step_registry, observers=self.observers)
 
     async def start(self) -> None:
         # Workflow code that never awaits would hold up every run of this process.
@@ -207,7 +211,7 @@ class Scheduler:
         instance.feed(events)
         decision = instance.decide()
         finished = await self._record(instance, decision)
-        metrics.ACTIVATION_LATENCY.observe(max(0.0, time.time() - trigger_ms / 1000))
+        self.observers.after_replay(run_id, trigger_ms)
         if finished:
             self.cache.evict(run_id)
         else:
@@ -270,15 +274,10 @@ class Scheduler:
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         workflow = instance.definition.name
         steps = [self._message(run_id, c, workflow) for c in fresh if isinstance(c, StepCommand)]
-        if steps and faults.hit(faults.SCHEDULER_AFTER_STEP_CREATED):
-            steps = []
-        elif len(steps) > 1 and faults.hit(faults.SCHEDULER_MID_BATCH):
-            steps = steps[: len(steps) // 2]
-        steps = self._run_here(steps)
+        steps = self._run_here(self.observers.before_dispatch(run_id, steps))
         if steps:
             await retrying("publish steps", lambda: self.broker.publish_steps(steps))
-            if faults.hit(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK):
-                raise faults.InjectedCrash(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK)
+            self.observers.after_publish_steps(run_id)
         if decision.outcome is None:
             # Children asked for just now, plus any recorded earlier whose start a
             # crash may have cut short (start_child is idempotent).

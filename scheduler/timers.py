@@ -32,7 +32,8 @@ from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
 from ledgerflow.worker.outcome import failed, failure_event
 from ledgerflow.worker.registry import StepRegistry, steps
 
-from ledgerflow.ops import metrics
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
 
 log = structlog.get_logger("ledgerflow.timers")
 
@@ -55,11 +56,13 @@ class TimerLoop:
         *,
         registry: StepRegistry = steps,
         tick: float = TICK,
+        observers: Observer | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.registry = registry
         self.tick = tick
+        self.observers = Observers(standard_observers()) if observers is None else observers
         self.fired = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -204,7 +207,7 @@ class TimerLoop:
             pass
         else:
             self._fired(due, entity.now)
-            metrics.step_recorded(name, event.type)
+            self.observers.after_step_recorded(name, event.type, None)
             log.warning(
                 "stale heartbeat: attempt failed",
                 run_id=timer.run_id,
@@ -232,8 +235,7 @@ class TimerLoop:
 
     def _fired(self, due: DueTimer, now_ms: int) -> None:
         """A timer was acted on at ``now_ms`` (the Redis clock): record how late."""
-        late_ms = now_ms - due.due
-        metrics.TIMER_LATENESS.labels(kind=due.timer.kind.value).observe(max(0, late_ms) / 1000)
+        self.observers.after_timer_fired(due.timer.kind.value, now_ms - due.due)
 
     async def _activate(self, run_id: str) -> None:
         activation = Activation(run_id=run_id, reason="timer")

@@ -55,7 +55,8 @@ from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
-from ledgerflow.ops import faults, metrics
+from ledgerflow.ops.observer import Observer, Observers, StepAttempt
+from ledgerflow.ops.standard import standard_observers
 
 from . import outcome
 from .batching import Coalesced, GroupCommit
@@ -126,6 +127,9 @@ class Worker:
     ``concurrency`` bounds the steps running at once, whatever their source: a
     message of one step, a message of a batch of steps, or the scheduler of the
     same process running what it just scheduled (eager dispatch).
+
+    ``observers`` watch each attempt (metrics, log fields, fault points); by
+    default the standard ones (``ledgerflow.ops.standard``).
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class Worker:
         retry: RetryPolicy | None = None,
         grace: float = DEFAULT_GRACE,
         ack_after: float = DEFAULT_ACK_AFTER,
+        observers: Sequence[Observer] | None = None,
     ) -> None:
         if not MIN_ACK_AFTER <= ack_after < float("inf"):
             raise ConfigurationError(
@@ -152,6 +157,7 @@ class Worker:
         self.retry = retry
         self.grace = grace
         self.ack_after = ack_after
+        self.observers = Observers(standard_observers() if observers is None else observers)
         self.identity = worker_identity()
         self._consumers: list[Consumer] = []
         self._running: Counter[str] = Counter()
@@ -502,7 +508,7 @@ class Worker:
             bound.info("step already recorded; skipped")
             await self._activate(message.run_id)
             return ""
-        metrics.step_recorded(message.step_name, EventType.STEP_STARTED)
+        self.observers.after_step_recorded(message.step_name, EventType.STEP_STARTED, None)
         began = time.monotonic()
         try:
             event = await self._execute(call, attempt, policy)
@@ -602,10 +608,10 @@ class Worker:
             return
         for event, result in zip(events, results, strict=False):
             if result.appended:
-                metrics.step_recorded(message.step_name, event.type, duration)
+                self.observers.after_step_recorded(message.step_name, event.type, duration)
         final = events[-1].type
-        if final is not EventType.STEP_RETRYING and not faults.hit(
-            faults.WORKER_AFTER_STEP_COMPLETED
+        if final is not EventType.STEP_RETRYING and not self.observers.drop_activation(
+            message.run_id
         ):
             await self._activate(message.run_id)
         bound.debug("step recorded", outcome=final.value)
@@ -629,8 +635,8 @@ class Worker:
             cancel_requested=lambda: run_id in self._cancelled,
         )
         token = bind_step_context(ctx)
-        # Log lines of the step's own code carry the step's fields too.
-        log_tokens = structlog.contextvars.bind_contextvars(**_log_fields(message, attempt))
+        step = _step_attempt(message, attempt)
+        self.observers.before_step_call(step)
         self._running[run_id] += 1
         try:
             value = await run_limited(
@@ -644,7 +650,7 @@ class Worker:
             return outcome.failure_event(message.run_id, message.step_id, attempt, exc, policy)
         finally:
             reset_step_context(token)
-            structlog.contextvars.reset_contextvars(**log_tokens)
+            self.observers.after_step_call(step)
             self._running[run_id] -= 1
             if self._running[run_id] <= 0:
                 del self._running[run_id]
@@ -685,15 +691,19 @@ def _cut(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+def _step_attempt(message: StepMessage, attempt: int) -> StepAttempt:
+    return StepAttempt(
+        run_id=message.run_id,
+        workflow=message.workflow,
+        step=message.step_name,
+        corr=message.step_id,
+        attempt=attempt,
+    )
+
+
 def _log_fields(message: StepMessage, attempt: int) -> dict[str, object]:
     """What every log line about a step attempt carries (the pid is added by the renderer)."""
-    return {
-        "run_id": message.run_id,
-        "workflow": message.workflow,
-        "step": message.step_name,
-        "corr": message.step_id,
-        "attempt": attempt,
-    }
+    return _step_attempt(message, attempt).log_fields()
 
 
 class _HeartbeatRecorder:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -42,6 +43,8 @@ from prometheus_client import (
 
 from ledgerflow.eventlog.events import EventType
 from ledgerflow.eventlog.store import RunIndex, TimerIndex
+
+from .observer import Observer
 
 log = structlog.get_logger("ledgerflow.metrics")
 
@@ -268,3 +271,25 @@ def step_recorded(step: str, event: EventType, duration: float | None = None) ->
     counter.labels(step=step).inc()
     if duration is not None and event is not EventType.STEP_STARTED:
         STEP_DURATION.labels(step=step, outcome=event.value.removeprefix("step_")).observe(duration)
+
+
+class MetricsObserver(Observer):
+    """Records the worker's, the scheduler's and the reconciler's metrics from their hooks."""
+
+    def after_step_recorded(self, step: str, event: EventType, duration: float | None) -> None:
+        step_recorded(step, event, duration)
+
+    def after_replay(self, run_id: str, trigger_ms: int) -> None:
+        ACTIVATION_LATENCY.observe(max(0.0, time.time() - trigger_ms / 1000))
+
+    def after_timer_fired(self, kind: str, late_ms: int) -> None:
+        TIMER_LATENESS.labels(kind=kind).observe(max(0, late_ms) / 1000)
+
+    def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
+        RECOVERIES.labels(reason=reason).inc()
+
+    def after_run_skipped(self, run_id: str) -> None:
+        SKIPPED_RUNS.inc()
+
+    def after_sweep(self) -> None:
+        SWEEPS.inc()
