@@ -40,7 +40,7 @@ from ledgerflow.worker.service import Worker
 from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
-from . import watchdog
+from . import sandbox, watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
 from .children import parent_of, report_to_parent, start_child
 from .hookclash import append_settling_clashes
@@ -104,12 +104,17 @@ class Scheduler:
         self._busy: dict[str, _Busy] = {}
         self._consumer: Consumer | None = None
         self._watching = False
+        self._sandboxed = False
         self.stall_budget = stall_budget
         # Metrics, fault points: see ledgerflow.ops.observer (shared with the timer loop).
         self.observers = Observers(standard_observers() if observers is None else observers)
         self.timers = TimerLoop(store, broker, registry=step_registry, observers=self.observers)
 
     async def start(self) -> None:
+        # Workflow code that reads the clock or randomness fails loudly (not at replay).
+        if not self._sandboxed:
+            sandbox.install()
+            self._sandboxed = True
         # Workflow code that never awaits would hold up every run of this process.
         self._watching = watchdog.install(self.stall_budget)
         self._consumer = await self.broker.consume(
@@ -122,6 +127,9 @@ class Scheduler:
         if self._watching:
             watchdog.uninstall()
             self._watching = False
+        if self._sandboxed:
+            sandbox.uninstall()
+            self._sandboxed = False
         await self.timers.stop()
         if self._consumer is not None:
             await self._consumer.cancel()
