@@ -113,7 +113,7 @@ def parent_of(first: Event) -> tuple[str, str] | None:
     return None
 
 
-Activate = Callable[[Activation], Awaitable[object]]
+PublishActivation = Callable[[Activation], Awaitable[object]]
 
 
 async def report_to_parent(
@@ -122,11 +122,11 @@ async def report_to_parent(
     parent: tuple[str, str],
     terminal: Event | NewEvent,
     *,
-    activate: Activate | None = None,
+    publish_activation: PublishActivation | None = None,
 ) -> None:
     """Record a finished child's outcome as its step's outcome in the parent's log.
 
-    The parent's activation is published with ``activate`` if given (a producer's
+    The parent's activation is published with ``publish_activation`` if given (a producer's
     bounded retry), else retried the way daemons retry.
     """
     parent_run, corr = parent
@@ -161,7 +161,7 @@ async def report_to_parent(
     except IllegalTransitionError:
         return  # the parent already ended
     activation = Activation(run_id=parent_run, reason="child")
-    if activate is not None:
-        await activate(activation)
+    if publish_activation is not None:
+        await publish_activation(activation)
         return
     await retrying("publish activation", lambda: broker.publish_activation(activation))

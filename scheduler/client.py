@@ -139,7 +139,7 @@ class Client:
         )
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
-        await self._activate(Activation(run_id=run_id, reason="start"), "run_created")
+        await self._publish_activation(Activation(run_id=run_id, reason="start"), "run_created")
         return RunHandle(self, run_id)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
@@ -185,7 +185,9 @@ class Client:
                 self.broker,
                 parent,
                 cancelled,
-                activate=lambda activation: self._activate(activation, "step_failed"),
+                publish_activation=lambda activation: self._publish_activation(
+                    activation, "step_failed"
+                ),
             )
 
     async def resume_hook(self, token: str, payload: Any = None) -> str:
@@ -212,10 +214,10 @@ class Client:
             raise HookNotFoundError(
                 f"the hook with token {token!r} was disposed (run {run_id!r} ended)"
             ) from exc
-        await self._activate(Activation(run_id=run_id, reason="hook"), "hook_received")
+        await self._publish_activation(Activation(run_id=run_id, reason="hook"), "hook_received")
         return run_id
 
-    async def _activate(self, activation: Activation, recorded: str) -> bool:
+    async def _publish_activation(self, activation: Activation, recorded: str) -> bool:
         """Publish an activation for something already recorded; False if left to the reconciler.
 
         Retried with backoff for ``publish_deadline`` seconds in all (each try is

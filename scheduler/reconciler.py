@@ -287,7 +287,7 @@ class Reconciler:
     ) -> list[Recovery]:
         done: list[Recovery] = []
         if state.status == "created":
-            await self._activate(run_id, "run never started", done)
+            await self._publish_activation(run_id, "run never started", done)
             return done
         grace = 0 if force else self.stale_after_ms
         timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
@@ -345,10 +345,10 @@ class Reconciler:
             if wait.status == "created" and timer.member not in timers:
                 await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
         if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
-            await self._activate(run_id, "outcome not acted on", done)
+            await self._publish_activation(run_id, "outcome not acted on", done)
             self._activated_at[run_id] = events[-1].id
         elif force:
-            await self._activate(run_id, "redrive asked for an activation", done)
+            await self._publish_activation(run_id, "redrive asked for an activation", done)
         return done
 
     # --- fenced actions ----------------------------------------------------------------
@@ -358,7 +358,7 @@ class Reconciler:
         if self.lease is not None and not await self.lease.check():
             raise LeaseLost
 
-    async def _activate(self, run_id: str, reason: str, done: list[Recovery]) -> None:
+    async def _publish_activation(self, run_id: str, reason: str, done: list[Recovery]) -> None:
         await self._fence()
         await self.broker.publish_activation(Activation(run_id=run_id, reason="reconciler"))
         self._recovered(run_id, "run", reason, done)

@@ -100,7 +100,7 @@ class Scheduler:
         # A worker in this process: the steps it has room for run here, at once.
         self.local = local
         if local is not None:
-            local.attach_scheduler(self.drive)
+            local.attach_scheduler(self.request_replay)
         self._busy: dict[str, _Busy] = {}
         self._consumer: Consumer | None = None
         self._watching = False
@@ -118,7 +118,7 @@ class Scheduler:
         # Workflow code that never awaits would hold up every run of this process.
         self._watching = watchdog.install(self.stall_budget)
         self._consumer = await self.broker.consume(
-            self.broker.names.runs_queue, self.handle, prefetch=self.prefetch
+            self.broker.names.runs_queue, self.handle_delivery, prefetch=self.prefetch
         )
         self.timers.start()
         log.info("scheduler started", workflows=self.registry.names())
@@ -135,14 +135,15 @@ class Scheduler:
             await self._consumer.cancel()
             self._consumer = None
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle_delivery(self, delivery: Delivery) -> None:
+        """Replay the run an activation names, then ack it (or park it, or fail the run)."""
         message = await self.broker.receive(
             delivery, Activation, wrong_kind="the runs queue received a non-activation message"
         )
         if message is None:
             return
         try:
-            await self.drive(message.run_id)
+            await self.request_replay(message.run_id)
         except (UnknownWorkflowError, UnknownTypeError) as exc:
             # A deploy can fix these: park the activation once, to requeue after the fix.
             await self._dead_letter(delivery, f"run {message.run_id}: {exc}")
@@ -152,8 +153,8 @@ class Scheduler:
             await fail_unreadable_run(self.store, self.broker, message.run_id, exc, _failed(exc))
         await delivery.ack()
 
-    async def drive(self, run_id: str) -> None:
-        """Bring the run up to date, or, if that is under way here, make it go round again.
+    async def request_replay(self, run_id: str) -> None:
+        """Replay the run now, or, if a replay of it is under way here, make it go round again.
 
         The entry point for an activation from the queue and for one from this
         process's own worker (eager dispatch). Returning means the run's log up
@@ -170,16 +171,16 @@ class Scheduler:
                 # Idempotent, so a Redis or broker outage is waited out here rather
                 # than bounced back to the queue (where redeliveries would count
                 # towards the delivery limit and end in the dead-letter queue).
-                await retrying("activate run", lambda: self._activate_or_forget(run_id))
+                await retrying("replay run", lambda: self._replay_or_forget(run_id))
                 if not busy.dirty:
                     break
         finally:
             del self._busy[run_id]
 
-    async def _activate_or_forget(self, run_id: str) -> None:
-        """Activate; on any failure drop the cached instance so a retry replays afresh."""
+    async def _replay_or_forget(self, run_id: str) -> None:
+        """Replay; on any failure drop the cached instance so a retry replays afresh."""
         try:
-            await self.activate(run_id)
+            await self.replay_run(run_id)
         except BaseException:
             # BaseException too: a consumer channel closing (a broker restart) cancels
             # the handler, and a cached instance that already handed out its commands
@@ -187,8 +188,12 @@ class Scheduler:
             self.cache.evict(run_id)
             raise
 
-    async def activate(self, run_id: str) -> None:
-        """Bring one run up to date with its log; safe to call any number of times."""
+    async def replay_run(self, run_id: str) -> None:
+        """Replay one run up to the end of its log and act on what the workflow now asks.
+
+        Safe to call any number of times. Callers normally go through
+        ``request_replay``, which serializes and coalesces replays of a run.
+        """
         instance = self.cache.get(run_id)
         if instance is None:
             if await self._finished_elsewhere(run_id):
@@ -294,7 +299,7 @@ class Scheduler:
             for child in children.values():
                 await start_child(self.store, self.broker, run_id, child)
             if conflicted:
-                await self._again(run_id)  # the workflow must see its conflicted hook
+                await self._replay_again(run_id)  # the workflow must see its conflicted hook
             return False
         log.info(
             "run finished",
@@ -328,8 +333,8 @@ class Scheduler:
         if instance.parent is not None:
             await report_to_parent(self.store, self.broker, instance.parent, failed)
 
-    async def _again(self, run_id: str) -> None:
-        """Have the run activated once more: by the round in flight here, else through the queue."""
+    async def _replay_again(self, run_id: str) -> None:
+        """Have the run replayed once more: by the round in flight here, else through the queue."""
         busy = self._busy.get(run_id)
         if busy is not None:
             busy.dirty = True

@@ -169,7 +169,7 @@ class TimerLoop:
         except EventLogError as refused:  # moved on meanwhile: nothing to fail any more
             log.info("retry impossible, and the step moved on", error=str(refused))
         else:
-            await self._activate(timer.run_id)
+            await self._publish_activation(timer.run_id)
         await self.store.release_timer(due)
 
     async def _heartbeat(self, due: DueTimer) -> None:
@@ -217,7 +217,7 @@ class TimerLoop:
                 attempt=timer.attempt,
             )
             if event.type is EventType.STEP_FAILED:
-                await self._activate(timer.run_id)
+                await self._publish_activation(timer.run_id)
         await self.store.release_timer(due)
 
     async def _wake(self, due: DueTimer) -> None:
@@ -230,14 +230,14 @@ class TimerLoop:
         if results and results[0].appended:
             entity = await self.store.entity(timer.run_id, timer.corr)
             self._fired(due, entity.now)
-            await self._activate(timer.run_id)
+            await self._publish_activation(timer.run_id)
         await self.store.release_timer(due)
 
     def _fired(self, due: DueTimer, now_ms: int) -> None:
         """A timer was acted on at ``now_ms`` (the Redis clock): record how late."""
         self.observers.after_timer_fired(due.timer.kind.value, now_ms - due.due)
 
-    async def _activate(self, run_id: str) -> None:
+    async def _publish_activation(self, run_id: str) -> None:
         activation = Activation(run_id=run_id, reason="timer")
         await retrying("publish activation", lambda: self.broker.publish_activation(activation))
 
