@@ -77,6 +77,13 @@ class SchedulerStore(EventLog, RunIndex, TimerIndex, Protocol):
 
 
 class Scheduler:
+    """Replays runs when activated and acts on what their workflows ask for.
+
+    ``start`` installs the replay sandbox (and the stall watchdog) for this
+    process; ``stop`` removes them. ``observers`` watch each replay and dispatch
+    (metrics, fault points); by default the standard ones (``ledgerflow.ops.standard``).
+    """
+
     def __init__(
         self,
         store: SchedulerStore,
