@@ -1,11 +1,20 @@
-"""The event store interface both stores implement (and one conformance suite tests)."""
+"""The event store's interfaces: five narrow protocols and the whole store both stores implement.
+
+A caller names only the protocol it uses (the log, the timer index, the run
+index, presence, maintenance; or a small intersection of them declared beside
+it), so a reader sees at a glance what it touches, and mypy refuses a call to
+anything else. ``EventStore`` is all five plus ``close``: what a process opens,
+owns and closes, and what the two implementations (and one conformance suite)
+cover. Nothing asks which implementation it has: a capability one lacks is a
+protocol it does not offer, not an ``isinstance`` check.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .events import AppendResult, Event, EventType, NewEvent, id_order
 from .names import Names
@@ -49,10 +58,8 @@ def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
     )
 
 
-class EventStore(ABC):
-    """Append-only per-run logs plus the derived indexes the append keeps in step."""
-
-    names: Names
+class EventLog(Protocol):
+    """The append-only per-run log: append a checked batch, read it back, wait for more."""
 
     @abstractmethod
     async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
@@ -83,8 +90,37 @@ class EventStore(ABC):
         return cursor, [e for e in events if e.type in types]
 
     @abstractmethod
+    async def read_event(self, run_id: str, event_id: str) -> Event | None: ...
+
+    @abstractmethod
+    async def read_events(self, refs: Sequence[tuple[str, str]]) -> list[Event | None]:
+        """Many (run_id, event_id) entries in one round trip, in the order asked."""
+
+    @abstractmethod
+    async def now_ms(self) -> int:
+        """The store's clock (Redis TIME), the one event timestamps use."""
+
+
+class RunIndex(Protocol):
+    """Where each run stands: the status hash, the active-runs and runs indexes, hook tokens.
+
+    All of it derived from the logs (a cache, never the truth); ``names`` says how
+    many shards the active-runs index has, for callers that walk them.
+    """
+
+    names: Names
+
+    @abstractmethod
     async def status(self, run_id: str) -> dict[str, str]:
         """The run's status hash: a cache of the fold, never the truth."""
+
+    @abstractmethod
+    async def statuses(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Many runs' status hashes in one round trip, in the order asked ({} if none).
+
+        Backlog scans read thousands of hashes; one request each would take longer
+        than the answer stays true.
+        """
 
     @abstractmethod
     async def run_tail(self, run_id: str) -> tuple[str, str]:
@@ -93,6 +129,21 @@ class EventStore(ABC):
         Two fields, not the whole hash: a long run's hash has a field per step.
         """
 
+    async def run_tails(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """``run_tail`` of many runs; stores override it with one round trip."""
+        return [await self.run_tail(run_id) for run_id in run_ids]
+
+    @abstractmethod
+    async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """Each run's state ("" if unknown) in one round trip: for cancellation checks."""
+
+    @abstractmethod
+    async def entity(self, run_id: str, corr: str) -> EntityStatus:
+        """One step/wait/hook's state as the status hash has it, with the store's clock."""
+
+    async def exists(self, run_id: str) -> bool:
+        return bool((await self.status(run_id)).get("run"))
+
     @abstractmethod
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         """(run_id, last progress ms) of unfinished runs in one index shard, oldest first."""
@@ -100,10 +151,6 @@ class EventStore(ABC):
     @abstractmethod
     async def count_active_runs(self) -> int:
         """Unfinished runs in every shard of the active-runs index (one round trip)."""
-
-    @abstractmethod
-    async def count_timers(self) -> int:
-        """Entries in every shard of the timer index (one round trip)."""
 
     @abstractmethod
     async def list_runs(
@@ -117,10 +164,16 @@ class EventStore(ABC):
         """The newest runs first (by creation time), filtered; reads the runs index."""
 
     @abstractmethod
-    async def is_listed(self, run_id: str) -> bool:
-        """Whether the runs index holds the run (the derived-state checker asks)."""
+    async def hook_owner(self, token: str) -> tuple[str, str] | None:
+        """(run_id, corr) of the live hook with this token, if any."""
 
-    # --- the timer index and heartbeats (derived state, rebuilt from the log) ----------
+    @abstractmethod
+    async def forget_hook(self, token: str, run_id: str, corr: str) -> None:
+        """Drop a token whose run ended without disposing it (a race with cancellation)."""
+
+
+class TimerIndex(Protocol):
+    """What wakes a retrying step, a sleep or a heartbeat check (derived, rebuilt from the log)."""
 
     @abstractmethod
     async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
@@ -141,43 +194,34 @@ class EventStore(ABC):
         """A run's armed timers (for checks and repairs); scans its shard."""
 
     @abstractmethod
-    async def entity(self, run_id: str, corr: str) -> EntityStatus:
-        """One step/wait/hook's state as the status hash has it, with the store's clock."""
+    async def count_timers(self) -> int:
+        """Entries in every shard of the timer index (one round trip)."""
+
+
+class Presence(Protocol):
+    """Who is alive: workers' presence marks and running steps' heartbeats."""
 
     @abstractmethod
-    async def read_event(self, run_id: str, event_id: str) -> Event | None: ...
+    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
+        """Say the worker ``identity`` is alive for the next ``ttl_ms``."""
 
     @abstractmethod
-    async def statuses(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
-        """Many runs' status hashes in one round trip, in the order asked ({} if none).
-
-        Backlog scans read thousands of hashes; one request each would take longer
-        than the answer stays true.
-        """
+    async def mark_gone(self, identity: str) -> None:
+        """A worker that stops cleanly says so at once rather than letting the mark expire."""
 
     @abstractmethod
-    async def read_events(self, refs: Sequence[tuple[str, str]]) -> list[Event | None]:
-        """Many (run_id, event_id) entries in one round trip, in the order asked."""
+    async def alive(self, identities: Sequence[str]) -> set[str]:
+        """Which of these workers have a live mark."""
 
     @abstractmethod
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         """Record that attempt ``attempt`` of step ``corr`` is alive; False if it is not running."""
 
-    # --- hooks and run states ---------------------------------------------------------
 
-    @abstractmethod
-    async def hook_owner(self, token: str) -> tuple[str, str] | None:
-        """(run_id, corr) of the live hook with this token, if any."""
+class Maintenance(Protocol):
+    """Checking and rebuilding derived state: the reconciler's scan, verify and repair."""
 
-    @abstractmethod
-    async def forget_hook(self, token: str, run_id: str, corr: str) -> None:
-        """Drop a token whose run ended without disposing it (a race with cancellation)."""
-
-    @abstractmethod
-    async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
-        """Each run's state ("" if unknown) in one round trip: for cancellation checks."""
-
-    # --- for the reconciler ------------------------------------------------------------
+    names: Names
 
     @abstractmethod
     async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
@@ -195,43 +239,35 @@ class EventStore(ABC):
         the score to now, and that must win. Never re-adds a finished run.
         """
 
-    async def run_tails(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
-        """``run_tail`` of many runs; stores override it with one round trip."""
-        return [await self.run_tail(run_id) for run_id in run_ids]
-
-    # --- worker presence ----------------------------------------------------------------
-
-    @abstractmethod
-    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
-        """Say the worker ``identity`` is alive for the next ``ttl_ms``."""
-
-    @abstractmethod
-    async def mark_gone(self, identity: str) -> None:
-        """A worker that stops cleanly says so at once rather than letting the mark expire."""
-
-    @abstractmethod
-    async def alive(self, identities: Sequence[str]) -> set[str]:
-        """Which of these workers have a live mark."""
-
-    @abstractmethod
-    async def now_ms(self) -> int:
-        """The store's clock (Redis TIME), the one event timestamps use."""
-
-    # --- checking and rebuilding derived state -------------------------------------------
-
     @abstractmethod
     async def is_active(self, run_id: str) -> bool:
         """Is the run in the active-runs index?"""
 
     @abstractmethod
+    async def is_listed(self, run_id: str) -> bool:
+        """Whether the runs index holds the run (the derived-state checker asks)."""
+
+    @abstractmethod
     async def rewrite_derived(self, run_id: str, expected: Expected, last_id: str) -> bool:
         """Rewrite the run's status hash and index entries; False if the stream moved on."""
 
+
+class RunLog(EventLog, RunIndex, Protocol):
+    """A run's log together with where it stands: what most run-level code reads and writes."""
+
+
+class EventStore(EventLog, RunIndex, TimerIndex, Presence, Maintenance, ABC):
+    """The whole store: append-only per-run logs plus the derived indexes the append keeps in step.
+
+    What a process opens and closes; what ``RedisEventStore`` and
+    ``MemoryEventStore`` implement. Code that only uses part of it takes one of
+    the protocols above instead.
+    """
+
+    names: Names
+
     @abstractmethod
     async def close(self) -> None: ...
-
-    async def exists(self, run_id: str) -> bool:
-        return bool((await self.status(run_id)).get("run"))
 
     async def __aenter__(self) -> EventStore:
         return self

@@ -16,11 +16,12 @@ import uuid
 
 from ledgerflow.eventlog.errors import ServiceUnavailableError
 from ledgerflow.eventlog.fold import fold
-from ledgerflow.eventlog.logs import configure_logging
 from ledgerflow.eventlog.settings import Settings
-from ledgerflow.eventlog.timeline import render, timeline
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.embedded import embedded
+
+from ledgerflow.ops.logs import configure_logging
+from ledgerflow.ops.timeline import render, timeline
 
 from .orders import process_order
 

@@ -25,14 +25,14 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.retrying import retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, RunLog
 from ledgerflow.worker.outcome import bounded_error, failed
 
 from .replay import ChildCommand
 
 
 async def start_child(
-    store: EventStore, broker: Broker, parent_run_id: str, command: ChildCommand
+    store: RunLog, broker: Broker, parent_run_id: str, command: ChildCommand
 ) -> None:
     created = NewEvent.of(
         EventType.RUN_CREATED,
@@ -74,7 +74,7 @@ async def start_child(
     await retrying("publish activation", lambda: broker.publish_activation(activation))
 
 
-async def _is_our_child(store: EventStore, parent_run_id: str, command: ChildCommand) -> bool:
+async def _is_our_child(store: EventLog, parent_run_id: str, command: ChildCommand) -> bool:
     """Whether the run already at the child's id was started as this child, by this parent.
 
     Child run ids are predictable (``<parent>.s3``), so a producer may have taken
@@ -86,7 +86,7 @@ async def _is_our_child(store: EventStore, parent_run_id: str, command: ChildCom
 
 
 async def _id_taken(
-    store: EventStore, broker: Broker, parent_run_id: str, command: ChildCommand
+    store: RunLog, broker: Broker, parent_run_id: str, command: ChildCommand
 ) -> None:
     """Fail the child's step in the parent, saying why: the workflow may catch it."""
     error = ChildRunIdTakenError(
@@ -113,20 +113,20 @@ def parent_of(first: Event) -> tuple[str, str] | None:
     return None
 
 
-Activate = Callable[[Activation], Awaitable[object]]
+PublishActivation = Callable[[Activation], Awaitable[object]]
 
 
 async def report_to_parent(
-    store: EventStore,
+    store: RunLog,
     broker: Broker,
     parent: tuple[str, str],
     terminal: Event | NewEvent,
     *,
-    activate: Activate | None = None,
+    publish_activation: PublishActivation | None = None,
 ) -> None:
     """Record a finished child's outcome as its step's outcome in the parent's log.
 
-    The parent's activation is published with ``activate`` if given (a producer's
+    The parent's activation is published with ``publish_activation`` if given (a producer's
     bounded retry), else retried the way daemons retry.
     """
     parent_run, corr = parent
@@ -161,7 +161,7 @@ async def report_to_parent(
     except IllegalTransitionError:
         return  # the parent already ended
     activation = Activation(run_id=parent_run, reason="child")
-    if activate is not None:
-        await activate(activation)
+    if publish_activation is not None:
+        await publish_activation(activation)
         return
     await retrying("publish activation", lambda: broker.publish_activation(activation))

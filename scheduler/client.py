@@ -31,7 +31,7 @@ from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
 from ledgerflow.eventlog.settings import Settings
-from ledgerflow.eventlog.store import START, EventStore
+from ledgerflow.eventlog.store import START, RunLog
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
 from ledgerflow.worker.backend import connect
 
@@ -77,7 +77,7 @@ class RunHandle:
 class Client:
     def __init__(
         self,
-        store: EventStore,
+        store: RunLog,
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,
@@ -139,7 +139,7 @@ class Client:
         )
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
-        await self._activate(Activation(run_id=run_id, reason="start"), "run_created")
+        await self._publish_activation(Activation(run_id=run_id, reason="start"), "run_created")
         return RunHandle(self, run_id)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
@@ -185,7 +185,9 @@ class Client:
                 self.broker,
                 parent,
                 cancelled,
-                activate=lambda activation: self._activate(activation, "step_failed"),
+                publish_activation=lambda activation: self._publish_activation(
+                    activation, "step_failed"
+                ),
             )
 
     async def resume_hook(self, token: str, payload: Any = None) -> str:
@@ -212,10 +214,10 @@ class Client:
             raise HookNotFoundError(
                 f"the hook with token {token!r} was disposed (run {run_id!r} ended)"
             ) from exc
-        await self._activate(Activation(run_id=run_id, reason="hook"), "hook_received")
+        await self._publish_activation(Activation(run_id=run_id, reason="hook"), "hook_received")
         return run_id
 
-    async def _activate(self, activation: Activation, recorded: str) -> bool:
+    async def _publish_activation(self, activation: Activation, recorded: str) -> bool:
         """Publish an activation for something already recorded; False if left to the reconciler.
 
         Retried with backoff for ``publish_deadline`` seconds in all (each try is

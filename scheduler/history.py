@@ -53,6 +53,7 @@ from ledgerflow.eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, Even
 from ledgerflow.eventlog.fold import RECORDED_BY, ErrorInfo
 from ledgerflow.worker.outcome import type_name
 
+from . import sandbox
 from .registry import WorkflowDef, WorkflowFunction, workflows
 from .replay import (
     ChildCommand,
@@ -398,8 +399,9 @@ def replay(
 
     instance = WorkflowInstance(run_id, definition, args, kwargs)
     try:
-        instance.feed(events)
-        decision = instance.decide()
+        with sandbox.installed():
+            instance.feed(events)
+            decision = instance.decide()
     finally:
         instance.close()
     outcome = _as_recorded(decision.outcome)

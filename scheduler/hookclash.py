@@ -17,7 +17,7 @@ import structlog
 from ledgerflow.eventlog.errors import HookTokenConflictError
 from ledgerflow.eventlog.events import AppendResult, EventType, NewEvent
 from ledgerflow.eventlog.fold import HOOK_CONFLICT
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog
 
 from .replay import HookCommand
 
@@ -36,7 +36,7 @@ def conflicted(command: HookCommand, owner_run: str) -> list[NewEvent]:
 
 
 async def append_settling_clashes(
-    store: EventStore,
+    store: EventLog,
     run_id: str,
     events: Sequence[NewEvent],
     hooks: Mapping[str, HookCommand],

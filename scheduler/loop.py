@@ -20,8 +20,6 @@ from ledgerflow.eventlog.errors import NonDeterminismError
 
 from . import sandbox, watchdog
 
-sandbox.install()
-
 T = TypeVar("T")
 
 _set_running = asyncio.events._set_running_loop

@@ -48,18 +48,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
-from ledgerflow.eventlog import codec, metrics
+from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState, fold
-from ledgerflow.eventlog.lease import Lease
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
+
+from ledgerflow.ops.lease import Lease
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
 
 from .hookclash import CONFLICT_REASON
 from .replay import CHILD_PREFIX
@@ -117,10 +121,14 @@ class SweepReport:
     runs_skipped: int = 0
 
 
+class ReconcilerStore(EventLog, TimerIndex, Presence, Maintenance, Protocol):
+    """What the reconciler uses: it scans, reads logs, re-arms timers and asks who is alive."""
+
+
 class Reconciler:
     def __init__(
         self,
-        store: EventStore,
+        store: ReconcilerStore,
         broker: Broker,
         lease: Lease | None,
         *,
@@ -128,8 +136,10 @@ class Reconciler:
         interval: float = DEFAULT_INTERVAL,
         default_step_limit: float = DEFAULT_STEP_LIMIT,
         max_recheck: float = DEFAULT_MAX_RECHECK,
+        observers: Sequence[Observer] | None = None,
     ) -> None:
         self.store = store
+        self.observers = Observers(standard_observers() if observers is None else observers)
         self.broker = broker
         self.lease = lease
         self.stale_after_ms = int(stale_after * 1000)
@@ -196,7 +206,7 @@ class Reconciler:
                     except SerializationError as exc:
                         # One unreadable log must not stop the sweep for every run after it.
                         report.runs_skipped += 1
-                        metrics.SKIPPED_RUNS.inc()
+                        self.observers.after_run_skipped(run_id)
                         log.warning("run skipped: log unreadable", run_id=run_id, error=str(exc))
                         await self._defer(run_id, score, now, ["log unreadable"])
                         continue
@@ -205,7 +215,7 @@ class Reconciler:
                     await self._defer(run_id, score, now, reasons)
         self.sweeps += 1
         self.skipped += report.runs_skipped
-        metrics.SWEEPS.inc()
+        self.observers.after_sweep()
         self.recoveries.update(report.recoveries)
         return report
 
@@ -277,7 +287,7 @@ class Reconciler:
     ) -> list[Recovery]:
         done: list[Recovery] = []
         if state.status == "created":
-            await self._activate(run_id, "run never started", done)
+            await self._publish_activation(run_id, "run never started", done)
             return done
         grace = 0 if force else self.stale_after_ms
         timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
@@ -335,10 +345,10 @@ class Reconciler:
             if wait.status == "created" and timer.member not in timers:
                 await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
         if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
-            await self._activate(run_id, "outcome not acted on", done)
+            await self._publish_activation(run_id, "outcome not acted on", done)
             self._activated_at[run_id] = events[-1].id
         elif force:
-            await self._activate(run_id, "redrive asked for an activation", done)
+            await self._publish_activation(run_id, "redrive asked for an activation", done)
         return done
 
     # --- fenced actions ----------------------------------------------------------------
@@ -348,7 +358,7 @@ class Reconciler:
         if self.lease is not None and not await self.lease.check():
             raise LeaseLost
 
-    async def _activate(self, run_id: str, reason: str, done: list[Recovery]) -> None:
+    async def _publish_activation(self, run_id: str, reason: str, done: list[Recovery]) -> None:
         await self._fence()
         await self.broker.publish_activation(Activation(run_id=run_id, reason="reconciler"))
         self._recovered(run_id, "run", reason, done)
@@ -381,7 +391,7 @@ class Reconciler:
         self, run_id: str, entity: str, reason: str, done: list[Recovery], **extra: Any
     ) -> None:
         done.append(Recovery(entity, reason))
-        metrics.RECOVERIES.labels(reason=reason).inc()
+        self.observers.after_recovery(run_id, entity, reason)
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
 
 

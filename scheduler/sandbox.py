@@ -5,6 +5,12 @@ sleep and unseeded randomness raise NonDeterminismError naming the call and
 its replay-safe replacement; everywhere else in the process they behave as
 usual. ``datetime.datetime.now()`` cannot be intercepted without replacing the
 class (which would break ``isinstance`` across the process): use ``lf.now()``.
+
+The guards are installed by whoever is about to run workflow code (a starting
+scheduler, ``history.replay``), never by importing a module: a process that
+only imports ledgerflow (a producer, a web app holding a ``Client``) keeps its
+``time.monotonic`` untouched. Installs are counted, and the last ``uninstall``
+puts the originals back (see there for why that is safe).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from typing import Any
 from ledgerflow.eventlog.errors import NonDeterminismError
 
 _active_thread: int | None = None
-_installed = False
+_installs = 0
+_patched: list[tuple[Any, str, Callable[..., Any], Callable[..., Any]]] = []
+"""(module, name, original, guard) of each function the guards replaced."""
 
 _GUARDS: list[tuple[Any, str, str, str]] = [
     (time, "time", "time.time()", "use lf.now()"),
@@ -50,13 +58,49 @@ def _guard(original: Callable[..., Any], call: str, instead: str) -> Callable[..
 
 
 def install() -> None:
-    """Wrap the guarded functions once per process (idempotent)."""
-    global _installed
-    if _installed:
+    """Wrap the guarded functions, unless already wrapped; each call needs one ``uninstall``."""
+    global _installs
+    if _installs == 0:
+        for module, name, call, instead in _GUARDS:
+            original = getattr(module, name)
+            guard = _guard(original, call, instead)
+            _patched.append((module, name, original, guard))
+            setattr(module, name, guard)
+    _installs += 1
+
+
+def uninstall() -> None:
+    """Undo one ``install``; the last one puts back every function that is still our guard.
+
+    Safe: with no installer left, no thread is marked as running workflow code,
+    so a guard anyone still holds (code that ran ``from time import monotonic``
+    meanwhile) behaves exactly as the original. A function replaced after ours
+    (a test's monkeypatch, a time-freezing library) is left as its replacer set it.
+    """
+    global _installs
+    if _installs <= 0:
+        raise RuntimeError("sandbox.uninstall() without a matching install()")
+    _installs -= 1
+    if _installs:
         return
-    for module, name, call, instead in _GUARDS:
-        setattr(module, name, _guard(getattr(module, name), call, instead))
-    _installed = True
+    for module, name, original, guard in reversed(_patched):
+        if getattr(module, name) is guard:
+            setattr(module, name, original)
+    _patched.clear()
+
+
+def is_installed() -> bool:
+    return _installs > 0
+
+
+@contextmanager
+def installed() -> Iterator[None]:
+    """The guards for the duration of the block (for replays outside a scheduler)."""
+    install()
+    try:
+        yield
+    finally:
+        uninstall()
 
 
 @contextmanager

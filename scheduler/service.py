@@ -11,12 +11,12 @@ lost even if the process dies at any point.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
-from ledgerflow.eventlog import faults, metrics
 from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     LedgerflowError,
@@ -30,14 +30,17 @@ from ledgerflow.eventlog.events import RUN_TERMINAL, AppendResult, Event, EventT
 from ledgerflow.eventlog.fold import CALL_FINGERPRINT, RECORDED_BY
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.retrying import TRANSIENT, retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 from ledgerflow.eventlog.transitions import RUN_TERMINAL_STATES
 from ledgerflow.worker.outcome import error_info
 from ledgerflow.worker.registry import StepRegistry, steps
 from ledgerflow.worker.service import Worker
 
-from . import watchdog
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
+
+from . import sandbox, watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
 from .children import parent_of, report_to_parent, start_child
 from .hookclash import append_settling_clashes
@@ -69,10 +72,21 @@ class _Busy:
     dirty: bool = False
 
 
+class SchedulerStore(EventLog, RunIndex, TimerIndex, Protocol):
+    """What a scheduler uses: run logs and where runs stand, and (for its timer loop) timers."""
+
+
 class Scheduler:
+    """Replays runs when activated and acts on what their workflows ask for.
+
+    ``start`` installs the replay sandbox (and the stall watchdog) for this
+    process; ``stop`` removes them. ``observers`` watch each replay and dispatch
+    (metrics, fault points); by default the standard ones (``ledgerflow.ops.standard``).
+    """
+
     def __init__(
         self,
-        store: EventStore,
+        store: SchedulerStore,
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,
@@ -82,6 +96,7 @@ class Scheduler:
         local: Worker | None = None,
         append_chunk: int = APPEND_CHUNK,
         stall_budget: float = watchdog.DEFAULT_BUDGET,
+        observers: Sequence[Observer] | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -92,18 +107,25 @@ class Scheduler:
         # A worker in this process: the steps it has room for run here, at once.
         self.local = local
         if local is not None:
-            local.attach_scheduler(self.drive)
+            local.attach_scheduler(self.request_replay)
         self._busy: dict[str, _Busy] = {}
         self._consumer: Consumer | None = None
         self._watching = False
+        self._sandboxed = False
         self.stall_budget = stall_budget
-        self.timers = TimerLoop(store, broker, registry=step_registry)
+        # Metrics, fault points: see ledgerflow.ops.observer (shared with the timer loop).
+        self.observers = Observers(standard_observers() if observers is None else observers)
+        self.timers = TimerLoop(store, broker, registry=step_registry, observers=self.observers)
 
     async def start(self) -> None:
+        # Workflow code that reads the clock or randomness fails loudly (not at replay).
+        if not self._sandboxed:
+            sandbox.install()
+            self._sandboxed = True
         # Workflow code that never awaits would hold up every run of this process.
         self._watching = watchdog.install(self.stall_budget)
         self._consumer = await self.broker.consume(
-            self.broker.names.runs_queue, self.handle, prefetch=self.prefetch
+            self.broker.names.runs_queue, self.handle_delivery, prefetch=self.prefetch
         )
         self.timers.start()
         log.info("scheduler started", workflows=self.registry.names())
@@ -112,19 +134,23 @@ class Scheduler:
         if self._watching:
             watchdog.uninstall()
             self._watching = False
+        if self._sandboxed:
+            sandbox.uninstall()
+            self._sandboxed = False
         await self.timers.stop()
         if self._consumer is not None:
             await self._consumer.cancel()
             self._consumer = None
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle_delivery(self, delivery: Delivery) -> None:
+        """Replay the run an activation names, then ack it (or park it, or fail the run)."""
         message = await self.broker.receive(
             delivery, Activation, wrong_kind="the runs queue received a non-activation message"
         )
         if message is None:
             return
         try:
-            await self.drive(message.run_id)
+            await self.request_replay(message.run_id)
         except (UnknownWorkflowError, UnknownTypeError) as exc:
             # A deploy can fix these: park the activation once, to requeue after the fix.
             await self._dead_letter(delivery, f"run {message.run_id}: {exc}")
@@ -134,8 +160,8 @@ class Scheduler:
             await fail_unreadable_run(self.store, self.broker, message.run_id, exc, _failed(exc))
         await delivery.ack()
 
-    async def drive(self, run_id: str) -> None:
-        """Bring the run up to date, or, if that is under way here, make it go round again.
+    async def request_replay(self, run_id: str) -> None:
+        """Replay the run now, or, if a replay of it is under way here, make it go round again.
 
         The entry point for an activation from the queue and for one from this
         process's own worker (eager dispatch). Returning means the run's log up
@@ -152,16 +178,16 @@ class Scheduler:
                 # Idempotent, so a Redis or broker outage is waited out here rather
                 # than bounced back to the queue (where redeliveries would count
                 # towards the delivery limit and end in the dead-letter queue).
-                await retrying("activate run", lambda: self._activate_or_forget(run_id))
+                await retrying("replay run", lambda: self._replay_or_forget(run_id))
                 if not busy.dirty:
                     break
         finally:
             del self._busy[run_id]
 
-    async def _activate_or_forget(self, run_id: str) -> None:
-        """Activate; on any failure drop the cached instance so a retry replays afresh."""
+    async def _replay_or_forget(self, run_id: str) -> None:
+        """Replay; on any failure drop the cached instance so a retry replays afresh."""
         try:
-            await self.activate(run_id)
+            await self.replay_run(run_id)
         except BaseException:
             # BaseException too: a consumer channel closing (a broker restart) cancels
             # the handler, and a cached instance that already handed out its commands
@@ -169,8 +195,12 @@ class Scheduler:
             self.cache.evict(run_id)
             raise
 
-    async def activate(self, run_id: str) -> None:
-        """Bring one run up to date with its log; safe to call any number of times."""
+    async def replay_run(self, run_id: str) -> None:
+        """Replay one run up to the end of its log and act on what the workflow now asks.
+
+        Safe to call any number of times. Callers normally go through
+        ``request_replay``, which serializes and coalesces replays of a run.
+        """
         instance = self.cache.get(run_id)
         if instance is None:
             if await self._finished_elsewhere(run_id):
@@ -201,7 +231,7 @@ class Scheduler:
         instance.feed(events)
         decision = instance.decide()
         finished = await self._record(instance, decision)
-        metrics.ACTIVATION_LATENCY.observe(max(0.0, time.time() - trigger_ms / 1000))
+        self.observers.after_replay(run_id, trigger_ms)
         if finished:
             self.cache.evict(run_id)
         else:
@@ -264,15 +294,10 @@ class Scheduler:
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         workflow = instance.definition.name
         steps = [self._message(run_id, c, workflow) for c in fresh if isinstance(c, StepCommand)]
-        if steps and faults.hit(faults.SCHEDULER_AFTER_STEP_CREATED):
-            steps = []
-        elif len(steps) > 1 and faults.hit(faults.SCHEDULER_MID_BATCH):
-            steps = steps[: len(steps) // 2]
-        steps = self._run_here(steps)
+        steps = self._run_here(self.observers.before_dispatch(run_id, steps))
         if steps:
             await retrying("publish steps", lambda: self.broker.publish_steps(steps))
-            if faults.hit(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK):
-                raise faults.InjectedCrash(faults.SCHEDULER_AFTER_PUBLISH_BEFORE_ACK)
+            self.observers.after_publish_steps(run_id)
         if decision.outcome is None:
             # Children asked for just now, plus any recorded earlier whose start a
             # crash may have cut short (start_child is idempotent).
@@ -281,7 +306,7 @@ class Scheduler:
             for child in children.values():
                 await start_child(self.store, self.broker, run_id, child)
             if conflicted:
-                await self._again(run_id)  # the workflow must see its conflicted hook
+                await self._replay_again(run_id)  # the workflow must see its conflicted hook
             return False
         log.info(
             "run finished",
@@ -315,8 +340,8 @@ class Scheduler:
         if instance.parent is not None:
             await report_to_parent(self.store, self.broker, instance.parent, failed)
 
-    async def _again(self, run_id: str) -> None:
-        """Have the run activated once more: by the round in flight here, else through the queue."""
+    async def _replay_again(self, run_id: str) -> None:
+        """Have the run replayed once more: by the round in flight here, else through the queue."""
         busy = self._busy.get(run_id)
         if busy is not None:
             busy.dirty = True
@@ -452,7 +477,7 @@ _OWN_WRITES = frozenset(
 def _trigger_ms(events: list[Event]) -> int:
     """When what an activation reacts to happened: its newest event not written by a scheduler.
 
-    The start of ``ledgerflow_activation_latency_seconds`` (see eventlog/metrics.py):
+    The start of ``ledgerflow_activation_latency_seconds`` (see ledgerflow/ops/metrics.py):
     a step outcome, a wake-up, a hook delivery, or run_created for a new run.
     """
     return next((e.ts for e in reversed(events) if e.type not in _OWN_WRITES), events[-1].ts)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
-from ledgerflow.eventlog import metrics
 from ledgerflow.eventlog.errors import (
     EventLogError,
     HeartbeatTimeoutError,
@@ -27,10 +27,13 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.retrying import retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
 from ledgerflow.worker.outcome import failed, failure_event
 from ledgerflow.worker.registry import StepRegistry, steps
+
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
 
 log = structlog.get_logger("ledgerflow.timers")
 
@@ -41,19 +44,25 @@ RETRY_FAILED_MS = 1_000
 STOP_TIMEOUT = 5.0
 
 
+class TimerStore(EventLog, RunIndex, TimerIndex, Protocol):
+    """What the timer loop uses: it claims due timers and appends what they mean."""
+
+
 class TimerLoop:
     def __init__(
         self,
-        store: EventStore,
+        store: TimerStore,
         broker: Broker,
         *,
         registry: StepRegistry = steps,
         tick: float = TICK,
+        observers: Observer | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.registry = registry
         self.tick = tick
+        self.observers = Observers(standard_observers()) if observers is None else observers
         self.fired = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -160,7 +169,7 @@ class TimerLoop:
         except EventLogError as refused:  # moved on meanwhile: nothing to fail any more
             log.info("retry impossible, and the step moved on", error=str(refused))
         else:
-            await self._activate(timer.run_id)
+            await self._publish_activation(timer.run_id)
         await self.store.release_timer(due)
 
     async def _heartbeat(self, due: DueTimer) -> None:
@@ -198,7 +207,7 @@ class TimerLoop:
             pass
         else:
             self._fired(due, entity.now)
-            metrics.step_recorded(name, event.type)
+            self.observers.after_step_recorded(name, event.type, None)
             log.warning(
                 "stale heartbeat: attempt failed",
                 run_id=timer.run_id,
@@ -208,7 +217,7 @@ class TimerLoop:
                 attempt=timer.attempt,
             )
             if event.type is EventType.STEP_FAILED:
-                await self._activate(timer.run_id)
+                await self._publish_activation(timer.run_id)
         await self.store.release_timer(due)
 
     async def _wake(self, due: DueTimer) -> None:
@@ -221,15 +230,14 @@ class TimerLoop:
         if results and results[0].appended:
             entity = await self.store.entity(timer.run_id, timer.corr)
             self._fired(due, entity.now)
-            await self._activate(timer.run_id)
+            await self._publish_activation(timer.run_id)
         await self.store.release_timer(due)
 
     def _fired(self, due: DueTimer, now_ms: int) -> None:
         """A timer was acted on at ``now_ms`` (the Redis clock): record how late."""
-        late_ms = now_ms - due.due
-        metrics.TIMER_LATENESS.labels(kind=due.timer.kind.value).observe(max(0, late_ms) / 1000)
+        self.observers.after_timer_fired(due.timer.kind.value, now_ms - due.due)
 
-    async def _activate(self, run_id: str) -> None:
+    async def _publish_activation(self, run_id: str) -> None:
         activation = Activation(run_id=run_id, reason="timer")
         await retrying("publish activation", lambda: self.broker.publish_activation(activation))
 

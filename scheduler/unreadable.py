@@ -19,7 +19,7 @@ from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import IllegalTransitionError, RunNotFoundError, SerializationError
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.fold import fold
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, RunLog
 
 from .children import parent_of, report_to_parent
 
@@ -27,7 +27,7 @@ log = structlog.get_logger("ledgerflow.scheduler")
 
 
 async def fail_unreadable_run(
-    store: EventStore, broker: Broker, run_id: str, error: SerializationError, failed: NewEvent
+    store: RunLog, broker: Broker, run_id: str, error: SerializationError, failed: NewEvent
 ) -> None:
     """Append ``failed`` (run_failed carrying ``error``), disposing the run's live hooks.
 
@@ -55,7 +55,7 @@ async def fail_unreadable_run(
         await report_to_parent(store, broker, parent, failed)
 
 
-async def _structure(store: EventStore, run_id: str) -> list[Event]:
+async def _structure(store: EventLog, run_id: str) -> list[Event]:
     try:
         with codec.inspecting():
             return await store.read(run_id)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from ledgerflow.broker import Broker, MemoryBroker, RabbitBroker
 from ledgerflow.eventlog.errors import ConfigurationError, LedgerflowError, ServiceUnavailableError
 from ledgerflow.eventlog.memory_store import MemoryEventStore
@@ -21,6 +22,10 @@ class Backends:
     store: EventStore
     broker: Broker
     names: Names
+    redis: aioredis.Redis | None = None
+    """The Redis client behind the store, for what needs Redis itself (the reconciler's
+    lease); None for the in-memory backends. Asked for by capability, never by the
+    store's class."""
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -51,7 +56,7 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
             raise ServiceUnavailableError(
                 f"RabbitMQ at {redact(settings.amqp_url)} is not reachable: {detail}"
             ) from exc
-        yield Backends(store=store, broker=broker, names=names)
+        yield Backends(store=store, broker=broker, names=names, redis=store.client)
     finally:
         await broker.close()
         await store.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 from ledgerflow.eventlog.errors import RunClosedError
 from ledgerflow.eventlog.events import AppendResult, NewEvent
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog
 
 
 @dataclass
@@ -31,7 +31,7 @@ class _Pending:
 class GroupCommit:
     """Appends to one run made while another is in flight go together in the next call."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventLog) -> None:
         self._store = store
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -76,8 +76,8 @@ class StepDef:
             raise SerializationError("step arguments: keyword argument names must be strings")
         return decoded[0], decoded[1]
 
-    async def invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Run the user's function; plain ``def`` steps run in a thread.
+    async def call_function(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Call the user's function; plain ``def`` steps run in a thread.
 
         SystemExit from the step's code becomes an ordinary failure here, before it
         reaches a task boundary, where asyncio would let it stop the whole worker.
@@ -108,7 +108,7 @@ class StepFunction(Generic[P, R]):
         return self._direct(*args, **kwargs)
 
     async def _direct(self, *args: Any, **kwargs: Any) -> R:
-        result: R = await self.definition.invoke(list(args), dict(kwargs))
+        result: R = await self.definition.call_function(list(args), dict(kwargs))
         return result
 
 

@@ -34,11 +34,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
 from ledgerflow.broker.messages import encode_message
-from ledgerflow.eventlog import faults, metrics
 from ledgerflow.eventlog.errors import (
     BrokerError,
     ConfigurationError,
@@ -52,10 +52,15 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.retrying import retrying
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
+from ledgerflow.ops.observer import Observer, Observers, StepAttempt
+from ledgerflow.ops.standard import standard_observers
+
+from . import attempt as attempts
 from . import outcome
+from .attempt import AttemptResult
 from .batching import Coalesced, GroupCommit
 from .context import StepContext, bind_step_context, reset_step_context
 from .limits import Beats, run_limited
@@ -87,7 +92,8 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-ActivateLocal = Callable[[str], Awaitable[None]]
+RequestReplay = Callable[[str], Awaitable[None]]
+"""Ask a scheduler to replay a run now (or once more, if it is replaying it already)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,17 +120,24 @@ class _Hold:
     started: int = 0  # steps that got a slot: from then on they run to their end
 
 
+class WorkerStore(EventLog, RunIndex, Presence, Protocol):
+    """What a worker uses: it appends outcomes, reads run states and marks itself alive."""
+
+
 class Worker:
     """Runs steps from one or more step queues, and steps handed over in-process.
 
     ``concurrency`` bounds the steps running at once, whatever their source: a
     message of one step, a message of a batch of steps, or the scheduler of the
     same process running what it just scheduled (eager dispatch).
+
+    ``observers`` watch each attempt (metrics, log fields, fault points); by
+    default the standard ones (``ledgerflow.ops.standard``).
     """
 
     def __init__(
         self,
-        store: EventStore,
+        store: WorkerStore,
         broker: Broker,
         *,
         queues: Sequence[str] | None = None,
@@ -133,6 +146,7 @@ class Worker:
         retry: RetryPolicy | None = None,
         grace: float = DEFAULT_GRACE,
         ack_after: float = DEFAULT_ACK_AFTER,
+        observers: Sequence[Observer] | None = None,
     ) -> None:
         if not MIN_ACK_AFTER <= ack_after < float("inf"):
             raise ConfigurationError(
@@ -146,6 +160,7 @@ class Worker:
         self.retry = retry
         self.grace = grace
         self.ack_after = ack_after
+        self.observers = Observers(standard_observers() if observers is None else observers)
         self.identity = worker_identity()
         self._consumers: list[Consumer] = []
         self._running: Counter[str] = Counter()
@@ -156,7 +171,7 @@ class Worker:
         self._accepted = 0  # steps taken (from any source) and not yet finished
         self._writes = GroupCommit(store)
         self._activations = Coalesced(self._publish_activation)
-        self._activate_local: ActivateLocal | None = None
+        self._replay_here: RequestReplay | None = None
         self._local: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -167,7 +182,9 @@ class Worker:
             full = await self.broker.declare_step_queue(queue)
             # prefetch == concurrency: every delivered message starts at once, so a
             # shutdown never hands back a message that was only waiting in memory.
-            consumer = await self.broker.consume(full, self.handle, prefetch=self.concurrency)
+            consumer = await self.broker.consume(
+                full, self.handle_delivery, prefetch=self.concurrency
+            )
             self._consumers.append(consumer)
         log.info(
             "worker started",
@@ -205,9 +222,9 @@ class Worker:
 
     # --- eager dispatch: steps handed over by the scheduler of this process ----------
 
-    def attach_scheduler(self, activate: ActivateLocal) -> None:
+    def attach_scheduler(self, request_replay: RequestReplay) -> None:
         """Send this process's step outcomes straight to its scheduler, not through RabbitMQ."""
-        self._activate_local = activate
+        self._replay_here = request_replay
 
     def local_capacity(self, queue: str) -> int:
         """How many more steps of ``queue`` this worker would run right now."""
@@ -239,15 +256,15 @@ class Worker:
             await retrying("publish steps", lambda: self.broker.publish_steps(messages))
             return
         hold = _Hold(covered=False)
-        verdicts = await asyncio.gather(
-            *(self._invoke(call, call.message.attempt, hold, local=True) for call in calls)
+        results = await asyncio.gather(
+            *(self._run_in_slot(call, call.message.attempt, hold, local=True) for call in calls)
         )
-        for call, verdict in zip(calls, verdicts, strict=True):
-            if verdict:  # no message to park: the reconciler finds the step unstarted
+        for call, result in zip(calls, results, strict=True):
+            if result.refused:  # no message to park: the reconciler finds the step unstarted
                 log.error(
                     "in-process step refused",
                     **_log_fields(call.message, call.message.attempt),
-                    reason=verdict,
+                    reason=result.reason,
                 )
 
     async def _drain_local(self, timeout: float) -> None:
@@ -287,7 +304,8 @@ class Worker:
                 continue
             self._cancelled = {r for r, s in states.items() if s in ("cancelled", "failed")}
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle_delivery(self, delivery: Delivery) -> None:
+        """Run the steps of one step message, then ack it (or release, hand back, park it)."""
         batch = await self.broker.receive(
             delivery, StepBatch, wrong_kind="a step queue received a non-step message"
         )
@@ -310,7 +328,7 @@ class Worker:
         hold = _Hold()
         work = asyncio.ensure_future(
             asyncio.gather(
-                *(self._invoke(call, call.message.attempt + extra, hold) for call in calls)
+                *(self._run_in_slot(call, call.message.attempt + extra, hold) for call in calls)
             )
         )
         try:
@@ -327,15 +345,19 @@ class Worker:
             else:
                 await self._give_back(delivery, work)
             return
-        verdicts = work.result()
-        refused = [(c.message, v) for c, v in zip(calls, verdicts, strict=True) if v]
+        results = work.result()
+        refused = [(c.message, r.reason) for c, r in zip(calls, results, strict=True) if r.refused]
         if refused:
             await self._dead_letter_refused(delivery, len(calls), refused)
             return
         await delivery.ack()
 
     async def _release(
-        self, delivery: Delivery, work: asyncio.Future[list[str]], hold: _Hold, steps: int
+        self,
+        delivery: Delivery,
+        work: asyncio.Future[list[AttemptResult]],
+        hold: _Hold,
+        steps: int,
     ) -> None:
         """Ack a message whose steps run past the hold limit; they go on without it.
 
@@ -368,10 +390,10 @@ class Worker:
         task.add_done_callback(self._local.discard)
 
     async def _finish_released(
-        self, work: asyncio.Future[list[str]], fields: dict[str, object]
+        self, work: asyncio.Future[list[AttemptResult]], fields: dict[str, object]
     ) -> None:
         try:
-            verdicts = await work
+            results = await work
         except asyncio.CancelledError:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
@@ -385,12 +407,17 @@ class Worker:
                 error=f"{type(exc).__name__}: {exc}",
             )
             return
-        for problem in filter(None, verdicts):
-            # Too late to dead-letter the message; its step_created is still there, so
-            # the reconciler sends the step again ("step never started").
-            log.error("a step of a released message did not start", **fields, reason=problem)
+        for result in results:
+            if result.refused:
+                # Too late to dead-letter the message; its step_created is still there, so
+                # the reconciler sends the step again ("step never started").
+                log.error(
+                    "a step of a released message did not start", **fields, reason=result.reason
+                )
 
-    async def _give_back(self, delivery: Delivery, work: asyncio.Future[list[str]]) -> None:
+    async def _give_back(
+        self, delivery: Delivery, work: asyncio.Future[list[AttemptResult]]
+    ) -> None:
         """A message that waited the whole hold limit for a slot goes to its queue's tail.
 
         None of its steps started (nothing was recorded), so cancelling them is
@@ -446,8 +473,10 @@ class Worker:
         args, kwargs = StepDef.decode_args(message.args, max_size=definition.max_payload)
         return _Call(message, definition, args, kwargs)
 
-    async def _invoke(self, call: _Call, attempt: int, hold: _Hold, *, local: bool = False) -> str:
-        """Run one attempt of one step and record it; returns a dead-letter reason or ''."""
+    async def _run_in_slot(
+        self, call: _Call, attempt: int, hold: _Hold, *, local: bool = False
+    ) -> AttemptResult:
+        """Wait for a free concurrency slot, then make one attempt of one step in it."""
         if not local:  # run_local counted its steps when it accepted them
             self._accepted += 1
         try:
@@ -465,7 +494,8 @@ class Worker:
         finally:
             self._accepted -= 1
 
-    async def _attempt(self, call: _Call, attempt: int, hold: _Hold) -> str:
+    async def _attempt(self, call: _Call, attempt: int, hold: _Hold) -> AttemptResult:
+        """Record the step started, call its function, record the outcome; say how it ended."""
         message, definition = call.message, call.definition
         bound = log.bind(**_log_fields(message, attempt))
         policy = self.registry.retry_policy_for(definition.name, self.retry)
@@ -482,32 +512,32 @@ class Worker:
                     message, [started, outcome.failed(message.step_id, attempt, lost)], bound
                 )
             except EventLogError as exc:
-                return await self._refusal(message, exc, bound)
-            return ""
+                return attempts.refused(await self._refusal_reason(message, exc, bound))
+            return attempts.RECORDED
         try:
             (result,) = await self._writes.append(message.run_id, [started])
         except RunClosedError:
             bound.info("run already ended; step skipped")
-            return ""
+            return attempts.SKIPPED
         except EventLogError as exc:
-            return await self._refusal(message, exc, bound)
+            return attempts.refused(await self._refusal_reason(message, exc, bound))
         if result.duplicate:
             # Already has an outcome, or this attempt is stale: never run it again.
             bound.info("step already recorded; skipped")
-            await self._activate(message.run_id)
-            return ""
-        metrics.step_recorded(message.step_name, EventType.STEP_STARTED)
+            await self._request_replay(message.run_id)
+            return attempts.SKIPPED
+        self.observers.after_step_recorded(message.step_name, EventType.STEP_STARTED, None)
         began = time.monotonic()
         try:
-            event = await self._execute(call, attempt, policy)
+            event = await self._call_step_function(call, attempt, policy)
         except asyncio.CancelledError:
             if not hold.covered:  # a covered step goes back by itself: its message is unacked
                 await self._hand_back(message, attempt + 1, attempt)
             raise
         await self._record(message, [event], bound, time.monotonic() - began)
-        return ""
+        return attempts.RECORDED
 
-    async def _refusal(
+    async def _refusal_reason(
         self,
         message: StepMessage,
         exc: EventLogError,
@@ -596,15 +626,16 @@ class Worker:
             return
         for event, result in zip(events, results, strict=False):
             if result.appended:
-                metrics.step_recorded(message.step_name, event.type, duration)
+                self.observers.after_step_recorded(message.step_name, event.type, duration)
         final = events[-1].type
-        if final is not EventType.STEP_RETRYING and not faults.hit(
-            faults.WORKER_AFTER_STEP_COMPLETED
+        if final is not EventType.STEP_RETRYING and not self.observers.drop_activation(
+            message.run_id
         ):
-            await self._activate(message.run_id)
+            await self._request_replay(message.run_id)
         bound.debug("step recorded", outcome=final.value)
 
-    async def _execute(self, call: _Call, attempt: int, policy: RetryPolicy) -> NewEvent:
+    async def _call_step_function(self, call: _Call, attempt: int, policy: RetryPolicy) -> NewEvent:
+        """Call the step's function under its limits; its outcome as the event to record."""
         message, definition = call.message, call.definition
         beats = Beats()
         recorder = _HeartbeatRecorder(self.store, message, attempt, definition.heartbeat_timeout)
@@ -623,12 +654,12 @@ class Worker:
             cancel_requested=lambda: run_id in self._cancelled,
         )
         token = bind_step_context(ctx)
-        # Log lines of the step's own code carry the step's fields too.
-        log_tokens = structlog.contextvars.bind_contextvars(**_log_fields(message, attempt))
+        step = _step_attempt(message, attempt)
+        self.observers.before_step_call(step)
         self._running[run_id] += 1
         try:
             value = await run_limited(
-                definition.invoke(call.args, call.kwargs),
+                definition.call_function(call.args, call.kwargs),
                 timeout=definition.timeout,
                 heartbeat_timeout=definition.heartbeat_timeout,
                 beats=beats,
@@ -638,7 +669,7 @@ class Worker:
             return outcome.failure_event(message.run_id, message.step_id, attempt, exc, policy)
         finally:
             reset_step_context(token)
-            structlog.contextvars.reset_contextvars(**log_tokens)
+            self.observers.after_step_call(step)
             self._running[run_id] -= 1
             if self._running[run_id] <= 0:
                 del self._running[run_id]
@@ -651,11 +682,11 @@ class Worker:
             max_size=definition.max_payload,
         )
 
-    async def _activate(self, run_id: str) -> None:
+    async def _request_replay(self, run_id: str) -> None:
         """Tell a scheduler the run moved: this process's own if it has one, else RabbitMQ's."""
-        if self._activate_local is not None:
+        if self._replay_here is not None:
             try:
-                await self._activate_local(run_id)
+                await self._replay_here(run_id)
                 return
             except Exception as exc:
                 log.warning(
@@ -679,22 +710,26 @@ def _cut(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+def _step_attempt(message: StepMessage, attempt: int) -> StepAttempt:
+    return StepAttempt(
+        run_id=message.run_id,
+        workflow=message.workflow,
+        step=message.step_name,
+        corr=message.step_id,
+        attempt=attempt,
+    )
+
+
 def _log_fields(message: StepMessage, attempt: int) -> dict[str, object]:
     """What every log line about a step attempt carries (the pid is added by the renderer)."""
-    return {
-        "run_id": message.run_id,
-        "workflow": message.workflow,
-        "step": message.step_name,
-        "corr": message.step_id,
-        "attempt": attempt,
-    }
+    return _step_attempt(message, attempt).log_fields()
 
 
 class _HeartbeatRecorder:
     """Writes a running step's heartbeats to Redis at most every third of its timeout."""
 
     def __init__(
-        self, store: EventStore, message: StepMessage, attempt: int, timeout: float | None
+        self, store: Presence, message: StepMessage, attempt: int, timeout: float | None
     ) -> None:
         self._store = store
         self._message = message

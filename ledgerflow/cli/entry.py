@@ -26,8 +26,8 @@ from ledgerflow.eventlog.errors import (
     ServiceUnavailableError,
     UnknownWorkflowError,
 )
-from ledgerflow.eventlog.logs import configure_logging
 from ledgerflow.eventlog.urls import redact_text
+from ledgerflow.ops.logs import configure_logging
 
 from . import consistency, dashboard, dlq, hooks, processes, queues, replay, runs, start
 from .common import (

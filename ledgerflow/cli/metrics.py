@@ -1,6 +1,6 @@
 """``--metrics-port``: serve /metrics for a worker, scheduler or reconciler process.
 
-Wiring only: the metrics are defined in eventlog/metrics.py and recorded by the
+Wiring only: the metrics are defined in ledgerflow/ops/metrics.py and recorded by the
 layers; this starts prometheus_client's HTTP server (a daemon thread, so a scrape
 never runs on the event loop) and the sampler that refreshes the gauges needing
 I/O, and stops both when the process stops.
@@ -16,7 +16,7 @@ import structlog
 from prometheus_client import start_http_server
 
 from ledgerflow.eventlog.errors import ConfigurationError
-from ledgerflow.eventlog.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, GaugeSampler
+from ledgerflow.ops.metrics import DEFAULT_SAMPLE_INTERVAL, REGISTRY, GaugeSampler
 from ledgerflow.worker.backend import Backends
 from ledgerflow.worker.registry import steps
 

@@ -11,8 +11,7 @@ import argparse
 import asyncio
 
 from ledgerflow.eventlog.errors import ConfigurationError
-from ledgerflow.eventlog.lease import Lease
-from ledgerflow.eventlog.redis_store import RedisEventStore
+from ledgerflow.ops.lease import Lease
 from ledgerflow.scheduler import watchdog
 from ledgerflow.scheduler.reconciler import (
     DEFAULT_INTERVAL,
@@ -84,10 +83,10 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
 
 async def cmd_reconciler(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends, exported(args, backends):
-        if not isinstance(backends.store, RedisEventStore):
+        if backends.redis is None:
             raise ConfigurationError("the reconciler needs the Redis event store")
         lease = Lease(
-            backends.store.client,
+            backends.redis,
             backends.names,
             owner=worker_identity(),
             ttl_ms=int(args.lease_ttl * 1000),

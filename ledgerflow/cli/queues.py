@@ -6,7 +6,7 @@ be off, quorum queues do not report ``head_message_timestamp`` (classic queues
 only), and a basic.get followed by a requeue raises ``x-delivery-count``, from
 which workers count a step's attempts, so peeking would burn one. So OLDEST of
 a step queue and of the runs queue comes from the event log, the source of
-truth (``eventlog.backlog``): for a step queue, the oldest step of that queue
+truth (``ops.backlog``): for a step queue, the oldest step of that queue
 that is created and not yet started; for the runs queue, the oldest outcome (or
 new run) no scheduler has acted on yet. That is what an operator wants to know
 anyway, and it stays right when a message was lost. The scan reads at most
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 from ledgerflow.broker import Broker
 from ledgerflow.broker.deadletters import describe
-from ledgerflow.eventlog.backlog import DEFAULT_MAX_RUNS, Backlog, oldest_waiting
 from ledgerflow.eventlog.errors import BrokerError
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.ops.backlog import DEFAULT_MAX_RUNS, Backlog, oldest_waiting
 from ledgerflow.worker.backend import connect
 from ledgerflow.worker.registry import steps
 

@@ -16,12 +16,12 @@ import json
 import sys
 from typing import Any
 
-from ledgerflow.eventlog.backlog import entry_ms
 from ledgerflow.eventlog.errors import RunNotFoundError
 from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
 from ledgerflow.eventlog.store import EventStore
-from ledgerflow.eventlog.timeline import TimelineRow, render, timeline
+from ledgerflow.ops.backlog import entry_ms
+from ledgerflow.ops.timeline import TimelineRow, render, timeline
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from ledgerflow.worker.backend import connect

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from ledgerflow.broker import Broker
 from ledgerflow.eventlog.errors import InvalidArgumentError
 from ledgerflow.eventlog.names import check_run_id
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import RunLog
 
 from . import queries
 from .access import Access
@@ -53,7 +53,7 @@ MAX_BODY: Final = 1024
 JSON_TYPE: Final = "application/json"
 
 
-def create_app(store: EventStore, broker: Broker, access: Access | None = None) -> FastAPI:
+def create_app(store: RunLog, broker: Broker, access: Access | None = None) -> FastAPI:
     """The app over connected backends; whoever created them closes them.
 
     ``access`` defaults to loopback Host names and no token. Responses are JSON

@@ -17,7 +17,7 @@ from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import SerializationError
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
-from ledgerflow.eventlog.store import EventStore, RunSummary
+from ledgerflow.eventlog.store import RunIndex, RunLog, RunSummary
 from ledgerflow.worker.registry import StepDef
 
 from .jsonsafe import JsonValue, to_json
@@ -40,7 +40,7 @@ def run_row(summary: RunSummary) -> dict[str, JsonValue]:
 
 
 async def list_runs(
-    store: EventStore,
+    store: RunIndex,
     *,
     status: str | None = None,
     workflow: str | None = None,
@@ -55,7 +55,7 @@ async def list_runs(
     return [run_row(summary) for summary in runs]
 
 
-async def run_detail(store: EventStore, run_id: str) -> dict[str, JsonValue] | None:
+async def run_detail(store: RunLog, run_id: str) -> dict[str, JsonValue] | None:
     """A run's state, its step and wait bars on one time axis, and every event; None if absent.
 
     Read as a read-only tool reads: objects of classes this process cannot import

@@ -14,7 +14,7 @@ sleep and retry runs at a steady rate, and meanwhile injects faults at random
   started again in a ``finally``, even on failure or Ctrl-C.
 
 Then it waits for every run and checks it: completed, with the result the
-driver computed up front, and a log that passes :func:`eventlog.checker.check_log`
+driver computed up front, and a log that passes :func:`ops.checker.check_log`
 with exactly the steps its shape asks for. Recoveries are counted from the
 reconcilers' JSON log lines (event ``recovered``, field ``reason``).
 
@@ -63,7 +63,6 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
-from ledgerflow.eventlog.checker import check_log
 from ledgerflow.eventlog.errors import BrokerError, ServiceUnavailableError
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType
 from ledgerflow.eventlog.fold import RunState, apply
@@ -74,6 +73,7 @@ from ledgerflow.worker.backend import Backends, connect
 from redis.exceptions import RedisError
 
 import ledgerflow as lf
+from ledgerflow.ops.checker import check_log
 from ledgerflow.testing.fleet import Fleet
 from ledgerflow.testing.namespace import delete_namespace
 from tests.chaos import apps

@@ -18,8 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ledgerflow.eventlog.logs import configure_logging
-
+from ledgerflow.ops.logs import configure_logging
 from tests.chaos.driver import ChaosReport, default_namespace, run_chaos
 from tests.servers import HOW_TO_START, configured, reachable
 

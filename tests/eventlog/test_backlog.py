@@ -1,13 +1,14 @@
-"""``eventlog.backlog.oldest_waiting`` against the in-memory store: which log entries count."""
+"""``ops.backlog.oldest_waiting`` against the in-memory store: which log entries count."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from ledgerflow.eventlog.backlog import entry_ms, oldest_waiting
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.memory_store import MemoryEventStore
+
+from ledgerflow.ops.backlog import entry_ms, oldest_waiting
 
 E = EventType
 

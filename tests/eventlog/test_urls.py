@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from ledgerflow.eventlog.errors import ConfigurationError
-from ledgerflow.eventlog.logs import redact_secrets
 from ledgerflow.eventlog.urls import check_url, redact, redact_text
+
+from ledgerflow.ops.logs import redact_secrets
 
 SCHEMES = ("amqp", "amqps", "redis", "rediss", "unix")
 
@@ -102,7 +103,7 @@ def test_log_lines_carry_no_url_password() -> None:
 
 
 def test_long_text_values_in_a_log_line_are_clipped() -> None:
-    from ledgerflow.eventlog.logs import MAX_LOG_VALUE, bound_values
+    from ledgerflow.ops.logs import MAX_LOG_VALUE, bound_values
 
     event = {"event": "x", "error": "a" * 10 + "b" * 8_000_000 + "c" * 10, "n": 5}
     bounded = bound_values(None, "warning", dict(event))
@@ -117,7 +118,7 @@ def test_a_logged_exception_with_a_huge_message_stays_one_bounded_line() -> None
     import sys
 
     code = (
-        "import structlog; from eventlog.logs import configure_logging; "
+        "import structlog; from ledgerflow.ops.logs import configure_logging; "
         "configure_logging('info', json=True)\n"
         "try:\n    raise ValueError('x' * 5_000_000)\n"
         "except ValueError:\n    structlog.get_logger('t').exception('failed')"

@@ -337,5 +337,5 @@ async def test_a_late_activation_of_a_finished_run_does_not_replay_its_log(
         return await original(run_id, after, count)
 
     backends.store.read = counting
-    await fresh.activate(run.run_id)
+    await fresh.replay_run(run.run_id)
     assert reads == [1]  # the first event (is there a parent to tell?), not 93 of them

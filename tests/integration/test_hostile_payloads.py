@@ -31,13 +31,14 @@ import pytest
 from ledgerflow.broker import Activation, StepMessage, encode_message
 from ledgerflow.broker.deadletters import DeadLetter, describe
 from ledgerflow.broker.topology import MAX_MESSAGE_BYTES
-from ledgerflow.eventlog import codec, metrics
+from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.codec import MAX_DEPTH
 from ledgerflow.eventlog.errors import NestingTooDeepError
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.reconciler import Reconciler
 
 import ledgerflow as lf
+from ledgerflow.ops import metrics
 from tests.apps import hostile
 from tests.processes import ROOT, cli, cli_env, processes
 from tests.servers import Servers

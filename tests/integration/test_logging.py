@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import structlog
-from ledgerflow.eventlog.logs import add_pid
 from ledgerflow.scheduler.client import Client
 from structlog.testing import capture_logs
 
 import ledgerflow as lf
+from ledgerflow.ops.logs import add_pid
 from tests.apps import observed
 from tests.processes import ROOT, cli_env
 from tests.servers import Servers
@@ -118,7 +118,7 @@ def test_warning_level_leaves_out_info_and_debug(
 def test_console_output_on_a_terminal_json_otherwise() -> None:
     """The same configuration call picks the renderer from whether stderr is a TTY."""
     code = (
-        "import sys, structlog; from eventlog.logs import configure_logging; "
+        "import sys, structlog; from ledgerflow.ops.logs import configure_logging; "
         "configure_logging('info'); structlog.get_logger('t').info('hello', run_id='r1')"
     )
     piped = subprocess.run(

@@ -30,12 +30,12 @@ from typing import Any
 
 import pytest
 from ledgerflow.eventlog.events import Event, EventType
-from ledgerflow.eventlog.lease import Lease
 from ledgerflow.scheduler.reconciler import Reconciler
 from ledgerflow.worker.service import Worker
 from structlog.testing import capture_logs
 
 import ledgerflow as lf
+from ledgerflow.ops.lease import Lease
 from tests.apps import arith, flaky
 from tests.integration.test_worker_failures import wait_for_events
 from tests.outages import rabbit_env_changed

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ledgerflow.eventlog import faults
-from ledgerflow.eventlog.lease import Lease
 from ledgerflow.scheduler.reconciler import Reconciler
 from prometheus_client.parser import text_string_to_metric_families
 
 import ledgerflow as lf
 from ledgerflow.cli.metrics import exported
+from ledgerflow.ops import faults
+from ledgerflow.ops.lease import Lease
 from tests.apps import arith, flaky, waiting
 from tests.processes import processes
 from tests.servers import Servers
@@ -182,7 +182,7 @@ async def test_failed_gauge_reads_are_counted_and_do_not_break_the_scrape(
     backends: Any, port: int
 ) -> None:
     """A queue that was never declared: reading its depth fails (a passive declare)."""
-    from ledgerflow.eventlog.metrics import GaugeSampler
+    from ledgerflow.ops.metrics import GaugeSampler
 
     missing = backends.names.step_queue("never-declared")
 

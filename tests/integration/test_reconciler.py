@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ledgerflow.eventlog import faults
 from ledgerflow.eventlog.events import EventType, NewEvent
-from ledgerflow.eventlog.lease import Lease
 from ledgerflow.scheduler.reconciler import Reconciler
 from ledgerflow.scheduler.service import Scheduler
 
 import ledgerflow as lf
+from ledgerflow.ops import faults
+from ledgerflow.ops.lease import Lease
 from tests.apps import arith
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ async def test_two_schedulers_activating_the_same_runs_record_nothing_twice(
     runs = [await running.start(arith.fan_chain, 5, 3) for _ in range(10)]
     for _ in range(20):  # hammer every run from both schedulers at once
         await asyncio.gather(
-            *(s.activate(r.run_id) for r in runs for s in (other, other)),
+            *(s.replay_run(r.run_id) for r in runs for s in (other, other)),
             return_exceptions=False,
         )
         await asyncio.sleep(0.01)

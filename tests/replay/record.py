@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ledgerflow.eventlog.errors import WorkflowFailedError
-from ledgerflow.eventlog.logs import configure_logging
 from ledgerflow.scheduler.embedded import embedded
 from ledgerflow.scheduler.history import dump_history
 from ledgerflow.scheduler.registry import WorkflowFunction
 
 from examples.orders import process_order
+from ledgerflow.ops.logs import configure_logging
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ledgerflow.eventlog.checker import check_log
 from ledgerflow.eventlog.events import Event, EventType
+
+from ledgerflow.ops.checker import check_log
 
 E = EventType
 

@@ -238,7 +238,7 @@ async def test_concurrent_activations_of_one_run_are_coalesced() -> None:
             await s.broker.publish_activation(Activation(run_id=run.run_id, reason="test"))
         deliveries = [await s.broker.get(s.names.runs_queue, timeout=1) for _ in range(5)]
         assert all(d is not None for d in deliveries)
-        await asyncio.gather(*(s.scheduler.handle(d) for d in deliveries if d is not None))
+        await asyncio.gather(*(s.scheduler.handle_delivery(d) for d in deliveries if d is not None))
         assert all(d is not None and d.settled for d in deliveries)
         tally = counts(await s.client.events(run.run_id))
         assert tally["run_started"] == 1
@@ -362,7 +362,7 @@ async def test_cached_instance_detects_a_step_recorded_by_other_code() -> None:
     async with stack(run_worker=False, run_scheduler=False) as s:
         run_id = "unit-race"
         await s.client.start(a_then_b, 3, run_id=run_id)
-        await s.scheduler.activate(run_id)  # asks for s1 (unit_emb_div_a)
+        await s.scheduler.replay_run(run_id)  # asks for s1 (unit_emb_div_a)
         await s.store.append(
             run_id,
             [
@@ -390,7 +390,7 @@ async def test_cached_instance_detects_a_step_recorded_by_other_code() -> None:
             return await real_append(rid, events)
 
         s.store.append = racing_append  # type: ignore[method-assign]
-        await s.scheduler.activate(run_id)  # asks for s2 (unit_emb_div_b): a duplicate now
+        await s.scheduler.replay_run(run_id)  # asks for s2 (unit_emb_div_b): a duplicate now
         s.store.append = real_append  # type: ignore[method-assign]
         assert run_id in s.scheduler.cache
         await s.store.append(
@@ -400,7 +400,7 @@ async def test_cached_instance_detects_a_step_recorded_by_other_code() -> None:
                 NewEvent.of(EventType.STEP_COMPLETED, "s2", {"result": 999}, attempt=1),
             ],
         )
-        await s.scheduler.activate(run_id)  # cache hit
+        await s.scheduler.replay_run(run_id)  # cache hit
         assert s.scheduler.cache.hits >= 2
         events = await s.client.events(run_id)
         assert events[-1].type is EventType.RUN_FAILED, [e.type.value for e in events]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ledgerflow.eventlog.events import Event, EventType
-from ledgerflow.eventlog.timeline import render, timeline
 
 from ledgerflow.cli.args import parse_since
 from ledgerflow.cli.format import table
+from ledgerflow.ops.timeline import render, timeline
 
 
 def ev(n: int, type: EventType, corr: str = "", **data: object) -> Event:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import IllegalTransitionError, RunClosedError, RunNotFoundError
-from .events import RUN_TERMINAL, Event, EventType, NewEvent
-from .transitions import ABSENT, RUN_TERMINAL_STATES, entity_label, plan_batch
+from ledgerflow.eventlog.errors import IllegalTransitionError, RunClosedError, RunNotFoundError
+from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
+from ledgerflow.eventlog.transitions import ABSENT, RUN_TERMINAL_STATES, entity_label, plan_batch
 
 _STEP_TERMINAL = frozenset({EventType.STEP_COMPLETED, EventType.STEP_FAILED})
 _TERMINAL_STATES = {"step": frozenset({"completed", "failed"}), "wait": frozenset({"completed"})}

@@ -2,8 +2,9 @@
 
 Like ``names.py`` for keys, this module is the one list of metric names, types
 and labels; the worker, the scheduler, the timer loop and the reconciler only
-call ``.inc()`` / ``.observe()`` on what is defined here. It lives in the lowest
-layer so that every layer can record without importing a higher one.
+call ``.inc()`` / ``.observe()`` on what is defined here. It lives in ``ops``, just
+above the event log's core, so that every layer can record without importing a
+higher one.
 
 The metrics go into ``REGISTRY``, a registry of ledgerflow's own rather than
 prometheus_client's global default: step code and host applications register
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from prometheus_client import (
@@ -38,8 +41,10 @@ from prometheus_client import (
     Histogram,
 )
 
-from .events import EventType
-from .store import EventStore
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.store import RunIndex, TimerIndex
+
+from .observer import Observer
 
 log = structlog.get_logger("ledgerflow.metrics")
 
@@ -167,6 +172,10 @@ DEFAULT_READ_TIMEOUT = 2.0
 QueueDepth = Callable[[str], Awaitable[int]]
 
 
+class Counted(RunIndex, TimerIndex, Protocol):
+    """What the sampled gauges count: active runs and pending timers."""
+
+
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one sample of ``REGISTRY`` (0.0 if absent): for tests and checks."""
     value = REGISTRY.get_sample_value(name, labels or {})
@@ -185,7 +194,7 @@ class GaugeSampler:
 
     def __init__(
         self,
-        store: EventStore,
+        store: Counted,
         *,
         depth: QueueDepth | None = None,
         queues: Sequence[str] = (),
@@ -262,3 +271,25 @@ def step_recorded(step: str, event: EventType, duration: float | None = None) ->
     counter.labels(step=step).inc()
     if duration is not None and event is not EventType.STEP_STARTED:
         STEP_DURATION.labels(step=step, outcome=event.value.removeprefix("step_")).observe(duration)
+
+
+class MetricsObserver(Observer):
+    """Records the worker's, the scheduler's and the reconciler's metrics from their hooks."""
+
+    def after_step_recorded(self, step: str, event: EventType, duration: float | None) -> None:
+        step_recorded(step, event, duration)
+
+    def after_replay(self, run_id: str, trigger_ms: int) -> None:
+        ACTIVATION_LATENCY.observe(max(0.0, time.time() - trigger_ms / 1000))
+
+    def after_timer_fired(self, kind: str, late_ms: int) -> None:
+        TIMER_LATENESS.labels(kind=kind).observe(max(0, late_ms) / 1000)
+
+    def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
+        RECOVERIES.labels(reason=reason).inc()
+
+    def after_run_skipped(self, run_id: str) -> None:
+        SKIPPED_RUNS.inc()
+
+    def after_sweep(self) -> None:
+        SWEEPS.inc()

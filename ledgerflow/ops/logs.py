@@ -8,16 +8,19 @@ text value in a line is longer than ``MAX_LOG_VALUE`` (``bound_values``).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
-from .text import clip
-from .urls import redact_text
+from ledgerflow.eventlog.text import clip
+from ledgerflow.eventlog.urls import redact_text
+
+from .observer import Observer, StepAttempt
 
 MAX_LOG_VALUE = 8000
 """Characters of one text value in a log line (an error message, a traceback, a reason).
@@ -82,3 +85,26 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+_step_tokens: contextvars.ContextVar[Mapping[str, contextvars.Token[Any]] | None] = (
+    contextvars.ContextVar("ledgerflow_step_log_tokens", default=None)
+)
+
+
+class StepLogContext(Observer):
+    """Log lines of a step's own code carry the step's fields, as the worker's own lines do.
+
+    The fields are bound as structlog context variables around the call, in the
+    task that runs the step (tasks the step starts inherit them), and put back as
+    they were afterwards.
+    """
+
+    def before_step_call(self, attempt: StepAttempt) -> None:
+        _step_tokens.set(structlog.contextvars.bind_contextvars(**attempt.log_fields()))
+
+    def after_step_call(self, attempt: StepAttempt) -> None:
+        tokens = _step_tokens.get()
+        if tokens is not None:
+            _step_tokens.set(None)
+            structlog.contextvars.reset_contextvars(**tokens)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import TypeVar
+
+from .observer import Observer
+
+T = TypeVar("T")
 
 # The message that should follow is lost (never published).
 WORKER_AFTER_STEP_COMPLETED = "worker.after_step_completed"  # activation lost
@@ -53,6 +58,24 @@ def hit(point: str) -> bool:
     _armed[point] -= 1
     fired[point] += 1
     return True
+
+
+class FaultObserver(Observer):
+    """The fault points of the worker and the scheduler, as hooks: each fires once per arming."""
+
+    def drop_activation(self, run_id: str) -> bool:
+        return hit(WORKER_AFTER_STEP_COMPLETED)
+
+    def before_dispatch(self, run_id: str, steps: list[T]) -> list[T]:
+        if steps and hit(SCHEDULER_AFTER_STEP_CREATED):
+            return []
+        if len(steps) > 1 and hit(SCHEDULER_MID_BATCH):
+            return steps[: len(steps) // 2]
+        return steps
+
+    def after_publish_steps(self, run_id: str) -> None:
+        if hit(SCHEDULER_AFTER_PUBLISH_BEFORE_ACK):
+            raise InjectedCrash(SCHEDULER_AFTER_PUBLISH_BEFORE_ACK)
 
 
 def _from_env() -> None:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import Undecodable
-from .events import Event, EventType
+from ledgerflow.eventlog.codec import Undecodable
+from ledgerflow.eventlog.events import Event, EventType
 
 _DETAIL_LIMIT = 60
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from .names import Names
+from ledgerflow.eventlog.names import Names
 
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .events import EventType, id_order
-from .names import DEFAULT_STEP_QUEUE
-from .store import EventStore
+from ledgerflow.eventlog.events import EventType, id_order
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog.store import RunIndex, RunLog
 
 # The newest entry of a run being one of these means the run is due an
 # activation no scheduler has acted on yet: an outcome it has not replayed, or a
@@ -58,7 +58,7 @@ def entry_ms(event_id: str) -> int:
     return id_order(event_id)[0]
 
 
-async def _active_run_ids(store: EventStore, max_runs: int) -> tuple[list[str], bool]:
+async def _active_run_ids(store: RunIndex, max_runs: int) -> tuple[list[str], bool]:
     """Up to ``max_runs`` unfinished runs over every shard, and whether more exist."""
     run_ids: list[str] = []
     for shard in range(store.names.shards):
@@ -72,7 +72,7 @@ async def _active_run_ids(store: EventStore, max_runs: int) -> tuple[list[str], 
     return run_ids, False
 
 
-async def oldest_waiting(store: EventStore, *, max_runs: int = DEFAULT_MAX_RUNS) -> Backlog:
+async def oldest_waiting(store: RunLog, *, max_runs: int = DEFAULT_MAX_RUNS) -> Backlog:
     """Scan up to ``max_runs`` active runs for created-not-started steps and unacted outcomes.
 
     The status hash says which steps are still ``step.created`` and where their
