@@ -19,7 +19,9 @@ from collections.abc import Sequence
 
 from .errors import IllegalTransitionError, RunClosedError, RunNotFoundError
 from .events import RUN_TERMINAL, Event, EventType, NewEvent
-from .transitions import ABSENT, RUN_TERMINAL_STATES, entity_label, plan_batch
+from .kinds import RUN_TERMINAL_STATES
+from .records import RunCreated
+from .transitions import ABSENT, entity_label, plan_batch
 
 _STEP_TERMINAL = frozenset({EventType.STEP_COMPLETED, EventType.STEP_FAILED})
 _TERMINAL_STATES = {"step": frozenset({"completed", "failed"}), "wait": frozenset({"completed"})}
@@ -27,13 +29,13 @@ _TERMINAL_STATES = {"step": frozenset({"completed", "failed"}), "wait": frozense
 
 def _as_new(event: Event) -> NewEvent:
     """The append that would have produced ``event``: what plan_batch judges."""
-    data = event.data if isinstance(event.data, dict) else {}
+    record = event.record
     return NewEvent(
         type=event.type,
         corr=event.corr,
         payload=b"",
         attempt=event.attempt,
-        workflow=str(data.get("workflow", "")) if event.type is EventType.RUN_CREATED else "",
+        workflow=(record.workflow or "") if isinstance(record, RunCreated) else "",
     )
 
 

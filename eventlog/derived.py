@@ -11,32 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import statushash as sh
 from .errors import RepairRaceError
-from .events import Event, EventType
-from .fold import CALL_FINGERPRINT, HOOK_CONFLICT, fold
+from .events import Event
+from .fold import fold
+from .records import HookCreated, RunCreated, StepCreated
 from .store import EventStore
 from .timers import Timer, TimerKind
-
-# Fields the append stamps from the clock: present, but their value is not derivable.
-VOLATILE_PREFIXES = ("h:",)
-
-_STATE_AFTER = {
-    EventType.RUN_CREATED: "created",
-    EventType.RUN_STARTED: "started",
-    EventType.RUN_COMPLETED: "completed",
-    EventType.RUN_FAILED: "failed",
-    EventType.RUN_CANCELLED: "cancelled",
-    EventType.STEP_CREATED: "created",
-    EventType.STEP_STARTED: "started",
-    EventType.STEP_RETRYING: "retrying",
-    EventType.STEP_COMPLETED: "completed",
-    EventType.STEP_FAILED: "failed",
-    EventType.WAIT_CREATED: "created",
-    EventType.WAIT_COMPLETED: "completed",
-    EventType.HOOK_CREATED: "created",
-    EventType.HOOK_RECEIVED: "created",
-    EventType.HOOK_DISPOSED: "disposed",
-}
+from .transitions import STATE_AFTER
 
 
 @dataclass
@@ -53,33 +35,28 @@ def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
     status: dict[str, str] = {}
     attempts: dict[str, int] = {}
     for event in events:
-        after = _STATE_AFTER[event.type]
-        data = event.data if isinstance(event.data, dict) else {}
+        after = STATE_AFTER[event.type]
+        record = event.record
         if event.type.kind == "run":
-            status["run"] = after
-            if event.type is EventType.RUN_CREATED:
-                status["wf"] = str(data.get("workflow", ""))
-                status["created"] = str(event.ts)
+            status[sh.RUN] = after
+            if isinstance(record, RunCreated):
+                status[sh.WORKFLOW] = record.workflow or ""
+                status[sh.CREATED] = str(event.ts)
         else:
-            status[f"c:{event.corr}"] = f"{event.type.kind}.{after}"
-            attempt = data.get("attempt")
-            if isinstance(attempt, int):
-                attempts[event.corr] = max(attempts.get(event.corr, 0), attempt)
-            if event.type is EventType.STEP_CREATED:
-                status[f"x:{event.corr}"] = event.id
-                if data.get(CALL_FINGERPRINT):
-                    status[f"f:{event.corr}"] = str(data[CALL_FINGERPRINT])
-            if (
-                event.type is EventType.HOOK_CREATED
-                and data.get("token")
-                and not data.get(HOOK_CONFLICT)
-            ):
-                status[f"k:{event.corr}"] = str(data["token"])
+            status[sh.entity_field(event.corr)] = sh.entity_value(event.type.kind, after)
+            if event.attempt is not None:
+                attempts[event.corr] = max(attempts.get(event.corr, 0), event.attempt)
+            if isinstance(record, StepCreated):
+                status[sh.created_id_field(event.corr)] = event.id
+                if record.call_fingerprint:
+                    status[sh.fingerprint_field(event.corr)] = record.call_fingerprint
+            if isinstance(record, HookCreated) and record.token and record.conflict is None:
+                status[sh.token_field(event.corr)] = record.token
     for corr, attempt in attempts.items():
-        status[f"a:{corr}"] = str(attempt)
+        status[sh.attempt_field(corr)] = str(attempt)
     if events:
-        status["last"] = events[-1].id
-        status["n"] = str(len(events))
+        status[sh.LAST] = events[-1].id
+        status[sh.COUNT] = str(len(events))
     state = fold(run_id, events)
     timers: list[tuple[Timer, int]] = []
     hooks: dict[str, str] = {}
@@ -104,7 +81,7 @@ def compare_status(expected: dict[str, str], actual: dict[str, str]) -> list[str
     """Differences between the derived and the stored status hash, as readable lines."""
     problems = []
     for key in sorted(set(expected) | set(actual)):
-        if key.startswith(VOLATILE_PREFIXES):
+        if key.startswith(sh.VOLATILE):
             continue
         want, have = expected.get(key), actual.get(key)
         if want != have:
@@ -122,7 +99,7 @@ async def verify_run(store: EventStore, run_id: str) -> list[str]:
     if expected.active != await store.is_active(run_id):
         where = "missing from" if expected.active else "still in"
         problems.append(f"run is {where} the active-runs index")
-    if "created" in expected.status and not await store.is_listed(run_id):
+    if sh.CREATED in expected.status and not await store.is_listed(run_id):
         problems.append("run is missing from the runs index")
     armed = {timer.member for timer, _ in await store.pending_timers(run_id)}
     for timer, _due in expected.timers:
