@@ -52,17 +52,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from ledgerflow.broker import Activation, Broker, StepMessage
+from ledgerflow.broker import Activation, Broker
+from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog import codec, metrics
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
-from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event
 from ledgerflow.eventlog.fold import RunState, StepState, fold
 from ledgerflow.eventlog.lease import Lease
+from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from .hookclash import CONFLICT_REASON
-from .replay import CHILD_PREFIX
 
 log = structlog.get_logger("ledgerflow.reconciler")
 
@@ -76,25 +77,6 @@ RUNS_PER_SHARD = 2_000
 REMEMBERED = 100_000
 """Runs whose check history is kept for the backoff; older ones start again from one."""
 REPEATS_BEFORE_WARNING = 3
-
-# Events the scheduler writes; outcomes after the last of them may be unacted on.
-_SCHEDULER_WRITES = frozenset(
-    {
-        EventType.RUN_STARTED,
-        EventType.STEP_CREATED,
-        EventType.WAIT_CREATED,
-        EventType.HOOK_CREATED,
-        EventType.HOOK_DISPOSED,
-    }
-)
-_NEEDS_SCHEDULER = frozenset(
-    {
-        EventType.STEP_COMPLETED,
-        EventType.STEP_FAILED,
-        EventType.WAIT_COMPLETED,
-        EventType.HOOK_RECEIVED,
-    }
-)
 
 
 class LeaseLost(Exception):
@@ -283,7 +265,7 @@ class Reconciler:
         timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
         last_started = _last_started(events)
         running = [
-            str(last_started.get(s.id, {}).get("worker", ""))
+            _worker_of(last_started.get(s.id))
             for s in state.steps.values()
             if s.status == "started"
         ]
@@ -291,7 +273,7 @@ class Reconciler:
         if any(running):
             self._on_workers.add(run_id)
         for step in state.steps.values():
-            if step.name.startswith(CHILD_PREFIX):
+            if step.child is not None:
                 continue
             if step.status == "created":
                 await self._dispatch(run_id, step, 1, "step never started", done)
@@ -308,7 +290,7 @@ class Reconciler:
             elif step.status == "started":
                 started = last_started.get(step.id)
                 limit = _limit_ms(started, self.default_step_limit_ms)
-                worker = str((started or {}).get("worker", ""))
+                worker = _worker_of(started)
                 if (
                     worker
                     and worker not in alive
@@ -357,14 +339,8 @@ class Reconciler:
         self, run_id: str, step: StepState, attempt: int, reason: str, done: list[Recovery]
     ) -> None:
         await self._fence()
-        message = StepMessage(
-            run_id=run_id,
-            step_id=step.id,
-            step_name=step.name,
-            attempt=attempt,
-            args=step.args,
-            queue=step.queue or "default",
-        )
+        created = step.created if step.created is not None else StepCreated(name=step.name)
+        message = step_message(run_id, step.id, created, attempt=attempt)
         await self.broker.publish_step(message)
         self._recovered(
             run_id, f"step {step.id}", reason, done, step=step.name, corr=step.id, attempt=attempt
@@ -385,26 +361,26 @@ class Reconciler:
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
 
 
-def _last_started(events: list[Event]) -> dict[str, dict[str, Any]]:
-    started: dict[str, dict[str, Any]] = {}
+def _last_started(events: list[Event]) -> dict[str, StepStarted]:
+    started: dict[str, StepStarted] = {}
     for event in events:
-        if event.type is EventType.STEP_STARTED and isinstance(event.data, dict):
-            started[event.corr] = event.data
+        if isinstance(event.record, StepStarted):
+            started[event.corr] = event.record
     return started
 
 
-def _limit_ms(started: dict[str, Any] | None, default_ms: int) -> int | None:
+def _worker_of(started: StepStarted | None) -> str:
+    return started.worker or "" if started is not None else ""
+
+
+def _limit_ms(started: StepStarted | None, default_ms: int) -> int | None:
     """The step's own time limit in ms; None if it has none; the default if unknown.
 
     Unknown means a started event recorded before limits were (no ``worker`` field).
     """
-    if not started or "worker" not in started:
+    if started is None or started.worker is None:
         return default_ms
-    limits = [
-        v
-        for v in (started.get("timeout"), started.get("heartbeat_timeout"))
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-    ]
+    limits = [v for v in (started.timeout, started.heartbeat_timeout) if v is not None and v > 0]
     return int(max(limits) * 1000) if limits else None
 
 
@@ -413,14 +389,13 @@ def _unacted(events: list[Event], state: RunState) -> bool:
     for event in reversed(events):
         if _conflict_disposal(event):
             return True  # written by a scheduler, but for the workflow to see next
-        if event.type in _SCHEDULER_WRITES:
+        if event.type in SCHEDULER_WRITES:
             return False
-        if event.type in _NEEDS_SCHEDULER:
+        if event.type in AWAITS_SCHEDULER:
             return True
     return state.status == "started" and not state.steps and not state.waits and not state.hooks
 
 
 def _conflict_disposal(event: Event) -> bool:
     """The disposal of a hook whose token was taken (scheduler.hookclash)."""
-    data = event.data if isinstance(event.data, dict) else {}
-    return event.type is EventType.HOOK_DISPOSED and data.get("reason") == CONFLICT_REASON
+    return isinstance(event.record, HookDisposed) and event.record.reason == CONFLICT_REASON

@@ -18,6 +18,7 @@ import contextlib
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
+from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog import metrics
 from ledgerflow.eventlog.errors import (
     EventLogError,
@@ -26,6 +27,7 @@ from ledgerflow.eventlog.errors import (
     SerializationError,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
@@ -182,9 +184,7 @@ class TimerLoop:
             if entity.created_id
             else None
         )
-        name = (
-            str(created.data.get("name", "")) if created and isinstance(created.data, dict) else ""
-        )
+        name = created.record.name if created and isinstance(created.record, StepCreated) else ""
         policy = self.registry.retry_policy_for(name)
         error = HeartbeatTimeoutError(
             f"step {name!r} attempt {timer.attempt}: no heartbeat for "
@@ -238,16 +238,7 @@ def _retry_message(timer: Timer, created: Event | None, workflow: str) -> StepMe
     """The next attempt's message, from the step's step_created; None if it is gone."""
     if created is None:
         return None
-    data = created.data
-    args = data.get("args", b"") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not isinstance(args, bytes):
+    record = created.record
+    if not isinstance(record, StepCreated) or record.args is None:
         raise SerializationError(f"event {created.id} is not a step_created this code can read")
-    return StepMessage(
-        run_id=timer.run_id,
-        step_id=timer.corr,
-        step_name=str(data.get("name", "")),
-        attempt=timer.attempt,
-        args=args,
-        queue=str(data.get("queue", "default")),
-        workflow=workflow,
-    )
+    return step_message(timer.run_id, timer.corr, record, attempt=timer.attempt, workflow=workflow)
