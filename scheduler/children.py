@@ -1,6 +1,6 @@
 """Child workflows: start them from the parent, report their end back to it.
 
-A child is recorded in the parent's log as a step named ``workflow:<name>``
+A child is recorded in the parent's log as a step (``records.StepCreated.child``)
 (created when the parent asks, started when the child's run_created is
 written, completed or failed with the child's outcome), and the child's
 run_created carries ``parent: {run_id, corr}``: linked in both logs, and no new
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ledgerflow.broker import Activation, Broker
-from ledgerflow.eventlog import codec
+from ledgerflow.eventlog import codec, records
 from ledgerflow.eventlog.errors import (
     ChildRunIdTakenError,
     IllegalTransitionError,
@@ -24,6 +23,7 @@ from ledgerflow.eventlog.errors import (
     error_type_name,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.records import RunCompleted, RunCreated, RunFailed, decode_record
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.worker.outcome import bounded_error, failed
@@ -106,10 +106,9 @@ async def _id_taken(
 
 
 def parent_of(first: Event) -> tuple[str, str] | None:
-    data = first.data if isinstance(first.data, dict) else {}
-    parent = data.get("parent")
-    if isinstance(parent, dict) and parent.get("run_id") and parent.get("corr"):
-        return str(parent["run_id"]), str(parent["corr"])
+    """The parent (run id, step corr) a child's run_created names; None for a top-level run."""
+    if isinstance(first.record, RunCreated) and first.record.parent is not None:
+        return first.record.parent.run_id, first.record.parent.corr
     return None
 
 
@@ -130,23 +129,23 @@ async def report_to_parent(
     bounded retry), else retried the way daemons retry.
     """
     parent_run, corr = parent
-    kind = terminal.type
-    data: dict[str, Any] = {}
     if isinstance(terminal, Event):
-        data = terminal.data if isinstance(terminal.data, dict) else {}
+        record = terminal.record
     else:
         decoded = codec.decode(terminal.payload, max_size=codec.MAX_EVENT_BYTES)
-        data = decoded if isinstance(decoded, dict) else {}
-    if kind is EventType.RUN_COMPLETED:
+        record = decode_record(terminal.type, decoded)
+    if isinstance(record, RunCompleted):
         outcome = NewEvent.of(
-            EventType.STEP_COMPLETED, corr, {"result": data.get("result")}, attempt=1, max_size=None
+            EventType.STEP_COMPLETED, corr, {"result": record.result}, attempt=1, max_size=None
         )
     else:
+        reason = record.reason if isinstance(record, records.RunCancelled) else ""
         error = bounded_error(
-            data.get("error")
-            or {
+            record.error.as_data()
+            if isinstance(record, RunFailed)
+            else {
                 "type": error_type_name(RunCancelled),
-                "message": f"the child run was cancelled: {data.get('reason', '')}",
+                "message": f"the child run was cancelled: {reason}",
             }
         )
         outcome = NewEvent.of(

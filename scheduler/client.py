@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 from ledgerflow.broker import Activation, Broker
-from ledgerflow.eventlog import codec
+from ledgerflow.eventlog import codec, records
 from ledgerflow.eventlog.errors import (
     BrokerError,
     HookNotFoundError,
@@ -27,9 +27,10 @@ from ledgerflow.eventlog.errors import (
     WorkflowFailedError,
 )
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
-from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
+from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
+from ledgerflow.eventlog.records import ErrorInfo
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import START, EventStore
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
@@ -309,10 +310,10 @@ def _may_be_indexed(token: object) -> bool:
 
 
 def _outcome(run_id: str, event: Event) -> Any:
-    data = event.data if isinstance(event.data, dict) else {}
-    if event.type is EventType.RUN_COMPLETED:
-        return data.get("result")
-    if event.type is EventType.RUN_CANCELLED:
-        raise RunCancelled(f"run {run_id!r} was cancelled: {data.get('reason', '')}")
-    error = ErrorInfo.from_data(data.get("error"))
+    record = event.record
+    if isinstance(record, records.RunCompleted):
+        return record.result
+    if isinstance(record, records.RunCancelled):
+        raise RunCancelled(f"run {run_id!r} was cancelled: {record.reason}")
+    error = record.error if isinstance(record, records.RunFailed) else ErrorInfo.from_data(None)
     raise WorkflowFailedError(error.type, error.message, error.traceback)

@@ -50,7 +50,7 @@ from ledgerflow.eventlog.errors import (
     canonical_error_name,
 )
 from ledgerflow.eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
-from ledgerflow.eventlog.fold import RECORDED_BY, ErrorInfo
+from ledgerflow.eventlog.records import ErrorInfo, RunCompleted, RunCreated, RunFailed
 from ledgerflow.worker.outcome import type_name
 
 from .registry import WorkflowDef, WorkflowFunction, workflows
@@ -392,8 +392,9 @@ def replay(
         )
     if not events or events[0].type is not EventType.RUN_CREATED:
         raise HistoryError(f"the history of run {run_id!r} does not start with run_created")
-    data = events[0].data if isinstance(events[0].data, dict) else {}
-    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
+    created = events[0].record
+    args = list(created.args) if isinstance(created, RunCreated) else []
+    kwargs = dict(created.kwargs) if isinstance(created, RunCreated) else {}
     _check_arguments(run_id, definition, args, kwargs)
 
     instance = WorkflowInstance(run_id, definition, args, kwargs)
@@ -457,29 +458,24 @@ def _held_to_outcome(terminal: Event) -> bool:
     """
     if terminal.type is EventType.RUN_CANCELLED:
         return False
-    if terminal.type is EventType.RUN_FAILED:
-        data = terminal.data if isinstance(terminal.data, dict) else {}
-        if data.get(RECORDED_BY) == "scheduler":
+    if isinstance(terminal.record, RunFailed):
+        if terminal.record.by_scheduler:
             return False
-        return canonical_error_name(_recorded_error(terminal).type) not in _RECORDED_BY_SCHEDULER
+        return canonical_error_name(terminal.record.error.type) not in _RECORDED_BY_SCHEDULER
     return True
-
-
-def _recorded_error(terminal: Event) -> ErrorInfo:
-    data = terminal.data if isinstance(terminal.data, dict) else {}
-    return ErrorInfo.from_data(data.get("error"))
 
 
 def _check_outcome(run_id: str, terminal: Event, outcome: Outcome | None) -> None:
     """The run must end as the log says: the same result, or the same type of error."""
-    data = terminal.data if isinstance(terminal.data, dict) else {}
-    if terminal.type is EventType.RUN_COMPLETED:
-        recorded_result = data.get("result")
+    record = terminal.record
+    if isinstance(record, RunCompleted):
+        recorded_result = record.result
         if isinstance(outcome, Completed) and _same_result(recorded_result, outcome.result):
             return
         recorded = f"run_completed with result {_short(recorded_result)}"
     else:
-        error_type = _recorded_error(terminal).type
+        error = record.error if isinstance(record, RunFailed) else ErrorInfo.from_data(None)
+        error_type = error.type
         recorded_type = canonical_error_name(error_type)
         if isinstance(outcome, Failed) and type_name(type(outcome.error)) == recorded_type:
             return
@@ -536,9 +532,8 @@ def _position_key(corr: str) -> tuple[int, str]:
 
 
 def _created_workflow(events: list[Event]) -> str | None:
-    if events and events[0].type is EventType.RUN_CREATED and isinstance(events[0].data, dict):
-        name = events[0].data.get("workflow")
-        return str(name) if name is not None else None
+    if events and isinstance(events[0].record, RunCreated):
+        return events[0].record.workflow
     return None
 
 

@@ -51,6 +51,8 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import Timer, TimerKind
@@ -141,7 +143,7 @@ class Worker:
         self.store = store
         self.broker = broker
         self.registry = registry
-        self.queues = list(queues) if queues else (registry.queues() or ["default"])
+        self.queues = list(queues) if queues else (registry.queues() or [DEFAULT_STEP_QUEUE])
         self.concurrency = concurrency
         self.retry = retry
         self.grace = grace
@@ -535,13 +537,14 @@ class Worker:
             if entity.created_id
             else None
         )
-        data = created.data if created is not None and isinstance(created.data, dict) else {}
-        name, args = str(data.get("name", "")), data.get("args", b"")
+        record = created.record if created is not None else None
+        logged_step = record if isinstance(record, StepCreated) else StepCreated()
+        name, args = logged_step.name, logged_step.args
         differs = []
         if name != message.step_name:
             differs.append(f"step name {_cut(message.step_name)!r}, the log's {_cut(name)!r}")
-        if not isinstance(args, bytes) or args != message.args:
-            logged = len(args) if isinstance(args, bytes) else 0
+        if args is None or args != message.args:
+            logged = len(args) if args is not None else 0
             differs.append(
                 f"arguments ({len(message.args)} bytes) differ from the log's ({logged} bytes)"
             )
