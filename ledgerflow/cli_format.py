@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ledgerflow.eventlog.jsonview import view
+
 EXIT_CODES = (
     "exit codes: 0 ok, 1 the command (or the run) failed, 2 bad usage or configuration, "
     "3 RabbitMQ or Redis unreachable, 4 not found"
@@ -185,14 +187,8 @@ def positive_int(text: str) -> int:
 
 
 def json_default(value: Any) -> Any:
-    """What json cannot encode by itself: bytes as hex, times as ISO, the rest by repr."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    return repr(value)
+    """What json cannot encode by itself, as the one JSON view of event data shows it."""
+    return view(value)
 
 
 def dump(value: Any) -> None:

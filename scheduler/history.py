@@ -28,18 +28,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import datetime as dt
-import decimal
 import json
-import math
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-import msgpack
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import (
     HookTokenConflictError,
@@ -50,6 +44,7 @@ from ledgerflow.eventlog.errors import (
     canonical_error_name,
 )
 from ledgerflow.eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
+from ledgerflow.eventlog.jsonview import view
 from ledgerflow.eventlog.records import ErrorInfo, RunCompleted, RunCreated, RunFailed
 from ledgerflow.worker.outcome import type_name
 
@@ -169,47 +164,10 @@ def _dumps(value: Any) -> str:
 def json_view(value: Any) -> Any:
     """A JSON-safe rendering of event data, for people reading a history or its diff.
 
-    Lossy on purpose (a Decimal and its string look alike): loading never reads it.
+    The one JSON view of event data (``eventlog.jsonview.view``); lossy on
+    purpose (a Decimal and its string look alike): loading never reads it.
     """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (dt.timedelta, decimal.Decimal, uuid.UUID)):
-        return str(value)
-    if isinstance(value, msgpack.ExtType):  # a namedtuple: before tuples
-        return {"__ext__": value.code, "hex": value.data.hex()}
-    if isinstance(value, dict):
-        return {_key_view(k): json_view(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_view(item) for item in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((json_view(item) for item in value), key=_dumps)
-    state = _object_view(value)
-    if state is not None:
-        klass = type(value)
-        return {"__type__": f"{klass.__module__}.{klass.__qualname__}", **state}
-    return repr(value)
-
-
-def _key_view(key: Any) -> str:
-    return key if isinstance(key, str) else _dumps(json_view(key))
-
-
-def _object_view(value: Any) -> dict[str, Any] | None:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: json_view(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return {str(k): json_view(v) for k, v in dict(dump(mode="python")).items()}
-    encode = getattr(value, "__lf_encode__", None)
-    if callable(encode):
-        return {str(k): json_view(v) for k, v in dict(encode()).items()}
-    return None
+    return view(value)
 
 
 # --- reading --------------------------------------------------------------------------------
