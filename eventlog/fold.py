@@ -12,7 +12,7 @@ from typing import Any
 
 from . import records as r
 from .events import Event
-from .kinds import RUN_TERMINAL_STATES
+from .kinds import RUN_TERMINAL_STATES, HookStatus, RunStatus, StepStatus, WaitStatus
 from .records import ErrorInfo
 
 __all__ = ["ErrorInfo", "HookState", "RunState", "StepState", "WaitState", "apply", "fold"]
@@ -23,7 +23,7 @@ class StepState:
     id: str
     name: str
     queue: str
-    status: str = "created"
+    status: str = StepStatus.CREATED
     attempt: int = 0
     args: bytes = b""
     result: Any = None
@@ -45,7 +45,7 @@ class StepState:
 class WaitState:
     id: str
     due: int
-    status: str = "created"
+    status: str = WaitStatus.CREATED
     created_ts: int = 0
     finished_ts: int | None = None
 
@@ -55,7 +55,7 @@ class HookState:
     id: str
     token: str
     metadata: Any = None
-    status: str = "created"
+    status: str = HookStatus.CREATED
     received: int = 0
     created_ts: int = 0
     conflict: str | None = None  # the run holding the token, if it was taken
@@ -94,21 +94,21 @@ def apply(state: RunState, event: Event) -> RunState:
         state.workflow = record.workflow or ""
         state.args = list(record.args)
         state.kwargs = dict(record.kwargs)
-        state.status = "created"
+        state.status = RunStatus.CREATED
         state.created_ts = event.ts
     elif isinstance(record, r.RunStarted):
-        state.status = "started"
+        state.status = RunStatus.STARTED
         state.started_ts = event.ts
     elif isinstance(record, r.RunCompleted):
-        state.status = "completed"
+        state.status = RunStatus.COMPLETED
         state.result = record.result
         state.finished_ts = event.ts
     elif isinstance(record, r.RunFailed):
-        state.status = "failed"
+        state.status = RunStatus.FAILED
         state.error = record.error
         state.finished_ts = event.ts
     elif isinstance(record, r.RunCancelled):
-        state.status = "cancelled"
+        state.status = RunStatus.CANCELLED
         state.cancel_reason = record.reason
         state.finished_ts = event.ts
     elif isinstance(record, r.StepCreated):
@@ -129,7 +129,7 @@ def apply(state: RunState, event: Event) -> RunState:
     elif isinstance(record, r.WaitCompleted):
         wait = state.waits.get(event.corr)
         if wait is not None:
-            wait.status = "completed"
+            wait.status = WaitStatus.COMPLETED
             wait.finished_ts = event.ts
     elif isinstance(record, r.HookCreated):
         state.hooks[event.corr] = HookState(
@@ -146,7 +146,7 @@ def apply(state: RunState, event: Event) -> RunState:
     elif isinstance(record, r.HookDisposed):
         hook = state.hooks.get(event.corr)
         if hook is not None:
-            hook.status = "disposed"
+            hook.status = HookStatus.DISPOSED
     return state
 
 
@@ -159,19 +159,19 @@ def _apply_step(
         return
     step.attempt = max(step.attempt, record.attempt or 0)
     if isinstance(record, r.StepStarted):
-        step.status = "started"
+        step.status = StepStatus.STARTED
         step.started_ts = ts
         step.retry_due = None
     elif isinstance(record, r.StepCompleted):
-        step.status = "completed"
+        step.status = StepStatus.COMPLETED
         step.result = record.result
         step.finished_ts = ts
     elif isinstance(record, r.StepFailed):
-        step.status = "failed"
+        step.status = StepStatus.FAILED
         step.error = record.error
         step.finished_ts = ts
     else:
-        step.status = "retrying"
+        step.status = StepStatus.RETRYING
         step.error = record.error
         step.retry_due = record.due if record.due is not None else ts + record.delay_ms
 

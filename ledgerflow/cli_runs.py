@@ -15,6 +15,7 @@ from typing import Any
 from ledgerflow.eventlog.backlog import entry_ms
 from ledgerflow.eventlog.errors import RunNotFoundError
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
+from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from ledgerflow.worker.backend import connect
@@ -36,7 +37,7 @@ from .cli_format import (
     table,
 )
 
-STATUSES = ("created", "started", "completed", "failed", "cancelled")
+STATUSES = tuple(status.value for status in RunStatus)
 
 
 async def cmd_runs_list(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from ledgerflow.eventlog.errors import (
     error_type_name,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.kinds import StepStatus
 from ledgerflow.eventlog.records import RunCompleted, RunCreated, RunFailed, decode_record
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
@@ -55,7 +56,7 @@ async def start_child(
         await _id_taken(store, broker, parent_run_id, command)
         return
     entity = await store.entity(parent_run_id, command.corr)
-    if entity.state == "created":
+    if entity.state == StepStatus.CREATED:
         started = NewEvent.of(
             EventType.STEP_STARTED, command.corr, {"child_run_id": command.child_run_id}, attempt=1
         )
@@ -153,7 +154,7 @@ async def report_to_parent(
         )
     entity = await store.entity(parent_run, corr)
     batch = [outcome]
-    if entity.state == "created":
+    if entity.state == StepStatus.CREATED:
         batch.insert(0, NewEvent.of(EventType.STEP_STARTED, corr, {}, attempt=1))
     try:
         await store.append(parent_run, batch)

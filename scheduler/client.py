@@ -29,6 +29,7 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
+from ledgerflow.eventlog.kinds import HookStatus, RunStatus, StepStatus
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
 from ledgerflow.eventlog.records import ErrorInfo
 from ledgerflow.eventlog.settings import Settings
@@ -161,14 +162,14 @@ class Client:
         if not events:
             raise RunNotFoundError(run_id)
         state = fold(run_id, events)
-        if state.status == "cancelled":
+        if state.status == RunStatus.CANCELLED:
             return
         if state.finished:
             raise RunClosedError(run_id, "run", state.status, EventType.RUN_CANCELLED.value)
         batch = [
             NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
             for hook in state.hooks.values()
-            if hook.status == "created"
+            if hook.status == HookStatus.CREATED
         ]
         # The reason is the caller's text: bounded like every error text recorded.
         cancelled = NewEvent.of(
@@ -176,7 +177,7 @@ class Client:
         )
         await self.store.append(run_id, [*batch, cancelled])
         for step in state.steps.values():
-            if step.child_run_id and step.status in ("created", "started"):
+            if step.child_run_id and step.status in (StepStatus.CREATED, StepStatus.STARTED):
                 with contextlib.suppress(RunClosedError, RunNotFoundError):
                     await self.cancel(step.child_run_id, f"parent run {run_id} was cancelled")
         parent = parent_of(events[0])

@@ -58,6 +58,7 @@ from ledgerflow.eventlog import codec, metrics
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
 from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event
 from ledgerflow.eventlog.fold import RunState, StepState, fold
+from ledgerflow.eventlog.kinds import RunStatus, StepStatus, WaitStatus
 from ledgerflow.eventlog.lease import Lease
 from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
 from ledgerflow.eventlog.store import EventStore
@@ -258,7 +259,7 @@ class Reconciler:
         self, run_id: str, events: list[Event], state: RunState, now: int, *, force: bool
     ) -> list[Recovery]:
         done: list[Recovery] = []
-        if state.status == "created":
+        if state.status == RunStatus.CREATED:
             await self._activate(run_id, "run never started", done)
             return done
         grace = 0 if force else self.stale_after_ms
@@ -267,7 +268,7 @@ class Reconciler:
         running = [
             _worker_of(last_started.get(s.id))
             for s in state.steps.values()
-            if s.status == "started"
+            if s.status == StepStatus.STARTED
         ]
         alive = await self.store.alive([w for w in running if w])
         if any(running):
@@ -275,9 +276,9 @@ class Reconciler:
         for step in state.steps.values():
             if step.child is not None:
                 continue
-            if step.status == "created":
+            if step.status == StepStatus.CREATED:
                 await self._dispatch(run_id, step, 1, "step never started", done)
-            elif step.status == "retrying":
+            elif step.status == StepStatus.RETRYING:
                 timer = Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1)
                 if step.retry_due is not None and step.retry_due + grace <= now:
                     await self._dispatch(
@@ -287,7 +288,7 @@ class Reconciler:
                     await self._arm(
                         timer, step.retry_due, run_id, step.id, "retry timer missing", done
                     )
-            elif step.status == "started":
+            elif step.status == StepStatus.STARTED:
                 started = last_started.get(step.id)
                 limit = _limit_ms(started, self.default_step_limit_ms)
                 worker = _worker_of(started)
@@ -314,7 +315,7 @@ class Reconciler:
                     )
         for wait in state.waits.values():
             timer = Timer(TimerKind.WAIT, run_id, wait.id)
-            if wait.status == "created" and timer.member not in timers:
+            if wait.status == WaitStatus.CREATED and timer.member not in timers:
                 await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
         if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
             await self._activate(run_id, "outcome not acted on", done)
@@ -393,7 +394,12 @@ def _unacted(events: list[Event], state: RunState) -> bool:
             return False
         if event.type in AWAITS_SCHEDULER:
             return True
-    return state.status == "started" and not state.steps and not state.waits and not state.hooks
+    return (
+        state.status == RunStatus.STARTED
+        and not state.steps
+        and not state.waits
+        and not state.hooks
+    )
 
 
 def _conflict_disposal(event: Event) -> bool:

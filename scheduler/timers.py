@@ -27,6 +27,7 @@ from ledgerflow.eventlog.errors import (
     SerializationError,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.kinds import RunStatus, StepStatus
 from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
@@ -114,8 +115,8 @@ class TimerLoop:
         timer = due.timer
         entity = await self.store.entity(timer.run_id, timer.corr)
         if (
-            entity.run_state == "started"
-            and entity.state == "retrying"
+            entity.run_state == RunStatus.STARTED
+            and entity.state == StepStatus.RETRYING
             and entity.attempt == timer.attempt - 1
             and entity.created_id is not None
         ):
@@ -169,8 +170,8 @@ class TimerLoop:
         timer = due.timer
         entity = await self.store.entity(timer.run_id, timer.corr)
         if not (
-            entity.run_state == "started"
-            and entity.state == "started"
+            entity.run_state == RunStatus.STARTED
+            and entity.state == StepStatus.STARTED
             and entity.attempt == timer.attempt
         ):
             await self.store.release_timer(due)

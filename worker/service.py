@@ -51,6 +51,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
 from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.eventlog.retrying import retrying
@@ -287,7 +288,9 @@ class Worker:
             except Exception as exc:
                 log.warning("cancellation poll failed", error=f"{type(exc).__name__}: {exc}")
                 continue
-            self._cancelled = {r for r, s in states.items() if s in ("cancelled", "failed")}
+            self._cancelled = {
+                r for r, s in states.items() if s in (RunStatus.CANCELLED, RunStatus.FAILED)
+            }
 
     async def handle(self, delivery: Delivery) -> None:
         batch = await self.broker.receive(
