@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from .errors import StepMismatchError
 from .events import EventType, NewEvent
 from .integrity import check_batch, fingerprint_difference, token_conflict, wire
+from .statushash import EntityState
 from .transitions import Planned, plan_batch
 
 
@@ -25,7 +26,7 @@ def decide_batch(
     *,
     run_state: str,
     stored_workflow: str,
-    entity_state: Callable[[str], tuple[str, str, int]],
+    entity_state: Callable[[str], EntityState],
     logged_fingerprint: Callable[[str], str],
     token_owner: Callable[[str], str | None],
 ) -> list[Planned]:

@@ -21,6 +21,7 @@ from .errors import IllegalTransitionError, RunClosedError, RunNotFoundError
 from .events import RUN_TERMINAL, Event, EventType, NewEvent
 from .kinds import RUN_TERMINAL_STATES
 from .records import RunCreated
+from .statushash import ABSENT_ENTITY, EntityState
 from .transitions import ABSENT, entity_label, plan_batch
 
 _STEP_TERMINAL = frozenset({EventType.STEP_COMPLETED, EventType.STEP_FAILED})
@@ -60,12 +61,12 @@ def check_log(events: Sequence[Event], run_id: str = "run") -> list[str]:
     run_state = ABSENT
     run_end: Event | None = None
     # corr -> (kind, state, attempt), exactly what the store's status hash holds
-    entities: dict[str, tuple[str, str, int]] = {}
+    entities: dict[str, EntityState] = {}
     last_terminal: dict[str, Event] = {}
     unchecked = 0
 
-    def entity_state(corr: str) -> tuple[str, str, int]:
-        return entities.get(corr, ("", ABSENT, 0))
+    def entity_state(corr: str) -> EntityState:
+        return entities.get(corr, ABSENT_ENTITY)
 
     for event in events:
         kind = event.type.kind
@@ -116,7 +117,7 @@ def check_log(events: Sequence[Event], run_id: str = "run") -> list[str]:
                     )
             continue
         _, _, attempt = entity_state(event.corr)
-        entities[event.corr] = (kind, verdict.to, verdict.attempt or attempt)
+        entities[event.corr] = EntityState(kind, verdict.to, verdict.attempt or attempt)
         if verdict.to in _TERMINAL_STATES.get(kind, ()):
             last_terminal[event.corr] = event
     if unchecked:
@@ -128,7 +129,7 @@ def _refused(
     event: Event,
     label: str,
     run_state: str,
-    state: tuple[str, str, int],
+    state: EntityState,
     last_terminal: dict[str, Event],
 ) -> str:
     """Describe an event the store would have answered "duplicate" (never written)."""

@@ -11,7 +11,7 @@ fields through this one, and the Lua scripts get the same names from
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 RUN: Final = "run"
 """The run's status (``kinds.RunStatus``)."""
@@ -77,13 +77,24 @@ def split_entity(value: str) -> tuple[str, str]:
     return kind, state
 
 
-def entity_of(status: Mapping[str, str], corr: str) -> tuple[str, str, int]:
-    """(kind, state, attempt) of one entity as the hash holds it ("" state: absent)."""
+class EntityState(NamedTuple):
+    """One entity as the hash holds it: what the transition rules decide on."""
+
+    kind: str  # step, wait or hook; "" while absent
+    state: str  # "" while absent
+    attempt: int  # the highest attempt recorded (0: none)
+
+
+ABSENT_ENTITY = EntityState("", "", 0)
+
+
+def entity_of(status: Mapping[str, str], corr: str) -> EntityState:
+    """One entity as the hash holds it (``ABSENT_ENTITY`` if it has no field)."""
     raw = status.get(entity_field(corr))
     if raw is None:
-        return "", "", 0
+        return ABSENT_ENTITY
     kind, state = split_entity(raw)
-    return kind, state, int(status.get(attempt_field(corr), "0"))
+    return EntityState(kind, state, int(status.get(attempt_field(corr), "0")))
 
 
 def entity_corrs(status: Mapping[str, str], value: str) -> list[str]:

@@ -25,6 +25,7 @@ from .errors import (
 from .events import EventType, NewEvent
 from .kinds import RUN_TERMINAL_STATES as RUN_TERMINAL_STATES
 from .kinds import HookStatus, RunStatus, StepStatus, WaitStatus
+from .statushash import EntityState
 
 
 class Action(enum.StrEnum):
@@ -185,7 +186,7 @@ def plan_batch(
     run_id: str,
     events: Sequence[NewEvent],
     run_state: str,
-    entity_state: Callable[[str], tuple[str, str, int]],
+    entity_state: Callable[[str], EntityState],
     stored_workflow: str = "",
 ) -> list[Planned]:
     """Decide every event of a batch, or raise without anything being written.
@@ -193,7 +194,7 @@ def plan_batch(
     ``entity_state(corr)`` answers (kind, state, attempt) as stored before the
     batch; later events in the batch see the effect of earlier ones.
     """
-    local: dict[str, tuple[str, str, int]] = {}
+    local: dict[str, EntityState] = {}
     verdicts: list[Planned] = []
     for event in events:
         kind = event.type.kind
@@ -239,7 +240,7 @@ def plan_batch(
         if write and rule.guard is Guard.GT and new_attempt <= attempt:
             write = False
         if write:
-            local[event.corr] = (kind, rule.to, max(attempt, new_attempt))
+            local[event.corr] = EntityState(kind, rule.to, max(attempt, new_attempt))
         verdicts.append(Planned(write, kind, rule.to, max(attempt, new_attempt)))
     return verdicts
 

@@ -24,7 +24,13 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.kinds import StepStatus
-from ledgerflow.eventlog.records import RunCompleted, RunCreated, RunFailed, decode_record
+from ledgerflow.eventlog.records import (
+    ParentRef,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    decode_record,
+)
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.worker.outcome import bounded_error, failed
@@ -83,7 +89,7 @@ async def _is_our_child(store: EventStore, parent_run_id: str, command: ChildCom
     never comes (that run knows no parent).
     """
     first = await store.read(command.child_run_id, count=1)
-    return bool(first) and parent_of(first[0]) == (parent_run_id, command.corr)
+    return bool(first) and parent_of(first[0]) == ParentRef(parent_run_id, command.corr)
 
 
 async def _id_taken(
@@ -106,11 +112,9 @@ async def _id_taken(
     await retrying("publish activation", lambda: broker.publish_activation(activation))
 
 
-def parent_of(first: Event) -> tuple[str, str] | None:
-    """The parent (run id, step corr) a child's run_created names; None for a top-level run."""
-    if isinstance(first.record, RunCreated) and first.record.parent is not None:
-        return first.record.parent.run_id, first.record.parent.corr
-    return None
+def parent_of(first: Event) -> ParentRef | None:
+    """The parent a child's run_created names; None for a top-level run."""
+    return first.record.parent if isinstance(first.record, RunCreated) else None
 
 
 Activate = Callable[[Activation], Awaitable[object]]
@@ -119,7 +123,7 @@ Activate = Callable[[Activation], Awaitable[object]]
 async def report_to_parent(
     store: EventStore,
     broker: Broker,
-    parent: tuple[str, str],
+    parent: ParentRef,
     terminal: Event | NewEvent,
     *,
     activate: Activate | None = None,
@@ -129,7 +133,7 @@ async def report_to_parent(
     The parent's activation is published with ``activate`` if given (a producer's
     bounded retry), else retried the way daemons retry.
     """
-    parent_run, corr = parent
+    parent_run, corr = parent.run_id, parent.corr
     if isinstance(terminal, Event):
         record = terminal.record
     else:

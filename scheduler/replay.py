@@ -39,6 +39,7 @@ from ledgerflow.eventlog.records import (
     ChildSpec,
     HookCreated,
     HookReceived,
+    ParentRef,
     StepCompleted,
     StepCreated,
     StepFailed,
@@ -236,7 +237,7 @@ class WorkflowInstance:
         args: list[Any],
         kwargs: dict[str, Any],
         *,
-        parent: tuple[str, str] | None = None,
+        parent: ParentRef | None = None,
     ) -> None:
         self.run_id = run_id
         self._parent = parent
@@ -519,7 +520,7 @@ class WorkflowInstance:
         return pending
 
     @property
-    def parent(self) -> tuple[str, str] | None:
+    def parent(self) -> ParentRef | None:
         return self._parent
 
     def _claim(self, ask: Ask) -> str:
