@@ -15,7 +15,8 @@ from . import statushash as sh
 from .errors import RepairRaceError
 from .events import Event
 from .fold import fold
-from .records import HookCreated, RunCreated, StepCreated
+from .kinds import HookStatus, StepStatus, WaitStatus
+from .records import HookCreated, Record, RunCreated, StepCreated
 from .store import EventStore
 from .timers import Timer, TimerKind
 from .transitions import STATE_AFTER
@@ -33,48 +34,48 @@ class Expected:
 
 def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
     status: dict[str, str] = {}
-    attempts: dict[str, int] = {}
     for event in events:
-        after = STATE_AFTER[event.type]
         record = event.record
-        if event.type.kind == "run":
-            status[sh.RUN] = after
-            if isinstance(record, RunCreated):
-                status[sh.WORKFLOW] = record.workflow or ""
-                status[sh.CREATED] = str(event.ts)
-        else:
-            status[sh.entity_field(event.corr)] = sh.entity_value(event.type.kind, after)
-            if event.attempt is not None:
-                attempts[event.corr] = max(attempts.get(event.corr, 0), event.attempt)
-            if isinstance(record, StepCreated):
-                status[sh.created_id_field(event.corr)] = event.id
-                if record.call_fingerprint:
-                    status[sh.fingerprint_field(event.corr)] = record.call_fingerprint
-            if isinstance(record, HookCreated) and record.token and record.conflict is None:
-                status[sh.token_field(event.corr)] = record.token
-    for corr, attempt in attempts.items():
-        status[sh.attempt_field(corr)] = str(attempt)
-    if events:
-        status[sh.LAST] = events[-1].id
-        status[sh.COUNT] = str(len(events))
+        attempt = event.attempt
+        if attempt is not None:
+            attempt = max(sh.entity_of(status, event.corr).attempt, attempt)
+        change = sh.Written(
+            type=event.type,
+            corr=event.corr,
+            to=STATE_AFTER[event.type],
+            event_id=event.id,
+            at=event.ts,
+            attempt=attempt,
+            workflow=(record.workflow or "") if isinstance(record, RunCreated) else "",
+            fingerprint=record.call_fingerprint if isinstance(record, StepCreated) else "",
+            token=_claimed_token(record),
+        )
+        sh.record_written(status, change, clock=False)
     state = fold(run_id, events)
     timers: list[tuple[Timer, int]] = []
     hooks: dict[str, str] = {}
     if not state.finished and state.status != "absent":
         for wait in state.waits.values():
-            if wait.status == "created":
+            if wait.status == WaitStatus.CREATED:
                 timers.append((Timer(TimerKind.WAIT, run_id, wait.id), wait.due))
         for step in state.steps.values():
-            if step.status == "retrying" and step.retry_due is not None:
+            if step.status == StepStatus.RETRYING and step.retry_due is not None:
                 timers.append(
                     (Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1), step.retry_due)
                 )
         for hook in state.hooks.values():
-            if hook.status == "created" and hook.token and hook.conflict is None:
+            if hook.status == HookStatus.CREATED and hook.token and hook.conflict is None:
                 hooks[hook.token] = f"{run_id}|{hook.id}"
     return Expected(
         status=status, active=not state.finished and bool(events), timers=timers, hooks=hooks
     )
+
+
+def _claimed_token(record: Record) -> str:
+    """The token a hook_created holds in the index: none for a conflicted hook."""
+    if isinstance(record, HookCreated) and record.conflict is None:
+        return record.token
+    return ""
 
 
 def compare_status(expected: dict[str, str], actual: dict[str, str]) -> list[str]:

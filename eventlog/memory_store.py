@@ -115,35 +115,29 @@ class MemoryEventStore(EventStore):
             )
             written += 1
             corr = event.corr
-            if verdict.kind == "run":
-                status[sh.RUN] = verdict.to
-                if event.type is EventType.RUN_CREATED:
-                    status[sh.WORKFLOW] = event.workflow
-                    status[sh.CREATED] = str(now)
-            else:
-                status[sh.entity_field(corr)] = sh.entity_value(verdict.kind, verdict.to)
-                if event.attempt is not None:
-                    status[sh.attempt_field(corr)] = str(verdict.attempt)
-                if event.type is EventType.STEP_CREATED:
-                    status[sh.created_id_field(corr)] = event_id
-                    if event.fingerprint:
-                        status[sh.fingerprint_field(corr)] = event.fingerprint
-                if event.type is EventType.STEP_STARTED:
-                    status[sh.heartbeat_field(corr)] = str(now)
-                if event.type is EventType.HOOK_CREATED and event.token:
-                    self._hooks[event.token] = f"{run_id}|{corr}"
-                    status[sh.token_field(corr)] = event.token
-                if event.type is EventType.HOOK_DISPOSED:
-                    token = status.get(sh.token_field(corr))
-                    if token is not None and self._hooks.get(token) == f"{run_id}|{event.corr}":
-                        del self._hooks[token]
+            if event.type is EventType.HOOK_DISPOSED:
+                token = status.get(sh.token_field(corr))
+                if token is not None and self._hooks.get(token) == f"{run_id}|{corr}":
+                    del self._hooks[token]
+            if event.type is EventType.HOOK_CREATED and event.token:
+                self._hooks[event.token] = f"{run_id}|{corr}"
+            change = sh.Written(
+                type=event.type,
+                corr=corr,
+                to=verdict.to,
+                event_id=event_id,
+                at=now,
+                attempt=verdict.attempt if event.attempt is not None else None,
+                workflow=event.workflow,
+                fingerprint=event.fingerprint,
+                token=event.token,
+            )
+            sh.record_written(status, change)
             if event.timer is not None:
                 due = event.due_ms if event.due_ms is not None else now + (event.delay_ms or 0)
                 self._timer_shard(run_id)[event.timer.member] = int(due)
-            status[sh.LAST] = event_id
             results.append(AppendResult(event_id=event_id, duplicate=False))
         if written:
-            status[sh.COUNT] = str(int(status.get(sh.COUNT, "0")) + written)
             shard = self._active[shard_of(run_id, self.names.shards)]
             if status.get(sh.RUN) in RUN_TERMINAL_STATES:
                 shard.pop(run_id, None)

@@ -10,8 +10,11 @@ fields through this one, and the Lua scripts get the same names from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Final, NamedTuple
+
+from .kinds import EventType
 
 RUN: Final = "run"
 """The run's status (``kinds.RunStatus``)."""
@@ -100,6 +103,48 @@ def entity_of(status: Mapping[str, str], corr: str) -> EntityState:
 def entity_corrs(status: Mapping[str, str], value: str) -> list[str]:
     """The correlation ids of the entities whose entity field holds ``value``."""
     return [k[len(ENTITY) :] for k, v in status.items() if k.startswith(ENTITY) and v == value]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """One event as written: what it changes in its run's status hash."""
+
+    type: EventType
+    corr: str
+    to: str  # the entity's (or the run's) state after it
+    event_id: str
+    at: int  # the append's clock reading (ms)
+    attempt: int | None = None  # the entity's attempt after it; None if the event carries none
+    workflow: str = ""  # run_created: the workflow's name
+    fingerprint: str = ""  # step_created: the call fingerprint step_started must match
+    token: str = ""  # hook_created: the token it holds (none for a conflicted hook)
+
+
+def record_written(status: MutableMapping[str, str], w: Written, *, clock: bool = True) -> None:
+    """Update ``status`` for one written event, as the append script does in Lua.
+
+    ``clock=False`` leaves out the fields stamped from the clock (``VOLATILE``),
+    for a hash derived from the stream alone.
+    """
+    if w.type.kind == "run":
+        status[RUN] = w.to
+        if w.type is EventType.RUN_CREATED:
+            status[WORKFLOW] = w.workflow
+            status[CREATED] = str(w.at)
+    else:
+        status[entity_field(w.corr)] = entity_value(w.type.kind, w.to)
+        if w.attempt is not None:
+            status[attempt_field(w.corr)] = str(w.attempt)
+        if w.type is EventType.STEP_CREATED:
+            status[created_id_field(w.corr)] = w.event_id
+            if w.fingerprint:
+                status[fingerprint_field(w.corr)] = w.fingerprint
+        if w.type is EventType.STEP_STARTED and clock:
+            status[heartbeat_field(w.corr)] = str(w.at)
+        if w.type is EventType.HOOK_CREATED and w.token:
+            status[token_field(w.corr)] = w.token
+    status[LAST] = w.event_id
+    status[COUNT] = str(int(status.get(COUNT, "0")) + 1)
 
 
 def lua_helpers() -> str:
