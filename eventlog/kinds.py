@@ -42,10 +42,6 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    @property
-    def finished(self) -> bool:
-        return self in RUN_TERMINAL_STATES
-
 
 class StepStatus(enum.StrEnum):
     """The states of ``transitions.STEP_RULES``."""

@@ -13,6 +13,8 @@ ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (t
 workflow name of run_created, the token of hook_created, the call fingerprint of
 step_created / step_started), timer member ("" for none), timer due ("+ms" after
 now, or absolute ms).
+The status hash's fields are named by ``statushash`` (rendered into every script
+as Lua helpers), as ``statushash.record_written`` updates them for the memory store.
 Besides the stream entry, a written step_created records its entry id (x:<corr>,
 so a retry can re-dispatch the step's arguments) and its call fingerprint
 (f:<corr>), and a written step_started stamps the step's heartbeat (h:<corr>). A
