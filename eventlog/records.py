@@ -341,5 +341,13 @@ def attempt_of(record: Record) -> int | None:
 
 
 def decode_record(event_type: EventType, data: Any) -> Record:
-    """The typed record of one event's data; data that is not a map gets every default."""
-    return _DECODERS[event_type](data if isinstance(data, dict) else {})
+    """The typed record of one event's data; data that is not a map gets every default.
+
+    Except a step_created's arguments: data that is not a map holds no call this
+    code could send again, so a retry of that step fails instead of guessing.
+    """
+    if isinstance(data, dict):
+        return _DECODERS[event_type](data)
+    if event_type is EventType.STEP_CREATED:
+        return StepCreated(args=None)
+    return _DECODERS[event_type]({})

@@ -34,6 +34,11 @@ def test_a_step_created_without_queue_or_readable_arguments_gets_the_documented_
     assert (message.queue, message.args, message.attempt) == (DEFAULT_STEP_QUEUE, b"", 2)
 
 
+def test_a_step_created_that_is_not_a_map_holds_no_arguments_to_send() -> None:
+    assert decode_record(EventType.STEP_CREATED, [1, 2]) == StepCreated(args=None)
+    assert decode_record(EventType.STEP_CREATED, {"name": "x"}) == StepCreated(name="x")
+
+
 def test_a_child_run_step_is_told_by_its_record_not_by_its_name() -> None:
     child = records.ChildSpec("billing", "r1.s1", [1], {"k": 2})
     written = StepCreated(name="ignored", queue="", child=child).as_data()
