@@ -87,6 +87,13 @@ class RunCreated:
     kwargs: dict[str, Any] = field(default_factory=dict)
     parent: ParentRef | None = None
 
+    def as_data(self) -> dict[str, Any]:
+        """The data this record is written as (what a producer or a parent appends)."""
+        data: dict[str, Any] = {"workflow": self.workflow, "args": self.args, "kwargs": self.kwargs}
+        if self.parent is not None:
+            data["parent"] = {"run_id": self.parent.run_id, "corr": self.parent.corr}
+        return data
+
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
@@ -145,6 +152,12 @@ class StepStarted:
     worker: str | None = None
     timeout: float | None = None
     heartbeat_timeout: float | None = None
+
+    def as_data(self) -> dict[str, Any]:
+        """The data a worker writes (the attempt travels beside it, in ``NewEvent.of``)."""
+        limits = {"timeout": self.timeout, "heartbeat_timeout": self.heartbeat_timeout}
+        data: dict[str, Any] = {} if self.worker is None else {"worker": self.worker}
+        return {**data, **{k: v for k, v in limits.items() if v is not None}}
 
 
 @dataclass(frozen=True, slots=True)

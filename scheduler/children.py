@@ -43,12 +43,12 @@ async def start_child(
 ) -> None:
     created = NewEvent.of(
         EventType.RUN_CREATED,
-        data={
-            "workflow": command.workflow,
-            "args": command.args,
-            "kwargs": command.kwargs,
-            "parent": {"run_id": parent_run_id, "corr": command.corr},
-        },
+        data=RunCreated(
+            workflow=command.workflow,
+            args=command.args,
+            kwargs=command.kwargs,
+            parent=ParentRef(parent_run_id, command.corr),
+        ).as_data(),
         workflow=command.workflow,
         what=f"arguments of child workflow {command.workflow!r}",
         envelope=2,

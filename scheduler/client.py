@@ -31,7 +31,7 @@ from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.kinds import HookStatus, RunStatus, StepStatus
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
-from ledgerflow.eventlog.records import ErrorInfo
+from ledgerflow.eventlog.records import ErrorInfo, RunCreated
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import START, EventStore
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
@@ -134,7 +134,7 @@ class Client:
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         created = NewEvent.of(
             EventType.RUN_CREATED,
-            data={"workflow": name, "args": list(args), "kwargs": kwargs},
+            data=RunCreated(workflow=name, args=list(args), kwargs=kwargs).as_data(),
             workflow=name,
             what=f"arguments of workflow {name!r}",
             envelope=2,

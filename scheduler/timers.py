@@ -28,7 +28,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.kinds import RunStatus, StepStatus
-from ledgerflow.eventlog.records import StepCreated
+from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
@@ -154,7 +154,10 @@ class TimerLoop:
         # A retrying step fails only from an attempt: record the attempt the timer was
         # for as started here and failed at once (as a worker records a lost step).
         started = NewEvent.of(
-            EventType.STEP_STARTED, timer.corr, {"worker": "timer-loop"}, attempt=timer.attempt
+            EventType.STEP_STARTED,
+            timer.corr,
+            StepStarted(worker="timer-loop").as_data(),
+            attempt=timer.attempt,
         )
         try:
             await self.store.append(

@@ -53,7 +53,7 @@ from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
-from ledgerflow.eventlog.records import StepCreated
+from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.eventlog.timers import Timer, TimerKind
@@ -575,12 +575,16 @@ class Worker:
         if definition.heartbeat_timeout is not None:
             timeout_ms = int(definition.heartbeat_timeout * 1000)
             timer = Timer(TimerKind.HEARTBEAT, message.run_id, message.step_id, attempt, timeout_ms)
-        limits = {"timeout": definition.timeout, "heartbeat_timeout": definition.heartbeat_timeout}
+        # The limits let the reconciler tell a stuck step from a slow one.
+        started = StepStarted(
+            worker=self.identity,
+            timeout=definition.timeout,
+            heartbeat_timeout=definition.heartbeat_timeout,
+        )
         return NewEvent.of(
             EventType.STEP_STARTED,
             message.step_id,
-            # The limits let the reconciler tell a stuck step from a slow one.
-            {"worker": self.identity, **{k: v for k, v in limits.items() if v is not None}},
+            started.as_data(),
             attempt=attempt,
             # The append refuses it unless the step_created recorded this very call.
             fingerprint=call_fingerprint(message.step_name, message.args),

@@ -86,3 +86,23 @@ def test_the_scripts_name_status_fields_only_through_the_layout_module() -> None
         assert not re.findall(r"'[acxfhk]:'", body), body
         literal_field = r"'H(?:SET|GET|MGET|INCRBY)', (?:status|KEYS\[\d\]), '"
         assert not re.findall(literal_field, body), body
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        StepCreated(name="charge", queue="slow", args=b"\x90", call_fingerprint="f" * 32),
+        records.StepStarted(worker="w1", timeout=2.5),
+        records.StepStarted(),
+        records.RunCreated(workflow="w", args=[1], kwargs={"k": 2}),
+        records.RunCreated(workflow="w", parent=records.ParentRef("p", "s1")),
+    ],
+    ids=repr,
+)
+def test_what_a_writer_records_decodes_to_the_same_record(record: Any) -> None:
+    event_type = {
+        StepCreated: EventType.STEP_CREATED,
+        records.StepStarted: EventType.STEP_STARTED,
+        records.RunCreated: EventType.RUN_CREATED,
+    }[type(record)]
+    assert decode_record(event_type, record.as_data()) == record
