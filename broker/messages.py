@@ -23,6 +23,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.integrity import MAX_ATTEMPT
 from ledgerflow.eventlog.names import check_corr, check_queue_name, check_run_id
+from ledgerflow.eventlog.records import StepCreated
 
 from .topology import MAX_MESSAGE_BYTES
 
@@ -98,6 +99,28 @@ class Activation:
 
 
 Message = StepMessage | StepBatch | Activation
+
+
+def step_message(
+    run_id: str, step_id: str, created: StepCreated, *, attempt: int, workflow: str = ""
+) -> StepMessage:
+    """The message for one attempt of a step, from what its step_created records.
+
+    The one place a step message is built (first dispatch, a retry, a recovery),
+    so every sender asks a worker for exactly the call the log holds, on the
+    queue the log names. Arguments the record cannot hold as bytes go as none:
+    the worker's fingerprint check then refuses the message (the timer loop
+    fails such a step before it gets here).
+    """
+    return StepMessage(
+        run_id=run_id,
+        step_id=step_id,
+        step_name=created.name,
+        attempt=attempt,
+        args=created.args if created.args is not None else b"",
+        queue=created.queue,
+        workflow=workflow,
+    )
 
 
 def encode_message(msg: Message) -> bytes:

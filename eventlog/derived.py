@@ -11,32 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import statushash as sh
 from .errors import RepairRaceError
-from .events import Event, EventType
-from .fold import CALL_FINGERPRINT, HOOK_CONFLICT, fold
+from .events import Event
+from .fold import fold
+from .kinds import HookStatus, StepStatus, WaitStatus
+from .records import HookCreated, Record, RunCreated, StepCreated
 from .store import EventStore
 from .timers import Timer, TimerKind
-
-# Fields the append stamps from the clock: present, but their value is not derivable.
-VOLATILE_PREFIXES = ("h:",)
-
-_STATE_AFTER = {
-    EventType.RUN_CREATED: "created",
-    EventType.RUN_STARTED: "started",
-    EventType.RUN_COMPLETED: "completed",
-    EventType.RUN_FAILED: "failed",
-    EventType.RUN_CANCELLED: "cancelled",
-    EventType.STEP_CREATED: "created",
-    EventType.STEP_STARTED: "started",
-    EventType.STEP_RETRYING: "retrying",
-    EventType.STEP_COMPLETED: "completed",
-    EventType.STEP_FAILED: "failed",
-    EventType.WAIT_CREATED: "created",
-    EventType.WAIT_COMPLETED: "completed",
-    EventType.HOOK_CREATED: "created",
-    EventType.HOOK_RECEIVED: "created",
-    EventType.HOOK_DISPOSED: "disposed",
-}
+from .transitions import STATE_AFTER
 
 
 @dataclass
@@ -51,60 +34,55 @@ class Expected:
 
 def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
     status: dict[str, str] = {}
-    attempts: dict[str, int] = {}
     for event in events:
-        after = _STATE_AFTER[event.type]
-        data = event.data if isinstance(event.data, dict) else {}
-        if event.type.kind == "run":
-            status["run"] = after
-            if event.type is EventType.RUN_CREATED:
-                status["wf"] = str(data.get("workflow", ""))
-                status["created"] = str(event.ts)
-        else:
-            status[f"c:{event.corr}"] = f"{event.type.kind}.{after}"
-            attempt = data.get("attempt")
-            if isinstance(attempt, int):
-                attempts[event.corr] = max(attempts.get(event.corr, 0), attempt)
-            if event.type is EventType.STEP_CREATED:
-                status[f"x:{event.corr}"] = event.id
-                if data.get(CALL_FINGERPRINT):
-                    status[f"f:{event.corr}"] = str(data[CALL_FINGERPRINT])
-            if (
-                event.type is EventType.HOOK_CREATED
-                and data.get("token")
-                and not data.get(HOOK_CONFLICT)
-            ):
-                status[f"k:{event.corr}"] = str(data["token"])
-    for corr, attempt in attempts.items():
-        status[f"a:{corr}"] = str(attempt)
-    if events:
-        status["last"] = events[-1].id
-        status["n"] = str(len(events))
+        record = event.record
+        attempt = event.attempt
+        if attempt is not None:
+            attempt = max(sh.entity_of(status, event.corr).attempt, attempt)
+        change = sh.Written(
+            type=event.type,
+            corr=event.corr,
+            to=STATE_AFTER[event.type],
+            event_id=event.id,
+            at=event.ts,
+            attempt=attempt,
+            workflow=(record.workflow or "") if isinstance(record, RunCreated) else "",
+            fingerprint=record.call_fingerprint if isinstance(record, StepCreated) else "",
+            token=_claimed_token(record),
+        )
+        sh.record_written(status, change, clock=False)
     state = fold(run_id, events)
     timers: list[tuple[Timer, int]] = []
     hooks: dict[str, str] = {}
     if not state.finished and state.status != "absent":
         for wait in state.waits.values():
-            if wait.status == "created":
+            if wait.status == WaitStatus.CREATED:
                 timers.append((Timer(TimerKind.WAIT, run_id, wait.id), wait.due))
         for step in state.steps.values():
-            if step.status == "retrying" and step.retry_due is not None:
+            if step.status == StepStatus.RETRYING and step.retry_due is not None:
                 timers.append(
                     (Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1), step.retry_due)
                 )
         for hook in state.hooks.values():
-            if hook.status == "created" and hook.token and hook.conflict is None:
+            if hook.status == HookStatus.CREATED and hook.token and hook.conflict is None:
                 hooks[hook.token] = f"{run_id}|{hook.id}"
     return Expected(
         status=status, active=not state.finished and bool(events), timers=timers, hooks=hooks
     )
 
 
+def _claimed_token(record: Record) -> str:
+    """The token a hook_created holds in the index: none for a conflicted hook."""
+    if isinstance(record, HookCreated) and record.conflict is None:
+        return record.token
+    return ""
+
+
 def compare_status(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
     """Differences between the derived and the stored status hash, as readable lines."""
     problems = []
     for key in sorted(set(expected) | set(actual)):
-        if key.startswith(VOLATILE_PREFIXES):
+        if key.startswith(sh.VOLATILE):
             continue
         want, have = expected.get(key), actual.get(key)
         if want != have:
@@ -122,7 +100,7 @@ async def verify_run(store: EventStore, run_id: str) -> list[str]:
     if expected.active != await store.is_active(run_id):
         where = "missing from" if expected.active else "still in"
         problems.append(f"run is {where} the active-runs index")
-    if "created" in expected.status and not await store.is_listed(run_id):
+    if sh.CREATED in expected.status and not await store.is_listed(run_id):
         problems.append("run is missing from the runs index")
     armed = {timer.member for timer, _ in await store.pending_timers(run_id)}
     for timer, _due in expected.timers:

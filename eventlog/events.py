@@ -7,49 +7,46 @@ every host agrees) and ``v`` (schema version, so old logs stay readable).
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
 from .errors import SerializationError
+from .kinds import (
+    AWAITS_SCHEDULER,
+    RUN_TERMINAL,
+    SCHEDULER_WRITES,
+    STEP_OUTCOMES,
+    EventType,
+)
+from .records import Record, attempt_of, decode_record
 from .timers import Timer
+
+__all__ = [
+    "AWAITS_SCHEDULER",
+    "RUN_TERMINAL",
+    "SCHEDULER_WRITES",
+    "SCHEMA_VERSION",
+    "STEP_OUTCOMES",
+    "AppendResult",
+    "Event",
+    "EventType",
+    "NewEvent",
+    "decode_entry",
+    "id_order",
+]
 
 SCHEMA_VERSION = 1
 
 
-class EventType(enum.StrEnum):
-    RUN_CREATED = "run_created"
-    RUN_STARTED = "run_started"
-    RUN_COMPLETED = "run_completed"
-    RUN_FAILED = "run_failed"
-    RUN_CANCELLED = "run_cancelled"
-    STEP_CREATED = "step_created"
-    STEP_STARTED = "step_started"
-    STEP_COMPLETED = "step_completed"
-    STEP_FAILED = "step_failed"
-    STEP_RETRYING = "step_retrying"
-    WAIT_CREATED = "wait_created"
-    WAIT_COMPLETED = "wait_completed"
-    HOOK_CREATED = "hook_created"
-    HOOK_RECEIVED = "hook_received"
-    HOOK_DISPOSED = "hook_disposed"
-
-    @property
-    def kind(self) -> str:
-        """The entity this event belongs to: run, step, wait or hook."""
-        return self.value.split("_", 1)[0]
-
-
-RUN_TERMINAL = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED})
-STEP_OUTCOMES = frozenset(
-    {EventType.STEP_COMPLETED, EventType.STEP_FAILED, EventType.STEP_RETRYING}
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One recorded entry of a run's log."""
+    """One recorded entry of a run's log.
+
+    ``data`` is the decoded payload as stored (what exports and JSON views show);
+    ``record`` is the same data as its type's typed record, decoded once here, so
+    readers never inspect ``data`` themselves.
+    """
 
     id: str
     type: EventType
@@ -57,13 +54,14 @@ class Event:
     data: Any
     ts: int
     v: int = SCHEMA_VERSION
+    record: Record = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "record", decode_record(self.type, self.data))
 
     @property
     def attempt(self) -> int | None:
-        if isinstance(self.data, dict):
-            attempt = self.data.get("attempt")
-            return attempt if isinstance(attempt, int) else None
-        return None
+        return attempt_of(self.record)
 
 
 @dataclass(frozen=True, slots=True)

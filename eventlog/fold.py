@@ -10,32 +10,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import Event, EventType
+from . import records as r
+from .events import Event
+from .kinds import RUN_TERMINAL_STATES, HookStatus, RunStatus, StepStatus, WaitStatus
+from .records import ErrorInfo
 
-CALL_FINGERPRINT = "call_fp"
-"""step_created data: the call's fingerprint (name and arguments) step_started must match."""
-RECORDED_BY = "recorded_by"
-"""run_failed data: "scheduler" when the scheduler failed the run itself (a decision it
-could not record), so the failure is not the workflow's outcome."""
-HOOK_CONFLICT = "conflict"
-"""hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
-
-
-@dataclass
-class ErrorInfo:
-    type: str
-    message: str
-    traceback: str = ""
-
-    @classmethod
-    def from_data(cls, data: Any) -> ErrorInfo:
-        if not isinstance(data, dict):
-            return cls(type="Error", message=str(data))
-        return cls(
-            type=str(data.get("type", "Error")),
-            message=str(data.get("message", "")),
-            traceback=str(data.get("traceback", "")),
-        )
+__all__ = ["ErrorInfo", "HookState", "RunState", "StepState", "WaitState", "apply", "fold"]
 
 
 @dataclass
@@ -43,23 +23,29 @@ class StepState:
     id: str
     name: str
     queue: str
-    status: str = "created"
+    status: str = StepStatus.CREATED
     attempt: int = 0
     args: bytes = b""
     result: Any = None
     error: ErrorInfo | None = None
     retry_due: int | None = None
     child_run_id: str | None = None
+    created: r.StepCreated | None = None  # what step_created recorded (a message is built from it)
     created_ts: int = 0
     started_ts: int | None = None
     finished_ts: int | None = None
+
+    @property
+    def child(self) -> r.ChildSpec | None:
+        """The child run this step stands for, if it is one."""
+        return self.created.child if self.created is not None else None
 
 
 @dataclass
 class WaitState:
     id: str
     due: int
-    status: str = "created"
+    status: str = WaitStatus.CREATED
     created_ts: int = 0
     finished_ts: int | None = None
 
@@ -69,7 +55,7 @@ class HookState:
     id: str
     token: str
     metadata: Any = None
-    status: str = "created"
+    status: str = HookStatus.CREATED
     received: int = 0
     created_ts: int = 0
     conflict: str | None = None  # the run holding the token, if it was taken
@@ -96,97 +82,98 @@ class RunState:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in RUN_TERMINAL_STATES
 
 
 def apply(state: RunState, event: Event) -> RunState:
     """Apply one event in place; returns the state for chaining."""
-    data = event.data if isinstance(event.data, dict) else {}
     state.last_event_id = event.id
     state.event_count += 1
-    t = event.type
-    if t is EventType.RUN_CREATED:
-        state.workflow = str(data.get("workflow", ""))
-        state.args = list(data.get("args", []))
-        state.kwargs = dict(data.get("kwargs", {}))
-        state.status = "created"
+    record = event.record
+    if isinstance(record, r.RunCreated):
+        state.workflow = record.workflow or ""
+        state.args = list(record.args)
+        state.kwargs = dict(record.kwargs)
+        state.status = RunStatus.CREATED
         state.created_ts = event.ts
-    elif t is EventType.RUN_STARTED:
-        state.status = "started"
+    elif isinstance(record, r.RunStarted):
+        state.status = RunStatus.STARTED
         state.started_ts = event.ts
-    elif t is EventType.RUN_COMPLETED:
-        state.status = "completed"
-        state.result = data.get("result")
+    elif isinstance(record, r.RunCompleted):
+        state.status = RunStatus.COMPLETED
+        state.result = record.result
         state.finished_ts = event.ts
-    elif t is EventType.RUN_FAILED:
-        state.status = "failed"
-        state.error = ErrorInfo.from_data(data.get("error"))
+    elif isinstance(record, r.RunFailed):
+        state.status = RunStatus.FAILED
+        state.error = record.error
         state.finished_ts = event.ts
-    elif t is EventType.RUN_CANCELLED:
-        state.status = "cancelled"
-        state.cancel_reason = str(data.get("reason", ""))
+    elif isinstance(record, r.RunCancelled):
+        state.status = RunStatus.CANCELLED
+        state.cancel_reason = record.reason
         state.finished_ts = event.ts
-    elif t is EventType.STEP_CREATED:
+    elif isinstance(record, r.StepCreated):
         state.steps[event.corr] = StepState(
             id=event.corr,
-            name=str(data.get("name", "")),
-            queue=str(data.get("queue", "")),
+            name=record.name,
+            queue=record.queue,
             # Stored encoded; anything else (bytes(10**12) would allocate a terabyte) is none.
-            args=args if isinstance(args := data.get("args"), bytes) else b"",
-            child_run_id=str(data["child_run_id"]) if data.get("child_run_id") else None,
+            args=record.args or b"",
+            child_run_id=(record.child.run_id or None) if record.child else None,
+            created=record,
             created_ts=event.ts,
         )
-    elif t.kind == "step":
-        step = state.steps.get(event.corr)
-        if step is None:
-            return state
-        step.attempt = max(step.attempt, int(data.get("attempt", step.attempt) or 0))
-        if t is EventType.STEP_STARTED:
-            step.status = "started"
-            step.started_ts = event.ts
-            step.retry_due = None
-        elif t is EventType.STEP_COMPLETED:
-            step.status = "completed"
-            step.result = data.get("result")
-            step.finished_ts = event.ts
-        elif t is EventType.STEP_FAILED:
-            step.status = "failed"
-            step.error = ErrorInfo.from_data(data.get("error"))
-            step.finished_ts = event.ts
-        elif t is EventType.STEP_RETRYING:
-            step.status = "retrying"
-            step.error = ErrorInfo.from_data(data.get("error"))
-            due = data.get("due")
-            step.retry_due = (
-                int(due) if due is not None else event.ts + int(data.get("delay_ms", 0))
-            )
-    elif t is EventType.WAIT_CREATED:
-        state.waits[event.corr] = WaitState(
-            id=event.corr, due=int(data.get("due", 0)), created_ts=event.ts
-        )
-    elif t is EventType.WAIT_COMPLETED:
+    elif isinstance(record, (r.StepStarted, r.StepCompleted, r.StepFailed, r.StepRetrying)):
+        _apply_step(state.steps.get(event.corr), record, event.ts)
+    elif isinstance(record, r.WaitCreated):
+        state.waits[event.corr] = WaitState(id=event.corr, due=record.due, created_ts=event.ts)
+    elif isinstance(record, r.WaitCompleted):
         wait = state.waits.get(event.corr)
         if wait is not None:
-            wait.status = "completed"
+            wait.status = WaitStatus.COMPLETED
             wait.finished_ts = event.ts
-    elif t is EventType.HOOK_CREATED:
-        conflict = data.get(HOOK_CONFLICT)
+    elif isinstance(record, r.HookCreated):
         state.hooks[event.corr] = HookState(
             id=event.corr,
-            token=str(data.get("token", "")),
-            metadata=data.get("metadata"),
+            token=record.token,
+            metadata=record.metadata,
             created_ts=event.ts,
-            conflict=str(conflict.get("run", "")) if isinstance(conflict, dict) else None,
+            conflict=record.conflict,
         )
-    elif t is EventType.HOOK_RECEIVED:
+    elif isinstance(record, r.HookReceived):
         hook = state.hooks.get(event.corr)
         if hook is not None:
             hook.received += 1
-    elif t is EventType.HOOK_DISPOSED:
+    elif isinstance(record, r.HookDisposed):
         hook = state.hooks.get(event.corr)
         if hook is not None:
-            hook.status = "disposed"
+            hook.status = HookStatus.DISPOSED
     return state
+
+
+def _apply_step(
+    step: StepState | None,
+    record: r.StepStarted | r.StepCompleted | r.StepFailed | r.StepRetrying,
+    ts: int,
+) -> None:
+    if step is None:
+        return
+    step.attempt = max(step.attempt, record.attempt or 0)
+    if isinstance(record, r.StepStarted):
+        step.status = StepStatus.STARTED
+        step.started_ts = ts
+        step.retry_due = None
+    elif isinstance(record, r.StepCompleted):
+        step.status = StepStatus.COMPLETED
+        step.result = record.result
+        step.finished_ts = ts
+    elif isinstance(record, r.StepFailed):
+        step.status = StepStatus.FAILED
+        step.error = record.error
+        step.finished_ts = ts
+    else:
+        step.status = StepStatus.RETRYING
+        step.error = record.error
+        step.retry_due = record.due if record.due is not None else ts + record.delay_ms
 
 
 def fold(run_id: str, events: Iterable[Event]) -> RunState:

@@ -13,6 +13,8 @@ ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (t
 workflow name of run_created, the token of hook_created, the call fingerprint of
 step_created / step_started), timer member ("" for none), timer due ("+ms" after
 now, or absolute ms).
+The status hash's fields are named by ``statushash`` (rendered into every script
+as Lua helpers), as ``statushash.record_written`` updates them for the memory store.
 Besides the stream entry, a written step_created records its entry id (x:<corr>,
 so a retry can re-dispatch the step's arguments) and its call fingerprint
 (f:<corr>), and a written step_started stamps the step's heartbeat (h:<corr>). A
@@ -27,13 +29,17 @@ from __future__ import annotations
 
 from .events import SCHEMA_VERSION, EventType
 from .integrity import WIDTH, lua_checks
-from .transitions import RUN_TERMINAL_STATES, lua_table
+from .kinds import RUN_TERMINAL_STATES
+from .statushash import lua_helpers
+from .transitions import lua_table
+
+_FIELDS = lua_helpers()
 
 _KINDS = ",".join(f'["{t.value}"]="{t.kind}"' for t in EventType)
 _TERMINAL = ",".join(f'["{s}"]=true' for s in sorted(RUN_TERMINAL_STATES))
 
 APPEND_SCRIPT = f"""
-local W = {WIDTH}
+{_FIELDS}local W = {WIDTH}
 local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
@@ -41,8 +47,8 @@ local stream, status, active, timers, hooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local runs = KEYS[6]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 {lua_checks()}
-local run_state = redis.call('HGET', status, 'run') or ''
-local stored_wf = redis.call('HGET', status, 'wf') or ''
+local run_state = redis.call('HGET', status, F_RUN) or ''
+local stored_wf = redis.call('HGET', status, F_WF) or ''
 local entity = {{}}
 local plan = {{}}
 local claimed = {{}}
@@ -50,7 +56,7 @@ local claimed = {{}}
 local function load(corr)
   local cached = entity[corr]
   if cached then return cached end
-  local raw = redis.call('HMGET', status, 'c:' .. corr, 'a:' .. corr, 'f:' .. corr)
+  local raw = redis.call('HMGET', status, f_entity(corr), f_attempt(corr), f_fingerprint(corr))
   local kind, state = '', ''
   if raw[1] then
     local dot = string.find(raw[1], '.', 1, true)
@@ -138,25 +144,25 @@ for i = 1, n do
     reply[#reply + 1] = id
     written = written + 1
     if p[2] == 'run' then
-      redis.call('HSET', status, 'run', p[3], 'last', id)
+      redis.call('HSET', status, F_RUN, p[3], F_LAST, id)
       if ARGV[b + 1] == 'run_created' then
-        redis.call('HSET', status, 'wf', ARGV[b + 5], 'created', now)
+        redis.call('HSET', status, F_WF, ARGV[b + 5], F_CREATED, now)
         redis.call('ZADD', runs, now, run_id)
       end
     else
-      redis.call('HSET', status, 'c:' .. p[5], p[2] .. '.' .. p[3], 'last', id)
-      if p[6] then redis.call('HSET', status, 'a:' .. p[5], p[4]) end
+      redis.call('HSET', status, f_entity(p[5]), p[2] .. '.' .. p[3], F_LAST, id)
+      if p[6] then redis.call('HSET', status, f_attempt(p[5]), p[4]) end
       if ARGV[b + 1] == 'step_created' then
-        redis.call('HSET', status, 'x:' .. p[5], id)
-        if ARGV[b + 5] ~= '' then redis.call('HSET', status, 'f:' .. p[5], ARGV[b + 5]) end
+        redis.call('HSET', status, f_created_id(p[5]), id)
+        if ARGV[b + 5] ~= '' then redis.call('HSET', status, f_fingerprint(p[5]), ARGV[b + 5]) end
       end
-      if ARGV[b + 1] == 'step_started' then redis.call('HSET', status, 'h:' .. p[5], now) end
+      if ARGV[b + 1] == 'step_started' then redis.call('HSET', status, f_heartbeat(p[5]), now) end
       if ARGV[b + 1] == 'hook_created' and ARGV[b + 5] ~= '' then
         redis.call('HSET', hooks, ARGV[b + 5], run_id .. '|' .. p[5])
-        redis.call('HSET', status, 'k:' .. p[5], ARGV[b + 5])
+        redis.call('HSET', status, f_token(p[5]), ARGV[b + 5])
       end
       if ARGV[b + 1] == 'hook_disposed' then
-        local token = redis.call('HGET', status, 'k:' .. p[5])
+        local token = redis.call('HGET', status, f_token(p[5]))
         if token and redis.call('HGET', hooks, token) == run_id .. '|' .. p[5] then
           redis.call('HDEL', hooks, token)
         end
@@ -177,7 +183,7 @@ for i = 1, n do
   end
 end
 if written > 0 then
-  redis.call('HINCRBY', status, 'n', written)
+  redis.call('HINCRBY', status, F_N, written)
   if TERMINAL[run_state] then
     redis.call('ZREM', active, run_id)
   else
@@ -227,23 +233,23 @@ return tostring(at)
 
 # Stamp a step's heartbeat with the Redis clock, only while that attempt is running.
 # KEYS: status hash. ARGV: corr, attempt. Reply: 1 if stamped.
-HEARTBEAT_SCRIPT = """
-local state = redis.call('HGET', KEYS[1], 'c:' .. ARGV[1])
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'a:' .. ARGV[1]) or '0')
+HEARTBEAT_SCRIPT = f"""
+{_FIELDS}local state = redis.call('HGET', KEYS[1], f_entity(ARGV[1]))
+local attempt = tonumber(redis.call('HGET', KEYS[1], f_attempt(ARGV[1])) or '0')
 if state ~= 'step.started' or attempt ~= tonumber(ARGV[2]) then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'h:' .. ARGV[1], now)
+redis.call('HSET', KEYS[1], f_heartbeat(ARGV[1]), now)
 return 1
 """
 
 # An entity's status plus the Redis clock. KEYS: status hash. ARGV: corr.
-ENTITY_SCRIPT = """
-local t = redis.call('TIME')
+ENTITY_SCRIPT = f"""
+{_FIELDS}local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HMGET', KEYS[1], 'run', 'c:' .. ARGV[1], 'a:' .. ARGV[1],
-  'x:' .. ARGV[1], 'h:' .. ARGV[1], 'wf')
-return {v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now), v[6] or ''}
+local v = redis.call('HMGET', KEYS[1], F_RUN, f_entity(ARGV[1]), f_attempt(ARGV[1]),
+  f_created_id(ARGV[1]), f_heartbeat(ARGV[1]), F_WF)
+return {{v[1] or '', v[2] or '', v[3] or '0', v[4] or '', v[5] or '', tostring(now), v[6] or ''}}
 """
 
 # Push an unfinished run's active-index score to ARGV[3], only if it is still ARGV[2]:
@@ -271,15 +277,15 @@ return 0
 # KEYS: stream, status, active shard, timer shard, hook-token index, runs-index shard.
 # ARGV: run_id, expected last id, active ("1"/"0"), nfields, field, value, ...,
 #       ntimers, member, due, ..., nhooks, token, owner, ...
-REWRITE_DERIVED_SCRIPT = """
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+REWRITE_DERIVED_SCRIPT = f"""
+{_FIELDS}local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local newest_id = ''
 if newest[1] then newest_id = newest[1][1] end
 if newest_id ~= ARGV[2] then return 0 end
 local old = redis.call('HGETALL', KEYS[2])
-local keep = {}
+local keep = {{}}
 for i = 1, #old, 2 do
-  if string.sub(old[i], 1, 2) == 'h:' then
+  if string.sub(old[i], 1, #VOLATILE) == VOLATILE then
     keep[#keep + 1] = old[i]
     keep[#keep + 1] = old[i + 1]
   end
@@ -292,7 +298,7 @@ for j = 1, nfields do
 end
 i = i + 2 * nfields + 1
 for j = 1, #keep, 2 do redis.call('HSET', KEYS[2], keep[j], keep[j + 1]) end
-local created = redis.call('HGET', KEYS[2], 'created')
+local created = redis.call('HGET', KEYS[2], F_CREATED)
 if created then redis.call('ZADD', KEYS[6], 'NX', created, ARGV[1]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

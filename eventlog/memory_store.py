@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import statushash as sh
+from .batch import decide_batch
 from .derived import Expected
-from .errors import MalformedMessageError, StepMismatchError
+from .errors import MalformedMessageError
 from .events import (
     SCHEMA_VERSION,
     AppendResult,
@@ -25,11 +27,11 @@ from .events import (
     decode_entry,
     id_order,
 )
-from .integrity import check_batch, fingerprint_difference, token_conflict, wire
+from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .names import Names, shard_of
 from .store import START, EventStore, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
-from .transitions import ABSENT, RUN_TERMINAL_STATES, Planned, plan_batch
+from .transitions import ABSENT
 
 
 def _now_ms() -> int:
@@ -82,19 +84,15 @@ class MemoryEventStore(EventStore):
         if not events:
             return []
         status = self._status[run_id]
-
-        def entity_state(corr: str) -> tuple[str, str, int]:
-            raw = status.get(f"c:{corr}")
-            if raw is None:
-                return "", ABSENT, 0
-            kind, _, state = raw.partition(".")
-            return kind, state, int(status.get(f"a:{corr}", "0"))
-
-        check_batch(run_id, [wire(e) for e in events])
-        plan = plan_batch(
-            run_id, events, status.get("run", ABSENT), entity_state, status.get("wf", "")
+        plan = decide_batch(
+            run_id,
+            events,
+            run_state=status.get(sh.RUN, ABSENT),
+            stored_workflow=status.get(sh.WORKFLOW, ""),
+            entity_state=lambda corr: sh.entity_of(status, corr),
+            logged_fingerprint=lambda corr: status.get(sh.fingerprint_field(corr), ""),
+            token_owner=self._hooks.get,
         )
-        self._check_claims(run_id, events, plan, status)
         now = _now_ms()
         results: list[AppendResult] = []
         written = 0
@@ -116,37 +114,32 @@ class MemoryEventStore(EventStore):
                 )
             )
             written += 1
-            if verdict.kind == "run":
-                status["run"] = verdict.to
-                if event.type.value == "run_created":
-                    status["wf"] = event.workflow
-                    status["created"] = str(now)
-            else:
-                status[f"c:{event.corr}"] = f"{verdict.kind}.{verdict.to}"
-                if event.attempt is not None:
-                    status[f"a:{event.corr}"] = str(verdict.attempt)
-                if event.type is EventType.STEP_CREATED:
-                    status[f"x:{event.corr}"] = event_id
-                    if event.fingerprint:
-                        status[f"f:{event.corr}"] = event.fingerprint
-                if event.type is EventType.STEP_STARTED:
-                    status[f"h:{event.corr}"] = str(now)
-                if event.type is EventType.HOOK_CREATED and event.token:
-                    self._hooks[event.token] = f"{run_id}|{event.corr}"
-                    status[f"k:{event.corr}"] = event.token
-                if event.type is EventType.HOOK_DISPOSED:
-                    token = status.get(f"k:{event.corr}")
-                    if token is not None and self._hooks.get(token) == f"{run_id}|{event.corr}":
-                        del self._hooks[token]
+            corr = event.corr
+            if event.type is EventType.HOOK_DISPOSED:
+                token = status.get(sh.token_field(corr))
+                if token is not None and self._hooks.get(token) == f"{run_id}|{corr}":
+                    del self._hooks[token]
+            if event.type is EventType.HOOK_CREATED and event.token:
+                self._hooks[event.token] = f"{run_id}|{corr}"
+            change = sh.Written(
+                type=event.type,
+                corr=corr,
+                to=verdict.to,
+                event_id=event_id,
+                at=now,
+                attempt=verdict.attempt if event.attempt is not None else None,
+                workflow=event.workflow,
+                fingerprint=event.fingerprint,
+                token=event.token,
+            )
+            sh.record_written(status, change)
             if event.timer is not None:
                 due = event.due_ms if event.due_ms is not None else now + (event.delay_ms or 0)
                 self._timer_shard(run_id)[event.timer.member] = int(due)
-            status["last"] = event_id
             results.append(AppendResult(event_id=event_id, duplicate=False))
         if written:
-            status["n"] = str(int(status.get("n", "0")) + written)
             shard = self._active[shard_of(run_id, self.names.shards)]
-            if status.get("run") in RUN_TERMINAL_STATES:
+            if status.get(sh.RUN) in RUN_TERMINAL_STATES:
                 shard.pop(run_id, None)
             else:
                 shard[run_id] = now
@@ -154,33 +147,6 @@ class MemoryEventStore(EventStore):
             async with cond:
                 cond.notify_all()
         return results
-
-    def _check_claims(
-        self,
-        run_id: str,
-        events: Sequence[NewEvent],
-        plan: Sequence[Planned],
-        status: dict[str, str],
-    ) -> None:
-        """The script's fingerprint and token checks, earlier events of the batch included."""
-        fingerprints: dict[str, str] = {}
-        claimed: dict[str, str] = {}
-        for event, verdict in zip(events, plan, strict=True):
-            corr = event.corr
-            if event.type is EventType.STEP_CREATED and verdict.write:
-                fingerprints[corr] = event.fingerprint
-            if event.type is EventType.STEP_STARTED and event.fingerprint:
-                logged = fingerprints.get(corr, status.get(f"f:{corr}", ""))
-                if logged and logged != event.fingerprint:
-                    raise StepMismatchError(
-                        run_id, corr, fingerprint_difference(logged, event.fingerprint)
-                    )
-            if verdict.write and event.type is EventType.HOOK_CREATED and event.token:
-                mine = f"{run_id}|{corr}"
-                owner = claimed.get(event.token) or self._hooks.get(event.token)
-                if owner is not None and owner != mine:
-                    raise token_conflict(event.token, owner, corr)
-                claimed[event.token] = mine
 
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
         found = self._newer(run_id, after)
@@ -219,7 +185,7 @@ class MemoryEventStore(EventStore):
 
     async def run_tail(self, run_id: str) -> tuple[str, str]:
         status = self._status.get(run_id, {})
-        return status.get("run", ""), status.get("last", "")
+        return status.get(sh.RUN, ""), status.get(sh.LAST, "")
 
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
@@ -282,17 +248,17 @@ class MemoryEventStore(EventStore):
 
     async def entity(self, run_id: str, corr: str) -> EntityStatus:
         status = self._status.get(run_id, {})
-        kind, _, state = status.get(f"c:{corr}", "").partition(".")
-        beat = status.get(f"h:{corr}")
+        kind, state, attempt = sh.entity_of(status, corr)
+        beat = status.get(sh.heartbeat_field(corr))
         return EntityStatus(
-            run_state=status.get("run", ""),
+            run_state=status.get(sh.RUN, ""),
             kind=kind,
             state=state,
-            attempt=int(status.get(f"a:{corr}", "0")),
-            created_id=status.get(f"x:{corr}"),
+            attempt=attempt,
+            created_id=status.get(sh.created_id_field(corr)),
             heartbeat=int(beat) if beat else None,
             now=_now_ms(),
-            workflow=status.get("wf", ""),
+            workflow=status.get(sh.WORKFLOW, ""),
         )
 
     async def read_event(self, run_id: str, event_id: str) -> Event | None:
@@ -309,12 +275,9 @@ class MemoryEventStore(EventStore):
 
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:
         status = self._status.get(run_id, {})
-        if (
-            status.get(f"c:{corr}") != "step.started"
-            or int(status.get(f"a:{corr}", "0")) != attempt
-        ):
+        if sh.entity_of(status, corr) != ("step", StepStatus.STARTED, attempt):
             return False
-        status[f"h:{corr}"] = str(_now_ms())
+        status[sh.heartbeat_field(corr)] = str(_now_ms())
         return True
 
     async def hook_owner(self, token: str) -> tuple[str, str] | None:
@@ -329,7 +292,7 @@ class MemoryEventStore(EventStore):
             del self._hooks[token]
 
     async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
-        return {r: self._status.get(r, {}).get("run", "") for r in run_ids}
+        return {r: self._status.get(r, {}).get(sh.RUN, "") for r in run_ids}
 
     async def stale_runs(self, shard: int, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
@@ -362,7 +325,7 @@ class MemoryEventStore(EventStore):
         return found[:limit]
 
     async def is_listed(self, run_id: str) -> bool:
-        return bool(self._status.get(run_id, {}).get("created"))
+        return bool(self._status.get(run_id, {}).get(sh.CREATED))
 
     async def mark_alive(self, identity: str, ttl_ms: int) -> None:
         self._presence[identity] = _now_ms() + ttl_ms
@@ -386,7 +349,7 @@ class MemoryEventStore(EventStore):
             return False
         old = self._status.get(run_id, {})
         fresh = dict(expected.status)
-        fresh.update({k: v for k, v in old.items() if k.startswith("h:")})
+        fresh.update({k: v for k, v in old.items() if k.startswith(sh.VOLATILE)})
         self._status[run_id] = fresh
         shard = self._active[shard_of(run_id, self.names.shards)]
         if expected.active:

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import statushash as sh
 from .derived import Expected
 from .errors import (
     AppendArgumentError,
@@ -205,7 +206,7 @@ class RedisEventStore(EventStore):
 
     @retried("read a run's state")
     async def run_tail(self, run_id: str) -> tuple[str, str]:
-        state, last = await self.client.hmget(self.names.status(run_id), "run", "last")
+        state, last = await self.client.hmget(self.names.status(run_id), sh.RUN, sh.LAST)
         return (_text(state) if state else "", _text(last) if last else "")
 
     @retried("read the active-runs index")
@@ -292,7 +293,7 @@ class RedisEventStore(EventStore):
     async def entity(self, run_id: str, corr: str) -> EntityStatus:
         raw: Any = await self._entity(keys=[self.names.status(run_id)], args=[corr])
         run_state, entity, attempt, created, beat, now, workflow = (_text(v) for v in raw)
-        kind, _, state = entity.partition(".")
+        kind, state = sh.split_entity(entity)
         return EntityStatus(
             run_state=run_state,
             kind=kind,
@@ -358,7 +359,7 @@ class RedisEventStore(EventStore):
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hget(self.names.status(run_id), "run")
+                pipe.hget(self.names.status(run_id), sh.RUN)
             replies: list[Any] = await pipe.execute()
         return {r: _text(v) if v is not None else "" for r, v in zip(run_ids, replies, strict=True)}
 
@@ -408,10 +409,11 @@ class RedisEventStore(EventStore):
             batch.sort(key=lambda r: r[1], reverse=True)
             pipe = self.client.pipeline(transaction=False)
             for run_id, _ in batch:
-                pipe.hmget(self.names.status(run_id), "run", "wf", "created", "last", "n")
+                pipe.hmget(self.names.status(run_id), *sh.SUMMARY)
             for (run_id, _), fields in zip(batch, await pipe.execute(), strict=True):
-                keys = ("run", "wf", "created", "last", "n")
-                row = {k: _text(v) for k, v in zip(keys, fields, strict=True) if v is not None}
+                row = {
+                    k: _text(v) for k, v in zip(sh.SUMMARY, fields, strict=True) if v is not None
+                }
                 summary = summary_of(run_id, row)
                 if summary is not None and summary.matches(status, workflow):
                     found.append(summary)
@@ -445,7 +447,7 @@ class RedisEventStore(EventStore):
             return []
         async with self.client.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hmget(self.names.status(run_id), "run", "last")
+                pipe.hmget(self.names.status(run_id), sh.RUN, sh.LAST)
             replies: list[Any] = await pipe.execute()
         return [(_text(s) if s else "", _text(last) if last else "") for s, last in replies]
 

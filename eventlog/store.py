@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from . import statushash as sh
 from .events import AppendResult, Event, EventType, NewEvent, id_order
 from .names import Names
 from .timers import DueTimer, EntityStatus, Timer
@@ -45,16 +46,16 @@ class RunSummary:
 
 def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
     """A listing line from a status hash; None for a run with no hash (not yet created)."""
-    if not status.get("run"):
+    if not status.get(sh.RUN):
         return None
-    last = status.get("last", "")
+    last = status.get(sh.LAST, "")
     return RunSummary(
         run_id=run_id,
-        workflow=status.get("wf", ""),
-        status=status["run"],
-        created_ms=int(status.get("created", "0") or 0),
+        workflow=status.get(sh.WORKFLOW, ""),
+        status=status[sh.RUN],
+        created_ms=int(status.get(sh.CREATED, "0") or 0),
         updated_ms=id_order(last)[0] if last else 0,
-        events=int(status.get("n", "0") or 0),
+        events=int(status.get(sh.COUNT, "0") or 0),
     )
 
 

@@ -23,6 +23,9 @@ from .errors import (
     WorkflowMismatchError,
 )
 from .events import EventType, NewEvent
+from .kinds import RUN_TERMINAL_STATES as RUN_TERMINAL_STATES
+from .kinds import HookStatus, RunStatus, StepStatus, WaitStatus
+from .statushash import EntityState
 
 
 class Action(enum.StrEnum):
@@ -45,36 +48,36 @@ class Rule:
 
 
 ABSENT = ""
-RUN_TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
 E = EventType
 W, D = Action.WRITE, Action.DUP
 
 
 def _w(to: str, guard: Guard = Guard.NONE) -> Rule:
-    return Rule(W, to, guard)
+    # Kept as the plain string the status hash stores, so it reads the same in errors.
+    return Rule(W, str(to), guard)
 
 
 _DUP = Rule(D)
 
 # RUN: created -> started -> one terminal; created -> cancelled.
 RUN_RULES: dict[str, dict[EventType, Rule]] = {
-    ABSENT: {E.RUN_CREATED: _w("created")},
-    "created": {
+    ABSENT: {E.RUN_CREATED: _w(RunStatus.CREATED)},
+    RunStatus.CREATED: {
         E.RUN_CREATED: _DUP,
-        E.RUN_STARTED: _w("started"),
-        E.RUN_CANCELLED: _w("cancelled"),
+        E.RUN_STARTED: _w(RunStatus.STARTED),
+        E.RUN_CANCELLED: _w(RunStatus.CANCELLED),
     },
-    "started": {
+    RunStatus.STARTED: {
         E.RUN_CREATED: _DUP,
         E.RUN_STARTED: _DUP,
-        E.RUN_COMPLETED: _w("completed"),
-        E.RUN_FAILED: _w("failed"),
-        E.RUN_CANCELLED: _w("cancelled"),
+        E.RUN_COMPLETED: _w(RunStatus.COMPLETED),
+        E.RUN_FAILED: _w(RunStatus.FAILED),
+        E.RUN_CANCELLED: _w(RunStatus.CANCELLED),
     },
-    "completed": {E.RUN_CREATED: _DUP, E.RUN_STARTED: _DUP, E.RUN_COMPLETED: _DUP},
-    "failed": {E.RUN_CREATED: _DUP, E.RUN_STARTED: _DUP, E.RUN_FAILED: _DUP},
-    "cancelled": {E.RUN_CREATED: _DUP, E.RUN_STARTED: _DUP, E.RUN_CANCELLED: _DUP},
+    RunStatus.COMPLETED: {E.RUN_CREATED: _DUP, E.RUN_STARTED: _DUP, E.RUN_COMPLETED: _DUP},
+    RunStatus.FAILED: {E.RUN_CREATED: _DUP, E.RUN_STARTED: _DUP, E.RUN_FAILED: _DUP},
+    RunStatus.CANCELLED: {E.RUN_CREATED: _DUP, E.RUN_STARTED: _DUP, E.RUN_CANCELLED: _DUP},
 }
 
 _STEP_DONE = {
@@ -92,40 +95,40 @@ _STEP_DONE = {
 # A repeated started is legal (at-least-once); a late outcome after the step
 # ended is a duplicate, so a slow or redelivered worker can never record twice.
 STEP_RULES: dict[str, dict[EventType, Rule]] = {
-    ABSENT: {E.STEP_CREATED: _w("created")},
-    "created": {E.STEP_CREATED: _DUP, E.STEP_STARTED: _w("started")},
-    "started": {
+    ABSENT: {E.STEP_CREATED: _w(StepStatus.CREATED)},
+    StepStatus.CREATED: {E.STEP_CREATED: _DUP, E.STEP_STARTED: _w(StepStatus.STARTED)},
+    StepStatus.STARTED: {
         E.STEP_CREATED: _DUP,
-        E.STEP_STARTED: _w("started", Guard.GE),
-        E.STEP_RETRYING: _w("retrying", Guard.GE),
-        E.STEP_COMPLETED: _w("completed"),
-        E.STEP_FAILED: _w("failed", Guard.GE),
+        E.STEP_STARTED: _w(StepStatus.STARTED, Guard.GE),
+        E.STEP_RETRYING: _w(StepStatus.RETRYING, Guard.GE),
+        E.STEP_COMPLETED: _w(StepStatus.COMPLETED),
+        E.STEP_FAILED: _w(StepStatus.FAILED, Guard.GE),
     },
-    "retrying": {
+    StepStatus.RETRYING: {
         E.STEP_CREATED: _DUP,
-        E.STEP_STARTED: _w("started", Guard.GT),
+        E.STEP_STARTED: _w(StepStatus.STARTED, Guard.GT),
         E.STEP_RETRYING: _DUP,
-        E.STEP_COMPLETED: _w("completed"),
+        E.STEP_COMPLETED: _w(StepStatus.COMPLETED),
         E.STEP_FAILED: _DUP,
     },
-    "completed": _STEP_DONE,
-    "failed": _STEP_DONE,
+    StepStatus.COMPLETED: _STEP_DONE,
+    StepStatus.FAILED: _STEP_DONE,
 }
 
 WAIT_RULES: dict[str, dict[EventType, Rule]] = {
-    ABSENT: {E.WAIT_CREATED: _w("created")},
-    "created": {E.WAIT_CREATED: _DUP, E.WAIT_COMPLETED: _w("completed")},
-    "completed": {E.WAIT_CREATED: _DUP, E.WAIT_COMPLETED: _DUP},
+    ABSENT: {E.WAIT_CREATED: _w(WaitStatus.CREATED)},
+    WaitStatus.CREATED: {E.WAIT_CREATED: _DUP, E.WAIT_COMPLETED: _w(WaitStatus.COMPLETED)},
+    WaitStatus.COMPLETED: {E.WAIT_CREATED: _DUP, E.WAIT_COMPLETED: _DUP},
 }
 
 HOOK_RULES: dict[str, dict[EventType, Rule]] = {
-    ABSENT: {E.HOOK_CREATED: _w("created")},
-    "created": {
+    ABSENT: {E.HOOK_CREATED: _w(HookStatus.CREATED)},
+    HookStatus.CREATED: {
         E.HOOK_CREATED: _DUP,
-        E.HOOK_RECEIVED: _w("created"),
-        E.HOOK_DISPOSED: _w("disposed"),
+        E.HOOK_RECEIVED: _w(HookStatus.CREATED),
+        E.HOOK_DISPOSED: _w(HookStatus.DISPOSED),
     },
-    "disposed": {E.HOOK_CREATED: _DUP, E.HOOK_DISPOSED: _DUP},
+    HookStatus.DISPOSED: {E.HOOK_CREATED: _DUP, E.HOOK_DISPOSED: _DUP},
 }
 
 RULES: dict[str, dict[str, dict[EventType, Rule]]] = {
@@ -134,6 +137,35 @@ RULES: dict[str, dict[str, dict[EventType, Rule]]] = {
     "wait": WAIT_RULES,
     "hook": HOOK_RULES,
 }
+
+_STATUS_ENUMS: dict[str, type[enum.StrEnum]] = {
+    "run": RunStatus,
+    "step": StepStatus,
+    "wait": WaitStatus,
+    "hook": HookStatus,
+}
+
+
+def _check_statuses() -> None:
+    """Each status enum names exactly the states its table reaches, so neither drifts."""
+    for kind, table in RULES.items():
+        reached = {rule.to for rules in table.values() for rule in rules.values() if rule.to}
+        states = set(table) - {ABSENT}
+        named = set(_STATUS_ENUMS[kind])
+        if named != states | reached:
+            raise RuntimeError(f"{kind} statuses {sorted(named)} differ from the table's")
+
+
+_check_statuses()
+
+STATE_AFTER: dict[EventType, str] = {
+    event_type: rule.to
+    for table in RULES.values()
+    for rules in table.values()
+    for event_type, rule in rules.items()
+    if rule.action is Action.WRITE
+}
+"""The state an entity is in after an event of each type is written (one per type)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +186,7 @@ def plan_batch(
     run_id: str,
     events: Sequence[NewEvent],
     run_state: str,
-    entity_state: Callable[[str], tuple[str, str, int]],
+    entity_state: Callable[[str], EntityState],
     stored_workflow: str = "",
 ) -> list[Planned]:
     """Decide every event of a batch, or raise without anything being written.
@@ -162,7 +194,7 @@ def plan_batch(
     ``entity_state(corr)`` answers (kind, state, attempt) as stored before the
     batch; later events in the batch see the effect of earlier ones.
     """
-    local: dict[str, tuple[str, str, int]] = {}
+    local: dict[str, EntityState] = {}
     verdicts: list[Planned] = []
     for event in events:
         kind = event.type.kind
@@ -192,7 +224,7 @@ def plan_batch(
             raise RunNotFoundError(run_id)
         if run_state in RUN_TERMINAL_STATES:
             raise RunClosedError(run_id, "run", run_state, event.type.value)
-        if run_state != "started":
+        if run_state != RunStatus.STARTED:
             raise IllegalTransitionError(run_id, "run", run_state, event.type.value)
         stored_kind, state, attempt = local.get(event.corr) or entity_state(event.corr)
         label = entity_label(kind, event.corr)
@@ -208,7 +240,7 @@ def plan_batch(
         if write and rule.guard is Guard.GT and new_attempt <= attempt:
             write = False
         if write:
-            local[event.corr] = (kind, rule.to, max(attempt, new_attempt))
+            local[event.corr] = EntityState(kind, rule.to, max(attempt, new_attempt))
         verdicts.append(Planned(write, kind, rule.to, max(attempt, new_attempt)))
     return verdicts
 

@@ -1,6 +1,6 @@
 """Child workflows: start them from the parent, report their end back to it.
 
-A child is recorded in the parent's log as a step named ``workflow:<name>``
+A child is recorded in the parent's log as a step (``records.StepCreated.child``)
 (created when the parent asks, started when the child's run_created is
 written, completed or failed with the child's outcome), and the child's
 run_created carries ``parent: {run_id, corr}``: linked in both logs, and no new
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ledgerflow.broker import Activation, Broker
-from ledgerflow.eventlog import codec
+from ledgerflow.eventlog import codec, records
 from ledgerflow.eventlog.errors import (
     ChildRunIdTakenError,
     IllegalTransitionError,
@@ -24,6 +23,14 @@ from ledgerflow.eventlog.errors import (
     error_type_name,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.kinds import StepStatus
+from ledgerflow.eventlog.records import (
+    ParentRef,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    decode_record,
+)
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventLog, RunLog
 from ledgerflow.worker.outcome import bounded_error, failed
@@ -36,12 +43,12 @@ async def start_child(
 ) -> None:
     created = NewEvent.of(
         EventType.RUN_CREATED,
-        data={
-            "workflow": command.workflow,
-            "args": command.args,
-            "kwargs": command.kwargs,
-            "parent": {"run_id": parent_run_id, "corr": command.corr},
-        },
+        data=RunCreated(
+            workflow=command.workflow,
+            args=command.args,
+            kwargs=command.kwargs,
+            parent=ParentRef(parent_run_id, command.corr),
+        ).as_data(),
         workflow=command.workflow,
         what=f"arguments of child workflow {command.workflow!r}",
         envelope=2,
@@ -55,7 +62,7 @@ async def start_child(
         await _id_taken(store, broker, parent_run_id, command)
         return
     entity = await store.entity(parent_run_id, command.corr)
-    if entity.state == "created":
+    if entity.state == StepStatus.CREATED:
         started = NewEvent.of(
             EventType.STEP_STARTED, command.corr, {"child_run_id": command.child_run_id}, attempt=1
         )
@@ -82,7 +89,7 @@ async def _is_our_child(store: EventLog, parent_run_id: str, command: ChildComma
     never comes (that run knows no parent).
     """
     first = await store.read(command.child_run_id, count=1)
-    return bool(first) and parent_of(first[0]) == (parent_run_id, command.corr)
+    return bool(first) and parent_of(first[0]) == ParentRef(parent_run_id, command.corr)
 
 
 async def _id_taken(
@@ -105,12 +112,9 @@ async def _id_taken(
     await retrying("publish activation", lambda: broker.publish_activation(activation))
 
 
-def parent_of(first: Event) -> tuple[str, str] | None:
-    data = first.data if isinstance(first.data, dict) else {}
-    parent = data.get("parent")
-    if isinstance(parent, dict) and parent.get("run_id") and parent.get("corr"):
-        return str(parent["run_id"]), str(parent["corr"])
-    return None
+def parent_of(first: Event) -> ParentRef | None:
+    """The parent a child's run_created names; None for a top-level run."""
+    return first.record.parent if isinstance(first.record, RunCreated) else None
 
 
 PublishActivation = Callable[[Activation], Awaitable[object]]
@@ -119,7 +123,7 @@ PublishActivation = Callable[[Activation], Awaitable[object]]
 async def report_to_parent(
     store: RunLog,
     broker: Broker,
-    parent: tuple[str, str],
+    parent: ParentRef,
     terminal: Event | NewEvent,
     *,
     publish_activation: PublishActivation | None = None,
@@ -129,24 +133,24 @@ async def report_to_parent(
     The parent's activation is published with ``publish_activation`` if given (a producer's
     bounded retry), else retried the way daemons retry.
     """
-    parent_run, corr = parent
-    kind = terminal.type
-    data: dict[str, Any] = {}
+    parent_run, corr = parent.run_id, parent.corr
     if isinstance(terminal, Event):
-        data = terminal.data if isinstance(terminal.data, dict) else {}
+        record = terminal.record
     else:
         decoded = codec.decode(terminal.payload, max_size=codec.MAX_EVENT_BYTES)
-        data = decoded if isinstance(decoded, dict) else {}
-    if kind is EventType.RUN_COMPLETED:
+        record = decode_record(terminal.type, decoded)
+    if isinstance(record, RunCompleted):
         outcome = NewEvent.of(
-            EventType.STEP_COMPLETED, corr, {"result": data.get("result")}, attempt=1, max_size=None
+            EventType.STEP_COMPLETED, corr, {"result": record.result}, attempt=1, max_size=None
         )
     else:
+        reason = record.reason if isinstance(record, records.RunCancelled) else ""
         error = bounded_error(
-            data.get("error")
-            or {
+            record.error.as_data()
+            if isinstance(record, RunFailed)
+            else {
                 "type": error_type_name(RunCancelled),
-                "message": f"the child run was cancelled: {data.get('reason', '')}",
+                "message": f"the child run was cancelled: {reason}",
             }
         )
         outcome = NewEvent.of(
@@ -154,7 +158,7 @@ async def report_to_parent(
         )
     entity = await store.entity(parent_run, corr)
     batch = [outcome]
-    if entity.state == "created":
+    if entity.state == StepStatus.CREATED:
         batch.insert(0, NewEvent.of(EventType.STEP_STARTED, corr, {}, attempt=1))
     try:
         await store.append(parent_run, batch)

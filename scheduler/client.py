@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 from ledgerflow.broker import Activation, Broker
-from ledgerflow.eventlog import codec
+from ledgerflow.eventlog import codec, records
 from ledgerflow.eventlog.errors import (
     BrokerError,
     HookNotFoundError,
@@ -27,9 +27,11 @@ from ledgerflow.eventlog.errors import (
     WorkflowFailedError,
 )
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
-from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
+from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
+from ledgerflow.eventlog.kinds import HookStatus, RunStatus, StepStatus
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
+from ledgerflow.eventlog.records import ErrorInfo, RunCreated
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import START, RunLog
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
@@ -132,7 +134,7 @@ class Client:
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         created = NewEvent.of(
             EventType.RUN_CREATED,
-            data={"workflow": name, "args": list(args), "kwargs": kwargs},
+            data=RunCreated(workflow=name, args=list(args), kwargs=kwargs).as_data(),
             workflow=name,
             what=f"arguments of workflow {name!r}",
             envelope=2,
@@ -160,14 +162,14 @@ class Client:
         if not events:
             raise RunNotFoundError(run_id)
         state = fold(run_id, events)
-        if state.status == "cancelled":
+        if state.status == RunStatus.CANCELLED:
             return
         if state.finished:
             raise RunClosedError(run_id, "run", state.status, EventType.RUN_CANCELLED.value)
         batch = [
             NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
             for hook in state.hooks.values()
-            if hook.status == "created"
+            if hook.status == HookStatus.CREATED
         ]
         # The reason is the caller's text: bounded like every error text recorded.
         cancelled = NewEvent.of(
@@ -175,7 +177,7 @@ class Client:
         )
         await self.store.append(run_id, [*batch, cancelled])
         for step in state.steps.values():
-            if step.child_run_id and step.status in ("created", "started"):
+            if step.child_run_id and step.status in (StepStatus.CREATED, StepStatus.STARTED):
                 with contextlib.suppress(RunClosedError, RunNotFoundError):
                     await self.cancel(step.child_run_id, f"parent run {run_id} was cancelled")
         parent = parent_of(events[0])
@@ -311,10 +313,10 @@ def _may_be_indexed(token: object) -> bool:
 
 
 def _outcome(run_id: str, event: Event) -> Any:
-    data = event.data if isinstance(event.data, dict) else {}
-    if event.type is EventType.RUN_COMPLETED:
-        return data.get("result")
-    if event.type is EventType.RUN_CANCELLED:
-        raise RunCancelled(f"run {run_id!r} was cancelled: {data.get('reason', '')}")
-    error = ErrorInfo.from_data(data.get("error"))
+    record = event.record
+    if isinstance(record, records.RunCompleted):
+        return record.result
+    if isinstance(record, records.RunCancelled):
+        raise RunCancelled(f"run {run_id!r} was cancelled: {record.reason}")
+    error = record.error if isinstance(record, records.RunFailed) else ErrorInfo.from_data(None)
     raise WorkflowFailedError(error.type, error.message, error.traceback)

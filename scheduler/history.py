@@ -28,18 +28,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import datetime as dt
-import decimal
 import json
-import math
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-import msgpack
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import (
     HookTokenConflictError,
@@ -50,7 +44,8 @@ from ledgerflow.eventlog.errors import (
     canonical_error_name,
 )
 from ledgerflow.eventlog.events import RUN_TERMINAL, SCHEMA_VERSION, Event, EventType
-from ledgerflow.eventlog.fold import RECORDED_BY, ErrorInfo
+from ledgerflow.eventlog.jsonview import view
+from ledgerflow.eventlog.records import ErrorInfo, RunCompleted, RunCreated, RunFailed
 from ledgerflow.worker.outcome import type_name
 
 from . import sandbox
@@ -170,47 +165,10 @@ def _dumps(value: Any) -> str:
 def json_view(value: Any) -> Any:
     """A JSON-safe rendering of event data, for people reading a history or its diff.
 
-    Lossy on purpose (a Decimal and its string look alike): loading never reads it.
+    The one JSON view of event data (``eventlog.jsonview.view``); lossy on
+    purpose (a Decimal and its string look alike): loading never reads it.
     """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (dt.timedelta, decimal.Decimal, uuid.UUID)):
-        return str(value)
-    if isinstance(value, msgpack.ExtType):  # a namedtuple: before tuples
-        return {"__ext__": value.code, "hex": value.data.hex()}
-    if isinstance(value, dict):
-        return {_key_view(k): json_view(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_view(item) for item in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((json_view(item) for item in value), key=_dumps)
-    state = _object_view(value)
-    if state is not None:
-        klass = type(value)
-        return {"__type__": f"{klass.__module__}.{klass.__qualname__}", **state}
-    return repr(value)
-
-
-def _key_view(key: Any) -> str:
-    return key if isinstance(key, str) else _dumps(json_view(key))
-
-
-def _object_view(value: Any) -> dict[str, Any] | None:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: json_view(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return {str(k): json_view(v) for k, v in dict(dump(mode="python")).items()}
-    encode = getattr(value, "__lf_encode__", None)
-    if callable(encode):
-        return {str(k): json_view(v) for k, v in dict(encode()).items()}
-    return None
+    return view(value)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -393,8 +351,9 @@ def replay(
         )
     if not events or events[0].type is not EventType.RUN_CREATED:
         raise HistoryError(f"the history of run {run_id!r} does not start with run_created")
-    data = events[0].data if isinstance(events[0].data, dict) else {}
-    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
+    created = events[0].record
+    args = list(created.args) if isinstance(created, RunCreated) else []
+    kwargs = dict(created.kwargs) if isinstance(created, RunCreated) else {}
     _check_arguments(run_id, definition, args, kwargs)
 
     instance = WorkflowInstance(run_id, definition, args, kwargs)
@@ -459,29 +418,24 @@ def _held_to_outcome(terminal: Event) -> bool:
     """
     if terminal.type is EventType.RUN_CANCELLED:
         return False
-    if terminal.type is EventType.RUN_FAILED:
-        data = terminal.data if isinstance(terminal.data, dict) else {}
-        if data.get(RECORDED_BY) == "scheduler":
+    if isinstance(terminal.record, RunFailed):
+        if terminal.record.by_scheduler:
             return False
-        return canonical_error_name(_recorded_error(terminal).type) not in _RECORDED_BY_SCHEDULER
+        return canonical_error_name(terminal.record.error.type) not in _RECORDED_BY_SCHEDULER
     return True
-
-
-def _recorded_error(terminal: Event) -> ErrorInfo:
-    data = terminal.data if isinstance(terminal.data, dict) else {}
-    return ErrorInfo.from_data(data.get("error"))
 
 
 def _check_outcome(run_id: str, terminal: Event, outcome: Outcome | None) -> None:
     """The run must end as the log says: the same result, or the same type of error."""
-    data = terminal.data if isinstance(terminal.data, dict) else {}
-    if terminal.type is EventType.RUN_COMPLETED:
-        recorded_result = data.get("result")
+    record = terminal.record
+    if isinstance(record, RunCompleted):
+        recorded_result = record.result
         if isinstance(outcome, Completed) and _same_result(recorded_result, outcome.result):
             return
         recorded = f"run_completed with result {_short(recorded_result)}"
     else:
-        error_type = _recorded_error(terminal).type
+        error = record.error if isinstance(record, RunFailed) else ErrorInfo.from_data(None)
+        error_type = error.type
         recorded_type = canonical_error_name(error_type)
         if isinstance(outcome, Failed) and type_name(type(outcome.error)) == recorded_type:
             return
@@ -538,9 +492,8 @@ def _position_key(corr: str) -> tuple[int, str]:
 
 
 def _created_workflow(events: list[Event]) -> str | None:
-    if events and events[0].type is EventType.RUN_CREATED and isinstance(events[0].data, dict):
-        name = events[0].data.get("workflow")
-        return str(name) if name is not None else None
+    if events and isinstance(events[0].record, RunCreated):
+        return events[0].record.workflow
     return None
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 from ledgerflow.eventlog.errors import HookTokenConflictError
 from ledgerflow.eventlog.events import AppendResult, EventType, NewEvent
-from ledgerflow.eventlog.fold import HOOK_CONFLICT
+from ledgerflow.eventlog.records import HOOK_CONFLICT
 from ledgerflow.eventlog.store import EventLog
 
 from .replay import HookCommand

@@ -53,11 +53,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from ledgerflow.broker import Activation, Broker, StepMessage
+from ledgerflow.broker import Activation, Broker
+from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
-from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event
 from ledgerflow.eventlog.fold import RunState, StepState, fold
+from ledgerflow.eventlog.kinds import RunStatus, StepStatus, WaitStatus
+from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
 from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
@@ -66,7 +69,6 @@ from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
 from .hookclash import CONFLICT_REASON
-from .replay import CHILD_PREFIX
 
 log = structlog.get_logger("ledgerflow.reconciler")
 
@@ -80,25 +82,6 @@ RUNS_PER_SHARD = 2_000
 REMEMBERED = 100_000
 """Runs whose check history is kept for the backoff; older ones start again from one."""
 REPEATS_BEFORE_WARNING = 3
-
-# Events the scheduler writes; outcomes after the last of them may be unacted on.
-_SCHEDULER_WRITES = frozenset(
-    {
-        EventType.RUN_STARTED,
-        EventType.STEP_CREATED,
-        EventType.WAIT_CREATED,
-        EventType.HOOK_CREATED,
-        EventType.HOOK_DISPOSED,
-    }
-)
-_NEEDS_SCHEDULER = frozenset(
-    {
-        EventType.STEP_COMPLETED,
-        EventType.STEP_FAILED,
-        EventType.WAIT_COMPLETED,
-        EventType.HOOK_RECEIVED,
-    }
-)
 
 
 class LeaseLost(Exception):
@@ -286,26 +269,26 @@ class Reconciler:
         self, run_id: str, events: list[Event], state: RunState, now: int, *, force: bool
     ) -> list[Recovery]:
         done: list[Recovery] = []
-        if state.status == "created":
+        if state.status == RunStatus.CREATED:
             await self._publish_activation(run_id, "run never started", done)
             return done
         grace = 0 if force else self.stale_after_ms
         timers = {t.member for t, _ in await self.store.pending_timers(run_id)}
         last_started = _last_started(events)
         running = [
-            str(last_started.get(s.id, {}).get("worker", ""))
+            _worker_of(last_started.get(s.id))
             for s in state.steps.values()
-            if s.status == "started"
+            if s.status == StepStatus.STARTED
         ]
         alive = await self.store.alive([w for w in running if w])
         if any(running):
             self._on_workers.add(run_id)
         for step in state.steps.values():
-            if step.name.startswith(CHILD_PREFIX):
+            if step.child is not None:
                 continue
-            if step.status == "created":
+            if step.status == StepStatus.CREATED:
                 await self._dispatch(run_id, step, 1, "step never started", done)
-            elif step.status == "retrying":
+            elif step.status == StepStatus.RETRYING:
                 timer = Timer(TimerKind.STEP_RETRY, run_id, step.id, step.attempt + 1)
                 if step.retry_due is not None and step.retry_due + grace <= now:
                     await self._dispatch(
@@ -315,10 +298,10 @@ class Reconciler:
                     await self._arm(
                         timer, step.retry_due, run_id, step.id, "retry timer missing", done
                     )
-            elif step.status == "started":
+            elif step.status == StepStatus.STARTED:
                 started = last_started.get(step.id)
                 limit = _limit_ms(started, self.default_step_limit_ms)
-                worker = str((started or {}).get("worker", ""))
+                worker = _worker_of(started)
                 if (
                     worker
                     and worker not in alive
@@ -342,7 +325,7 @@ class Reconciler:
                     )
         for wait in state.waits.values():
             timer = Timer(TimerKind.WAIT, run_id, wait.id)
-            if wait.status == "created" and timer.member not in timers:
+            if wait.status == WaitStatus.CREATED and timer.member not in timers:
                 await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
         if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
             await self._publish_activation(run_id, "outcome not acted on", done)
@@ -367,14 +350,8 @@ class Reconciler:
         self, run_id: str, step: StepState, attempt: int, reason: str, done: list[Recovery]
     ) -> None:
         await self._fence()
-        message = StepMessage(
-            run_id=run_id,
-            step_id=step.id,
-            step_name=step.name,
-            attempt=attempt,
-            args=step.args,
-            queue=step.queue or "default",
-        )
+        created = step.created if step.created is not None else StepCreated(name=step.name)
+        message = step_message(run_id, step.id, created, attempt=attempt)
         await self.broker.publish_step(message)
         self._recovered(
             run_id, f"step {step.id}", reason, done, step=step.name, corr=step.id, attempt=attempt
@@ -395,26 +372,26 @@ class Reconciler:
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
 
 
-def _last_started(events: list[Event]) -> dict[str, dict[str, Any]]:
-    started: dict[str, dict[str, Any]] = {}
+def _last_started(events: list[Event]) -> dict[str, StepStarted]:
+    started: dict[str, StepStarted] = {}
     for event in events:
-        if event.type is EventType.STEP_STARTED and isinstance(event.data, dict):
-            started[event.corr] = event.data
+        if isinstance(event.record, StepStarted):
+            started[event.corr] = event.record
     return started
 
 
-def _limit_ms(started: dict[str, Any] | None, default_ms: int) -> int | None:
+def _worker_of(started: StepStarted | None) -> str:
+    return started.worker or "" if started is not None else ""
+
+
+def _limit_ms(started: StepStarted | None, default_ms: int) -> int | None:
     """The step's own time limit in ms; None if it has none; the default if unknown.
 
     Unknown means a started event recorded before limits were (no ``worker`` field).
     """
-    if not started or "worker" not in started:
+    if started is None or started.worker is None:
         return default_ms
-    limits = [
-        v
-        for v in (started.get("timeout"), started.get("heartbeat_timeout"))
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-    ]
+    limits = [v for v in (started.timeout, started.heartbeat_timeout) if v is not None and v > 0]
     return int(max(limits) * 1000) if limits else None
 
 
@@ -423,14 +400,18 @@ def _unacted(events: list[Event], state: RunState) -> bool:
     for event in reversed(events):
         if _conflict_disposal(event):
             return True  # written by a scheduler, but for the workflow to see next
-        if event.type in _SCHEDULER_WRITES:
+        if event.type in SCHEDULER_WRITES:
             return False
-        if event.type in _NEEDS_SCHEDULER:
+        if event.type in AWAITS_SCHEDULER:
             return True
-    return state.status == "started" and not state.steps and not state.waits and not state.hooks
+    return (
+        state.status == RunStatus.STARTED
+        and not state.steps
+        and not state.waits
+        and not state.hooks
+    )
 
 
 def _conflict_disposal(event: Event) -> bool:
     """The disposal of a hook whose token was taken (scheduler.hookclash)."""
-    data = event.data if isinstance(event.data, dict) else {}
-    return event.type is EventType.HOOK_DISPOSED and data.get("reason") == CONFLICT_REASON
+    return isinstance(event.record, HookDisposed) and event.record.reason == CONFLICT_REASON

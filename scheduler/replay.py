@@ -30,12 +30,20 @@ from ledgerflow.eventlog.errors import (
     RunCancelled,
     StepFailedError,
     WaitTimeout,
-    canonical_error_name,
-    error_type_name,
 )
 from ledgerflow.eventlog.events import Event, EventType, id_order
-from ledgerflow.eventlog.fold import HOOK_CONFLICT, ErrorInfo
+from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.names import MAX_RUN_ID, check_hook_token
+from ledgerflow.eventlog.records import (
+    CHILD_PREFIX,
+    ChildSpec,
+    HookCreated,
+    HookReceived,
+    ParentRef,
+    StepCompleted,
+    StepCreated,
+    StepFailed,
+)
 from ledgerflow.eventlog.store import START
 from ledgerflow.worker.dispatch import current_dispatcher
 from ledgerflow.worker.registry import StepDef
@@ -47,10 +55,6 @@ from .registry import WorkflowDef
 _CREATIONS = frozenset({EventType.STEP_CREATED, EventType.WAIT_CREATED, EventType.HOOK_CREATED})
 
 
-def fingerprint(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 @dataclass(frozen=True, slots=True)
 class StepCommand:
     """A step the workflow asked for that the log does not record yet."""
@@ -59,9 +63,14 @@ class StepCommand:
     step: StepDef
     args: bytes
 
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.args)
+    def record(self) -> StepCreated:
+        """The step_created this ask is recorded as (and its messages are built from)."""
+        return StepCreated(
+            name=self.step.name,
+            queue=self.step.queue,
+            args=self.args,
+            call_fingerprint=call_fingerprint(self.step.name, self.args),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +90,7 @@ class HookCommand:
 
 @dataclass(frozen=True, slots=True)
 class ChildCommand:
-    """A child run, recorded in the parent's log as a step named ``workflow:<name>``."""
+    """A child run, recorded in the parent's log as a step (``records.StepCreated.child``)."""
 
     corr: str
     workflow: str
@@ -89,9 +98,38 @@ class ChildCommand:
     kwargs: dict[str, Any]
     child_run_id: str
 
+    def record(self) -> StepCreated:
+        """The step_created that stands for this child in its parent's log."""
+        spec = ChildSpec(self.workflow, self.child_run_id, self.args, self.kwargs)
+        return StepCreated(name=CHILD_PREFIX + self.workflow, queue="", child=spec)
+
 
 Command = StepCommand | WaitCommand | HookCommand | ChildCommand
-CHILD_PREFIX = "workflow:"
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What the code asked for at a position: a step (by name), a child, a sleep or a hook."""
+
+    kind: EventType
+    name: str = ""
+    child: bool = False
+
+    def matches(self, event: Event) -> bool:
+        """Is ``event`` (the creation the log holds there) what was asked for?"""
+        if event.type is not self.kind:
+            return False
+        record = event.record
+        if not isinstance(record, StepCreated):
+            return True
+        if self.child:
+            return record.child is not None and record.child.workflow == self.name
+        return record.child is None and record.name == self.name
+
+    def describe(self) -> str:
+        if self.kind is EventType.STEP_CREATED:
+            return f"child workflow {self.name!r}" if self.child else f"step {self.name!r}"
+        return "a sleep" if self.kind is EventType.WAIT_CREATED else "a hook"
 
 
 def child_run_id(parent_run_id: str, corr: str) -> str:
@@ -199,7 +237,7 @@ class WorkflowInstance:
         args: list[Any],
         kwargs: dict[str, Any],
         *,
-        parent: tuple[str, str] | None = None,
+        parent: ParentRef | None = None,
     ) -> None:
         self.run_id = run_id
         self._parent = parent
@@ -217,7 +255,7 @@ class WorkflowInstance:
         self._random = _random.Random(run_id)
         self._recorded: dict[str, Event] = {}
         # corr -> (creation event type, name) of what this instance asked for there
-        self._issued: dict[str, tuple[EventType, str]] = {}
+        self._issued: dict[str, Ask] = {}
         self._hooks: dict[str, Hook] = {}
         # Hooks the log holds as created and not yet disposed (ordered, like a set).
         self._live_hooks: dict[str, None] = {}
@@ -243,9 +281,11 @@ class WorkflowInstance:
                 self._recorded[event.corr] = event
                 if event.corr not in self._issued:
                     self._unissued.add(event.corr)
-                data = event.data if isinstance(event.data, dict) else {}
-                if str(data.get("name", "")).startswith(CHILD_PREFIX) and (
-                    event.corr not in self._children_started
+                record = event.record
+                if (
+                    isinstance(record, StepCreated)
+                    and record.child is not None
+                    and event.corr not in self._children_started
                 ):
                     self._pending_children[event.corr] = event
                 self._check_issued(event)
@@ -275,15 +315,14 @@ class WorkflowInstance:
                 self._early[event.corr] = event
                 return
             self._settle(future, event)
-        elif event.type is EventType.HOOK_RECEIVED:
+        elif isinstance(event.record, HookReceived):
             hook = self._hooks.get(event.corr)
-            data = event.data if isinstance(event.data, dict) else {}
             if hook is None:
                 return
-            hook._deliver(data.get("payload"))
-        elif event.type is EventType.HOOK_CREATED:
+            hook._deliver(event.record.payload)
+        elif isinstance(event.record, HookCreated):
             # Its outcome, in log order as every outcome: live, or conflicted.
-            owner = _conflict_owner(event)
+            owner = event.record.conflict
             if owner is None:
                 return
             self._hook_conflicts[event.corr] = owner
@@ -327,18 +366,19 @@ class WorkflowInstance:
     def _resolve(self, future: asyncio.Future[Any], event: Event) -> None:
         if future.done():
             return
-        data = event.data if isinstance(event.data, dict) else {}
-        if event.type is EventType.WAIT_COMPLETED:
+        record = event.record
+        if isinstance(record, StepCompleted):
+            future.set_result(record.result)
+            return
+        if not isinstance(record, StepFailed):  # wait_completed
             future.set_result(None)
             return
-        if event.type is EventType.STEP_COMPLETED:
-            future.set_result(data.get("result"))
-            return
-        error = ErrorInfo.from_data(data.get("error"))
+        error = record.error
         created = self._recorded.get(event.corr)
-        name = str(created.data.get("name", "")) if created is not None else event.corr
-        if name.startswith(CHILD_PREFIX):
-            if canonical_error_name(error.type) == error_type_name(RunCancelled):
+        step = created.record if created is not None else None
+        name = step.name if isinstance(step, StepCreated) else event.corr
+        if isinstance(step, StepCreated) and step.child is not None:
+            if error.is_cancellation:
                 future.set_exception(RunCancelled(error.message))
             else:
                 future.set_exception(ChildWorkflowError(error.type, error.message, error.traceback))
@@ -349,7 +389,7 @@ class WorkflowInstance:
                 error.type,
                 error.message,
                 error.traceback,
-                attempts=int(data.get("attempt", 1) or 1),
+                attempts=record.attempt or 1,
             )
         )
 
@@ -362,10 +402,9 @@ class WorkflowInstance:
         asked = self._issued.get(event.corr)
         if asked is None or self.divergence is not None:
             return
-        kind, name = asked
-        if not _matches(event, kind, name):
+        if not asked.matches(event):
             self.divergence = ReplayDivergenceError(
-                self.run_id, event.corr, _describe(event), _describe_ask(kind, name)
+                self.run_id, event.corr, _describe(event), asked.describe()
             )
 
     def _check_unissued(self) -> None:
@@ -390,7 +429,7 @@ class WorkflowInstance:
 
     async def _call_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         blob = step.encode_args(args, kwargs)
-        corr = self._claim(EventType.STEP_CREATED, step.name)
+        corr = self._claim(Ask(EventType.STEP_CREATED, step.name))
         if corr not in self._recorded:
             self._new.append(StepCommand(corr=corr, step=step, args=blob))
         return await self._outcome_of(corr)
@@ -399,7 +438,7 @@ class WorkflowInstance:
         self, definition: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         definition.check_args(args, kwargs)
-        corr = self._claim(EventType.STEP_CREATED, CHILD_PREFIX + definition.name)
+        corr = self._claim(Ask(EventType.STEP_CREATED, definition.name, child=True))
         if corr not in self._recorded:
             self._new.append(
                 ChildCommand(
@@ -420,16 +459,16 @@ class WorkflowInstance:
 
     def _wait_future(self, delay_ms: int) -> asyncio.Future[Any]:
         """A durable timer as a future: resolved when its wait_completed is replayed."""
-        corr = self._claim(EventType.WAIT_CREATED, "")
+        corr = self._claim(Ask(EventType.WAIT_CREATED))
         if corr not in self._recorded:
             self._new.append(WaitCommand(corr=corr, due_ms=self._now_ms + delay_ms))
         return self._future_for(corr)
 
     def create_hook(self, token: str | None, metadata: Any) -> Hook:
-        corr = self._claim(EventType.HOOK_CREATED, "")
+        corr = self._claim(Ask(EventType.HOOK_CREATED))
         recorded = self._recorded.get(corr)
-        if recorded is not None and isinstance(recorded.data, dict):
-            token = str(recorded.data.get("token", token or ""))
+        if recorded is not None and isinstance(recorded.record, HookCreated):
+            token = recorded.record.token or token or ""
         elif token is not None:
             # Checked only for a new hook: a recorded one replays as it was recorded.
             check_hook_token(token)
@@ -465,34 +504,35 @@ class WorkflowInstance:
         """Children recorded in the log whose start may not have happened (a crash)."""
         pending = []
         for corr, event in self._pending_children.items():
-            data = event.data if isinstance(event.data, dict) else {}
-            name = str(data.get("name", ""))
+            record = event.record
+            if not isinstance(record, StepCreated) or record.child is None:
+                continue
             if corr not in self._children_started:
                 pending.append(
                     ChildCommand(
                         corr=corr,
-                        workflow=name[len(CHILD_PREFIX) :],
-                        args=list(data.get("child_args", [])),
-                        kwargs=dict(data.get("child_kwargs", {})),
-                        child_run_id=str(data.get("child_run_id", "")),
+                        workflow=record.child.workflow,
+                        args=list(record.child.args),
+                        kwargs=dict(record.child.kwargs),
+                        child_run_id=record.child.run_id,
                     )
                 )
         return pending
 
     @property
-    def parent(self) -> tuple[str, str] | None:
+    def parent(self) -> ParentRef | None:
         return self._parent
 
-    def _claim(self, kind: EventType, name: str) -> str:
+    def _claim(self, ask: Ask) -> str:
         """Take the next position, checking it against what the log recorded there."""
         corr = self._next_corr()
         event = self._recorded.get(corr)
-        if event is not None and not _matches(event, kind, name):
+        if event is not None and not ask.matches(event):
             self.divergence = ReplayDivergenceError(
-                self.run_id, corr, _describe(event), _describe_ask(kind, name)
+                self.run_id, corr, _describe(event), ask.describe()
             )
             raise self.divergence
-        self._issued[corr] = (kind, name)
+        self._issued[corr] = ask
         self._unissued.discard(corr)
         return corr
 
@@ -554,15 +594,6 @@ class WorkflowInstance:
         self.loop.close()
 
 
-def _conflict_owner(event: Event) -> str | None:
-    """The run holding the token of a hook recorded as conflicted, else None."""
-    data = event.data if isinstance(event.data, dict) else {}
-    conflict = data.get(HOOK_CONFLICT)
-    if not isinstance(conflict, dict):
-        return None
-    return str(conflict.get("run", ""))
-
-
 async def _exit_as_failure(coro: Coroutine[Any, Any, Any], workflow: str) -> Any:
     """The workflow's outcome, with sys.exit() in its code an ordinary failure."""
     try:
@@ -571,25 +602,13 @@ async def _exit_as_failure(coro: Coroutine[Any, Any, Any], workflow: str) -> Any
         raise ExitCalledError(f"workflow {workflow!r}", exc.code) from None
 
 
-def _matches(event: Event, kind: EventType, name: str) -> bool:
-    if event.type is not kind:
-        return False
-    if kind is EventType.STEP_CREATED:
-        return isinstance(event.data, dict) and event.data.get("name") == name
-    return True
-
-
 def _describe(event: Event) -> str:
-    if event.type is EventType.STEP_CREATED and isinstance(event.data, dict):
-        return _describe_ask(event.type, str(event.data.get("name")))
+    """What the log holds at a position, in the words ``Ask.describe`` uses."""
+    record = event.record
+    if isinstance(record, StepCreated):
+        if record.child is not None:
+            return Ask(event.type, record.child.workflow, child=True).describe()
+        return Ask(event.type, record.name).describe()
     return {EventType.WAIT_CREATED: "a sleep", EventType.HOOK_CREATED: "a hook"}.get(
         event.type, event.type.value
     )
-
-
-def _describe_ask(kind: EventType, name: str) -> str:
-    if kind is EventType.STEP_CREATED:
-        if name.startswith(CHILD_PREFIX):
-            return f"child workflow {name[len(CHILD_PREFIX) :]!r}"
-        return f"step {name!r}"
-    return "a sleep" if kind is EventType.WAIT_CREATED else "a hook"

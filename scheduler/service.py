@@ -17,6 +17,7 @@ from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
+from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     LedgerflowError,
@@ -26,13 +27,19 @@ from ledgerflow.eventlog.errors import (
     UnknownTypeError,
     UnknownWorkflowError,
 )
-from ledgerflow.eventlog.events import RUN_TERMINAL, AppendResult, Event, EventType, NewEvent
-from ledgerflow.eventlog.fold import CALL_FINGERPRINT, RECORDED_BY
-from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.events import (
+    RUN_TERMINAL,
+    SCHEDULER_WRITES,
+    AppendResult,
+    Event,
+    EventType,
+    NewEvent,
+)
+from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
+from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, StepCreated
 from ledgerflow.eventlog.retrying import TRANSIENT, retrying
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
-from ledgerflow.eventlog.transitions import RUN_TERMINAL_STATES
 from ledgerflow.worker.outcome import error_info
 from ledgerflow.worker.registry import StepRegistry, steps
 from ledgerflow.worker.service import Worker
@@ -46,9 +53,7 @@ from .children import parent_of, report_to_parent, start_child
 from .hookclash import append_settling_clashes
 from .registry import WorkflowRegistry, workflows
 from .replay import (
-    CHILD_PREFIX,
     ChildCommand,
-    Command,
     Completed,
     Decision,
     Failed,
@@ -258,15 +263,15 @@ class Scheduler:
         return True
 
     def _instantiate(self, run_id: str, first: Event) -> WorkflowInstance:
-        data = first.data if isinstance(first.data, dict) else {}
-        if first.type is not EventType.RUN_CREATED:
+        created = first.record
+        if not isinstance(created, RunCreated):
             raise MalformedMessageError(f"run {run_id!r}: the log does not start with run_created")
-        definition = self.registry.get(str(data.get("workflow", "")))
+        definition = self.registry.get(created.workflow or "")
         return WorkflowInstance(
             run_id,
             definition,
-            list(data.get("args", [])),
-            dict(data.get("kwargs", {})),
+            list(created.args),
+            dict(created.kwargs),
             parent=parent_of(first),
         )
 
@@ -278,7 +283,17 @@ class Scheduler:
         """
         run_id = instance.run_id
         try:
-            batch = [self._created(instance, c) for c in decision.commands]
+            created = {
+                c.corr: c.record()
+                for c in decision.commands
+                if isinstance(c, (StepCommand, ChildCommand))
+            }
+            batch = [
+                self._step_created(c, created[c.corr])
+                if isinstance(c, (StepCommand, ChildCommand))
+                else self._created(instance, c)
+                for c in decision.commands
+            ]
             if decision.outcome is not None:
                 batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
                 batch.append(self._terminal(instance, decision.outcome))
@@ -293,7 +308,11 @@ class Scheduler:
             return True
         fresh = [c for c, r in zip(decision.commands, results, strict=False) if r.appended]
         workflow = instance.definition.name
-        steps = [self._message(run_id, c, workflow) for c in fresh if isinstance(c, StepCommand)]
+        steps = [
+            step_message(run_id, c.corr, created[c.corr], attempt=1, workflow=workflow)
+            for c in fresh
+            if isinstance(c, StepCommand)
+        ]
         steps = self._run_here(self.observers.before_dispatch(run_id, steps))
         if steps:
             await retrying("publish steps", lambda: self.broker.publish_steps(steps))
@@ -387,23 +406,26 @@ class Scheduler:
         return rest
 
     @staticmethod
-    def _created(instance: WorkflowInstance, command: Command) -> NewEvent:
+    def _step_created(command: StepCommand | ChildCommand, record: StepCreated) -> NewEvent:
         if isinstance(command, StepCommand):
             # The worker's step_started must carry the same call fingerprint.
-            call = call_fingerprint(command.step.name, command.args)
             return NewEvent.of(
                 EventType.STEP_CREATED,
                 command.corr,
-                {
-                    "name": command.step.name,
-                    "queue": command.step.queue,
-                    "args": command.args,
-                    "fp": command.fingerprint,
-                    CALL_FINGERPRINT: call,
-                },
-                fingerprint=call,
+                record.as_data(),
+                fingerprint=record.call_fingerprint,
                 max_size=None,
             )
+        return NewEvent.of(
+            EventType.STEP_CREATED,
+            command.corr,
+            record.as_data(),
+            what=f"arguments of child workflow {command.workflow!r}",
+            envelope=2,
+        )
+
+    @staticmethod
+    def _created(instance: WorkflowInstance, command: WaitCommand | HookCommand) -> NewEvent:
         if isinstance(command, WaitCommand):
             return NewEvent.of(
                 EventType.WAIT_CREATED,
@@ -412,25 +434,11 @@ class Scheduler:
                 timer=Timer(TimerKind.WAIT, instance.run_id, command.corr),
                 due_ms=command.due_ms,
             )
-        if isinstance(command, HookCommand):
-            return NewEvent.of(
-                EventType.HOOK_CREATED,
-                command.corr,
-                {"token": command.token, "metadata": command.metadata},
-                token=command.token,
-            )
         return NewEvent.of(
-            EventType.STEP_CREATED,
+            EventType.HOOK_CREATED,
             command.corr,
-            {
-                "name": CHILD_PREFIX + command.workflow,
-                "queue": "",
-                "child_run_id": command.child_run_id,
-                "child_args": command.args,
-                "child_kwargs": command.kwargs,
-            },
-            what=f"arguments of child workflow {command.workflow!r}",
-            envelope=2,
+            {"token": command.token, "metadata": command.metadata},
+            token=command.token,
         )
 
     @staticmethod
@@ -446,32 +454,9 @@ class Scheduler:
                 return _failed(exc)
         return _failed(outcome.error)
 
-    @staticmethod
-    def _message(run_id: str, command: StepCommand, workflow: str) -> StepMessage:
-        return StepMessage(
-            run_id=run_id,
-            step_id=command.corr,
-            step_name=command.step.name,
-            attempt=1,
-            args=command.args,
-            queue=command.step.queue,
-            workflow=workflow,
-        )
-
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("activation dead-lettered", queue=delivery.queue, reason=reason)
         await self.broker.dead_letter(delivery, reason)
-
-
-_OWN_WRITES = frozenset(
-    {
-        EventType.RUN_STARTED,
-        EventType.STEP_CREATED,
-        EventType.WAIT_CREATED,
-        EventType.HOOK_CREATED,
-        EventType.HOOK_DISPOSED,
-    }
-)
 
 
 def _trigger_ms(events: list[Event]) -> int:
@@ -480,7 +465,7 @@ def _trigger_ms(events: list[Event]) -> int:
     The start of ``ledgerflow_activation_latency_seconds`` (see ledgerflow/ops/metrics.py):
     a step outcome, a wake-up, a hook delivery, or run_created for a new run.
     """
-    return next((e.ts for e in reversed(events) if e.type not in _OWN_WRITES), events[-1].ts)
+    return next((e.ts for e in reversed(events) if e.type not in SCHEDULER_WRITES), events[-1].ts)
 
 
 def _failed(error: BaseException, *, by_scheduler: bool = False) -> NewEvent:

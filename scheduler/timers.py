@@ -19,6 +19,7 @@ from typing import Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, StepMessage
+from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog.errors import (
     EventLogError,
     HeartbeatTimeoutError,
@@ -26,6 +27,8 @@ from ledgerflow.eventlog.errors import (
     SerializationError,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.kinds import RunStatus, StepStatus
+from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import DueTimer, Timer, TimerKind
@@ -121,8 +124,8 @@ class TimerLoop:
         timer = due.timer
         entity = await self.store.entity(timer.run_id, timer.corr)
         if (
-            entity.run_state == "started"
-            and entity.state == "retrying"
+            entity.run_state == RunStatus.STARTED
+            and entity.state == StepStatus.RETRYING
             and entity.attempt == timer.attempt - 1
             and entity.created_id is not None
         ):
@@ -160,7 +163,10 @@ class TimerLoop:
         # A retrying step fails only from an attempt: record the attempt the timer was
         # for as started here and failed at once (as a worker records a lost step).
         started = NewEvent.of(
-            EventType.STEP_STARTED, timer.corr, {"worker": "timer-loop"}, attempt=timer.attempt
+            EventType.STEP_STARTED,
+            timer.corr,
+            StepStarted(worker="timer-loop").as_data(),
+            attempt=timer.attempt,
         )
         try:
             await self.store.append(
@@ -176,8 +182,8 @@ class TimerLoop:
         timer = due.timer
         entity = await self.store.entity(timer.run_id, timer.corr)
         if not (
-            entity.run_state == "started"
-            and entity.state == "started"
+            entity.run_state == RunStatus.STARTED
+            and entity.state == StepStatus.STARTED
             and entity.attempt == timer.attempt
         ):
             await self.store.release_timer(due)
@@ -191,9 +197,7 @@ class TimerLoop:
             if entity.created_id
             else None
         )
-        name = (
-            str(created.data.get("name", "")) if created and isinstance(created.data, dict) else ""
-        )
+        name = created.record.name if created and isinstance(created.record, StepCreated) else ""
         policy = self.registry.retry_policy_for(name)
         error = HeartbeatTimeoutError(
             f"step {name!r} attempt {timer.attempt}: no heartbeat for "
@@ -246,16 +250,7 @@ def _retry_message(timer: Timer, created: Event | None, workflow: str) -> StepMe
     """The next attempt's message, from the step's step_created; None if it is gone."""
     if created is None:
         return None
-    data = created.data
-    args = data.get("args", b"") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or not isinstance(args, bytes):
+    record = created.record
+    if not isinstance(record, StepCreated) or record.args is None:
         raise SerializationError(f"event {created.id} is not a step_created this code can read")
-    return StepMessage(
-        run_id=timer.run_id,
-        step_id=timer.corr,
-        step_name=str(data.get("name", "")),
-        attempt=timer.attempt,
-        args=args,
-        queue=str(data.get("queue", "default")),
-        workflow=workflow,
-    )
+    return step_message(timer.run_id, timer.corr, record, attempt=timer.attempt, workflow=workflow)

@@ -19,6 +19,7 @@ from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import IllegalTransitionError, RunNotFoundError, SerializationError
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
 from ledgerflow.eventlog.fold import fold
+from ledgerflow.eventlog.kinds import HookStatus
 from ledgerflow.eventlog.store import EventLog, RunLog
 
 from .children import parent_of, report_to_parent
@@ -43,7 +44,7 @@ async def fail_unreadable_run(
     batch = [
         NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
         for hook in state.hooks.values()
-        if hook.status == "created"
+        if hook.status == HookStatus.CREATED
     ]
     try:
         await store.append(run_id, [*batch, failed])

@@ -51,6 +51,9 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
+from ledgerflow.eventlog.kinds import RunStatus
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
@@ -155,7 +158,7 @@ class Worker:
         self.store = store
         self.broker = broker
         self.registry = registry
-        self.queues = list(queues) if queues else (registry.queues() or ["default"])
+        self.queues = list(queues) if queues else (registry.queues() or [DEFAULT_STEP_QUEUE])
         self.concurrency = concurrency
         self.retry = retry
         self.grace = grace
@@ -302,7 +305,9 @@ class Worker:
             except Exception as exc:
                 log.warning("cancellation poll failed", error=f"{type(exc).__name__}: {exc}")
                 continue
-            self._cancelled = {r for r, s in states.items() if s in ("cancelled", "failed")}
+            self._cancelled = {
+                r for r, s in states.items() if s in (RunStatus.CANCELLED, RunStatus.FAILED)
+            }
 
     async def handle_delivery(self, delivery: Delivery) -> None:
         """Run the steps of one step message, then ack it (or release, hand back, park it)."""
@@ -565,13 +570,14 @@ class Worker:
             if entity.created_id
             else None
         )
-        data = created.data if created is not None and isinstance(created.data, dict) else {}
-        name, args = str(data.get("name", "")), data.get("args", b"")
+        record = created.record if created is not None else None
+        logged_step = record if isinstance(record, StepCreated) else StepCreated()
+        name, args = logged_step.name, logged_step.args
         differs = []
         if name != message.step_name:
             differs.append(f"step name {_cut(message.step_name)!r}, the log's {_cut(name)!r}")
-        if not isinstance(args, bytes) or args != message.args:
-            logged = len(args) if isinstance(args, bytes) else 0
+        if args is None or args != message.args:
+            logged = len(args) if args is not None else 0
             differs.append(
                 f"arguments ({len(message.args)} bytes) differ from the log's ({logged} bytes)"
             )
@@ -599,12 +605,16 @@ class Worker:
         if definition.heartbeat_timeout is not None:
             timeout_ms = int(definition.heartbeat_timeout * 1000)
             timer = Timer(TimerKind.HEARTBEAT, message.run_id, message.step_id, attempt, timeout_ms)
-        limits = {"timeout": definition.timeout, "heartbeat_timeout": definition.heartbeat_timeout}
+        # The limits let the reconciler tell a stuck step from a slow one.
+        started = StepStarted(
+            worker=self.identity,
+            timeout=definition.timeout,
+            heartbeat_timeout=definition.heartbeat_timeout,
+        )
         return NewEvent.of(
             EventType.STEP_STARTED,
             message.step_id,
-            # The limits let the reconciler tell a stuck step from a slow one.
-            {"worker": self.identity, **{k: v for k, v in limits.items() if v is not None}},
+            started.as_data(),
             attempt=attempt,
             # The append refuses it unless the step_created recorded this very call.
             fingerprint=call_fingerprint(message.step_name, message.args),

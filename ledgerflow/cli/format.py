@@ -21,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ledgerflow.eventlog.jsonview import view
+
 _CELL_LIMIT = 48
 
 # C0 and C1 controls (ESC, CR, BS, NEL, CSI ...), DEL, the invisible format
@@ -103,14 +105,8 @@ def age(ms: int | None, now_ms: int) -> str:
 
 
 def json_default(value: Any) -> Any:
-    """What json cannot encode by itself: bytes as hex, times as ISO, the rest by repr."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    return repr(value)
+    """What json cannot encode by itself, as the one JSON view of event data shows it."""
+    return view(value)
 
 
 def dump(value: Any) -> None:

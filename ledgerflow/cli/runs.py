@@ -19,6 +19,7 @@ from typing import Any
 from ledgerflow.eventlog.errors import RunNotFoundError
 from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
+from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.ops.backlog import entry_ms
 from ledgerflow.ops.timeline import TimelineRow, render, timeline
@@ -30,7 +31,7 @@ from .args import bounded_count, non_negative_float, run_id_arg, since_arg
 from .common import EXIT_CODES, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, settings_of
 from .format import Progress, age, dump, iso, iso_json, json_default, printable, table
 
-STATUSES = ("created", "started", "completed", "failed", "cancelled")
+STATUSES = tuple(status.value for status in RunStatus)
 
 
 def _event_json(event: Event) -> dict[str, Any]:

@@ -17,12 +17,13 @@ from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import SerializationError
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
+from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.store import RunIndex, RunLog, RunSummary
 from ledgerflow.worker.registry import StepDef
 
 from .jsonsafe import JsonValue, to_json
 
-RUN_STATUSES: Final = ("created", "started", "completed", "failed", "cancelled")
+RUN_STATUSES: Final = tuple(status.value for status in RunStatus)
 """The values of a run's status, as the fold and the runs index name them."""
 
 MAX_LIMIT: Final = 1000

@@ -16,25 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ledgerflow.eventlog.events import EventType, id_order
-from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog import statushash as sh
+from ledgerflow.eventlog.events import AWAITS_SCHEDULER, id_order
+from ledgerflow.eventlog.kinds import StepStatus
+from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.eventlog.store import RunIndex, RunLog
 
-# The newest entry of a run being one of these means the run is due an
-# activation no scheduler has acted on yet: an outcome it has not replayed, or a
-# run it has not started. (Anything the scheduler writes ends the wait.)
-AWAITS_SCHEDULER = frozenset(
-    {
-        EventType.RUN_CREATED,
-        EventType.STEP_COMPLETED,
-        EventType.STEP_FAILED,
-        EventType.WAIT_COMPLETED,
-        EventType.HOOK_RECEIVED,
-    }
-)
-
 DEFAULT_MAX_RUNS = 10_000
-_CREATED = "step.created"
+_CREATED = sh.entity_value("step", StepStatus.CREATED)
 
 
 @dataclass
@@ -88,23 +77,20 @@ async def oldest_waiting(store: RunLog, *, max_runs: int = DEFAULT_MAX_RUNS) -> 
     refs: list[tuple[str, str]] = []
     lasts: set[tuple[str, str]] = set()
     for run_id, status in zip(run_ids, await store.statuses(run_ids), strict=True):
-        for key, value in status.items():
-            if key.startswith("c:") and value == _CREATED:
-                created_id = status.get(f"x:{key[2:]}")
-                if created_id:
-                    refs.append((run_id, created_id))
-        last = status.get("last")
+        for corr in sh.entity_corrs(status, _CREATED):
+            created_id = status.get(sh.created_id_field(corr))
+            if created_id:
+                refs.append((run_id, created_id))
+        last = status.get(sh.LAST)
         if last:
             refs.append((run_id, last))
             lasts.add((run_id, last))
     for (run_id, event_id), event in zip(refs, await store.read_events(refs), strict=True):
         if event is None:  # trimmed or deleted meanwhile: nothing to date it by
             continue
-        if event.type is EventType.STEP_CREATED:
-            data = event.data if isinstance(event.data, dict) else {}
-            queue = str(data.get("queue", DEFAULT_STEP_QUEUE))
-            if queue:
-                when = entry_ms(event_id)
+        if isinstance(event.record, StepCreated):
+            if event.record.queue:  # a child run's step goes to no queue
+                queue, when = event.record.queue, entry_ms(event_id)
                 backlog.steps[queue] = min(backlog.steps.get(queue, when), when)
         elif (run_id, event_id) in lasts and event.type in AWAITS_SCHEDULER:
             backlog.runs = event.ts if backlog.runs is None else min(backlog.runs, event.ts)

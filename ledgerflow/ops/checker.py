@@ -19,7 +19,10 @@ from collections.abc import Sequence
 
 from ledgerflow.eventlog.errors import IllegalTransitionError, RunClosedError, RunNotFoundError
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
-from ledgerflow.eventlog.transitions import ABSENT, RUN_TERMINAL_STATES, entity_label, plan_batch
+from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
+from ledgerflow.eventlog.records import RunCreated
+from ledgerflow.eventlog.statushash import ABSENT_ENTITY, EntityState
+from ledgerflow.eventlog.transitions import ABSENT, entity_label, plan_batch
 
 _STEP_TERMINAL = frozenset({EventType.STEP_COMPLETED, EventType.STEP_FAILED})
 _TERMINAL_STATES = {"step": frozenset({"completed", "failed"}), "wait": frozenset({"completed"})}
@@ -27,13 +30,13 @@ _TERMINAL_STATES = {"step": frozenset({"completed", "failed"}), "wait": frozense
 
 def _as_new(event: Event) -> NewEvent:
     """The append that would have produced ``event``: what plan_batch judges."""
-    data = event.data if isinstance(event.data, dict) else {}
+    record = event.record
     return NewEvent(
         type=event.type,
         corr=event.corr,
         payload=b"",
         attempt=event.attempt,
-        workflow=str(data.get("workflow", "")) if event.type is EventType.RUN_CREATED else "",
+        workflow=(record.workflow or "") if isinstance(record, RunCreated) else "",
     )
 
 
@@ -58,12 +61,12 @@ def check_log(events: Sequence[Event], run_id: str = "run") -> list[str]:
     run_state = ABSENT
     run_end: Event | None = None
     # corr -> (kind, state, attempt), exactly what the store's status hash holds
-    entities: dict[str, tuple[str, str, int]] = {}
+    entities: dict[str, EntityState] = {}
     last_terminal: dict[str, Event] = {}
     unchecked = 0
 
-    def entity_state(corr: str) -> tuple[str, str, int]:
-        return entities.get(corr, ("", ABSENT, 0))
+    def entity_state(corr: str) -> EntityState:
+        return entities.get(corr, ABSENT_ENTITY)
 
     for event in events:
         kind = event.type.kind
@@ -114,7 +117,7 @@ def check_log(events: Sequence[Event], run_id: str = "run") -> list[str]:
                     )
             continue
         _, _, attempt = entity_state(event.corr)
-        entities[event.corr] = (kind, verdict.to, verdict.attempt or attempt)
+        entities[event.corr] = EntityState(kind, verdict.to, verdict.attempt or attempt)
         if verdict.to in _TERMINAL_STATES.get(kind, ()):
             last_terminal[event.corr] = event
     if unchecked:
@@ -126,7 +129,7 @@ def _refused(
     event: Event,
     label: str,
     run_state: str,
-    state: tuple[str, str, int],
+    state: EntityState,
     last_terminal: dict[str, Event],
 ) -> str:
     """Describe an event the store would have answered "duplicate" (never written)."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ledgerflow.eventlog import records as r
 from ledgerflow.eventlog.codec import Undecodable
 from ledgerflow.eventlog.events import Event, EventType
 
@@ -47,28 +48,28 @@ def timeline(events: Sequence[Event]) -> list[TimelineRow]:
     rows: list[TimelineRow] = []
     lanes: dict[str, int] = {}  # running step -> its lane
     for event in events:
-        data = event.data if isinstance(event.data, dict) else {}
+        record = event.record
         entity = "run" if event.type.kind == "run" else event.corr
         duration: int | None = None
         detail = ""
         if isinstance(event.data, Undecodable):  # only read-only tools see these
             detail = f"undecodable: {event.data.reason}"
-        elif event.type is EventType.RUN_CREATED:
-            detail = f"{data.get('workflow')}({_short(data.get('args', []))[1:-1]})"
-        elif event.type is EventType.STEP_CREATED:
-            names[event.corr] = str(data.get("name", ""))
+        elif isinstance(record, r.RunCreated):
+            detail = f"{record.workflow}({_short(record.args)[1:-1]})"
+        elif isinstance(record, r.StepCreated):
+            names[event.corr] = record.name
             began[event.corr] = event.ts
             detail = names[event.corr]
-        elif event.type is EventType.STEP_STARTED:
+        elif isinstance(record, r.StepStarted):
             began[event.corr] = event.ts
-            detail = f"{names.get(event.corr, '')} on {data.get('worker', '?')}"
-        elif event.type in (EventType.STEP_COMPLETED, EventType.RUN_COMPLETED):
-            detail = f"-> {_short(data.get('result'))}"
-        elif event.type in (EventType.STEP_FAILED, EventType.RUN_FAILED, EventType.STEP_RETRYING):
-            error = data.get("error") or {}
-            detail = f"{error.get('type', '')}: {error.get('message', '')}"[:_DETAIL_LIMIT]
-        elif event.type is EventType.RUN_CANCELLED:
-            detail = str(data.get("reason", ""))
+            detail = f"{names.get(event.corr, '')} on {_or(record.worker, '?')}"
+        elif isinstance(record, (r.StepCompleted, r.RunCompleted)):
+            detail = f"-> {_short(record.result)}"
+        elif isinstance(record, (r.StepFailed, r.RunFailed, r.StepRetrying)):
+            error = record.error
+            detail = f"{error.type}: {error.message}"[:_DETAIL_LIMIT]
+        elif isinstance(record, r.RunCancelled):
+            detail = record.reason
         if event.type in (EventType.STEP_COMPLETED, EventType.STEP_FAILED) and event.corr in began:
             duration = event.ts - began[event.corr]
         if event.type.kind == "run" and event.type is not EventType.RUN_CREATED:
@@ -90,6 +91,10 @@ def timeline(events: Sequence[Event]) -> list[TimelineRow]:
             )
         )
     return rows
+
+
+def _or(value: str | None, default: str) -> str:
+    return default if value is None else value
 
 
 def _lane(event: Event, lanes: dict[str, int]) -> int | None:

@@ -130,16 +130,7 @@ class LogBuilder:
         ]
 
     def created(self, command: StepCommand) -> Event:
-        return self.event(
-            EventType.STEP_CREATED,
-            command.corr,
-            {
-                "name": command.step.name,
-                "queue": command.step.queue,
-                "args": command.args,
-                "fp": command.fingerprint,
-            },
-        )
+        return self.event(EventType.STEP_CREATED, command.corr, command.record().as_data())
 
     def completed(self, corr: str, result: Any) -> Event:
         return self.event(EventType.STEP_COMPLETED, corr, {"result": result, "attempt": 1})

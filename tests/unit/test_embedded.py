@@ -18,7 +18,6 @@ from ledgerflow.broker import (
 from ledgerflow.broker import encode_message as encode
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.store import START
-from ledgerflow.scheduler.replay import fingerprint
 from ledgerflow.worker.registry import StepDef, StepFunction
 
 import ledgerflow as lf
@@ -378,7 +377,6 @@ async def test_cached_instance_detects_a_step_recorded_by_other_code() -> None:
                 "name": "unit_emb_other",
                 "queue": "default",
                 "args": foreign_args,
-                "fp": fingerprint(foreign_args),
             },
             max_size=None,
         )

@@ -179,7 +179,7 @@ def check_batches(
     created = {e.corr: e for e in events if e.type is EventType.STEP_CREATED}
     for command in emitted:
         assert created[command.corr].data["name"] == command.step.name
-        assert created[command.corr].data["fp"] == command.fingerprint
+        assert created[command.corr].record == command.record()
     sticky.close()
 
 
