@@ -12,7 +12,7 @@ import json
 
 from ledgerflow.eventlog.derived import repair_run, verify_run
 from ledgerflow.eventlog.errors import ConfigurationError
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import RunIndex
 from ledgerflow.worker.backend import connect
 
 from .args import run_id_arg
@@ -20,7 +20,7 @@ from .common import EXIT_FAILED, EXIT_OK, settings_of
 from .format import printable
 
 
-async def _runs_to_check(args: argparse.Namespace, store: EventStore) -> list[str]:
+async def _runs_to_check(args: argparse.Namespace, store: RunIndex) -> list[str]:
     if args.run_id:
         return [args.run_id]
     if not args.all:

@@ -1,7 +1,7 @@
 """``ledgerflow runs ...``: what happened to a run, and pushing it along.
 
 Only parsing, wiring and printing live here. ``show`` and ``events`` read the
-run's log, listing reads the runs index (``EventStore.list_runs``), ``state``
+run's log, listing reads the runs index (``RunIndex.list_runs``), ``state``
 folds a prefix of the log with the one fold every view uses, and ``redrive`` is
 ``Reconciler.redrive``, so the command re-enqueues exactly what the reconciler
 would, just without waiting. ``export`` lives with ``replay``, ``verify`` and
@@ -20,7 +20,7 @@ from ledgerflow.eventlog.errors import RunNotFoundError
 from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, fold
 from ledgerflow.eventlog.kinds import RunStatus
-from ledgerflow.eventlog.store import EventStore
+from ledgerflow.eventlog.store import RunLog
 from ledgerflow.ops.backlog import entry_ms
 from ledgerflow.ops.timeline import TimelineRow, render, timeline
 from ledgerflow.scheduler.client import Client
@@ -239,7 +239,7 @@ def _state_json(state: RunState, at: int, total: int, event: str, ts: int) -> di
     }
 
 
-async def _stuck_runs(store: EventStore, stale_after: float) -> list[str]:
+async def _stuck_runs(store: RunLog, stale_after: float) -> list[str]:
     """Unfinished runs whose log has not moved for ``stale_after`` seconds.
 
     Read from each run's last entry, not from the active index's score, which

@@ -15,9 +15,10 @@ from ledgerflow.broker import REASON_HEADER, Broker
 from ledgerflow.broker.deadletters import DeadLetter, describe
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import SerializationError
-from ledgerflow.eventlog.events import Event, EventType
+from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.fold import ErrorInfo, RunState, StepState, WaitState, fold
 from ledgerflow.eventlog.kinds import RunStatus
+from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.eventlog.store import RunIndex, RunLog, RunSummary
 from ledgerflow.worker.registry import StepDef
 
@@ -166,9 +167,10 @@ def _position(corr: str) -> tuple[str, int, str]:
 def _event(event: Event) -> dict[str, JsonValue]:
     data = event.data
     # A step's arguments are stored encoded (only the worker decodes them): show them.
-    encoded = data.get("args") if isinstance(data, dict) else None
-    if event.type is EventType.STEP_CREATED and isinstance(encoded, bytes):
-        data = {**data, "args": _decoded(encoded)}
+    # A record with arguments was decoded from a map, so the data can be copied as one.
+    record = event.record
+    if isinstance(record, StepCreated) and record.args:
+        data = {**data, "args": _decoded(record.args)}
     return {
         "id": event.id,
         "type": event.type.value,
