@@ -63,6 +63,17 @@ class Event:
     def attempt(self) -> int | None:
         return attempt_of(self.record)
 
+    def envelope(self) -> dict[str, str | int]:
+        """Every field but ``data``, as JSON values: each JSON view of an event (export,
+        ``runs events --json``, the dashboard) starts from these and renders data its way."""
+        return {
+            "id": self.id,
+            "type": self.type.value,
+            "corr": self.corr,
+            "ts": self.ts,
+            "v": self.v,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:

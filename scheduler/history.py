@@ -148,11 +148,7 @@ def _event_line(event: Event) -> dict[str, Any]:
         envelope=codec.ENVELOPE_DEPTH,
     )
     return {
-        "id": event.id,
-        "type": event.type.value,
-        "corr": event.corr,
-        "ts": event.ts,
-        "v": event.v,
+        **event.envelope(),
         "data": json_view(event.data),
         "msgpack": base64.b64encode(blob).decode("ascii"),
     }

@@ -35,14 +35,7 @@ STATUSES = tuple(status.value for status in RunStatus)
 
 
 def _event_json(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "type": event.type.value,
-        "corr": event.corr,
-        "ts": event.ts,
-        "v": event.v,
-        "data": event.data,
-    }
+    return {**event.envelope(), "data": event.data}
 
 
 async def _read_run(args: argparse.Namespace) -> list[Event]:

@@ -171,14 +171,7 @@ def _event(event: Event) -> dict[str, JsonValue]:
     record = event.record
     if isinstance(record, StepCreated) and record.args:
         data = {**data, "args": _decoded(record.args)}
-    return {
-        "id": event.id,
-        "type": event.type.value,
-        "corr": event.corr,
-        "ts": event.ts,
-        "v": event.v,
-        "data": to_json(data),
-    }
+    return {**event.envelope(), "data": to_json(data)}
 
 
 def _error(error: ErrorInfo | None) -> JsonValue:

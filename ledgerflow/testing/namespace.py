@@ -15,7 +15,7 @@ server, for clean-ups that must not mask the error that got them there.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,17 @@ async def _delete_one(
     return True
 
 
+async def _on_redis(
+    redis_url: str, act: Callable[[aioredis.Redis, Names], Awaitable[int]], names: Names
+) -> int:
+    """``act`` on a client of its own, closed whatever happens."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await act(client, names)
+    finally:
+        await client.aclose()
+
+
 async def delete_namespace(
     amqp_url: str,
     redis_url: str,
@@ -126,11 +137,7 @@ async def delete_namespace(
     keys = queues = exchanges = 0
     left: int | None = None
     try:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            keys = await delete_redis_keys(client, names)
-        finally:
-            await client.aclose()
+        keys = await _on_redis(redis_url, delete_redis_keys, names)
     except Exception as exc:
         if not best_effort:
             raise
@@ -142,11 +149,7 @@ async def delete_namespace(
             raise
         errors.append(f"rabbitmq: {type(exc).__name__}: {exc}")
     try:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            left = await count_redis_keys(client, names)
-        finally:
-            await client.aclose()
+        left = await _on_redis(redis_url, count_redis_keys, names)
     except Exception as exc:
         if not best_effort:
             raise
