@@ -29,12 +29,17 @@ class Settings:
         redis_url: str | None = None,
         namespace: str | None = None,
         retention_ms: int | None = None,
+        *,
+        read_retention: bool = True,
     ) -> Settings:
+        """``read_retention=False`` leaves ``LEDGERFLOW_RETENTION`` unread (and unchecked)."""
+        if retention_ms is None and read_retention:
+            retention_ms = _env_retention()
         return cls(
             amqp_url=amqp_url or os.environ.get("LEDGERFLOW_AMQP_URL", DEFAULT_AMQP_URL),
             redis_url=redis_url or os.environ.get("LEDGERFLOW_REDIS_URL", DEFAULT_REDIS_URL),
             namespace=namespace or os.environ.get("LEDGERFLOW_NAMESPACE", DEFAULT_NAMESPACE),
-            retention_ms=retention_ms if retention_ms is not None else _env_retention(),
+            retention_ms=retention_ms,
         )
 
 

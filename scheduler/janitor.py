@@ -106,11 +106,12 @@ class Janitor:
     ) -> None:
         seen: set[str] = set()
         while len(seen) < self.runs_per_shard:
+            want = min(self.page, self.runs_per_shard - len(seen))
             page = [
                 r
-                for r in await self.store.due_removals(index, shard, until, self.page)
+                for r in await self.store.due_removals(index, shard, until, want + len(seen))
                 if r not in seen
-            ]
+            ][:want]
             if not page:
                 return
             for run_id in page:

@@ -26,6 +26,7 @@ from ledgerflow.eventlog.errors import (
     ServiceUnavailableError,
     UnknownWorkflowError,
 )
+from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.urls import redact_text
 from ledgerflow.ops.logs import configure_logging
 
@@ -37,7 +38,6 @@ from .common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     import_app,
-    settings_of,
 )
 from .format import printable
 from .supervisor import LOOPS, run_with_loop, supervise
@@ -114,7 +114,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     """One line on stderr: no URL password, no control character from stored data."""
-    settings = settings_of(args)
+    # The servers' URLs only (to redact them): reading the rest may be what failed.
+    settings = Settings.from_env(
+        args.amqp_url, args.redis_url, args.namespace, read_retention=False
+    )
     text = redact_text(str(exc), [settings.amqp_url, settings.redis_url])
     print(f"ledgerflow: {printable(text)}", file=sys.stderr)
     return code
