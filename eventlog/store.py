@@ -11,6 +11,7 @@ protocol it does not offer, not an ``isinstance`` check.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,22 @@ if TYPE_CHECKING:
 START = "0-0"
 
 
+class RemoveOutcome(enum.StrEnum):
+    """What ``remove_run`` did: removed it, or why it left the run alone."""
+
+    REMOVED = "removed"
+    NOT_FOUND = "not_found"  # no status hash: never created, or already removed
+    LIVE = "live"  # refused: the run is not finished (live runs are never removed)
+    MOVED = "moved"  # refused: the log's newest entry is not ``expected_last``
+
+
+class RemovalIndex(enum.StrEnum):
+    """Which retention index holds a finished run (and so what its score means)."""
+
+    FINISHED = "finished"  # no retention of its own: scored by finish time
+    EXPIRE = "expire"  # its workflow's retention: scored by when it is due
+
+
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """One line of a runs listing, read from the status hash (a cache of the log)."""
@@ -37,6 +54,7 @@ class RunSummary:
     created_ms: int
     updated_ms: int
     events: int
+    ended_ms: int | None = None  # when it finished (the terminal append's time); None: live
 
     def matches(self, status: str | None, workflow: str | None) -> bool:
         return (status is None or self.status == status) and (
@@ -56,6 +74,7 @@ def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
         created_ms=int(status.get(sh.CREATED, "0") or 0),
         updated_ms=id_order(last)[0] if last else 0,
         events=int(status.get(sh.COUNT, "0") or 0),
+        ended_ms=int(status[sh.ENDED]) if status.get(sh.ENDED) else None,
     )
 
 
@@ -251,6 +270,36 @@ class Maintenance(Protocol):
     @abstractmethod
     async def rewrite_derived(self, run_id: str, expected: Expected, last_id: str) -> bool:
         """Rewrite the run's status hash and index entries; False if the stream moved on."""
+
+    @abstractmethod
+    async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:
+        """Remove everything of a finished run, atomically: all of it, or nothing.
+
+        Its stream, status hash, offloaded blobs, its entries in every index
+        (runs, active, finished, expire, timers) and the hook tokens it still
+        owns. A live run is refused (LIVE); with ``expected_last``, so is a run
+        whose newest entry differs (MOVED), so an archive never deletes a run that
+        changed after it was read. Readers afterwards see no run at all. With
+        no run (NOT_FOUND) a leftover retention-index entry is dropped too.
+        """
+
+    @abstractmethod
+    async def run_bytes(self, run_id: str) -> int:
+        """Roughly how many bytes the run holds (stream and status hash; 0 if none)."""
+
+    @abstractmethod
+    async def due_removals(
+        self, index: RemovalIndex, shard: int, until_ms: int, limit: int
+    ) -> list[str]:
+        """Runs in one shard of a retention index scored at most ``until_ms``, oldest first."""
+
+    @abstractmethod
+    async def count_due_removals(self, now_ms: int, default_ms: int | None) -> int:
+        """Finished runs past their retention (the namespace default: ``default_ms``, if any)."""
+
+    @abstractmethod
+    async def removal_entry(self, run_id: str) -> tuple[RemovalIndex, int] | None:
+        """Which retention index holds the run, and its score there (None: neither)."""
 
 
 class RunLog(EventLog, RunIndex, Protocol):
