@@ -31,6 +31,14 @@ CALL_FINGERPRINT = "call_fp"
 RECORDED_BY = "recorded_by"
 """run_failed data: "scheduler" when the scheduler failed the run itself (a decision it
 could not record), so the failure is not the workflow's outcome."""
+CONTINUED_AS = "continued_as"
+"""run_completed data: the run this one continued as (``lf.continue_as_new``); absent for
+an ordinary end, so logs written before continuation read as ordinary ends."""
+CONTINUED_FROM = "continued_from"
+"""run_created data: the run this one continues (the predecessor whose end names it)."""
+CARRIED = "hook_payloads"
+"""run_created data of a continuation: {token: [payload, ...]} its predecessor's hooks
+received and its code never took; the successor's hook with that token hands them out first."""
 HOOK_CONFLICT = "conflict"
 """hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
 
@@ -86,12 +94,18 @@ class RunCreated:
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     parent: ParentRef | None = None
+    continued_from: str | None = None  # the run this one continues, if it is a continuation
+    carried: dict[str, list[Any]] = field(default_factory=dict)  # CARRIED: token -> payloads
 
     def as_data(self) -> dict[str, Any]:
         """The data this record is written as (what a producer or a parent appends)."""
         data: dict[str, Any] = {"workflow": self.workflow, "args": self.args, "kwargs": self.kwargs}
         if self.parent is not None:
             data["parent"] = {"run_id": self.parent.run_id, "corr": self.parent.corr}
+        if self.continued_from is not None:
+            data[CONTINUED_FROM] = self.continued_from
+        if self.carried:
+            data[CARRIED] = self.carried
         return data
 
 
@@ -102,7 +116,23 @@ class RunStarted:
 
 @dataclass(frozen=True, slots=True)
 class RunCompleted:
+    """The run's end; with ``continued_as``, the end of one link of a chain, not its result.
+
+    A continuation is a completion rather than a terminal state of its own: the
+    run did finish (its hooks disposed, nothing more may be appended), every
+    reader that knows completed runs (listing, retention, archives, the Lua
+    append) keeps working, and a reader that knows nothing of chains sees a
+    completed run with no result instead of a state it cannot name.
+    """
+
     result: Any = None
+    continued_as: str | None = None
+
+    def as_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"result": self.result}
+        if self.continued_as is not None:
+            data[CONTINUED_AS] = self.continued_as
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +262,12 @@ def _text(data: Mapping[str, Any], key: str, default: str = "") -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    """A run-id field: a non-empty string, else None (absent in logs written before it)."""
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
 def _int(value: Any) -> int | None:
     """An integer field (a bool counts, as msgpack keeps it apart but Python does not)."""
     return value if isinstance(value, int) else None
@@ -270,7 +306,20 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         args=list(args) if isinstance(args, (list, tuple)) else [],
         kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
         parent=ref,
+        continued_from=_optional_text(data, CONTINUED_FROM),
+        carried=_carried(data.get(CARRIED)),
     )
+
+
+def _carried(value: Any) -> dict[str, list[Any]]:
+    """Carried hook payloads: only string tokens with lists of payloads count."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        token: list(payloads)
+        for token, payloads in value.items()
+        if isinstance(token, str) and isinstance(payloads, (list, tuple))
+    }
 
 
 def _step_created(data: Mapping[str, Any]) -> StepCreated:
@@ -328,7 +377,9 @@ E = EventType
 _DECODERS: dict[EventType, Callable[[Mapping[str, Any]], Record]] = {
     E.RUN_CREATED: _run_created,
     E.RUN_STARTED: lambda d: RunStarted(),
-    E.RUN_COMPLETED: lambda d: RunCompleted(result=d.get("result")),
+    E.RUN_COMPLETED: lambda d: RunCompleted(
+        result=d.get("result"), continued_as=_optional_text(d, CONTINUED_AS)
+    ),
     E.RUN_FAILED: lambda d: RunFailed(
         error=_error(d), by_scheduler=d.get(RECORDED_BY) == "scheduler"
     ),
