@@ -1263,3 +1263,11 @@ async def test_the_script_refuses_what_no_store_method_can_send(
     assert text[:4] == ["error", "badarg", where, field], text
     assert await snapshot(store, run_id) == before
     await store.close()
+
+
+async def test_event_count_is_the_logs_length_from_the_status_hash(store: EventStore) -> None:
+    run = new_run_id()
+    assert await store.event_count(run) == 0
+    await append_ok(store, run, [run_created(WF)])
+    await append_ok(store, run, [ev(E.RUN_STARTED), ev(E.RUN_COMPLETED, data={"result": 1})])
+    assert await store.event_count(run) == len(await store.read(run)) == 3
