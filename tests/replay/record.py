@@ -24,6 +24,7 @@ from ledgerflow.scheduler.registry import WorkflowFunction
 
 from examples.orders import process_order
 from ledgerflow.ops.logs import configure_logging
+from tests.apps import chains
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,6 +47,8 @@ GOLDENS = [
         ("order-2", ["apple", "kiwi"]),
         "golden-orders-unknown-item",
     ),
+    # A poller that continues as new after two polls: the log's end names its successor.
+    Golden("poller_continued", chains.poller, (5, 2), "golden-poller"),
 ]
 
 
