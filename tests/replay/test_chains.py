@@ -13,7 +13,6 @@ from ledgerflow.eventlog.errors import ReplayDivergenceError
 from ledgerflow.eventlog.events import Event
 from ledgerflow.eventlog.records import RunCompleted
 from ledgerflow.scheduler.history import History, dump_history
-from ledgerflow.scheduler.replay import Continued
 
 from ledgerflow import testing
 from tests.apps import chains
@@ -34,7 +33,7 @@ def test_the_continued_golden_replays_and_ends_by_naming_its_successor() -> None
     assert isinstance(end, RunCompleted) and end.continued_as == "golden-poller:c1"
     result = testing.replay(history, chains.poller)
     assert result.finished and result.pending == ()
-    assert isinstance(result.outcome, Continued)
+    assert isinstance(result.outcome, testing.Continued)
     assert result.outcome.run_id == "golden-poller:c1"
     assert (result.outcome.args, result.outcome.kwargs) == ([5, 2], {"done": 2})
     assert "continued as new run golden-poller:c1" in result.summary()
@@ -61,4 +60,4 @@ async def test_the_recorder_still_records_a_replayable_chain(tmp_path: Path) -> 
     for golden in record.CHAIN_GOLDENS:
         written = await record.record(golden, tmp_path)
         result = testing.replay(written, golden.workflow)
-        assert result.finished and isinstance(result.outcome, Continued)
+        assert result.finished and isinstance(result.outcome, testing.Continued)
