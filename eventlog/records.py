@@ -37,8 +37,11 @@ an ordinary end, so logs written before continuation read as ordinary ends."""
 CONTINUED_FROM = "continued_from"
 """run_created data: the run this one continues (the predecessor whose end names it)."""
 CARRIED = "hook_payloads"
-"""run_created data of a continuation: {token: [payload, ...]} its predecessor's hooks
-received and its code never took; the successor's hook with that token hands them out first."""
+"""run_created data of a continuation: the payloads its predecessor's hooks received and
+its code never took, in order; ``CARRIED_TOKENS`` holds each one's hook token (two flat
+lists, so a payload sits no deeper than an argument). The successor's hook with that
+token hands them out first."""
+CARRIED_TOKENS = "hook_tokens"
 HOOK_CONFLICT = "conflict"
 """hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
 
@@ -105,7 +108,9 @@ class RunCreated:
         if self.continued_from is not None:
             data[CONTINUED_FROM] = self.continued_from
         if self.carried:
-            data[CARRIED] = self.carried
+            pairs = [(t, p) for t, payloads in self.carried.items() for p in payloads]
+            data[CARRIED_TOKENS] = [t for t, _ in pairs]
+            data[CARRIED] = [p for _, p in pairs]
         return data
 
 
@@ -307,19 +312,20 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
         parent=ref,
         continued_from=_optional_text(data, CONTINUED_FROM),
-        carried=_carried(data.get(CARRIED)),
+        carried=_carried(data.get(CARRIED_TOKENS), data.get(CARRIED)),
     )
 
 
-def _carried(value: Any) -> dict[str, list[Any]]:
-    """Carried hook payloads: only string tokens with lists of payloads count."""
-    if not isinstance(value, dict):
+def _carried(tokens: Any, payloads: Any) -> dict[str, list[Any]]:
+    """Carried hook payloads by token; a malformed pair of lists carries nothing."""
+    if not isinstance(tokens, (list, tuple)) or not isinstance(payloads, (list, tuple)):
         return {}
-    return {
-        token: list(payloads)
-        for token, payloads in value.items()
-        if isinstance(token, str) and isinstance(payloads, (list, tuple))
-    }
+    if len(tokens) != len(payloads) or not all(isinstance(t, str) for t in tokens):
+        return {}
+    carried: dict[str, list[Any]] = {}
+    for token, payload in zip(tokens, payloads, strict=True):
+        carried.setdefault(token, []).append(payload)
+    return carried
 
 
 def _step_created(data: Mapping[str, Any]) -> StepCreated:

@@ -4,7 +4,8 @@ Four writes, in this order:
 
 1. the old run's live hooks are disposed (reason ``CONTINUE_REASON``), so no
    payload can land on them any more; what they received that the code never
-   took is read back and carried in the successor's run_created (``hook_payloads``);
+   took is read back and carried in the successor's run_created
+   (``hook_payloads`` and ``hook_tokens``);
 2. the successor's run_created (``create_successor``), so the old run's end
    never names a run that does not exist;
 3. the old run's end (run_completed with ``continued_as``);
@@ -79,7 +80,7 @@ async def create_successor(
         ).as_data(),
         workflow=workflow,
         what=f"arguments of lf.continue_as_new in workflow {workflow!r}",
-        envelope=3 if outcome.carried else 2,  # {"hook_payloads": {token: [payload]}}
+        envelope=2,  # {"args": [...]}, {"hook_payloads": [...]}
     )
     try:
         (result,) = await store.append(outcome.run_id, [created])

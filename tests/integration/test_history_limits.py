@@ -215,3 +215,41 @@ async def test_a_crash_between_the_successor_and_the_old_end_is_recovered(
     assert await chain_of(running, "crashy") == ["crashy", "crashy:c1"]
     successor = await running.events("crashy:c1")
     assert sum(e.type is EventType.RUN_CREATED for e in successor) == 1
+
+
+async def test_payloads_an_old_run_never_took_are_carried_to_its_successor(
+    backends: Any,
+) -> None:
+    """Two payloads reach the hook before the scheduler replays: the code takes one."""
+    client = Client(backends.store, backends.broker)
+    first = Scheduler(backends.store, backends.broker)
+    await first.start()
+    try:
+        run = await client.start(chains.inbox, "carry-tok", 1)
+        for _ in range(200):
+            if await backends.store.hook_owner("carry-tok") is not None:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await first.stop()
+    await client.resume_hook("carry-tok", "a")
+    await client.resume_hook("carry-tok", "b")  # on the same old hook: nobody replays now
+    second = Scheduler(backends.store, backends.broker)
+    await second.start()
+    try:
+        successor: list[Any] = []
+        for _ in range(200):
+            successor = await client.events(f"{run.run_id}:c1")
+            if successor:
+                break
+            await asyncio.sleep(0.02)
+        assert successor
+        created = successor[0].record
+        assert isinstance(created, RunCreated) and created.carried == {"carry-tok": ["b"]}
+        await resume(client, "carry-tok", "stop")
+        assert await run.result(timeout=30) == ["a", "b"]
+    finally:
+        await second.stop()
+    old = await client.events(run.run_id)
+    disposed = [e for e in old if e.type is EventType.HOOK_DISPOSED]
+    assert [e.data.get("reason") for e in disposed] == ["continued as new"]
