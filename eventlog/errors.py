@@ -345,3 +345,18 @@ class ChildWorkflowError(RemoteError):
 
 class RepairRaceError(EventLogError):
     """A run's stream kept moving while its derived state was being rebuilt; try again."""
+
+
+# --- history limits -------------------------------------------------------------------
+
+
+class HistoryLimitError(LedgerflowError):
+    """A run's log passed the history limit (``--history-limit``): the scheduler failed it.
+
+    Replaying a log without end would exhaust a scheduler's memory; a workflow that
+    loops forever should call ``lf.continue_as_new`` well before the limit.
+    """
+
+
+class ContinuationRunIdTakenError(LedgerflowError):
+    """``lf.continue_as_new``'s next run id is taken by a run that does not continue this one."""

@@ -79,6 +79,10 @@ class RunState:
     hooks: dict[str, HookState] = field(default_factory=dict)
     last_event_id: str | None = None
     event_count: int = 0
+    # The chain links of lf.continue_as_new: the run this one continues, and the one
+    # it continued as (its end then holds no result of its own).
+    continued_from: str | None = None
+    continued_as: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -96,12 +100,14 @@ def apply(state: RunState, event: Event) -> RunState:
         state.kwargs = dict(record.kwargs)
         state.status = RunStatus.CREATED
         state.created_ts = event.ts
+        state.continued_from = record.continued_from
     elif isinstance(record, r.RunStarted):
         state.status = RunStatus.STARTED
         state.started_ts = event.ts
     elif isinstance(record, r.RunCompleted):
         state.status = RunStatus.COMPLETED
         state.result = record.result
+        state.continued_as = record.continued_as
         state.finished_ts = event.ts
     elif isinstance(record, r.RunFailed):
         state.status = RunStatus.FAILED

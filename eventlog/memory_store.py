@@ -203,6 +203,9 @@ class MemoryEventStore(EventStore):
         status = self._status.get(run_id, {})
         return status.get(sh.RUN, ""), status.get(sh.LAST, "")
 
+    async def event_count(self, run_id: str) -> int:
+        return int(self._status.get(run_id, {}).get(sh.COUNT, 0))
+
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         entries = sorted(self._active.get(shard, {}).items(), key=lambda kv: kv[1])
         return entries[:limit]

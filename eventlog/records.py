@@ -33,6 +33,17 @@ RECORDED_BY = "recorded_by"
 could not record), so the failure is not the workflow's outcome."""
 RETENTION = "retention_ms"
 """run_created data: the run's own retention in ms (absent: the namespace default)."""
+CONTINUED_AS = "continued_as"
+"""run_completed data: the run this one continued as (``lf.continue_as_new``); absent for
+an ordinary end, so logs written before continuation read as ordinary ends."""
+CONTINUED_FROM = "continued_from"
+"""run_created data: the run this one continues (the predecessor whose end names it)."""
+CARRIED = "hook_payloads"
+"""run_created data of a continuation: the payloads its predecessor's hooks received and
+its code never took, in order; ``CARRIED_TOKENS`` holds each one's hook token (two flat
+lists, so a payload sits no deeper than an argument). The successor's hook with that
+token hands them out first."""
+CARRIED_TOKENS = "hook_tokens"
 HOOK_CONFLICT = "conflict"
 """hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
 
@@ -91,6 +102,8 @@ class RunCreated:
     # The run's own retention (ms), from its workflow's decorator; None: the
     # namespace default. The append also puts it in the status hash (``ret``).
     retention_ms: int | None = None
+    continued_from: str | None = None  # the run this one continues, if it is a continuation
+    carried: dict[str, list[Any]] = field(default_factory=dict)  # CARRIED: token -> payloads
 
     def as_data(self) -> dict[str, Any]:
         """The data this record is written as (what a producer or a parent appends)."""
@@ -99,6 +112,12 @@ class RunCreated:
             data["parent"] = {"run_id": self.parent.run_id, "corr": self.parent.corr}
         if self.retention_ms is not None:
             data[RETENTION] = self.retention_ms
+        if self.continued_from is not None:
+            data[CONTINUED_FROM] = self.continued_from
+        if self.carried:
+            pairs = [(t, p) for t, payloads in self.carried.items() for p in payloads]
+            data[CARRIED_TOKENS] = [t for t, _ in pairs]
+            data[CARRIED] = [p for _, p in pairs]
         return data
 
 
@@ -109,7 +128,23 @@ class RunStarted:
 
 @dataclass(frozen=True, slots=True)
 class RunCompleted:
+    """The run's end; with ``continued_as``, the end of one link of a chain, not its result.
+
+    A continuation is a completion rather than a terminal state of its own: the
+    run did finish (its hooks disposed, nothing more may be appended), every
+    reader that knows completed runs (listing, retention, archives, the Lua
+    append) keeps working, and a reader that knows nothing of chains sees a
+    completed run with no result instead of a state it cannot name.
+    """
+
     result: Any = None
+    continued_as: str | None = None
+
+    def as_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"result": self.result}
+        if self.continued_as is not None:
+            data[CONTINUED_AS] = self.continued_as
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +274,12 @@ def _text(data: Mapping[str, Any], key: str, default: str = "") -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
+    """A run-id field: a non-empty string, else None (absent in logs written before it)."""
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
 def _int(value: Any) -> int | None:
     """An integer field (a bool counts, as msgpack keeps it apart but Python does not)."""
     return value if isinstance(value, int) else None
@@ -278,7 +319,21 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
         parent=ref,
         retention_ms=_int(data.get(RETENTION)),
+        continued_from=_optional_text(data, CONTINUED_FROM),
+        carried=_carried(data.get(CARRIED_TOKENS), data.get(CARRIED)),
     )
+
+
+def _carried(tokens: Any, payloads: Any) -> dict[str, list[Any]]:
+    """Carried hook payloads by token; a malformed pair of lists carries nothing."""
+    if not isinstance(tokens, (list, tuple)) or not isinstance(payloads, (list, tuple)):
+        return {}
+    if len(tokens) != len(payloads) or not all(isinstance(t, str) for t in tokens):
+        return {}
+    carried: dict[str, list[Any]] = {}
+    for token, payload in zip(tokens, payloads, strict=True):
+        carried.setdefault(token, []).append(payload)
+    return carried
 
 
 def _step_created(data: Mapping[str, Any]) -> StepCreated:
@@ -336,7 +391,9 @@ E = EventType
 _DECODERS: dict[EventType, Callable[[Mapping[str, Any]], Record]] = {
     E.RUN_CREATED: _run_created,
     E.RUN_STARTED: lambda d: RunStarted(),
-    E.RUN_COMPLETED: lambda d: RunCompleted(result=d.get("result")),
+    E.RUN_COMPLETED: lambda d: RunCompleted(
+        result=d.get("result"), continued_as=_optional_text(d, CONTINUED_AS)
+    ),
     E.RUN_FAILED: lambda d: RunFailed(
         error=_error(d), by_scheduler=d.get(RECORDED_BY) == "scheduler"
     ),

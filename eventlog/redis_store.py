@@ -224,6 +224,11 @@ class RedisEventStore(EventStore):
         state, last = await self.client.hmget(self.names.status(run_id), sh.RUN, sh.LAST)
         return (_text(state) if state else "", _text(last) if last else "")
 
+    @retried("read a run's event count")
+    async def event_count(self, run_id: str) -> int:
+        count = await self.client.hget(self.names.status(run_id), sh.COUNT)
+        return int(count) if count else 0
+
     @retried("read the active-runs index")
     async def active_runs(self, shard: int, limit: int = 1000) -> list[tuple[str, int]]:
         raw: Any = await self.client.zrange(

@@ -149,6 +149,14 @@ class RunIndex(Protocol):
         Two fields, not the whole hash: a long run's hash has a field per step.
         """
 
+    @abstractmethod
+    async def event_count(self, run_id: str) -> int:
+        """How many entries the run's log holds, from the status hash (0 if none).
+
+        One field: the scheduler checks it against the history limit before it
+        reads a whole log into memory.
+        """
+
     async def run_tails(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """``run_tail`` of many runs; stores override it with one round trip."""
         return [await self.run_tail(run_id) for run_id in run_ids]

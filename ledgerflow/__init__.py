@@ -25,6 +25,7 @@ from ledgerflow.eventlog.errors import (
     ExitCalledError,
     FatalError,
     HeartbeatTimeoutError,
+    HistoryLimitError,
     HookConflictError,
     HookNotFoundError,
     HookTokenConflictError,
@@ -55,6 +56,7 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState
 from ledgerflow.scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
+from ledgerflow.scheduler.continuation import continue_as_new
 from ledgerflow.scheduler.durable import create_hook, sleep, wait_for
 from ledgerflow.scheduler.replay import Hook
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
@@ -74,6 +76,7 @@ __all__ = [
     "ExitCalledError",
     "FatalError",
     "HeartbeatTimeoutError",
+    "HistoryLimitError",
     "Hook",
     "HookConflictError",
     "HookNotFoundError",
@@ -107,6 +110,7 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowStalledError",
     "allow_modules",
+    "continue_as_new",
     "create_hook",
     "embedded",
     "heartbeat",

@@ -148,6 +148,8 @@ async def report_to_parent(
     else:
         decoded = codec.decode(terminal.payload, max_size=codec.MAX_EVENT_BYTES)
         record = decode_record(terminal.type, decoded)
+    if isinstance(record, RunCompleted) and record.continued_as is not None:
+        return  # one link of a chain: its successor carries the parent link, and reports
     if isinstance(record, RunCompleted):
         outcome = NewEvent.of(
             EventType.STEP_COMPLETED, corr, {"result": record.result}, attempt=1, max_size=None

@@ -16,6 +16,7 @@ from ledgerflow.broker import Activation, Broker
 from ledgerflow.eventlog import codec, records
 from ledgerflow.eventlog.errors import (
     BrokerError,
+    HistoryLimitError,
     HookNotFoundError,
     IllegalTransitionError,
     ResultTimeoutError,
@@ -29,7 +30,7 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
 from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
-from ledgerflow.eventlog.kinds import HookStatus, RunStatus, StepStatus
+from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus, RunStatus, StepStatus
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
 from ledgerflow.eventlog.records import ErrorInfo, RunCreated
 from ledgerflow.eventlog.settings import Settings
@@ -37,6 +38,7 @@ from ledgerflow.eventlog.store import START, RunLog
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
 from ledgerflow.worker.backend import connect
 
+from .chains import MAX_HOPS
 from .children import parent_of, report_to_parent
 from .registry import WorkflowFunction, WorkflowRegistry, workflows
 
@@ -158,7 +160,8 @@ class Client:
         """Cancel a run: run_cancelled is recorded, its hooks disposed, its children cancelled.
 
         Steps not yet started never start; running steps see
-        ``lf.step_context().cancelled``. Cancelling a cancelled run does nothing;
+        ``lf.step_context().cancelled``. A run that continued as new is cancelled
+        where its chain now runs (its last run). Cancelling a cancelled run does nothing;
         cancelling a completed or failed one raises RunClosedError.
 
         A broker outage after run_cancelled is recorded does not raise: telling
@@ -167,11 +170,15 @@ class Client:
         """
         # Only the run's structure matters here (hooks, children), so a run holding
         # data this process cannot decode can still be cancelled.
-        with codec.inspecting():
-            events = await self.store.read(run_id)
-        if not events:
-            raise RunNotFoundError(run_id)
-        state = fold(run_id, events)
+        for _ in range(MAX_HOPS + 1):
+            with codec.inspecting():
+                events = await self.store.read(run_id)
+            if not events:
+                raise RunNotFoundError(run_id)
+            state = fold(run_id, events)
+            if state.continued_as is None:
+                break
+            run_id = state.continued_as  # continued as new: what runs now is its successor
         if state.status == RunStatus.CANCELLED:
             return
         if state.finished:
@@ -280,36 +287,61 @@ class Client:
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run's end with blocking stream reads (XREAD BLOCK), never a sleep loop.
 
-        Only the run's end must be decodable: a result that cannot be decoded
+        A run that continued as new (``lf.continue_as_new``) is followed to the end
+        of its chain: the result is the last run's, within the same ``timeout``.
+        Only each run's end must be decodable: a result that cannot be decoded
         raises SerializationError naming the run and the event.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with _naming_run(run_id):
-            try:
-                events = await self.store.read(run_id)
-            except SerializationError:
-                # Another event cannot be decoded (the scheduler fails such a run): look
-                # for the end alone, decoding nothing else on the way.
-                events, cursor = [], START
-            else:
-                if not events:
-                    raise RunNotFoundError(run_id)
-                cursor = events[-1].id
-            while True:
-                for event in events:
-                    if event.type in RUN_TERMINAL:
-                        return _outcome(run_id, event)
-                remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
-                # Only the end is decoded: a 10,000-step run's results are not this waiter's.
-                seen = cursor
-                cursor, events = await self.store.wait_for(
-                    run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
-                )
-                if cursor == seen and not (await self.store.run_tail(run_id))[0]:
-                    # Nothing new, and no run any more: it ended and retention removed it.
-                    raise RunNotFoundError(run_id)
+        current = run_id
+        for _ in range(MAX_HOPS + 1):
+            with _naming_run(current):
+                end = await self._wait_end(current, deadline, timeout)
+            record = end.record
+            if not isinstance(record, records.RunCompleted) or record.continued_as is None:
+                return _outcome(current, end)
+            current = record.continued_as
+        raise HistoryLimitError(
+            f"run {run_id!r} continued as new more than {MAX_HOPS} times in one wait "
+            f"(last {current!r}); wait on a later run of the chain"
+        )
+
+    async def _wait_end(self, run_id: str, deadline: float | None, timeout: float | None) -> Event:
+        """The run's terminal event, waited for until ``deadline`` (monotonic).
+
+        A finished run (every link of a chain but the last) costs two small reads,
+        not a read of its whole log.
+        """
+        state, last = await self.store.run_tail(run_id)
+        if state in RUN_TERMINAL_STATES and last:
+            end = await self.store.read_event(run_id, last)
+            if end is not None and end.type in RUN_TERMINAL:
+                return end
+        try:
+            events = await self.store.read(run_id)
+        except SerializationError:
+            # Another event cannot be decoded (the scheduler fails such a run): look
+            # for the end alone, decoding nothing else on the way.
+            events, cursor = [], START
+        else:
+            if not events:
+                raise RunNotFoundError(run_id)
+            cursor = events[-1].id
+        while True:
+            for event in events:
+                if event.type in RUN_TERMINAL:
+                    return event
+            remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
+            # Only the end is decoded: a 10,000-step run's results are not this waiter's.
+            seen = cursor
+            cursor, events = await self.store.wait_for(
+                run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
+            )
+            if cursor == seen and not (await self.store.run_tail(run_id))[0]:
+                # Nothing new, and no run any more: it ended and retention removed it.
+                raise RunNotFoundError(run_id)
 
 
 @contextlib.contextmanager

@@ -54,6 +54,7 @@ from .replay import (
     ChildCommand,
     Command,
     Completed,
+    Continued,
     Failed,
     HookCommand,
     Outcome,
@@ -303,6 +304,8 @@ class ReplayResult:
         head = f"run {self.run_id} ({self.workflow}): {self.events} events replayed, consistent"
         if isinstance(self.outcome, Completed):
             return f"{head}; completed with {_short(self.outcome.result)}"
+        if isinstance(self.outcome, Continued):
+            return f"{head}; continued as new run {self.outcome.run_id}"
         if isinstance(self.outcome, Failed):
             error = self.outcome.error
             return f"{head}; failed with {type(error).__name__}: {_short_text(str(error))}"
@@ -352,7 +355,8 @@ def replay(
     kwargs = dict(created.kwargs) if isinstance(created, RunCreated) else {}
     _check_arguments(run_id, definition, args, kwargs)
 
-    instance = WorkflowInstance(run_id, definition, args, kwargs)
+    carried = created.carried if isinstance(created, RunCreated) else {}
+    instance = WorkflowInstance(run_id, definition, args, kwargs, carried=carried)
     try:
         with sandbox.installed():
             instance.feed(events)
@@ -424,7 +428,11 @@ def _held_to_outcome(terminal: Event) -> bool:
 def _check_outcome(run_id: str, terminal: Event, outcome: Outcome | None) -> None:
     """The run must end as the log says: the same result, or the same type of error."""
     record = terminal.record
-    if isinstance(record, RunCompleted):
+    if isinstance(record, RunCompleted) and record.continued_as is not None:
+        if isinstance(outcome, Continued) and outcome.run_id == record.continued_as:
+            return
+        recorded = f"run_completed continued as new run {record.continued_as}"
+    elif isinstance(record, RunCompleted):
         recorded_result = record.result
         if isinstance(outcome, Completed) and _same_result(recorded_result, outcome.result):
             return
@@ -463,6 +471,8 @@ def _same_result(recorded: Any, replayed: Any) -> bool:
 def _describe_outcome(outcome: Outcome | None) -> str:
     if isinstance(outcome, Completed):
         return f"complete with result {_short(outcome.result)}"
+    if isinstance(outcome, Continued):
+        return f"continue as new run {outcome.run_id}"
     if isinstance(outcome, Failed):
         error = outcome.error
         return f"fail with {type_name(type(error))}: {_short_text(str(error))}"

@@ -72,6 +72,7 @@ from ledgerflow.ops.lease import Lease
 from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
+from .chains import CONTINUE_REASON
 from .hookclash import CONFLICT_REASON
 from .janitor import Janitor
 
@@ -87,6 +88,7 @@ RUNS_PER_SHARD = 2_000
 REMEMBERED = 100_000
 """Runs whose check history is kept for the backoff; older ones start again from one."""
 REPEATS_BEFORE_WARNING = 3
+_REPLAY_AFTER = frozenset({CONFLICT_REASON, CONTINUE_REASON})
 
 
 class LeaseLost(Exception):
@@ -422,5 +424,10 @@ def _unacted(events: list[Event], state: RunState) -> bool:
 
 
 def _conflict_disposal(event: Event) -> bool:
-    """The disposal of a hook whose token was taken (scheduler.hookclash)."""
-    return isinstance(event.record, HookDisposed) and event.record.reason == CONFLICT_REASON
+    """A disposal the run must be replayed after.
+
+    The disposal of a hook whose token was taken (scheduler.hookclash), or of a
+    run's hooks before it continues as new (scheduler.chains): a crash right
+    after it leaves the continuation to be finished.
+    """
+    return isinstance(event.record, HookDisposed) and event.record.reason in _REPLAY_AFTER

@@ -18,7 +18,7 @@ import random as _random
 import uuid as _uuid
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ledgerflow.eventlog import codec
@@ -49,6 +49,7 @@ from ledgerflow.worker.dispatch import current_dispatcher
 from ledgerflow.worker.registry import StepDef
 
 from .context import current_instance
+from .continuation import ContinueAsNew, continuation_run_id
 from .loop import DeterministicLoop
 from .registry import WorkflowDef
 
@@ -218,7 +219,19 @@ class Failed:
     error: BaseException
 
 
-Outcome = Completed | Failed
+@dataclass(frozen=True, slots=True)
+class Continued:
+    """The workflow called ``lf.continue_as_new``: this run ends, ``run_id`` goes on."""
+
+    run_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    # Hook payloads this run received and never took (filled in once its hooks are
+    # disposed, so none can arrive after): the successor's hooks hand them out first.
+    carried: dict[str, list[Any]] = field(default_factory=dict)
+
+
+Outcome = Completed | Failed | Continued
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +251,12 @@ class WorkflowInstance:
         kwargs: dict[str, Any],
         *,
         parent: ParentRef | None = None,
+        carried: dict[str, list[Any]] | None = None,
     ) -> None:
         self.run_id = run_id
         self._parent = parent
+        # Hook payloads a predecessor received and never took (lf.continue_as_new).
+        self._carried = {token: list(payloads) for token, payloads in (carried or {}).items()}
         self.definition = definition
         self.args = args
         self.kwargs = kwargs
@@ -474,6 +490,8 @@ class WorkflowInstance:
             check_hook_token(token)
         token = token or hashlib.sha256(f"{self.run_id}:{corr}".encode()).hexdigest()[:32]
         hook = Hook(self, corr, token, metadata)
+        for payload in self._carried.pop(token, []):
+            hook._deliver(payload)  # the predecessor's, first: in the order it received them
         self._hooks[corr] = hook
         if corr in self._hook_conflicts:
             hook._conflicted(self._hook_conflicts[corr])
@@ -499,6 +517,20 @@ class WorkflowInstance:
         so there is nothing to dispose (disposing it would be an illegal transition).
         """
         return list(self._live_hooks)
+
+    def untaken_payloads(self) -> dict[str, list[Any]]:
+        """Per token, hook payloads recorded that the code never took (and carried ones unused).
+
+        What a continuation carries over to its successor, so a payload that
+        arrived while this run was deciding to continue is not lost.
+        """
+        untaken: dict[str, list[Any]] = {}
+        for token, payloads in self._carried.items():
+            untaken.setdefault(token, []).extend(payloads)
+        for hook in self._hooks.values():
+            if hook._buffer:
+                untaken.setdefault(hook.token, []).extend(hook._buffer)
+        return untaken
 
     def unstarted_children(self) -> list[ChildCommand]:
         """Children recorded in the log whose start may not have happened (a crash)."""
@@ -583,6 +615,8 @@ class WorkflowInstance:
         if self._task.cancelled():
             return Failed(asyncio.CancelledError("the workflow task was cancelled"))
         exc = self._task.exception()
+        if isinstance(exc, ContinueAsNew):
+            return Continued(continuation_run_id(self.run_id), exc.call_args, exc.call_kwargs)
         if exc is not None:
             return Failed(exc)
         return Completed(self._task.result())

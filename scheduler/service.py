@@ -11,6 +11,7 @@ lost even if the process dies at any point.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,7 +19,9 @@ from typing import Protocol
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
 from ledgerflow.broker.messages import step_message
+from ledgerflow.eventlog import statushash as sh
 from ledgerflow.eventlog.errors import (
+    HistoryLimitError,
     IllegalTransitionError,
     LedgerflowError,
     MalformedMessageError,
@@ -35,7 +38,7 @@ from ledgerflow.eventlog.events import (
     EventType,
     NewEvent,
 )
-from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
+from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
 from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, StepCreated
 from ledgerflow.eventlog.retrying import TRANSIENT, retrying
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
@@ -49,12 +52,21 @@ from ledgerflow.ops.standard import standard_observers
 
 from . import sandbox, watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
+from .chains import (
+    CONTINUE_REASON,
+    abandon_successor,
+    activate_successor,
+    continued_end,
+    create_successor,
+)
 from .children import parent_of, report_to_parent, start_child
+from .historylimits import HistoryLimits, HistoryWatch
 from .hookclash import append_settling_clashes
 from .registry import WorkflowRegistry, workflows
 from .replay import (
     ChildCommand,
     Completed,
+    Continued,
     Decision,
     Failed,
     HookCommand,
@@ -102,6 +114,7 @@ class Scheduler:
         append_chunk: int = APPEND_CHUNK,
         stall_budget: float = watchdog.DEFAULT_BUDGET,
         observers: Sequence[Observer] | None = None,
+        history: HistoryLimits | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -121,6 +134,8 @@ class Scheduler:
         # Metrics, fault points: see ledgerflow.ops.observer (shared with the timer loop).
         self.observers = Observers(standard_observers() if observers is None else observers)
         self.timers = TimerLoop(store, broker, registry=step_registry, observers=self.observers)
+        # How long a run's log may grow (--history-warn / --history-limit).
+        self.history = HistoryWatch(history or HistoryLimits.from_env(), self.observers)
 
     async def start(self) -> None:
         # Workflow code that reads the clock or randomness fails loudly (not at replay).
@@ -210,6 +225,10 @@ class Scheduler:
         if instance is None:
             if await self._finished_elsewhere(run_id):
                 return
+            count = await self.store.event_count(run_id)
+            if self.history.limits.over_limit(count):
+                await self._fail_over_limit(run_id, count)
+                return
             events = await self.store.read(run_id)
             if not events:
                 log.warning("activation for a run with no log", run_id=run_id)
@@ -232,13 +251,19 @@ class Scheduler:
             if any(e.type in RUN_TERMINAL for e in events):
                 self.cache.evict(run_id)
                 return
+            if self.history.limits.over_limit(instance.events_seen + len(events)):
+                self.cache.evict(run_id)
+                await self._fail_over_limit(run_id, instance.events_seen + len(events))
+                return
         trigger_ms = _trigger_ms(events)
         instance.feed(events)
+        self.history.observe(run_id, instance.definition.name, instance.events_seen)
         decision = instance.decide()
         finished = await self._record(instance, decision)
         self.observers.after_replay(run_id, trigger_ms)
         if finished:
             self.cache.evict(run_id)
+            self.history.forget(run_id)
         else:
             self.cache.put(instance)
 
@@ -273,6 +298,7 @@ class Scheduler:
             list(created.args),
             dict(created.kwargs),
             parent=parent_of(first),
+            carried=created.carried,
         )
 
     async def _record(self, instance: WorkflowInstance, decision: Decision) -> bool:
@@ -282,6 +308,7 @@ class Scheduler:
         the same batch, and reports its outcome to its parent, if it has one.
         """
         run_id = instance.run_id
+        successor: str | None = None
         try:
             created = {
                 c.corr: c.record()
@@ -294,12 +321,20 @@ class Scheduler:
                 else self._created(instance, c)
                 for c in decision.commands
             ]
-            if decision.outcome is not None:
+            outcome = decision.outcome
+            if isinstance(outcome, Continued):
+                # The successor first: the old run's end must never name a run that
+                # does not exist (chains.py says why in this order, and how it heals).
+                outcome = await self._continue(instance, outcome)
+                successor = outcome.run_id
+            if outcome is not None:
                 batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
-                batch.append(self._terminal(instance, decision.outcome))
+                batch.append(self._terminal(instance, outcome))
             hooks = {c.corr: c for c in decision.commands if isinstance(c, HookCommand)}
             results, conflicted = await self._append_chunked(run_id, batch, hooks)
         except RunClosedError:
+            if successor is not None:
+                await abandon_successor(self.store, run_id, successor)
             return True
         except Exception as exc:
             if not _unrecordable(exc):
@@ -334,10 +369,68 @@ class Scheduler:
             run_id=run_id,
             workflow=instance.definition.name,
             outcome=batch[-1].type.value,
+            **_continued_as(decision.outcome),
         )
-        if instance.parent is not None:
+        if successor is not None:
+            await activate_successor(self.broker, successor)
+        elif instance.parent is not None:
             await report_to_parent(self.store, self.broker, instance.parent, batch[-1])
         return True
+
+    async def _continue(self, instance: WorkflowInstance, outcome: Continued) -> Continued:
+        """Dispose the run's hooks, carry what they hold untaken, and create the successor."""
+        run_id = instance.run_id
+        live = instance.live_hooks()
+        if live:
+            reason = {"reason": CONTINUE_REASON}
+            disposals = [NewEvent.of(EventType.HOOK_DISPOSED, corr, reason) for corr in live]
+            await self.store.append(run_id, disposals)
+            # Payloads that arrived since this replay read the log, up to the disposal.
+            instance.feed(await self.store.read(run_id, after=instance.cursor))
+        outcome = dataclasses.replace(outcome, carried=instance.untaken_payloads())
+        definition = instance.definition
+        await create_successor(
+            self.store,
+            run_id,
+            definition.name,
+            outcome,
+            instance.parent,
+            retention_ms=definition.retention_ms,
+        )
+        self.observers.after_continuation_started(run_id, outcome.run_id)
+        return outcome
+
+    async def _fail_over_limit(self, run_id: str, count: int) -> None:
+        """Fail a run whose log passed the history limit, without reading the log.
+
+        Its live hooks are found in the status hash (disposed in the same batch,
+        as at every end) and its parent, if any, in its first entry.
+        """
+        status = await self.store.status(run_id)
+        workflow = status.get(sh.WORKFLOW, "")
+        error = HistoryLimitError(
+            f"run {run_id!r} of workflow {workflow!r} has {count} events, past the history "
+            f"limit of {self.history.limits.limit} (--history-limit); a workflow that loops "
+            "should call lf.continue_as_new to go on with a fresh history"
+        )
+        live = [
+            field.removeprefix(sh.ENTITY)
+            for field, value in status.items()
+            if field.startswith(sh.ENTITY) and value == sh.entity_value("hook", HookStatus.CREATED)
+        ]
+        failed = _failed(error, by_scheduler=True)
+        disposals = [NewEvent.of(EventType.HOOK_DISPOSED, corr) for corr in sorted(live)]
+        try:
+            await self.store.append(run_id, [*disposals, failed])
+        except RunClosedError:
+            return
+        log.error("run failed: history limit", run_id=run_id, workflow=workflow, events=count)
+        self.observers.after_history_limit(run_id, workflow, count)
+        self.history.forget(run_id)
+        first = await self.store.read(run_id, count=1)
+        parent = parent_of(first[0]) if first else None
+        if parent is not None:
+            await report_to_parent(self.store, self.broker, parent, failed)
 
     async def _give_up(self, instance: WorkflowInstance, error: Exception) -> None:
         """A decision that can never be recorded (a bad value, a bug) fails the run, saying why.
@@ -444,7 +537,9 @@ class Scheduler:
         )
 
     @staticmethod
-    def _terminal(instance: WorkflowInstance, outcome: Completed | Failed) -> NewEvent:
+    def _terminal(instance: WorkflowInstance, outcome: Completed | Failed | Continued) -> NewEvent:
+        if isinstance(outcome, Continued):
+            return continued_end(instance.run_id, instance.definition.name, outcome)
         if isinstance(outcome, Completed):
             try:
                 return NewEvent.of(
@@ -475,6 +570,11 @@ def _failed(error: BaseException, *, by_scheduler: bool = False) -> NewEvent:
     if by_scheduler:
         data[RECORDED_BY] = "scheduler"  # not the workflow's outcome (see history.replay)
     return NewEvent.of(EventType.RUN_FAILED, data=data, max_size=None)
+
+
+def _continued_as(outcome: Completed | Failed | Continued | None) -> dict[str, str]:
+    """The log field naming a continuation's successor (nothing for another end)."""
+    return {"continued_as": outcome.run_id} if isinstance(outcome, Continued) else {}
 
 
 def _unrecordable(exc: Exception) -> bool:

@@ -13,6 +13,13 @@ import asyncio
 from ledgerflow.eventlog.errors import ConfigurationError
 from ledgerflow.ops.lease import Lease
 from ledgerflow.scheduler import watchdog
+from ledgerflow.scheduler.historylimits import (
+    DEFAULT_LIMIT,
+    DEFAULT_WARN,
+    LIMIT_ENV,
+    WARN_ENV,
+    HistoryLimits,
+)
 from ledgerflow.scheduler.janitor import Janitor
 from ledgerflow.scheduler.reconciler import (
     DEFAULT_INTERVAL,
@@ -59,7 +66,11 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         # The worker runs what this scheduler just scheduled, when it has room (eager
         # dispatch), and its outcomes activate this scheduler directly.
         scheduler = Scheduler(
-            backends.store, backends.broker, local=worker, stall_budget=args.stall_budget
+            backends.store,
+            backends.broker,
+            local=worker,
+            stall_budget=args.stall_budget,
+            history=history_limits(args),
         )
 
         async def start() -> None:
@@ -77,7 +88,12 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 async def cmd_scheduler(args: argparse.Namespace) -> int:
     import_app(args.app)
     async with connect(settings_of(args)) as backends, exported(args, backends):
-        scheduler = Scheduler(backends.store, backends.broker, stall_budget=args.stall_budget)
+        scheduler = Scheduler(
+            backends.store,
+            backends.broker,
+            stall_budget=args.stall_budget,
+            history=history_limits(args),
+        )
         await run_until_signalled(scheduler.start, scheduler.stop, what="scheduler")
     return EXIT_OK
 
@@ -128,6 +144,28 @@ def add_stall_budget(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_history_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--history-warn",
+        type=positive_int,
+        default=None,
+        help=f"warn (log and metric) once when a run's log passes this many events "
+        f"(default ${WARN_ENV} or {DEFAULT_WARN}; scheduler and --with-scheduler)",
+    )
+    parser.add_argument(
+        "--history-limit",
+        type=positive_int,
+        default=None,
+        help=f"fail a run whose log passes this many events, with lf.HistoryLimitError "
+        f"(default ${LIMIT_ENV} or {DEFAULT_LIMIT}; scheduler and --with-scheduler)",
+    )
+
+
+def history_limits(args: argparse.Namespace) -> HistoryLimits:
+    """The flags first, then the environment, then the defaults."""
+    return HistoryLimits.from_env(args.history_warn, args.history_limit)
+
+
 def ack_after_seconds(text: str) -> float:
     """An argparse type: the hold limit of a step message (see worker.service.MIN_ACK_AFTER)."""
     value = positive_float(text)
@@ -150,6 +188,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker.add_argument("app", help="module defining the workflows and steps")
     worker.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     add_stall_budget(worker)
+    add_history_limits(worker)
     worker.add_argument("--queues", help="comma-separated step queues (default: all registered)")
     worker.add_argument(
         "--with-scheduler",
@@ -181,6 +220,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scheduler = sub.add_parser("scheduler", help="replay runs and schedule their steps")
     scheduler.add_argument("app")
     add_stall_budget(scheduler)
+    add_history_limits(scheduler)
     add_metrics_options(scheduler)
     scheduler.set_defaults(handler=cmd_scheduler)
 

@@ -23,6 +23,7 @@ from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.store import RunLog
 from ledgerflow.ops.backlog import entry_ms
 from ledgerflow.ops.timeline import TimelineRow, render, timeline
+from ledgerflow.scheduler.chains import successors
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from ledgerflow.worker.backend import connect
@@ -71,8 +72,12 @@ async def cmd_runs_show(args: argparse.Namespace) -> int:
         f"run {printable(state.run_id)}  workflow {printable(state.workflow)}  "
         f"status {state.status}"
     )
+    if state.continued_from is not None:
+        print(f"continued from: {printable(state.continued_from)}")
     print(render([_printable_row(row) for row in rows]))
-    if state.status == "completed":
+    if state.continued_as is not None:
+        print(f"continued as: {printable(state.continued_as)} (lf.continue_as_new)")
+    elif state.status == "completed":
         print(f"result: {printable(repr(state.result))}")
     elif state.error is not None:
         print(f"error: {printable(state.error.type)}: {printable(state.error.message)}")
@@ -103,6 +108,7 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
             status=args.status, workflow=args.workflow, since_ms=args.since, limit=args.limit
         )
         now = await backends.store.now_ms()
+        continued = await successors(backends.store, [r.run_id for r in runs])
     if args.json:
         dump(
             [
@@ -115,6 +121,7 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
                     "created_ms": r.created_ms,
                     "updated_ms": r.updated_ms,
                     "events": r.events,
+                    "continued_as": continued.get(r.run_id),
                 }
                 for r in runs
             ]
@@ -123,22 +130,29 @@ async def cmd_runs_list(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs match")
         return EXIT_OK
-    print(
-        table(
-            ("RUN ID", "WORKFLOW", "STATUS", "CREATED (UTC)", "LAST EVENT", "EVENTS"),
-            [
-                (
-                    r.run_id,
-                    r.workflow,
-                    r.status,
-                    iso(r.created_ms),
-                    f"{age(r.updated_ms, now)} ago",
-                    r.events,
-                )
-                for r in runs
-            ],
-        )
+    heads: tuple[str, ...] = (
+        "RUN ID",
+        "WORKFLOW",
+        "STATUS",
+        "CREATED (UTC)",
+        "LAST EVENT",
+        "EVENTS",
     )
+    rows: list[tuple[object, ...]] = [
+        (
+            r.run_id,
+            r.workflow,
+            r.status,
+            iso(r.created_ms),
+            f"{age(r.updated_ms, now)} ago",
+            r.events,
+        )
+        for r in runs
+    ]
+    if continued:  # the chain links of lf.continue_as_new, only when there are any
+        heads += ("CONTINUED AS",)
+        rows = [(*row, continued.get(r.run_id, "")) for row, r in zip(rows, runs, strict=True)]
+    print(table(heads, rows))
     if len(runs) == args.limit:
         print(f"(first {args.limit}; --limit for more)")
     return EXIT_OK

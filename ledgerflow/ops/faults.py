@@ -22,6 +22,8 @@ SCHEDULER_AFTER_STEP_CREATED = "scheduler.after_step_created"  # step messages l
 SCHEDULER_MID_BATCH = "scheduler.mid_batch"  # the second half of a batch's messages lost
 # The process "dies" between a confirmed publish and the ack of what it handled.
 SCHEDULER_AFTER_PUBLISH_BEFORE_ACK = "scheduler.after_publish_before_ack"
+# lf.continue_as_new: the successor run exists, the old run's end is never written.
+SCHEDULER_AFTER_CONTINUATION_STARTED = "scheduler.after_continuation_started"
 
 POINTS = frozenset(
     {
@@ -29,6 +31,7 @@ POINTS = frozenset(
         SCHEDULER_AFTER_STEP_CREATED,
         SCHEDULER_MID_BATCH,
         SCHEDULER_AFTER_PUBLISH_BEFORE_ACK,
+        SCHEDULER_AFTER_CONTINUATION_STARTED,
     }
 )
 
@@ -76,6 +79,10 @@ class FaultObserver(Observer):
     def after_publish_steps(self, run_id: str) -> None:
         if hit(SCHEDULER_AFTER_PUBLISH_BEFORE_ACK):
             raise InjectedCrash(SCHEDULER_AFTER_PUBLISH_BEFORE_ACK)
+
+    def after_continuation_started(self, run_id: str, successor: str) -> None:
+        if hit(SCHEDULER_AFTER_CONTINUATION_STARTED):
+            raise InjectedCrash(SCHEDULER_AFTER_CONTINUATION_STARTED)
 
 
 def _from_env() -> None:

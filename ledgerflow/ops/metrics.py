@@ -116,6 +116,26 @@ TIMER_LATENESS = Histogram(
     registry=REGISTRY,
 )
 
+HISTORY_WARNINGS = Counter(
+    "ledgerflow_history_warnings",
+    "Runs whose log passed the history warning threshold (--history-warn), by workflow; "
+    "counted once per run per scheduler process.",
+    ["workflow"],
+    registry=REGISTRY,
+)
+HISTORY_LIMIT_FAILURES = Counter(
+    "ledgerflow_history_limit_failures",
+    "Runs the scheduler failed because their log passed the history limit (--history-limit), "
+    "by workflow.",
+    ["workflow"],
+    registry=REGISTRY,
+)
+CONTINUATIONS = Counter(
+    "ledgerflow_continuations",
+    "Runs that continued as new (lf.continue_as_new): successors started.",
+    registry=REGISTRY,
+)
+
 # --- reconciler ------------------------------------------------------------------------------
 
 RECOVERIES = Counter(
@@ -311,6 +331,15 @@ class MetricsObserver(Observer):
 
     def after_timer_fired(self, kind: str, late_ms: int) -> None:
         TIMER_LATENESS.labels(kind=kind).observe(max(0, late_ms) / 1000)
+
+    def after_history_warning(self, run_id: str, workflow: str, events: int) -> None:
+        HISTORY_WARNINGS.labels(workflow=workflow).inc()
+
+    def after_history_limit(self, run_id: str, workflow: str, events: int) -> None:
+        HISTORY_LIMIT_FAILURES.labels(workflow=workflow).inc()
+
+    def after_continuation_started(self, run_id: str, successor: str) -> None:
+        CONTINUATIONS.inc()
 
     def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
         RECOVERIES.labels(reason=reason).inc()

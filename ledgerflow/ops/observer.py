@@ -86,6 +86,15 @@ class Observer:
     def after_timer_fired(self, kind: str, late_ms: int) -> None:
         """The timer loop acted on a timer of ``kind``, ``late_ms`` after it was due."""
 
+    def after_history_warning(self, run_id: str, workflow: str, events: int) -> None:
+        """A run's log passed the history warning threshold (once per run per process)."""
+
+    def after_history_limit(self, run_id: str, workflow: str, events: int) -> None:
+        """A run's log passed the history limit: the scheduler failed the run."""
+
+    def after_continuation_started(self, run_id: str, successor: str) -> None:
+        """``lf.continue_as_new``: the successor exists; the old run's end is not written yet."""
+
     # --- the reconciler ----------------------------------------------------------------
 
     def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
@@ -139,6 +148,18 @@ class Observers(Observer):
     def after_timer_fired(self, kind: str, late_ms: int) -> None:
         for observer in self.observers:
             observer.after_timer_fired(kind, late_ms)
+
+    def after_history_warning(self, run_id: str, workflow: str, events: int) -> None:
+        for observer in self.observers:
+            observer.after_history_warning(run_id, workflow, events)
+
+    def after_history_limit(self, run_id: str, workflow: str, events: int) -> None:
+        for observer in self.observers:
+            observer.after_history_limit(run_id, workflow, events)
+
+    def after_continuation_started(self, run_id: str, successor: str) -> None:
+        for observer in self.observers:
+            observer.after_continuation_started(run_id, successor)
 
     def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
         for observer in self.observers:

@@ -31,10 +31,11 @@ from ledgerflow.scheduler.history import (
     load_history,
     replay,
 )
-from ledgerflow.scheduler.replay import Completed, Failed
+from ledgerflow.scheduler.replay import Completed, Continued, Failed
 
 __all__ = [
     "Completed",
+    "Continued",
     "Failed",
     "History",
     "HistoryError",

@@ -106,3 +106,20 @@ def test_what_a_writer_records_decodes_to_the_same_record(record: Any) -> None:
         records.RunCreated: EventType.RUN_CREATED,
     }[type(record)]
     assert decode_record(event_type, record.as_data()) == record
+
+
+def test_a_continuations_links_and_carried_payloads_round_trip() -> None:
+    created = records.RunCreated(
+        workflow="w", continued_from="r", carried={"tok": [1, {"a": 2}], "other": ["x"]}
+    )
+    data = created.as_data()
+    assert data["hook_tokens"] == ["tok", "tok", "other"]
+    assert decode_record(EventType.RUN_CREATED, data) == created
+    ended = records.RunCompleted(continued_as="r:c1")
+    assert decode_record(EventType.RUN_COMPLETED, ended.as_data()) == ended
+    # Logs written before chains, and malformed carried lists, read as no link, nothing carried.
+    plain = decode_record(EventType.RUN_CREATED, {"workflow": "w", "hook_payloads": [1]})
+    assert isinstance(plain, records.RunCreated)
+    assert (plain.continued_from, plain.carried) == (None, {})
+    done = decode_record(EventType.RUN_COMPLETED, {"result": 5})
+    assert done == records.RunCompleted(result=5, continued_as=None)

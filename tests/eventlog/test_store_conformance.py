@@ -1446,3 +1446,11 @@ async def test_repair_rebuilds_a_lost_retention_entry(store: EventStore, run_id:
     assert await repair_run(store, run_id)
     assert await store.removal_entry(run_id) == entry
     assert await verify_run(store, run_id) == []
+
+
+async def test_event_count_is_the_logs_length_from_the_status_hash(store: EventStore) -> None:
+    run = new_run_id()
+    assert await store.event_count(run) == 0
+    await append_ok(store, run, [run_created(WF)])
+    await append_ok(store, run, [ev(E.RUN_STARTED), ev(E.RUN_COMPLETED, data={"result": 1})])
+    assert await store.event_count(run) == len(await store.read(run)) == 3

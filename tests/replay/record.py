@@ -24,6 +24,7 @@ from ledgerflow.scheduler.registry import WorkflowFunction
 
 from examples.orders import process_order
 from ledgerflow.ops.logs import configure_logging
+from tests.apps import chains
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,6 +48,12 @@ GOLDENS = [
         "golden-orders-unknown-item",
     ),
 ]
+CHAINS = HERE / "chains"
+"""Goldens of lf.continue_as_new chains (newer logs: kept apart from the old-format ones)."""
+CHAIN_GOLDENS = [
+    # A poller that continues as new after two polls: the log's end names its successor.
+    Golden("poller_continued", chains.poller, (5, 2), "golden-poller"),
+]
 
 
 async def record(golden: Golden, directory: Path = HERE) -> Path:
@@ -66,6 +73,9 @@ async def main() -> int:
     configure_logging("warning")
     for golden in GOLDENS:
         path = await record(golden)
+        print(f"wrote {path}")
+    for golden in CHAIN_GOLDENS:
+        path = await record(golden, CHAINS)
         print(f"wrote {path}")
     return 0
 
