@@ -115,6 +115,14 @@ class Names:
     def status(self, run_id: str) -> str:
         return f"{self.namespace}:run:{{{run_id}}}:status"
 
+    def blob(self, run_id: str, digest: str) -> str:
+        """One offloaded value of a run (a STRING), named by its sha256 (hex)."""
+        return f"{self.namespace}:blob:{{{run_id}}}:{digest}"
+
+    def blob_set(self, run_id: str) -> str:
+        """The digests of a run's blobs (a SET), so removing the run finds them all."""
+        return f"{self.namespace}:blobs:{{{run_id}}}"
+
     # --- Redis: global, sharded indexes ---------------------------------------------
 
     def active_shard(self, shard: int) -> str:
