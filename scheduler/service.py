@@ -18,6 +18,7 @@ from typing import Protocol
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
 from ledgerflow.broker.messages import step_message
+from ledgerflow.eventlog.blobs import BlobCache
 from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     LedgerflowError,
@@ -64,6 +65,7 @@ from .replay import (
 )
 from .timers import TimerLoop
 from .unreadable import fail_unreadable_run
+from .values import delivered_values
 
 log = structlog.get_logger("ledgerflow.scheduler")
 
@@ -107,6 +109,8 @@ class Scheduler:
         self.broker = broker
         self.registry = registry
         self.cache = InstanceCache(cache_size)
+        # Offloaded values replay delivers, kept by bytes across activations and misses.
+        self._blobs = BlobCache(store.blob_store)
         self.prefetch = prefetch
         self.append_chunk = append_chunk
         # A worker in this process: the steps it has room for run here, at once.
@@ -221,7 +225,8 @@ class Scheduler:
                 if parent is not None:
                     await report_to_parent(self.store, self.broker, parent, terminal)
                 return
-            instance = self._instantiate(run_id, events[0])
+            first = (await self._values(run_id, events[:1]))[0]
+            instance = self._instantiate(run_id, first)
             if not any(e.type is EventType.RUN_STARTED for e in events):
                 await self.store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
                 events = await self.store.read(run_id)
@@ -233,7 +238,7 @@ class Scheduler:
                 self.cache.evict(run_id)
                 return
         trigger_ms = _trigger_ms(events)
-        instance.feed(events)
+        instance.feed(await self._values(run_id, events))
         decision = instance.decide()
         finished = await self._record(instance, decision)
         self.observers.after_replay(run_id, trigger_ms)
@@ -261,6 +266,10 @@ class Scheduler:
         if parent is not None:
             await report_to_parent(self.store, self.broker, parent, terminal)
         return True
+
+    async def _values(self, run_id: str, events: list[Event]) -> list[Event]:
+        """The events with the offloaded values replay delivers fetched (``values``)."""
+        return await delivered_values(events, self._blobs.fetcher(run_id))
 
     def _instantiate(self, run_id: str, first: Event) -> WorkflowInstance:
         created = first.record
@@ -415,6 +424,7 @@ class Scheduler:
                 record.as_data(),
                 fingerprint=record.call_fingerprint,
                 max_size=None,
+                blobs=command.blobs,
             )
         return NewEvent.of(
             EventType.STEP_CREATED,
@@ -449,6 +459,7 @@ class Scheduler:
                     EventType.RUN_COMPLETED,
                     data={"result": outcome.result},
                     what=f"result of workflow {instance.definition.name!r}",
+                    offload=(("result",),),
                 )
             except SerializationError as exc:
                 return _failed(exc)
