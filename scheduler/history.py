@@ -303,7 +303,10 @@ def _with_values(events: list[Event], blobs: dict[str, bytes], run_id: str) -> l
 
     out = []
     for event in events:
-        if event.type in DELIVERED and has_refs(event.data):
+        # The run's own result too: a finished history is held to it.
+        if (event.type in DELIVERED or event.type is EventType.RUN_COMPLETED) and has_refs(
+            event.data
+        ):
             data = resolve_sync(event.data, lookup)
             event = Event(
                 id=event.id, type=event.type, corr=event.corr, data=data, ts=event.ts, v=event.v
