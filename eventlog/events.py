@@ -92,6 +92,9 @@ class NewEvent:
     # Values of this event stored out of line (eventlog.blobs): written by the append,
     # before the entry that references them.
     blobs: tuple[Blob, ...] = ()
+    # run_created: the run's own retention (ms), kept in its status hash; None for
+    # the namespace default.
+    retention_ms: int | None = None
 
     @property
     def timer_due(self) -> str:
@@ -115,6 +118,7 @@ class NewEvent:
         timer: Timer | None = None,
         delay_ms: int | None = None,
         due_ms: int | None = None,
+        retention_ms: int | None = None,
         what: str | None = None,
         max_size: int | None = codec.DEFAULT_MAX_PAYLOAD,
         envelope: int = 1,
@@ -166,6 +170,7 @@ class NewEvent:
             delay_ms=delay_ms,
             due_ms=due_ms,
             blobs=blobs,
+            retention_ms=retention_ms,
         )
 
 

@@ -153,6 +153,30 @@ class Names:
     def runs_shards(self) -> list[str]:
         return [self.runs_shard(i) for i in range(self.shards)]
 
+    def finished_shard(self, shard: int) -> str:
+        """Finished runs with no retention of their own, scored by finish time (ms).
+
+        The namespace default retention is applied to this index by the janitor,
+        so changing the default applies to runs already finished.
+        """
+        return f"{self.namespace}:finished:{shard}"
+
+    def finished_for(self, run_id: str) -> str:
+        return self.finished_shard(shard_of(run_id, self.shards))
+
+    def finished_shards(self) -> list[str]:
+        return [self.finished_shard(i) for i in range(self.shards)]
+
+    def expire_shard(self, shard: int) -> str:
+        """Finished runs whose workflow declared a retention, scored by removal due time (ms)."""
+        return f"{self.namespace}:expire:{shard}"
+
+    def expire_for(self, run_id: str) -> str:
+        return self.expire_shard(shard_of(run_id, self.shards))
+
+    def expire_shards(self) -> list[str]:
+        return [self.expire_shard(i) for i in range(self.shards)]
+
     def worker_presence(self, identity: str) -> str:
         """Exists while the worker ``identity`` (host:pid) is alive; it expires by itself."""
         return f"{self.namespace}:worker:{identity}"
