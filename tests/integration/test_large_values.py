@@ -15,6 +15,7 @@ from ledgerflow.eventlog.blobs import BlobCache, BlobRef, fetch_value
 from ledgerflow.eventlog.errors import BlobError
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.records import StepCreated
+from ledgerflow.eventlog.store import RemoveOutcome
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.history import dump_history, load_history
 from ledgerflow.scheduler.service import Scheduler
@@ -85,6 +86,11 @@ async def test_a_ten_mb_step_result_round_trips_out_of_line(
     )
     assert names.blob_set(run.run_id) == f"{names.namespace}:blobs:{{{run.run_id}}}"
     assert await redis_client.strlen(names.blob(run.run_id, ref.digest)) == ref.size
+
+    # Removed with its run (retention, deletion, archives all go through remove_run).
+    assert await backends.store.remove_run(run.run_id) is RemoveOutcome.REMOVED
+    assert await redis_client.exists(names.blob_set(run.run_id)) == 0
+    assert await redis_client.keys(f"{names.namespace}:blob:*") == []
 
 
 async def test_an_export_is_self_contained_and_replays(
