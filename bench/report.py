@@ -49,8 +49,7 @@ def describe(outcome: Outcome) -> str:
             f"{fmt(r.large_offloaded_blob_bytes_per_run, 0)}); inline "
             f"{fmt(r.large_inline_bytes_per_run, 0)} bytes per run"
         )
-        return "\n".join(lines)
-    if isinstance(r, SleepResult):
+    elif isinstance(r, SleepResult):
         verdict = "PASS" if r.passed else "FAIL"
         lines.append(
             f"  {r.runs} sleepers x {r.sleep_s:g} s: lateness "
