@@ -64,3 +64,21 @@ async def sleeper(seconds: float) -> float:
     """A durable sleep and nothing else: measures timer precision."""
     await lf.sleep(seconds)
     return seconds
+
+
+STORAGE_STEPS = 10
+
+
+@lf.step(name="bench_payload")
+async def payload(i: int, size: int) -> bytes:
+    """A result of ``size`` bytes, distinct per ``i`` (so offloaded results are not shared)."""
+    return (i.to_bytes(4, "big") * (size // 4 + 1))[:size]
+
+
+@lf.workflow(name="bench_storage")
+async def storage(size: int) -> int:
+    """``STORAGE_STEPS`` sequential steps with results of ``size`` bytes: the storage figures."""
+    total = 0
+    for i in range(STORAGE_STEPS):
+        total += len(await payload(i, size))
+    return total

@@ -19,7 +19,7 @@ FLOOR_TIMEOUT = 10.0
 FLOOR_ATTEMPTS = 3
 SLEEP_TARGET_MS = 100.0
 IDLE_SECONDS = 3.0
-SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep")
+SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep", "storage")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Sizes:
     sleepers: int = 50
     sleep_seconds: float = 1.0
     long_window: int = 100
+    storage_runs: int = 20
+    storage_payload: int = 256 * 1024
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -49,6 +51,7 @@ class Sizes:
                 chain=100,
                 long=400,
                 soak_waves=200,
+                storage_runs=5,
             )
         return cls(
             floor_amqp=2000,

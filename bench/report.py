@@ -24,6 +24,7 @@ from bench.results import (
     Outcome,
     SleepResult,
     SoakResult,
+    StorageResult,
 )
 from bench.stats import fmt
 
@@ -35,7 +36,20 @@ def describe(outcome: Outcome) -> str:
         return f"  FAILED: {outcome.error}"
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in outcome.cpu_percent_of_one_core.items())
     lines = []
-    if isinstance(r, SleepResult):
+    if isinstance(r, StorageResult):
+        lines.append(
+            f"  {r.runs} finished runs of {r.steps_per_run} steps, tiny results: "
+            f"{fmt(r.small_events_per_run, 0)} events, {fmt(r.small_bytes_per_run, 0)} bytes "
+            f"per run, {fmt(r.small_bytes_per_event, 0)} bytes per event"
+        )
+        lines.append(
+            f"  {r.large_payload_bytes}-byte results: offloaded "
+            f"{fmt(r.large_offloaded_bytes_per_run, 0)} bytes per run (log "
+            f"{fmt(r.large_offloaded_log_bytes_per_run, 0)}, blobs "
+            f"{fmt(r.large_offloaded_blob_bytes_per_run, 0)}); inline "
+            f"{fmt(r.large_inline_bytes_per_run, 0)} bytes per run"
+        )
+    elif isinstance(r, SleepResult):
         verdict = "PASS" if r.passed else "FAIL"
         lines.append(
             f"  {r.runs} sleepers x {r.sleep_s:g} s: lateness "
@@ -195,6 +209,15 @@ def summary_table(floor: Floor, outcomes: dict[str, Outcome]) -> str:
             rows.append(f"{name:<10} FAILED: {(outcome.error or '')[:300]}")
             continue
         mark = "  [DISTURBED: see above]" if outcome.disturbed else ""
+        if isinstance(r, StorageResult):
+            rows.append(
+                f"{name:<10} {r.runs * 2:>6} {r.wall_s:>7.2f} {'-':>8} {'-':>7} {'-':>7}  "
+                f"{fmt(r.small_bytes_per_event, 0)} B/event, {fmt(r.small_bytes_per_run, 0)} "
+                f"B/run; {r.large_payload_bytes} B results: "
+                f"{fmt(r.large_offloaded_bytes_per_run, 0)} B/run offloaded, "
+                f"{fmt(r.large_inline_bytes_per_run, 0)} B/run inline{mark}"
+            )
+            continue
         if isinstance(r, SleepResult):
             verdict = "PASS" if r.passed else "FAIL"
             rows.append(

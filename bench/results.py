@@ -154,7 +154,39 @@ class SleepResult:
     correct: bool
 
 
-ScenarioResult = FanoutResult | ManyResult | ChainResult | LongResult | SoakResult | SleepResult
+@dataclass(frozen=True)
+class StorageResult:
+    """Redis bytes (MEMORY USAGE of a run's own keys) per event and per finished run.
+
+    ``small_*``: runs of ten steps with tiny results (everything inline). ``large_*``:
+    the same shape with ``large_payload_bytes`` results, stored out of line
+    (``offloaded``: stream, status hash, blob set and blobs) and, for comparison,
+    the same log written inline into a scratch stream (``inline``).
+    """
+
+    runs: int
+    steps_per_run: int
+    wall_s: float
+    steps_per_s: None
+    small_events_per_run: float
+    small_bytes_per_event: float
+    small_bytes_per_run: float
+    large_payload_bytes: int
+    large_offloaded_log_bytes_per_run: float
+    large_offloaded_blob_bytes_per_run: float
+    large_offloaded_bytes_per_run: float
+    large_inline_bytes_per_run: float
+    # used_memory over a long stream of short runs under retention (issue 13 item 6):
+    # filled in by the retention part of this scenario; None until it runs.
+    retention_used_memory: dict[str, float] | None
+    ratio_to_floor: None
+    ratio_name: str
+    correct: bool
+
+
+ScenarioResult = (
+    FanoutResult | ManyResult | ChainResult | LongResult | SoakResult | SleepResult | StorageResult
+)
 
 
 def result_json(result: ScenarioResult) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.blobs import BlobRef, resolve
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.names import Names
 
@@ -35,6 +37,7 @@ from bench.results import (
     ScenarioResult,
     SleepResult,
     SoakResult,
+    StorageResult,
 )
 from bench.stats import (
     StepTimes,
@@ -404,6 +407,94 @@ async def scenario_sleep(ctx: Context) -> SleepResult:
     )
 
 
+async def memory_usage(client: aioredis.Redis, keys: Sequence[str]) -> int:
+    """What Redis says these keys cost (MEMORY USAGE, every element sampled)."""
+    total = 0
+    for key in keys:
+        used = await client.memory_usage(key, samples=0)
+        total += int(used or 0)
+    return total
+
+
+async def run_keys(
+    client: aioredis.Redis, names: Names, run_id: str
+) -> tuple[list[str], list[str]]:
+    """(the run's log keys: stream and status hash, its blob keys: set and blobs)."""
+    digests = await client.smembers(names.blob_set(run_id))
+    blobs = [names.blob(run_id, d.decode() if isinstance(d, bytes) else d) for d in digests]
+    return [names.stream(run_id), names.status(run_id)], [names.blob_set(run_id), *blobs]
+
+
+async def inline_copy_bytes(
+    ctx: Context, client: aioredis.Redis, run_id: str, events: Sequence[Event]
+) -> int:
+    """The same log written with every value inline, into a scratch stream: its bytes."""
+    scratch = f"{ctx.names.namespace}:bench:inline:{run_id}"
+    store = ctx.client.store.blob_store
+
+    async def fetch(ref: BlobRef) -> Any:
+        return codec.decode(await store.get_blob(run_id, ref), max_size=None)
+
+    try:
+        for event in events:
+            data = await resolve(event.data, fetch)
+            fields = {
+                "type": event.type.value,
+                "corr": event.corr,
+                "data": codec.encode(data, max_size=None, envelope=codec.ENVELOPE_DEPTH),
+                "ts": str(event.ts),
+                "v": str(event.v),
+            }
+            await client.xadd(scratch, fields)  # type: ignore[arg-type]
+        return await memory_usage(client, [scratch, ctx.names.status(run_id)])
+    finally:
+        await client.delete(scratch)
+
+
+async def scenario_storage(ctx: Context) -> StorageResult:
+    """Redis bytes per event and per finished 10-step run, with and without offload."""
+    n, size = ctx.sizes.storage_runs, ctx.sizes.storage_payload
+    steps = apps.STORAGE_STEPS
+    began = time.perf_counter()
+    small = [await ctx.client.start(apps.storage, 16) for _ in range(n)]
+    large = [await ctx.client.start(apps.storage, size) for _ in range(n)]
+    results = await await_results(ctx, [*small, *large], RUN_TIMEOUT)
+    wall = time.perf_counter() - began
+    client = aioredis.Redis.from_url(ctx.redis_url)
+    try:
+        small_events = small_bytes = 0
+        for run in small:
+            log_keys, _ = await run_keys(client, ctx.names, run.run_id)
+            small_events += int(await client.xlen(ctx.names.stream(run.run_id)))
+            small_bytes += await memory_usage(client, log_keys)
+        log_bytes = blob_bytes = inline_bytes = 0
+        for run in large:
+            log_keys, blob_keys = await run_keys(client, ctx.names, run.run_id)
+            log_bytes += await memory_usage(client, log_keys)
+            blob_bytes += await memory_usage(client, blob_keys)
+            inline_bytes += await inline_copy_bytes(ctx, client, run.run_id, await run.events())
+    finally:
+        await client.aclose()
+    return StorageResult(
+        runs=n,
+        steps_per_run=steps,
+        wall_s=wall,
+        steps_per_s=None,
+        small_events_per_run=small_events / n,
+        small_bytes_per_event=small_bytes / max(small_events, 1),
+        small_bytes_per_run=small_bytes / n,
+        large_payload_bytes=size,
+        large_offloaded_log_bytes_per_run=log_bytes / n,
+        large_offloaded_blob_bytes_per_run=blob_bytes / n,
+        large_offloaded_bytes_per_run=(log_bytes + blob_bytes) / n,
+        large_inline_bytes_per_run=inline_bytes / n,
+        retention_used_memory=None,
+        ratio_to_floor=None,
+        ratio_name="",
+        correct=results == [16 * steps] * n + [size * steps] * n,
+    )
+
+
 SCENARIO_FNS: dict[str, ScenarioFn] = {
     "fanout": scenario_fanout,
     "many": scenario_many,
@@ -411,4 +502,5 @@ SCENARIO_FNS: dict[str, ScenarioFn] = {
     "long": scenario_long,
     "soak": scenario_soak,
     "sleep": scenario_sleep,
+    "storage": scenario_storage,
 }

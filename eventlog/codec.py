@@ -37,6 +37,7 @@ from typing import Any, Final, TypeVar
 
 import msgpack
 
+from .blobref import BlobRef
 from .errors import (
     ConfigurationError,
     NestingTooDeepError,
@@ -99,6 +100,7 @@ _EXT_FROZENSET = 7
 _EXT_OBJECT = 8
 _EXT_TIME = 9
 _EXT_TIMEDELTA = 10
+_EXT_BLOB = 11  # a value stored out of line (eventlog.blobref.BlobRef): [digest, size]
 
 _CONTAINER_EXTS = frozenset({_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET, _EXT_OBJECT})
 
@@ -379,6 +381,8 @@ class _Encoder:
             return msgpack.ExtType(
                 _EXT_TIMEDELTA, _plain([value.days, value.seconds, value.microseconds])
             )
+        if isinstance(value, BlobRef):
+            return msgpack.ExtType(_EXT_BLOB, _plain([value.digest, value.size]))
         if isinstance(value, decimal.Decimal):
             return msgpack.ExtType(_EXT_DECIMAL, str(value).encode())
         if isinstance(value, uuid.UUID):
@@ -627,6 +631,16 @@ def _leaf_uuid(data: bytes) -> uuid.UUID:
     return uuid.UUID(bytes=data)
 
 
+def _leaf_blob(data: bytes) -> BlobRef:
+    parts = msgpack.unpackb(data, raw=False)
+    if not isinstance(parts, list) or len(parts) != 2:
+        raise SerializationError("a blob reference must be [digest, size]")
+    try:
+        return BlobRef(parts[0], parts[1])
+    except ValueError as exc:
+        raise SerializationError(str(exc)) from None
+
+
 # Extension values holding no other values: parsed without a nested, ext-aware unpack.
 _LEAVES: dict[int, Callable[[bytes], Any]] = {
     _EXT_DATETIME: lambda data: dt.datetime.fromisoformat(_leaf_text(data, "datetime")),
@@ -635,6 +649,7 @@ _LEAVES: dict[int, Callable[[bytes], Any]] = {
     _EXT_TIMEDELTA: _leaf_timedelta,
     _EXT_DECIMAL: lambda data: decimal.Decimal(data.decode("ascii")),
     _EXT_UUID: _leaf_uuid,
+    _EXT_BLOB: _leaf_blob,
 }
 
 

@@ -71,6 +71,11 @@ class PayloadTooLargeError(SerializationError):
     """An encoded payload is over the configured size limit."""
 
 
+class BlobError(SerializationError):
+    """A value stored out of line cannot be had: missing, of another run, over the value
+    limit, or its bytes do not match the reference's checksum. Never wrong data."""
+
+
 class NestingTooDeepError(SerializationError):
     """A value is nested deeper than ledgerflow carries (containers and rich values combined).
 

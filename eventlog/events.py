@@ -7,10 +7,12 @@ every host agrees) and ``v`` (schema version, so old logs stay readable).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
+from .blobs import Blob, BlobStore, offload_paths, offload_threshold
 from .errors import SerializationError
 from .kinds import (
     AWAITS_SCHEDULER,
@@ -34,6 +36,7 @@ __all__ = [
     "NewEvent",
     "decode_entry",
     "id_order",
+    "put_event_blobs",
 ]
 
 SCHEMA_VERSION = 1
@@ -97,6 +100,9 @@ class NewEvent:
     timer: Timer | None = None
     delay_ms: int | None = None
     due_ms: int | None = None
+    # Values of this event stored out of line (eventlog.blobs): written by the append,
+    # before the entry that references them.
+    blobs: tuple[Blob, ...] = ()
     # run_created: the run's own retention (ms), kept in its status hash; None for
     # the namespace default.
     retention_ms: int | None = None
@@ -127,6 +133,8 @@ class NewEvent:
         what: str | None = None,
         max_size: int | None = codec.DEFAULT_MAX_PAYLOAD,
         envelope: int = 1,
+        offload: tuple[tuple[Any, ...], ...] = (),
+        blobs: tuple[Blob, ...] = (),
     ) -> NewEvent:
         """Build and encode an event.
 
@@ -135,15 +143,32 @@ class NewEvent:
         many levels the data puts around the user's value it carries (1 for
         ``{"result": value}``, 2 for ``{"args": [...]}``), so that value may nest
         ``codec.MAX_DEPTH`` deep and errors name its own depth.
+
+        ``offload`` names where the data holds user values (paths as in
+        ``blobs.offload_paths``, e.g. ``(("result",),)``): when the encoded data is
+        over the offload threshold, those values over it go out of line (up to
+        ``blobs.max_value_bytes()``) and the entry carries references; what stays
+        inline is still held to ``max_size``. ``blobs`` are ones the caller made
+        already (step arguments).
         """
         if data is None:
             data = {}
         if attempt is not None and isinstance(data, dict) and "attempt" not in data:
             data = {**data, "attempt": attempt}
         limit = codec.MAX_EVENT_BYTES if max_size is None else min(max_size, codec.MAX_EVENT_BYTES)
+        what = what or f"data of {type.value}"
+        threshold = offload_threshold() if offload else 0
         payload = codec.encode(
-            data, what=what or f"data of {type.value}", max_size=limit, envelope=envelope
+            data, what=what, max_size=None if threshold else limit, envelope=envelope
         )
+        if threshold and len(payload) > threshold:
+            data, made = offload_paths(data, offload, what=what, threshold=threshold)
+            if made:
+                blobs = (*blobs, *made)
+                payload = codec.encode(data, what=what, max_size=limit, envelope=envelope)
+        if len(payload) > limit:
+            # Offloading left it too large (or was off): the limit as before.
+            codec.encode(data, what=what, max_size=limit, envelope=envelope)
         return cls(
             type=type,
             corr=corr,
@@ -155,6 +180,7 @@ class NewEvent:
             timer=timer,
             delay_ms=delay_ms,
             due_ms=due_ms,
+            blobs=blobs,
             retention_ms=retention_ms,
         )
 
@@ -169,6 +195,18 @@ class AppendResult:
     @property
     def appended(self) -> bool:
         return not self.duplicate
+
+
+async def put_event_blobs(store: BlobStore, run_id: str, events: Sequence[NewEvent]) -> None:
+    """Store a batch's offloaded values before the batch itself (both stores' append).
+
+    A run that has ended gets none (its append is a duplicate or refused anyway); a run
+    that does not exist raises RunNotFoundError, as its append would.
+    """
+    blobs = [blob for event in events for blob in event.blobs]
+    if blobs:
+        creating = any(event.type is EventType.RUN_CREATED for event in events)
+        await store.put_blobs(run_id, blobs, creating=creating)
 
 
 def id_order(entry_id: str) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from .blobref import BlobRef
 from .codec import Undecodable
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
@@ -87,6 +88,8 @@ def _walk(value: Any, depth: int, style: Style) -> JsonValue:
         depth += 1
     if isinstance(value, Undecodable):
         return style.undecodable(value)
+    if isinstance(value, BlobRef):  # a value stored out of line: shown, not fetched
+        return {"$type": "blob", "sha256": value.digest, "size": value.size}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return style.bytes(bytes(value))
     if isinstance(value, (dt.datetime, dt.date, dt.time)):

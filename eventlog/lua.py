@@ -34,6 +34,7 @@ from __future__ import annotations
 from .events import SCHEMA_VERSION, EventType
 from .integrity import WIDTH, lua_checks
 from .kinds import RUN_TERMINAL_STATES
+from .statushash import RUN as sh_run
 from .statushash import lua_helpers
 from .transitions import lua_table
 
@@ -336,6 +337,26 @@ redis.call('ZREM', KEYS[8], ARGV[1])
 if ARGV[i] == 'finished' then redis.call('ZADD', KEYS[7], ARGV[i + 1], ARGV[1]) end
 if ARGV[i] == 'expire' then redis.call('ZADD', KEYS[8], ARGV[i + 1], ARGV[1]) end
 return 1
+"""
+
+# Offloaded values of one run (eventlog.blobs), written before the entry that references
+# them. KEYS: status hash, blob set, then one blob key per digest. ARGV: "1" if the batch
+# creates the run, the digests, then the blobs' bytes in the same order. Only a run that
+# exists (or is being created) and has not ended gets keys: a removed run stays removed.
+PUT_BLOBS_SCRIPT = f"""
+local terminal = {{{_TERMINAL}}}
+local run = redis.call('HGET', KEYS[1], '{sh_run}')
+if not run then
+  if ARGV[1] ~= '1' then return 'notfound' end
+elseif terminal[run] then
+  return 'closed'
+end
+local n = #KEYS - 2
+for i = 1, n do
+  redis.call('SET', KEYS[i + 2], ARGV[1 + n + i], 'NX')
+  redis.call('SADD', KEYS[2], ARGV[1 + i])
+end
+return 'ok'
 """
 
 # Remove everything of one finished run, atomically (see ``Maintenance.remove_run``).

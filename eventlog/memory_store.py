@@ -16,6 +16,7 @@ from typing import Any
 
 from . import statushash as sh
 from .batch import decide_batch
+from .blobs import BlobStore
 from .derived import Expected
 from .errors import MalformedMessageError
 from .events import (
@@ -26,8 +27,10 @@ from .events import (
     NewEvent,
     decode_entry,
     id_order,
+    put_event_blobs,
 )
 from .kinds import RUN_TERMINAL_STATES, StepStatus
+from .memory_blobs import MemoryBlobStore
 from .names import Names, shard_of
 from .removal import implied_timer_members
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
@@ -59,8 +62,10 @@ class _Entry:
 
 
 class MemoryEventStore(EventStore):
-    def __init__(self, names: Names | None = None) -> None:
+    def __init__(self, names: Names | None = None, *, blob_store: BlobStore | None = None) -> None:
         self.names = names or Names()
+        self.memory_blobs = MemoryBlobStore(self._blob_run_state)
+        self.blob_store: BlobStore = blob_store or self.memory_blobs
         self._streams: dict[str, list[_Entry]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
         self._active: dict[int, dict[str, int]] = defaultdict(dict)
@@ -73,6 +78,12 @@ class MemoryEventStore(EventStore):
         self._presence: dict[str, int] = {}  # worker identity -> expiry ms
         self._changed: dict[str, asyncio.Condition] = {}
         self._last_id = (0, 0)
+
+    def _blob_run_state(self, run_id: str) -> str | None:
+        run = self._status.get(run_id, {}).get(sh.RUN)
+        if run is None:
+            return None
+        return "ended" if run in RUN_TERMINAL_STATES else "live"
 
     def _next_id(self, now: int) -> str:
         ms, seq = self._last_id
@@ -88,6 +99,7 @@ class MemoryEventStore(EventStore):
     async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
         if not events:
             return []
+        await put_event_blobs(self.blob_store, run_id, events)
         status = self._status[run_id]
         plan = decide_batch(
             run_id,
@@ -411,6 +423,7 @@ class MemoryEventStore(EventStore):
             self._retention[index][shard].pop(run_id, None)
         self._streams.pop(run_id, None)
         self._status.pop(run_id, None)
+        self.memory_blobs.forget_run(run_id)
         return RemoveOutcome.REMOVED
 
     async def run_bytes(self, run_id: str) -> int:

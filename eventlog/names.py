@@ -116,11 +116,11 @@ class Names:
         return f"{self.namespace}:run:{{{run_id}}}:status"
 
     def blob(self, run_id: str, digest: str) -> str:
-        """One offloaded payload of the run (a STRING); removed with its run."""
+        """One offloaded value of a run (a STRING), named by its sha256 (hex)."""
         return f"{self.namespace}:blob:{{{run_id}}}:{digest}"
 
     def blob_set(self, run_id: str) -> str:
-        """The digests of the run's offloaded payloads (a SET): what removal deletes."""
+        """The digests of a run's blobs (a SET), so removing the run finds them all."""
         return f"{self.namespace}:blobs:{{{run_id}}}"
 
     # --- Redis: global, sharded indexes ---------------------------------------------

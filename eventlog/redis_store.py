@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import statushash as sh
+from .blobs import BlobStore
 from .derived import Expected
 from .errors import (
     AppendArgumentError,
@@ -28,7 +29,7 @@ from .errors import (
     StepMismatchError,
     WorkflowMismatchError,
 )
-from .events import AppendResult, Event, EventType, NewEvent, decode_entry
+from .events import AppendResult, Event, EventType, NewEvent, decode_entry, put_event_blobs
 from .integrity import fingerprint_difference, token_conflict, wire
 from .kinds import RUN_TERMINAL_STATES
 from .lua import (
@@ -44,6 +45,7 @@ from .lua import (
     REWRITE_DERIVED_SCRIPT,
 )
 from .names import Names, check_run_id
+from .redis_blobs import RedisBlobStore
 from .removal import implied_timer_members
 from .retrying import retried
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
@@ -72,9 +74,17 @@ def _text(value: Any) -> str:
 class RedisEventStore(EventStore):
     """Event store on Redis Streams; the stream is the truth, the hash a cache."""
 
-    def __init__(self, client: aioredis.Redis, names: Names, *, owns_client: bool = False) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: Names,
+        *,
+        owns_client: bool = False,
+        blob_store: BlobStore | None = None,
+    ) -> None:
         self.client = client
         self.names = names
+        self.blob_store: BlobStore = blob_store or RedisBlobStore(client, names)
         self._owns_client = owns_client
         self._append = client.register_script(APPEND_SCRIPT)
         self._claim = client.register_script(CLAIM_TIMERS_SCRIPT)
@@ -161,6 +171,7 @@ class RedisEventStore(EventStore):
     async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
         if not events:
             return []
+        await put_event_blobs(self.blob_store, run_id, events)
         argv: list[Any] = [run_id, len(events)]
         for event in events:
             w = wire(event)

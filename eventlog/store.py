@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from . import statushash as sh
+from .blobs import BlobStore
 from .events import AppendResult, Event, EventType, NewEvent, id_order
 from .names import Names
 from .timers import DueTimer, EntityStatus, Timer
@@ -79,7 +80,14 @@ def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
 
 
 class EventLog(Protocol):
-    """The append-only per-run log: append a checked batch, read it back, wait for more."""
+    """The append-only per-run log: append a checked batch, read it back, wait for more.
+
+    ``blob_store`` holds the run's offloaded values (``eventlog.blobs``): the append
+    writes an event's blobs there before the entry; readers that hand values to user
+    code fetch references from it.
+    """
+
+    blob_store: BlobStore
 
     @abstractmethod
     async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:

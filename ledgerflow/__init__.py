@@ -20,6 +20,7 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and not _os.path.
 
 from ledgerflow.eventlog.codec import allow_modules, serializable
 from ledgerflow.eventlog.errors import (
+    BlobError,
     ChildWorkflowError,
     ConfigurationError,
     ExitCalledError,
@@ -68,6 +69,7 @@ from . import testing
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlobError",
     "ChildWorkflowError",
     "Client",
     "ConfigurationError",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from ledgerflow.broker import Activation, Broker
 from ledgerflow.eventlog import codec, records
+from ledgerflow.eventlog.blobs import Blob, BlobRef, check_declared
 from ledgerflow.eventlog.errors import (
     ChildRunIdTakenError,
     IllegalTransitionError,
@@ -35,7 +36,7 @@ from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventLog, RunLog
 from ledgerflow.worker.outcome import bounded_error, failed
 
-from .replay import ChildCommand
+from .replay import ChildCommand, child_run_id
 
 
 async def start_child(
@@ -121,6 +122,23 @@ async def _id_taken(
     await retrying("publish activation", lambda: broker.publish_activation(activation))
 
 
+async def _carried_blobs(
+    store: RunLog, child_run: str, record: RunCompleted, terminal: Event | NewEvent
+) -> tuple[Blob, ...]:
+    """A child's offloaded result, copied into the parent's run with the same reference.
+
+    Blobs are per run (removed with it), so the parent's step_completed must not point
+    into the child's keys: the bytes are copied, verified, not decoded.
+    """
+    ref = record.result
+    if not isinstance(ref, BlobRef):
+        return ()
+    if isinstance(terminal, NewEvent):
+        return tuple(blob for blob in terminal.blobs if blob.ref == ref)
+    check_declared(child_run, ref)
+    return (Blob(ref, await store.blob_store.get_blob(child_run, ref)),)
+
+
 def parent_of(first: Event) -> ParentRef | None:
     """The parent a child's run_created names; None for a top-level run."""
     return first.record.parent if isinstance(first.record, RunCreated) else None
@@ -152,7 +170,12 @@ async def report_to_parent(
         return  # one link of a chain: its successor carries the parent link, and reports
     if isinstance(record, RunCompleted):
         outcome = NewEvent.of(
-            EventType.STEP_COMPLETED, corr, {"result": record.result}, attempt=1, max_size=None
+            EventType.STEP_COMPLETED,
+            corr,
+            {"result": record.result},
+            attempt=1,
+            max_size=None,
+            blobs=await _carried_blobs(store, child_run_id(parent_run, corr), record, terminal),
         )
     else:
         reason = record.reason if isinstance(record, records.RunCancelled) else ""

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from ledgerflow.broker import Activation, Broker
 from ledgerflow.eventlog import codec, records
+from ledgerflow.eventlog.blobs import BlobRef, check_declared, fetch_value
 from ledgerflow.eventlog.errors import (
     BrokerError,
     HistoryLimitError,
@@ -40,6 +41,7 @@ from ledgerflow.worker.backend import connect
 
 from .chains import MAX_HOPS
 from .children import parent_of, report_to_parent
+from .history import History
 from .registry import WorkflowFunction, WorkflowRegistry, workflows
 
 log = structlog.get_logger("ledgerflow.client")
@@ -150,6 +152,7 @@ class Client:
             retention_ms=record.retention_ms,
             what=f"arguments of workflow {name!r}",
             envelope=2,
+            offload=(("args", "*"), ("kwargs", "*")),
         )
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
@@ -224,7 +227,11 @@ class Client:
             raise HookNotFoundError(f"no live hook has token {token!r}")
         run_id, corr = owner
         received = NewEvent.of(
-            EventType.HOOK_RECEIVED, corr, {"payload": payload}, what="hook payload"
+            EventType.HOOK_RECEIVED,
+            corr,
+            {"payload": payload},
+            what="hook payload",
+            offload=(("payload",),),
         )
         try:
             await self.store.append(run_id, [received])
@@ -280,6 +287,23 @@ class Client:
         with _naming_run(run_id):
             return await self.store.read(run_id)
 
+    async def history(self, run_id: str) -> History:
+        """The run's log with every value it stored out of line: a self-contained history.
+
+        What ``runs export`` writes and ``lf.testing.replay`` reads back; each blob is
+        verified against its digest as it is fetched (BlobError if one is damaged).
+        """
+        with _naming_run(run_id):
+            events = await self.store.read(run_id)
+            blobs = self.store.blob_store
+            stored = {}
+            for digest in sorted(await blobs.blob_digests(run_id)):
+                size = await blobs.blob_size(run_id, digest)
+                ref = BlobRef(digest, size or 0)
+                check_declared(run_id, ref)
+                stored[digest] = await blobs.get_blob(run_id, ref)
+        return History(events, run_id=run_id, blobs=stored)
+
     async def state(self, run_id: str) -> RunState:
         with _naming_run(run_id):
             return fold(run_id, await self.store.read(run_id))
@@ -299,7 +323,10 @@ class Client:
                 end = await self._wait_end(current, deadline, timeout)
             record = end.record
             if not isinstance(record, records.RunCompleted) or record.continued_as is None:
-                return _outcome(current, end)
+                result = _outcome(current, end)
+                if isinstance(result, BlobRef):
+                    return await fetch_value(self.store.blob_store, current, result)
+                return result
             current = record.continued_as
         raise HistoryLimitError(
             f"run {run_id!r} continued as new more than {MAX_HOPS} times in one wait "

@@ -12,6 +12,10 @@ File format (JSON Lines, UTF-8), one JSON object per line:
   seeded by it, so replaying under another id would compute other values.
   ``events`` lets loading notice a truncated file. The header is optional when
   loading (``replay`` then needs ``run_id=``).
+* one line per value the run stored out of line (``eventlog.blobs``), after the
+  header: ``{"blob": sha256 hex, "size": N, "base64": ...}``: the blob's bytes, so
+  the file is self-contained. Loading verifies each against its digest; replay
+  hands the values to the code where the events carry their references.
 * one line per event, in log order: ``{"id", "type", "corr", "ts", "v", "data",
   "msgpack"}``. ``msgpack`` is the base64 of the event data encoded with the
   same codec the event log uses, and is the only part loading reads, so a
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -35,6 +40,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.blobref import DIGEST_RE, BlobRef
+from ledgerflow.eventlog.blobs import decode_blob, has_refs, resolve_sync
 from ledgerflow.eventlog.errors import (
     HookTokenConflictError,
     LedgerflowError,
@@ -62,6 +69,7 @@ from .replay import (
     WaitCommand,
     WorkflowInstance,
 )
+from .values import DELIVERED
 
 FORMAT_VERSION = 1
 HEADER_KEY = "ledgerflow_history"
@@ -97,10 +105,13 @@ class History(list[Event]):
         *,
         run_id: str | None = None,
         workflow: str | None = None,
+        blobs: dict[str, bytes] | None = None,
     ) -> None:
         super().__init__(events)
         self.run_id = run_id
         self.workflow = workflow
+        # Offloaded values by sha256 (hex): the bytes the events' references name.
+        self.blobs: dict[str, bytes] = dict(blobs or {})
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -115,6 +126,7 @@ def dump_history(
     built before anything is written, so an event that cannot be encoded leaves no
     half-written file behind.
     """
+    blobs = events.blobs if isinstance(events, History) else {}
     if run_id is None and isinstance(events, History):
         run_id = events.run_id
     events = list(events)
@@ -131,6 +143,7 @@ def dump_history(
         "events": len(events),
     }
     lines = [_dumps(header)]
+    lines.extend(_dumps(_blob_line(digest, blobs[digest])) for digest in sorted(blobs))
     lines.extend(_dumps(_event_line(event)) for event in events)
     text = "".join(line + "\n" for line in lines)
     if isinstance(fp, (str, os.PathLike)):
@@ -139,6 +152,10 @@ def dump_history(
     else:
         fp.write(text)
     return len(events)
+
+
+def _blob_line(digest: str, data: bytes) -> dict[str, Any]:
+    return {"blob": digest, "size": len(data), "base64": base64.b64encode(data).decode("ascii")}
 
 
 def _event_line(event: Event) -> dict[str, Any]:
@@ -211,6 +228,9 @@ def _load(fp: IO[str], name: str) -> History:
                     f"{where}: a history header may only be the first line", line=number
                 )
             declared = _read_header(obj, history, where, number)
+        elif "blob" in obj:
+            digest, data = _read_blob(obj, where, number)
+            history.blobs[digest] = data
         else:
             history.append(_read_event(obj, where, number))
         seen_line = True
@@ -241,6 +261,55 @@ def _read_header(obj: dict[str, Any], history: History, where: str, number: int)
         raise HistoryFormatError(f"{where}: the header's events is not a number", line=number)
     history.run_id, history.workflow = run_id, workflow
     return count
+
+
+def _read_blob(obj: dict[str, Any], where: str, number: int) -> tuple[str, bytes]:
+    """A stored value's line: its bytes, verified against the digest that names them."""
+    digest, encoded = obj.get("blob"), obj.get("base64")
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise HistoryFormatError(f"{where}: a blob line's 'blob' must be a sha256", line=number)
+    if not isinstance(encoded, str):
+        raise HistoryFormatError(f"{where}: the blob line has no 'base64'", line=number)
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HistoryFormatError(f"{where}: 'base64' is not base64 ({exc})", line=number) from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise HistoryFormatError(
+            f"{where}: blob sha256:{digest} does not match its bytes (corrupted or edited?)",
+            line=number,
+        )
+    return digest, data
+
+
+def _with_values(events: list[Event], blobs: dict[str, bytes], run_id: str) -> list[Event]:
+    """The events with the values replay delivers taken from the history's blobs."""
+
+    def lookup(ref: BlobRef) -> Any:
+        data = blobs.get(ref.digest)
+        if data is None:
+            raise HistoryError(
+                f"the history of run {run_id!r} refers to a value stored out of line "
+                f"(sha256:{ref.digest}, {ref.size} bytes) that it does not hold: write it "
+                "with `ledgerflow runs export` or Client.history(), which include them"
+            )
+        try:
+            return decode_blob(run_id, ref, data)
+        except SerializationError as exc:
+            raise HistoryError(f"the history of run {run_id!r}: {exc}") from exc
+
+    out = []
+    for event in events:
+        # The run's own result too: a finished history is held to it.
+        if (event.type in DELIVERED or event.type is EventType.RUN_COMPLETED) and has_refs(
+            event.data
+        ):
+            data = resolve_sync(event.data, lookup)
+            event = Event(
+                id=event.id, type=event.type, corr=event.corr, data=data, ts=event.ts, v=event.v
+            )
+        out.append(event)
+    return out
 
 
 def _read_event(obj: dict[str, Any], where: str, number: int) -> Event:
@@ -350,6 +419,7 @@ def replay(
         )
     if not events or events[0].type is not EventType.RUN_CREATED:
         raise HistoryError(f"the history of run {run_id!r} does not start with run_created")
+    events = _with_values(events, history.blobs if isinstance(history, History) else {}, run_id)
     created = events[0].record
     args = list(created.args) if isinstance(created, RunCreated) else []
     kwargs = dict(created.kwargs) if isinstance(created, RunCreated) else {}

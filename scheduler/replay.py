@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.blobs import Blob
 from ledgerflow.eventlog.errors import (
     ChildWorkflowError,
     ExitCalledError,
@@ -63,6 +64,7 @@ class StepCommand:
     corr: str
     step: StepDef
     args: bytes
+    blobs: tuple[Blob, ...] = ()  # arguments stored out of line (eventlog.blobs)
 
     def record(self) -> StepCreated:
         """The step_created this ask is recorded as (and its messages are built from)."""
@@ -444,10 +446,10 @@ class WorkflowInstance:
         return self._call_step(step, args, kwargs)
 
     async def _call_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        blob = step.encode_args(args, kwargs)
+        blob, blobs = step.encode_call(args, kwargs)
         corr = self._claim(Ask(EventType.STEP_CREATED, step.name))
         if corr not in self._recorded:
-            self._new.append(StepCommand(corr=corr, step=step, args=blob))
+            self._new.append(StepCommand(corr=corr, step=step, args=blob, blobs=blobs))
         return await self._outcome_of(corr)
 
     async def call_child(

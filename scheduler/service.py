@@ -20,6 +20,7 @@ import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepMessage
 from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog import statushash as sh
+from ledgerflow.eventlog.blobs import BlobCache
 from ledgerflow.eventlog.errors import (
     HistoryLimitError,
     IllegalTransitionError,
@@ -76,6 +77,7 @@ from .replay import (
 )
 from .timers import TimerLoop
 from .unreadable import fail_unreadable_run
+from .values import delivered_values
 
 log = structlog.get_logger("ledgerflow.scheduler")
 
@@ -120,6 +122,8 @@ class Scheduler:
         self.broker = broker
         self.registry = registry
         self.cache = InstanceCache(cache_size)
+        # Offloaded values replay delivers, kept by bytes across activations and misses.
+        self._blobs = BlobCache(store.blob_store)
         self.prefetch = prefetch
         self.append_chunk = append_chunk
         # A worker in this process: the steps it has room for run here, at once.
@@ -240,7 +244,8 @@ class Scheduler:
                 if parent is not None:
                     await report_to_parent(self.store, self.broker, parent, terminal)
                 return
-            instance = self._instantiate(run_id, events[0])
+            first = (await self._values(run_id, events[:1]))[0]
+            instance = self._instantiate(run_id, first)
             if not any(e.type is EventType.RUN_STARTED for e in events):
                 await self.store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
                 events = await self.store.read(run_id)
@@ -256,7 +261,7 @@ class Scheduler:
                 await self._fail_over_limit(run_id, instance.events_seen + len(events))
                 return
         trigger_ms = _trigger_ms(events)
-        instance.feed(events)
+        instance.feed(await self._values(run_id, events))
         self.history.observe(run_id, instance.definition.name, instance.events_seen)
         decision = instance.decide()
         finished = await self._record(instance, decision)
@@ -286,6 +291,10 @@ class Scheduler:
         if parent is not None:
             await report_to_parent(self.store, self.broker, parent, terminal)
         return True
+
+    async def _values(self, run_id: str, events: list[Event]) -> list[Event]:
+        """The events with the offloaded values replay delivers fetched (``values``)."""
+        return await delivered_values(events, self._blobs.fetcher(run_id))
 
     def _instantiate(self, run_id: str, first: Event) -> WorkflowInstance:
         created = first.record
@@ -510,6 +519,7 @@ class Scheduler:
                 record.as_data(),
                 fingerprint=record.call_fingerprint,
                 max_size=None,
+                blobs=command.blobs,
             )
         return NewEvent.of(
             EventType.STEP_CREATED,
@@ -546,6 +556,7 @@ class Scheduler:
                     EventType.RUN_COMPLETED,
                     data={"result": outcome.result},
                     what=f"result of workflow {instance.definition.name!r}",
+                    offload=(("result",),),
                 )
             except SerializationError as exc:
                 return _failed(exc)

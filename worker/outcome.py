@@ -76,6 +76,7 @@ def completed(
             attempt=attempt,
             what=f"result of step {step_name!r}",
             max_size=max_size,
+            offload=(("result",),),
         )
     except SerializationError as exc:
         return failed(step_id, attempt, exc)

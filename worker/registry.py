@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.blobs import Blob, offload_paths, offload_threshold
 from ledgerflow.eventlog.delays import delay_seconds
 from ledgerflow.eventlog.errors import (
     ConfigurationError,
@@ -42,17 +43,36 @@ class StepDef:
     signature: inspect.Signature | None = field(default=None, compare=False)
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        """Check and encode a call's arguments, naming the bad one on failure.
+        """Check and encode a call's arguments, all inline, naming the bad one on failure."""
+        return self.encode_call(args, kwargs, threshold=0)[0]
 
-        Runs at the call site, before anything is written or sent.
+    def encode_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, threshold: int | None = None
+    ) -> tuple[bytes, tuple[Blob, ...]]:
+        """Check and encode a call's arguments: (the encoded ``[args, kwargs]``, its blobs).
+
+        Runs at the call site, before anything is written or sent. Arguments over the
+        offload threshold (``threshold``, default ``blobs.offload_threshold()``) go out of
+        line and the encoding carries their references; what stays inline is held to the
+        step's ``max_payload``.
         """
         check_arguments(self.signature, args, kwargs, what=f"step {self.name!r}")
-        return codec.encode(
-            [list(args), kwargs],
-            what=f"arguments of step {self.name!r}",
-            max_size=self.max_payload,
-            envelope=2,
-        )
+        what = f"arguments of step {self.name!r}"
+        value: Any = [list(args), kwargs]
+        threshold = offload_threshold() if threshold is None else threshold
+        made: list[Blob] = []
+        if threshold:
+            encoded = codec.encode(value, what=what, max_size=None, envelope=2)
+            if len(encoded) <= threshold:
+                return self._inline(encoded, value, what), ()
+            value, made = offload_paths(value, ((0, "*"), (1, "*")), what=what, threshold=threshold)
+        encoded = codec.encode(value, what=what, max_size=self.max_payload, envelope=2)
+        return encoded, tuple(made)
+
+    def _inline(self, encoded: bytes, value: Any, what: str) -> bytes:
+        if len(encoded) > self.max_payload:  # the usual error, as without offloading
+            codec.encode(value, what=what, max_size=self.max_payload, envelope=2)
+        return encoded
 
     @staticmethod
     def decode_args(

@@ -34,11 +34,12 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
 from ledgerflow.broker.messages import encode_message
+from ledgerflow.eventlog.blobs import BlobCache, resolve
 from ledgerflow.eventlog.errors import (
     BrokerError,
     ConfigurationError,
@@ -157,6 +158,8 @@ class Worker:
                 f"ack_after must be at least {MIN_ACK_AFTER:g} s and finite, got {ack_after}"
             )
         self.store = store
+        # Offloaded arguments, fetched when a step is about to run (eventlog.blobs).
+        self._blobs = BlobCache(store.blob_store)
         self.broker = broker
         self.registry = registry
         self.queues = list(queues) if queues else (registry.queues() or [DEFAULT_STEP_QUEUE])
@@ -676,8 +679,9 @@ class Worker:
         self.observers.before_step_call(step)
         self._running[run_id] += 1
         try:
+            args, kwargs = await self._values(call)
             value = await run_limited(
-                definition.call_function(call.args, call.kwargs),
+                definition.call_function(args, kwargs),
                 timeout=definition.timeout,
                 heartbeat_timeout=definition.heartbeat_timeout,
                 beats=beats,
@@ -699,6 +703,17 @@ class Worker:
             step_name=message.step_name,
             max_size=definition.max_payload,
         )
+
+    async def _values(self, call: _Call) -> tuple[list[Any], dict[str, Any]]:
+        """The call's arguments with offloaded ones fetched and verified (BlobError if not).
+
+        Fetched only now, after step_started is recorded: a message of a run that ended
+        or was removed never costs a fetch.
+        """
+        fetch = self._blobs.fetcher(call.message.run_id)
+        args: list[Any] = await resolve(call.args, fetch, depth=1)
+        kwargs: dict[str, Any] = await resolve(call.kwargs, fetch, depth=1)
+        return args, kwargs
 
     async def _request_replay(self, run_id: str) -> None:
         """Tell a scheduler the run moved: this process's own if it has one, else RabbitMQ's."""

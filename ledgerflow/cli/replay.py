@@ -22,7 +22,7 @@ from .format import printable
 async def cmd_runs_export(args: argparse.Namespace) -> int:
     """Write a run's log as a history file: stdout by default, so it can be redirected."""
     async with Client.connect(args.amqp_url, args.redis_url, namespace=args.namespace) as client:
-        events = await client.events(args.run_id)
+        events = await client.history(args.run_id)
     if not events:
         raise RunNotFoundError(args.run_id)  # main() turns this into exit code 4
     if args.output is None:

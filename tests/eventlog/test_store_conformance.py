@@ -23,6 +23,7 @@ from ledgerflow.eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
 from ledgerflow.eventlog.derived import expected_state, repair_run, verify_run
 from ledgerflow.eventlog.errors import (
     AppendArgumentError,
+    BlobError,
     EventLogError,
     HookTokenConflictError,
     IllegalTransitionError,
@@ -1269,6 +1270,61 @@ async def test_the_script_refuses_what_no_store_method_can_send(
     await store.close()
 
 
+# --- offloaded values (eventlog.blobs) ----------------------------------------------------
+
+
+def big_result(corr: str, size: int = 100_000) -> NewEvent:
+    return NewEvent.of(
+        E.STEP_COMPLETED, corr, {"result": b"r" * size}, attempt=1, offload=(("result",),)
+    )
+
+
+async def test_an_append_stores_its_offloaded_values_first(store: EventStore) -> None:
+    run_id = new_run_id()
+    await started_step(store, run_id)
+    event = big_result("s1")
+    (blob,) = event.blobs
+    assert len(event.payload) < 1024
+    await append_ok(store, run_id, [event])
+    (read,) = [e for e in await store.read(run_id) if e.type is E.STEP_COMPLETED]
+    assert read.data["result"] == blob.ref
+    assert await store.blob_store.get_blob(run_id, blob.ref) == blob.data
+    assert await store.blob_store.blob_digests(run_id) == {blob.ref.digest}
+    assert await store.blob_store.blob_size(run_id, blob.ref.digest) == blob.ref.size
+    assert await store.blob_store.blob_size(run_id, "0" * 64) is None
+    with pytest.raises(BlobError, match="holds no blob"):
+        await store.blob_store.get_blob(new_run_id(), blob.ref)
+
+
+async def test_no_blob_is_stored_for_a_missing_or_ended_run(store: EventStore) -> None:
+    missing = new_run_id()
+    with pytest.raises(RunNotFoundError):
+        await store.append(missing, [big_result("s1")])
+    assert await store.blob_store.blob_digests(missing) == set()
+    ended = new_run_id()
+    await started_step(store, ended)
+    await append_ok(store, ended, [ev(E.RUN_CANCELLED, data={"reason": "test"})])
+    with pytest.raises(EventLogError):
+        await store.append(ended, [big_result("s1")])
+    assert await store.blob_store.blob_digests(ended) == set()
+
+
+async def test_run_created_stores_the_offloaded_arguments_of_a_new_run(store: EventStore) -> None:
+    run_id = new_run_id()
+    created = NewEvent.of(
+        E.RUN_CREATED,
+        data={"workflow": WF, "args": [b"a" * 100_000, 1], "kwargs": {}},
+        workflow=WF,
+        envelope=2,
+        offload=(("args", "*"), ("kwargs", "*")),
+    )
+    (blob,) = created.blobs
+    await append_ok(store, run_id, [created])
+    (first,) = await store.read(run_id)
+    assert first.data["args"] == [blob.ref, 1]
+    assert await store.blob_store.blob_digests(run_id) == {blob.ref.digest}
+
+
 # --- removal (retention, deletion, archives) ---------------------------------------------
 
 
@@ -1454,3 +1510,17 @@ async def test_event_count_is_the_logs_length_from_the_status_hash(store: EventS
     await append_ok(store, run, [run_created(WF)])
     await append_ok(store, run, [ev(E.RUN_STARTED), ev(E.RUN_COMPLETED, data={"result": 1})])
     assert await store.event_count(run) == len(await store.read(run)) == 3
+
+
+async def test_removing_a_run_removes_its_offloaded_values(store: EventStore) -> None:
+    run_id = new_run_id()
+    await started_step(store, run_id)
+    event = big_result("s1")
+    (blob,) = event.blobs
+    await append_ok(store, run_id, [event, ev(E.RUN_COMPLETED, data={"result": 1})])
+    assert await store.blob_store.blob_digests(run_id) == {blob.ref.digest}
+    assert await store.remove_run(run_id) is RemoveOutcome.REMOVED
+    assert await store.blob_store.blob_digests(run_id) == set()
+    assert await store.blob_store.blob_size(run_id, blob.ref.digest) is None
+    with pytest.raises(BlobError, match="holds no blob"):
+        await store.blob_store.get_blob(run_id, blob.ref)

@@ -122,7 +122,12 @@ async def test_idempotency_key_is_stable_across_attempts(running: lf.Client, lab
     assert keys[0] == f"{run.run_id}:s1"
 
 
-async def test_payload_over_the_limit_fails_at_the_call_site(backends: Any) -> None:
+async def test_payload_over_the_limit_fails_at_the_call_site(
+    backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With offloading off every value is inline and held to the inline limit, as before.
+    # (With it on, large values go out of line: tests/integration/test_large_values.py.)
+    monkeypatch.setenv("LEDGERFLOW_OFFLOAD_THRESHOLD", "0")
     client = lf.Client(backends.store, backends.broker)
     with pytest.raises(lf.PayloadTooLargeError, match="over the 1048576-byte payload limit"):
         await client.start(flaky.one, "slow", "x" * (1024 * 1024 + 10), run_id="too-big")

@@ -122,3 +122,23 @@ async def test_export_to_a_file_and_of_a_missing_run(
     missing = await asyncio.to_thread(lf_cli, servers, namespace, "runs", "export", "no-such-run")
     assert missing.returncode == 4
     assert "run 'no-such-run' does not exist" in missing.stderr
+
+
+async def test_export_of_a_run_with_large_values_replays_from_the_file_alone(
+    running: Any, servers: Servers, namespace: str, tmp_path: Path
+) -> None:
+    from tests.apps import large
+
+    run = await running.start(large.round_trip, 200_000, "cli")
+    await run.result(timeout=60)
+    history = tmp_path / "large.jsonl"
+    exported = await asyncio.to_thread(
+        lf_cli, servers, namespace, "runs", "export", run.run_id, "--output", str(history)
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert sum(line.startswith('{"blob"') for line in history.read_text().splitlines()) == 2
+    replayed = await asyncio.to_thread(
+        lf_cli, servers, namespace, "replay", str(history), "tests.apps.large:round_trip"
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert "consistent; completed with" in replayed.stdout
