@@ -21,7 +21,7 @@ async def _round_trip(sink: ArchiveSink) -> None:
     assert await sink.get("run-1.jsonl.gz") == b"ONE"
     assert await sink.list() == ["run-1.jsonl.gz", "run-2.jsonl.gz"]
     assert await sink.list("run-2") == ["run-2.jsonl.gz"]
-    with pytest.raises(ArchiveError, match="no archive 'nope.jsonl.gz'"):
+    with pytest.raises(ArchiveError, match=r"no archive 'nope\.jsonl\.gz'"):
         await sink.get("nope.jsonl.gz")
     for bad in ("../escape", ".hidden", "a/b", ""):
         with pytest.raises(ArchiveError, match="invalid archive name"):
