@@ -8,7 +8,8 @@ anything twice. Redis does not roll a script back, so every argument is checked
 a batch is written whole or not at all.
 
 KEYS: stream, status hash, active-index shard, timer-index shard, hook-token index,
-runs-index shard (every run, scored by creation time).
+runs-index shard (every run, scored by creation time), finished-index shard,
+expire-index shard.
 ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
 workflow name of run_created, the token of hook_created, the call fingerprint of
 step_created / step_started), timer member ("" for none), timer due ("+ms" after
@@ -21,6 +22,9 @@ so a retry can re-dispatch the step's arguments) and its call fingerprint
 step_started with a fingerprint must match f:<corr> when the step has one. A
 hook's token must be unused by any other live hook, and by any other hook of the
 same batch (the token index maps token -> run|corr; hook_disposed removes it).
+The batch that makes the run terminal stamps its finish time (``end``) and enters
+it in a retention index: the expire shard at finish + its own retention (``ret``,
+from run_created) if it has one, else the finished shard at its finish time.
 Reply: {"ok", id-or-"", ...} or {"error", code, entity, current, event_type, detail};
 code badarg: entity is "event <i>" (or "batch") and current the field.
 """
@@ -44,7 +48,7 @@ local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
 local stream, status, active, timers, hooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local runs = KEYS[6]
+local runs, finished, expire = KEYS[6], KEYS[7], KEYS[8]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 {lua_checks()}
 local run_state = redis.call('HGET', status, F_RUN) or ''
@@ -186,6 +190,13 @@ if written > 0 then
   redis.call('HINCRBY', status, F_N, written)
   if TERMINAL[run_state] then
     redis.call('ZREM', active, run_id)
+    redis.call('HSET', status, F_END, now)
+    local ret = redis.call('HGET', status, F_RET)
+    if ret then
+      redis.call('ZADD', expire, tonumber(now) + tonumber(ret), run_id)
+    else
+      redis.call('ZADD', finished, now, run_id)
+    end
   else
     redis.call('ZADD', active, now, run_id)
   end
@@ -317,4 +328,40 @@ for j = 1, nhooks do
   redis.call('HSET', KEYS[5], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
 end
 return 1
+"""
+
+# Remove everything of one finished run, atomically (see ``Maintenance.remove_run``).
+# KEYS: stream, status, runs shard, active shard, finished shard, expire shard, timer shard,
+#       hook-token index, blob set, then every blob key the blob set names.
+# ARGV: run_id, expected last id ("" for any), the newest id the caller read (its timer
+#       members are computed from the log up to there), ntimers, member, ...
+# Reply: removed | notfound | live | moved | stale (the caller's reading is out of date:
+#        the log or the blob set changed since; it reads again and retries).
+REMOVE_RUN_SCRIPT = f"""
+{_FIELDS}local TERMINAL = {{{_TERMINAL}}}
+local stream, status, hooks, blobs = KEYS[1], KEYS[2], KEYS[8], KEYS[9]
+local run_id, expected, seen, ntimers = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local state = redis.call('HGET', status, F_RUN)
+if (not state) or state == '' then return 'notfound' end
+if not TERMINAL[state] then return 'live' end
+local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+local newest_id = ''
+if newest[1] then newest_id = newest[1][1] end
+if expected ~= '' and expected ~= newest_id then return 'moved' end
+if seen ~= newest_id or redis.call('SCARD', blobs) ~= #KEYS - 9 then return 'stale' end
+local fields = redis.call('HGETALL', status)
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  if string.sub(f, 1, #P_TOKEN) == P_TOKEN then
+    local owner = run_id .. '|' .. string.sub(f, #P_TOKEN + 1)
+    if redis.call('HGET', hooks, fields[i + 1]) == owner then
+      redis.call('HDEL', hooks, fields[i + 1])
+    end
+  end
+end
+for i = 1, ntimers do redis.call('ZREM', KEYS[7], ARGV[4 + i]) end
+for i = 3, 6 do redis.call('ZREM', KEYS[i], run_id) end
+for i = 10, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', stream, status, blobs)
+return 'removed'
 """

@@ -29,7 +29,8 @@ from .events import (
 )
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .names import Names, shard_of
-from .store import START, EventStore, RunSummary, summary_of
+from .removal import implied_timer_members
+from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .transitions import ABSENT
 
@@ -65,6 +66,10 @@ class MemoryEventStore(EventStore):
         self._active: dict[int, dict[str, int]] = defaultdict(dict)
         self._timers: dict[int, dict[str, int]] = defaultdict(dict)
         self._hooks: dict[str, str] = {}
+        # Retention indexes, as the Redis store shards them: shard -> run -> score (ms).
+        self._retention: dict[RemovalIndex, dict[int, dict[str, int]]] = {
+            index: defaultdict(dict) for index in RemovalIndex
+        }
         self._presence: dict[str, int] = {}  # worker identity -> expiry ms
         self._changed: dict[str, asyncio.Condition] = {}
         self._last_id = (0, 0)
@@ -141,12 +146,22 @@ class MemoryEventStore(EventStore):
             shard = self._active[shard_of(run_id, self.names.shards)]
             if status.get(sh.RUN) in RUN_TERMINAL_STATES:
                 shard.pop(run_id, None)
+                self._index_finished(run_id, status)
             else:
                 shard[run_id] = now
             cond = self._condition(run_id)
             async with cond:
                 cond.notify_all()
         return results
+
+    def _index_finished(self, run_id: str, status: dict[str, str]) -> None:
+        """Enter a run that just finished in its retention index, as the append script does."""
+        shard = shard_of(run_id, self.names.shards)
+        ended = int(status[sh.ENDED])
+        if sh.RETENTION in status:
+            self._retention[RemovalIndex.EXPIRE][shard][run_id] = ended + int(status[sh.RETENTION])
+        else:
+            self._retention[RemovalIndex.FINISHED][shard][run_id] = ended
 
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
         found = self._newer(run_id, after)
@@ -360,6 +375,61 @@ class MemoryEventStore(EventStore):
             self._timer_shard(run_id).setdefault(timer.member, due)
         self._hooks.update(expected.hooks)
         return True
+
+    async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:
+        status = self._status.get(run_id, {})
+        state = status.get(sh.RUN, "")
+        if not state:
+            return RemoveOutcome.NOT_FOUND
+        if state not in RUN_TERMINAL_STATES:
+            return RemoveOutcome.LIVE
+        stream = self._streams.get(run_id, [])
+        if expected_last is not None and expected_last != (stream[-1].id if stream else ""):
+            return RemoveOutcome.MOVED
+        for field, token in status.items():
+            corr = field.removeprefix(sh.TOKEN)
+            if corr != field and self._hooks.get(token) == f"{run_id}|{corr}":
+                del self._hooks[token]
+        timers = self._timer_shard(run_id)
+        for member in implied_timer_members(run_id, [e.event() for e in stream]):
+            timers.pop(member, None)
+        shard = shard_of(run_id, self.names.shards)
+        self._active[shard].pop(run_id, None)
+        for index in RemovalIndex:
+            self._retention[index][shard].pop(run_id, None)
+        self._streams.pop(run_id, None)
+        self._status.pop(run_id, None)
+        return RemoveOutcome.REMOVED
+
+    async def due_removals(
+        self, index: RemovalIndex, shard: int, until_ms: int, limit: int
+    ) -> list[str]:
+        entries = sorted(self._retention[index][shard].items(), key=lambda kv: kv[1])
+        return [run for run, score in entries if score <= until_ms][:limit]
+
+    async def count_due_removals(self, now_ms: int, default_ms: int | None) -> int:
+        due = sum(
+            1
+            for shard in self._retention[RemovalIndex.EXPIRE].values()
+            for score in shard.values()
+            if score <= now_ms
+        )
+        if default_ms is not None:
+            due += sum(
+                1
+                for shard in self._retention[RemovalIndex.FINISHED].values()
+                for score in shard.values()
+                if score <= now_ms - default_ms
+            )
+        return due
+
+    async def removal_entry(self, run_id: str) -> tuple[RemovalIndex, int] | None:
+        shard = shard_of(run_id, self.names.shards)
+        for index in (RemovalIndex.EXPIRE, RemovalIndex.FINISHED):
+            score = self._retention[index][shard].get(run_id)
+            if score is not None:
+                return index, score
+        return None
 
     async def close(self) -> None:
         return None

@@ -115,6 +115,14 @@ class Names:
     def status(self, run_id: str) -> str:
         return f"{self.namespace}:run:{{{run_id}}}:status"
 
+    def blob(self, run_id: str, digest: str) -> str:
+        """One offloaded payload of the run (a STRING); removed with its run."""
+        return f"{self.namespace}:blob:{{{run_id}}}:{digest}"
+
+    def blob_set(self, run_id: str) -> str:
+        """The digests of the run's offloaded payloads (a SET): what removal deletes."""
+        return f"{self.namespace}:blobs:{{{run_id}}}"
+
     # --- Redis: global, sharded indexes ---------------------------------------------
 
     def active_shard(self, shard: int) -> str:
@@ -144,6 +152,30 @@ class Names:
 
     def runs_shards(self) -> list[str]:
         return [self.runs_shard(i) for i in range(self.shards)]
+
+    def finished_shard(self, shard: int) -> str:
+        """Finished runs with no retention of their own, scored by finish time (ms).
+
+        The namespace default retention is applied to this index by the janitor,
+        so changing the default applies to runs already finished.
+        """
+        return f"{self.namespace}:finished:{shard}"
+
+    def finished_for(self, run_id: str) -> str:
+        return self.finished_shard(shard_of(run_id, self.shards))
+
+    def finished_shards(self) -> list[str]:
+        return [self.finished_shard(i) for i in range(self.shards)]
+
+    def expire_shard(self, shard: int) -> str:
+        """Finished runs whose workflow declared a retention, scored by removal due time (ms)."""
+        return f"{self.namespace}:expire:{shard}"
+
+    def expire_for(self, run_id: str) -> str:
+        return self.expire_shard(shard_of(run_id, self.shards))
+
+    def expire_shards(self) -> list[str]:
+        return [self.expire_shard(i) for i in range(self.shards)]
 
     def worker_presence(self, identity: str) -> str:
         """Exists while the worker ``identity`` (host:pid) is alive; it expires by itself."""

@@ -21,6 +21,7 @@ from .errors import (
     ConfigurationError,
     IllegalTransitionError,
     MalformedMessageError,
+    RepairRaceError,
     RunClosedError,
     RunNotFoundError,
     ServiceUnavailableError,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .events import AppendResult, Event, EventType, NewEvent, decode_entry
 from .integrity import fingerprint_difference, token_conflict, wire
+from .kinds import RUN_TERMINAL_STATES
 from .lua import (
     ADD_TIMER_SCRIPT,
     APPEND_SCRIPT,
@@ -38,15 +40,25 @@ from .lua import (
     FORGET_HOOK_SCRIPT,
     HEARTBEAT_SCRIPT,
     RELEASE_TIMER_SCRIPT,
+    REMOVE_RUN_SCRIPT,
     REWRITE_DERIVED_SCRIPT,
 )
 from .names import Names, check_run_id
+from .removal import implied_timer_members
 from .retrying import retried
-from .store import START, EventStore, RunSummary, summary_of
+from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .urls import redact, redact_text
 from .watch import StreamWatcher
 
+REMOVE_ATTEMPTS = 5
+"""Readings of a run's log and blob set before removal gives up (they only change by a race)."""
+_REMOVE_REPLY = {
+    "removed": RemoveOutcome.REMOVED,
+    "notfound": RemoveOutcome.NOT_FOUND,
+    "live": RemoveOutcome.LIVE,
+    "moved": RemoveOutcome.MOVED,
+}
 MAX_CONNECTIONS = 64
 POOL_TIMEOUT = 30.0
 PING_TIMEOUT = 10.0
@@ -73,6 +85,7 @@ class RedisEventStore(EventStore):
         self._forget_hook = client.register_script(FORGET_HOOK_SCRIPT)
         self._rewrite = client.register_script(REWRITE_DERIVED_SCRIPT)
         self._defer_check = client.register_script(DEFER_CHECK_SCRIPT)
+        self._remove = client.register_script(REMOVE_RUN_SCRIPT)
         self._watcher: StreamWatcher | None = None
         self._url = ""
 
@@ -134,6 +147,8 @@ class RedisEventStore(EventStore):
             self.names.timer_for(run_id),
             self.names.hook_tokens(),
             self.names.runs_for(run_id),
+            self.names.finished_for(run_id),
+            self.names.expire_for(run_id),
         ]
 
     async def _watch(self, run_id: str, after: str, timeout: float) -> list[tuple[str, Any]]:
@@ -487,6 +502,77 @@ class RedisEventStore(EventStore):
         for token, owner in expected.hooks.items():
             argv += [token, owner]
         return bool(await self._rewrite(keys=self._run_keys(run_id), args=argv))
+
+    async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:
+        """Read what the script cannot find by itself (timer members, blob keys), then remove.
+
+        The script refuses ("stale") if the log or the blob set changed since they
+        were read, so nothing the run still holds is left behind; then read again.
+        """
+        check_run_id(run_id)
+        for _ in range(REMOVE_ATTEMPTS):
+            state, _last = await self.run_tail(run_id)
+            if not state:
+                return RemoveOutcome.NOT_FOUND
+            if state not in RUN_TERMINAL_STATES:
+                return RemoveOutcome.LIVE
+            events = await self.read(run_id)
+            digests: Any = await self.client.smembers(self.names.blob_set(run_id))
+            members = implied_timer_members(run_id, events)
+            keys = [
+                self.names.stream(run_id),
+                self.names.status(run_id),
+                self.names.runs_for(run_id),
+                self.names.active_for(run_id),
+                self.names.finished_for(run_id),
+                self.names.expire_for(run_id),
+                self.names.timer_for(run_id),
+                self.names.hook_tokens(),
+                self.names.blob_set(run_id),
+                *(self.names.blob(run_id, _text(d)) for d in sorted(digests)),
+            ]
+            seen = events[-1].id if events else ""
+            args: list[Any] = [run_id, expected_last or "", seen, len(members), *members]
+            reply = _text(await self._remove(keys=keys, args=args))
+            if reply in _REMOVE_REPLY:
+                return _REMOVE_REPLY[reply]
+        raise RepairRaceError(f"run {run_id!r} kept changing while it was being removed")
+
+    @retried("read a retention index")
+    async def due_removals(
+        self, index: RemovalIndex, shard: int, until_ms: int, limit: int
+    ) -> list[str]:
+        key = self._removal_key(index, shard)
+        raw: Any = await self.client.zrangebyscore(key, "-inf", until_ms, start=0, num=limit)
+        return [_text(member) for member in raw]
+
+    def _removal_key(self, index: RemovalIndex, shard: int) -> str:
+        if index is RemovalIndex.EXPIRE:
+            return self.names.expire_shard(shard)
+        return self.names.finished_shard(shard)
+
+    async def count_due_removals(self, now_ms: int, default_ms: int | None) -> int:
+        """Not retried: the metrics sampler bounds it with a timeout and tries again later."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in self.names.expire_shards():
+                pipe.zcount(key, "-inf", now_ms)
+            if default_ms is not None:
+                for key in self.names.finished_shards():
+                    pipe.zcount(key, "-inf", now_ms - default_ms)
+            replies: list[Any] = await pipe.execute()
+        return sum(int(n) for n in replies)
+
+    @retried("read a run's retention entry")
+    async def removal_entry(self, run_id: str) -> tuple[RemovalIndex, int] | None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zscore(self.names.finished_for(run_id), run_id)
+            pipe.zscore(self.names.expire_for(run_id), run_id)
+            finished, expire = await pipe.execute()
+        if expire is not None:
+            return RemovalIndex.EXPIRE, int(expire)
+        if finished is not None:
+            return RemovalIndex.FINISHED, int(finished)
+        return None
 
     async def close(self) -> None:
         if self._watcher is not None:

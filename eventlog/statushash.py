@@ -14,7 +14,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from .kinds import EventType
+from .kinds import RUN_TERMINAL_STATES, EventType
 
 RUN: Final = "run"
 """The run's status (``kinds.RunStatus``)."""
@@ -26,6 +26,10 @@ LAST: Final = "last"
 """The id of the newest entry."""
 COUNT: Final = "n"
 """How many entries the stream holds."""
+RETENTION: Final = "ret"
+"""The run's own retention (ms), from run_created; absent: the namespace default applies."""
+ENDED: Final = "end"
+"""When the run became terminal (ms, Redis clock): the terminal event's timestamp."""
 
 ENTITY: Final = "c:"
 """c:<corr> -> "<kind>.<state>" (step.started, wait.created, hook.disposed ...)."""
@@ -118,6 +122,7 @@ class Written:
     workflow: str = ""  # run_created: the workflow's name
     fingerprint: str = ""  # step_created: the call fingerprint step_started must match
     token: str = ""  # hook_created: the token it holds (none for a conflicted hook)
+    retention_ms: int | None = None  # run_created: the run's own retention, if it has one
 
 
 def record_written(status: MutableMapping[str, str], w: Written, *, clock: bool = True) -> None:
@@ -131,6 +136,10 @@ def record_written(status: MutableMapping[str, str], w: Written, *, clock: bool 
         if w.type is EventType.RUN_CREATED:
             status[WORKFLOW] = w.workflow
             status[CREATED] = str(w.at)
+            if w.retention_ms is not None:
+                status[RETENTION] = str(w.retention_ms)
+        if w.to in RUN_TERMINAL_STATES:
+            status[ENDED] = str(w.at)
     else:
         status[entity_field(w.corr)] = entity_value(w.type.kind, w.to)
         if w.attempt is not None:
@@ -160,6 +169,7 @@ def lua_helpers() -> str:
     lines = [
         f"local F_RUN, F_WF, F_CREATED, F_LAST, F_N = "
         f"'{RUN}', '{WORKFLOW}', '{CREATED}', '{LAST}', '{COUNT}'",
+        f"local F_RET, F_END, P_TOKEN = '{RETENTION}', '{ENDED}', '{TOKEN}'",
         f"local VOLATILE = '{HEARTBEAT}'",
     ]
     lines += [

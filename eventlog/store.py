@@ -11,6 +11,7 @@ protocol it does not offer, not an ``isinstance`` check.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,22 @@ if TYPE_CHECKING:
     from .derived import Expected
 
 START = "0-0"
+
+
+class RemoveOutcome(enum.StrEnum):
+    """What ``remove_run`` did: removed it, or why it left the run alone."""
+
+    REMOVED = "removed"
+    NOT_FOUND = "not_found"  # no status hash: never created, or already removed
+    LIVE = "live"  # refused: the run is not finished (live runs are never removed)
+    MOVED = "moved"  # refused: the log's newest entry is not ``expected_last``
+
+
+class RemovalIndex(enum.StrEnum):
+    """Which retention index holds a finished run (and so what its score means)."""
+
+    FINISHED = "finished"  # no retention of its own: scored by finish time
+    EXPIRE = "expire"  # its workflow's retention: scored by when it is due
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +268,31 @@ class Maintenance(Protocol):
     @abstractmethod
     async def rewrite_derived(self, run_id: str, expected: Expected, last_id: str) -> bool:
         """Rewrite the run's status hash and index entries; False if the stream moved on."""
+
+    @abstractmethod
+    async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:
+        """Remove everything of a finished run, atomically: all of it, or nothing.
+
+        Its stream, status hash, offloaded blobs, its entries in every index
+        (runs, active, finished, expire, timers) and the hook tokens it still
+        owns. A live run is refused (LIVE); with ``expected_last``, so is a run
+        whose newest entry differs (MOVED), so an archive never deletes a run that
+        changed after it was read. Readers afterwards see no run at all.
+        """
+
+    @abstractmethod
+    async def due_removals(
+        self, index: RemovalIndex, shard: int, until_ms: int, limit: int
+    ) -> list[str]:
+        """Runs in one shard of a retention index scored at most ``until_ms``, oldest first."""
+
+    @abstractmethod
+    async def count_due_removals(self, now_ms: int, default_ms: int | None) -> int:
+        """Finished runs past their retention (the namespace default: ``default_ms``, if any)."""
+
+    @abstractmethod
+    async def removal_entry(self, run_id: str) -> tuple[RemovalIndex, int] | None:
+        """Which retention index holds the run, and its score there (None: neither)."""
 
 
 class RunLog(EventLog, RunIndex, Protocol):

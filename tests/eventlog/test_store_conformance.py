@@ -36,7 +36,7 @@ from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.memory_store import MemoryEventStore
 from ledgerflow.eventlog.names import Names, shard_of
 from ledgerflow.eventlog.redis_store import RedisEventStore
-from ledgerflow.eventlog.store import START, EventStore
+from ledgerflow.eventlog.store import START, EventStore, RemovalIndex, RemoveOutcome
 from ledgerflow.eventlog.timers import Timer, TimerKind
 from ledgerflow.eventlog.transitions import ABSENT, RULES, RUN_TERMINAL_STATES, Action, Guard
 
@@ -921,9 +921,9 @@ def cases_for(kind: str) -> list[Case]:
 def comparable_status(status: dict[str, str]) -> dict[str, str]:
     """The status hash without clock readings and ids, which differ between stores."""
     # Clock values and entry ids differ between stores; x:<corr> is an entry id and
-    # h:<corr> a clock reading, so only their presence is compared.
+    # h:<corr> and end (the finish time) clock readings, so only their presence is compared.
     return {
-        k: (v if not k.startswith(("x:", "h:")) else "present")
+        k: (v if not k.startswith(("x:", "h:", "end")) else "present")
         for k, v in status.items()
         if k not in ("created", "last")
     }
@@ -1262,4 +1262,131 @@ async def test_the_script_refuses_what_no_store_method_can_send(
     text = [r.decode() if isinstance(r, bytes) else r for r in reply]
     assert text[:4] == ["error", "badarg", where, field], text
     assert await snapshot(store, run_id) == before
+    await store.close()
+
+
+# --- removal (retention, deletion, archives) ---------------------------------------------
+
+
+async def test_the_terminal_append_stamps_the_end_and_indexes_the_finished_run(
+    store: EventStore, run_id: str
+) -> None:
+    """No retention of its own: the finished index, scored by the finish time (= end)."""
+    await started_run(store, run_id)
+    assert await store.removal_entry(run_id) is None
+    assert "end" not in await store.status(run_id)
+    await append_ok(store, run_id, [ev(E.RUN_COMPLETED, data={"result": 1})])
+    events = await store.read(run_id)
+    status = await store.status(run_id)
+    assert status["end"] == str(events[-1].ts)
+    assert await store.removal_entry(run_id) == (RemovalIndex.FINISHED, events[-1].ts)
+    shard = shard_of(run_id, store.names.shards)
+    finished = RemovalIndex.FINISHED
+    assert await store.due_removals(finished, shard, events[-1].ts - 1, 10) == []
+    assert await store.due_removals(finished, shard, events[-1].ts, 10) == [run_id]
+    assert await store.due_removals(RemovalIndex.EXPIRE, shard, 2**50, 10) == []
+    assert await store.count_due_removals(events[-1].ts, None) == 0
+    assert await store.count_due_removals(events[-1].ts + 5, 5) == 1
+    assert await store.count_due_removals(events[-1].ts + 5, 6) == 0
+    assert await verify_run(store, run_id) == []
+
+
+async def finished_run_with_everything(store: EventStore, run_id: str) -> None:
+    """A cancelled run that still holds a hook token, a wait timer and a heartbeat timer."""
+    await started_run(store, run_id)
+    beat = Timer(TimerKind.HEARTBEAT, run_id, "s1", 1, 30_000)
+    wait = Timer(TimerKind.WAIT, run_id, "w1")
+    await append_ok(
+        store,
+        run_id,
+        [
+            step_created("s1"),
+            NewEvent.of(
+                E.STEP_STARTED,
+                "s1",
+                {"heartbeat_timeout": 30.0},
+                attempt=1,
+                timer=beat,
+                delay_ms=30_000,
+            ),
+            NewEvent.of(E.WAIT_CREATED, "w1", {"due": 10**12}, timer=wait, due_ms=10**12),
+            NewEvent.of(E.HOOK_CREATED, "h1", {"token": f"tok-{run_id}"}, token=f"tok-{run_id}"),
+            ev(E.RUN_CANCELLED, data={"reason": "test"}),
+        ],
+    )
+
+
+async def test_remove_run_removes_everything_of_a_finished_run(store: EventStore) -> None:
+    gone, kept = new_run_id(), new_run_id()
+    await finished_run_with_everything(store, gone)
+    await finished_run_with_everything(store, kept)
+    assert {t.member for t, _ in await store.pending_timers(gone)}  # armed before removal
+    kept_before = await snapshot(store, kept), await store.pending_timers(kept)
+
+    assert await store.remove_run(gone) is RemoveOutcome.REMOVED
+
+    assert await snapshot(store, gone) == ([], {})
+    assert not await store.exists(gone)
+    assert await store.run_tail(gone) == ("", "")
+    assert not await store.is_listed(gone) and not await store.is_active(gone)
+    assert await store.removal_entry(gone) is None
+    assert await store.pending_timers(gone) == []
+    assert await store.hook_owner(f"tok-{gone}") is None
+    assert gone not in {r.run_id for r in await store.list_runs(limit=100)}
+    with pytest.raises(RunNotFoundError):
+        await store.append(gone, [ev(E.RUN_STARTED)])
+    # Another run's log, hash, token and timers are untouched.
+    assert (await snapshot(store, kept), await store.pending_timers(kept)) == kept_before
+    assert await store.hook_owner(f"tok-{kept}") == (kept, "h1")
+    # Removing again finds nothing.
+    assert await store.remove_run(gone) is RemoveOutcome.NOT_FOUND
+
+
+async def test_remove_run_refuses_a_live_run(store: EventStore, run_id: str) -> None:
+    await started_step(store, run_id)
+    before = await snapshot(store, run_id)
+    assert await store.remove_run(run_id) is RemoveOutcome.LIVE
+    assert await snapshot(store, run_id) == before
+    assert await store.is_active(run_id) and await store.is_listed(run_id)
+    created = new_run_id()
+    await append_ok(store, created, [run_created()])
+    assert await store.remove_run(created) is RemoveOutcome.LIVE
+
+
+async def test_remove_run_of_an_unknown_run_is_not_found(store: EventStore, run_id: str) -> None:
+    assert await store.remove_run(run_id) is RemoveOutcome.NOT_FOUND
+    assert await store.remove_run(run_id, expected_last="1-0") is RemoveOutcome.NOT_FOUND
+
+
+async def test_remove_run_with_expected_last_refuses_a_run_that_moved(
+    store: EventStore, run_id: str
+) -> None:
+    ids = await append_ok(store, run_id, [run_created(), ev(E.RUN_STARTED)])
+    (last,) = await append_ok(store, run_id, [ev(E.RUN_COMPLETED, data={"result": 1})])
+    before = await snapshot(store, run_id)
+    assert await store.remove_run(run_id, expected_last=ids[-1]) is RemoveOutcome.MOVED
+    assert await snapshot(store, run_id) == before
+    assert await store.remove_run(run_id, expected_last=last) is RemoveOutcome.REMOVED
+    assert await snapshot(store, run_id) == ([], {})
+
+
+@pytest.mark.integration
+async def test_remove_run_deletes_the_runs_blobs(
+    redis_client: aioredis.Redis, names: Names, run_id: str
+) -> None:
+    """Offloaded payloads (a key per blob, listed in the run's blob set) go with their run."""
+    store = RedisEventStore(redis_client, names)
+    other = new_run_id()
+    for run in (run_id, other):
+        await append_ok(store, run, [run_created(), ev(E.RUN_CANCELLED, data={"reason": "x"})])
+        for digest in ("d1", "d2"):
+            await redis_client.set(names.blob(run, digest), b"x" * 100)
+            await redis_client.sadd(names.blob_set(run), digest)
+    assert await store.remove_run(run_id) is RemoveOutcome.REMOVED
+    assert await redis_client.exists(names.blob(run_id, "d1"), names.blob(run_id, "d2")) == 0
+    assert await redis_client.exists(names.blob_set(run_id)) == 0
+    assert await redis_client.exists(names.blob(other, "d1"), names.blob_set(other)) == 2
+    # Nothing of the removed run is left under its hash tag.
+    left = [k async for k in redis_client.scan_iter(match=f"*{{{run_id}}}*")]
+    assert left == []
     await store.close()
