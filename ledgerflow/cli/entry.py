@@ -29,7 +29,7 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.urls import redact_text
 from ledgerflow.ops.logs import configure_logging
 
-from . import consistency, dashboard, dlq, hooks, processes, queues, replay, runs, start
+from . import archive, consistency, dashboard, dlq, hooks, processes, queues, replay, runs, start
 from .common import (
     EXIT_CODES,
     EXIT_FAILED,
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.register(sub)
     replay.register(sub, runs_commands)
     runs.register(runs_commands)
+    archive.register(runs_commands)
     dlq.register(sub)
     queues.register(sub)
     dashboard.register(sub)

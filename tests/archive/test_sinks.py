@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ledgerflow.eventlog.errors import ConfigurationError
 
 from ledgerflow.ops.archive import ArchiveError, ArchiveSink, DirectorySink, open_sink
+from tests.archive.conftest import make_bucket
 
 
 async def _round_trip(sink: ArchiveSink) -> None:
@@ -76,44 +75,7 @@ def test_open_sink_chooses_by_target(tmp_path: Path) -> None:
             open_sink(bad)
 
 
-# --- S3, against moto's S3-compatible server on loopback --------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    moto_server = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Credentials and endpoint as an operator sets them: the standard AWS variables."""
-    monkeypatch.setenv("LEDGERFLOW_S3_ENDPOINT", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return s3_endpoint
-
-
-def make_bucket(name: str) -> None:
-    import boto3
-
-    boto3.session.Session().client(
-        "s3", endpoint_url=os.environ["LEDGERFLOW_S3_ENDPOINT"]
-    ).create_bucket(Bucket=name)
+# --- S3, against moto's S3-compatible server on loopback (tests/archive/conftest.py) ----
 
 
 async def test_s3_sink_round_trips_under_its_prefix(s3_env: str) -> None:
