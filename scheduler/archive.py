@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog import statushash as sh
 from ledgerflow.eventlog.errors import SerializationError
@@ -32,6 +33,8 @@ from ledgerflow.ops.archive.sink import S3_SCHEME
 
 from .history import History, HistoryError, compress_history, format_history, load_history
 from .history import loads_history as _loads
+
+log = structlog.get_logger("ledgerflow.archive")
 
 
 class ArchiveOutcome(enum.StrEnum):
@@ -71,6 +74,27 @@ class Archiver:
     async def __call__(self, run_id: str) -> Archived:
         return await self.archive(run_id)
 
+    async def dispose(self, run_id: str) -> RemoveOutcome:
+        """The janitor's disposer (``--retention-archive``): archive, then say what removal did.
+
+        A run that cannot be decoded exactly is left in place and logged with the
+        reason; the janitor counts it as refused (``moved``: not removed, retry
+        later). A sink failure propagates: the sweep stops, nothing more is removed
+        until the sink works again.
+        """
+        archived = await self.archive(run_id)
+        if archived.outcome is ArchiveOutcome.UNREADABLE:
+            log.warning(
+                "run past its retention not archived: its data cannot be decoded exactly "
+                "(reconciler --app MODULE)",
+                run_id=run_id,
+                reason=archived.reason,
+            )
+            return RemoveOutcome.MOVED
+        if archived.outcome is ArchiveOutcome.ARCHIVED:
+            log.debug("run archived", run_id=run_id, to=self.sink.where, bytes=archived.size)
+        return _REMOVED_AS[archived.outcome]
+
     async def archive(self, run_id: str) -> Archived:
         """Write the run to the sink, then remove it if it is still exactly what was written.
 
@@ -94,13 +118,17 @@ class Archiver:
         name = archive_name(run_id)
         await self.sink.put(name, data)
         removed = await self.store.remove_run(run_id, expected_last=events[-1].id)
-        outcome = {
-            RemoveOutcome.REMOVED: ArchiveOutcome.ARCHIVED,
-            RemoveOutcome.NOT_FOUND: ArchiveOutcome.NOT_FOUND,
-            RemoveOutcome.LIVE: ArchiveOutcome.LIVE,
-            RemoveOutcome.MOVED: ArchiveOutcome.MOVED,
-        }[removed]
+        outcome = _ARCHIVED_AS[removed]
         return Archived(run_id, outcome, name=name, events=len(events), size=len(data))
+
+
+_ARCHIVED_AS = {
+    RemoveOutcome.REMOVED: ArchiveOutcome.ARCHIVED,
+    RemoveOutcome.NOT_FOUND: ArchiveOutcome.NOT_FOUND,
+    RemoveOutcome.LIVE: ArchiveOutcome.LIVE,
+    RemoveOutcome.MOVED: ArchiveOutcome.MOVED,
+}
+_REMOVED_AS = {archived: removed for removed, archived in _ARCHIVED_AS.items()}
 
 
 async def finished_before(

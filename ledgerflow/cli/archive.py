@@ -8,11 +8,14 @@ removed is ``scheduler.archive``, where to is ``ops.archive`` (``--to DIR`` or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
+from ledgerflow.eventlog.store import EventStore, RemoveOutcome
 from ledgerflow.ops.archive import ArchiveError, open_sink
 from ledgerflow.scheduler.archive import Archived, ArchiveOutcome, Archiver, finished_before
 from ledgerflow.worker.backend import connect
@@ -115,6 +118,37 @@ def _report(
         print("no finished run matches")
     else:
         print(f"archived {len(archived)} of {matched} runs to {printable(where)}")
+
+
+RETENTION_ARCHIVE_ENV = "LEDGERFLOW_RETENTION_ARCHIVE"
+
+
+def add_retention_archive_options(parser: argparse.ArgumentParser) -> None:
+    """``--retention-archive`` and ``--app`` for the reconciler, whose janitor applies retention."""
+    parser.add_argument(
+        "--retention-archive",
+        metavar="DIR",
+        default=os.environ.get(RETENTION_ARCHIVE_ENV) or None,
+        help="archive runs past their retention here (a directory or s3://BUCKET/PREFIX) "
+        f"instead of deleting them (default: ${RETENTION_ARCHIVE_ENV}, else delete)",
+    )
+    parser.add_argument(
+        "--app",
+        metavar="MODULE",
+        help="with --retention-archive: import the app, so runs holding its classes are "
+        "archived exactly (without it they are left in place and logged)",
+    )
+
+
+def retention_disposer(
+    args: argparse.Namespace, store: EventStore
+) -> Callable[[str], Awaitable[RemoveOutcome]] | None:
+    """The janitor's disposer ``--retention-archive`` asks for; None: plain removal."""
+    if not args.retention_archive:
+        return None
+    if args.app:
+        import_app(args.app)
+    return Archiver(store, open_sink(args.retention_archive)).dispose
 
 
 def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
