@@ -1,9 +1,10 @@
 """What the derived state of a run should be, computed from its stream alone.
 
-The status hash, the active-runs index, the timer index and the hook-token
-index are caches of the fold; this module says what they must contain, so
-``ledgerflow runs verify`` can report where they disagree with the stream and
-``ledgerflow runs repair`` can rewrite them.
+The status hash, the active-runs index, the timer index, the hook-token index
+and the retention indexes (finished / expire) are caches of the fold; this
+module says what they must contain, so ``ledgerflow runs verify`` can report
+where they disagree with the stream and ``ledgerflow runs repair`` can rewrite
+them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .events import Event
 from .fold import fold
 from .kinds import HookStatus, StepStatus, WaitStatus
 from .records import HookCreated, Record, RunCreated, StepCreated
-from .store import EventStore
+from .store import EventStore, RemovalIndex
 from .timers import Timer, TimerKind
 from .transitions import STATE_AFTER
 
@@ -30,6 +31,8 @@ class Expected:
     active: bool
     timers: list[tuple[Timer, int]] = field(default_factory=list)
     hooks: dict[str, str] = field(default_factory=dict)  # token -> "run|corr"
+    # A finished run's retention-index entry (index, score); None while it is live.
+    retention: tuple[RemovalIndex, int] | None = None
 
 
 def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
@@ -49,6 +52,7 @@ def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
             workflow=(record.workflow or "") if isinstance(record, RunCreated) else "",
             fingerprint=record.call_fingerprint if isinstance(record, StepCreated) else "",
             token=_claimed_token(record),
+            retention_ms=record.retention_ms if isinstance(record, RunCreated) else None,
         )
         sh.record_written(status, change, clock=False)
     state = fold(run_id, events)
@@ -67,8 +71,23 @@ def expected_state(run_id: str, events: Sequence[Event]) -> Expected:
             if hook.status == HookStatus.CREATED and hook.token and hook.conflict is None:
                 hooks[hook.token] = f"{run_id}|{hook.id}"
     return Expected(
-        status=status, active=not state.finished and bool(events), timers=timers, hooks=hooks
+        status=status,
+        active=not state.finished and bool(events),
+        timers=timers,
+        hooks=hooks,
+        retention=retention_entry(status),
     )
+
+
+def retention_entry(status: dict[str, str]) -> tuple[RemovalIndex, int] | None:
+    """Where a finished run waits for removal, as the terminal append enters it."""
+    ended = status.get(sh.ENDED)
+    if ended is None:
+        return None
+    kept = status.get(sh.RETENTION)
+    if kept is not None:
+        return RemovalIndex.EXPIRE, int(ended) + int(kept)
+    return RemovalIndex.FINISHED, int(ended)
 
 
 def _claimed_token(record: Record) -> str:
@@ -102,6 +121,15 @@ async def verify_run(store: EventStore, run_id: str) -> list[str]:
         problems.append(f"run is {where} the active-runs index")
     if sh.CREATED in expected.status and not await store.is_listed(run_id):
         problems.append("run is missing from the runs index")
+    entry = await store.removal_entry(run_id)
+    if entry != expected.retention:
+        if expected.retention is None:
+            problems.append(f"run is in the {entry[0] if entry else ''} retention index")
+        else:
+            index, score = expected.retention
+            problems.append(
+                f"run is not in the {index} retention index at {score} (found: {entry})"
+            )
     armed = {timer.member for timer, _ in await store.pending_timers(run_id)}
     for timer, _due in expected.timers:
         if timer.member not in armed:

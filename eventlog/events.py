@@ -86,6 +86,9 @@ class NewEvent:
     timer: Timer | None = None
     delay_ms: int | None = None
     due_ms: int | None = None
+    # run_created: the run's own retention (ms), kept in its status hash; None for
+    # the namespace default.
+    retention_ms: int | None = None
 
     @property
     def timer_due(self) -> str:
@@ -109,6 +112,7 @@ class NewEvent:
         timer: Timer | None = None,
         delay_ms: int | None = None,
         due_ms: int | None = None,
+        retention_ms: int | None = None,
         what: str | None = None,
         max_size: int | None = codec.DEFAULT_MAX_PAYLOAD,
         envelope: int = 1,
@@ -140,6 +144,7 @@ class NewEvent:
             timer=timer,
             delay_ms=delay_ms,
             due_ms=due_ms,
+            retention_ms=retention_ms,
         )
 
 

@@ -34,10 +34,11 @@ from .names import (
     RUN_ID_LUA_PATTERN,
     RUN_ID_RE,
 )
+from .retention import MAX_RETENTION_MS, MIN_RETENTION_MS
 from .timers import TimerKind
 
-WIDTH = 7
-"""ARGV slots per event: type, corr, attempt, data, key, timer member, timer due."""
+WIDTH = 8
+"""ARGV slots per event: type, corr, attempt, data, key, timer member, timer due, retention."""
 MAX_ATTEMPT = 2**31 - 1
 MAX_KEY = 512
 """The key slot: a workflow name (run_created), a token (hook_created), a fingerprint."""
@@ -58,6 +59,7 @@ _FINGERPRINT_RE = re.compile(rf"^[0-9a-f]{{{FINGERPRINT_LEN}}}\Z")
 _MEMBER_RE = re.compile(r"^([a-z]+)\|([^|]+)\|([^|]+)\|([0-9]{1,10})\|([0-9]{1,15})\Z")
 _TIMER_KINDS = frozenset(k.value for k in TimerKind)
 _RUN_ID_RULE = f"use 1-{MAX_RUN_ID} characters: letters, digits, _ . - :"
+_RETENTION_RULE = f"empty, or for run_created ms from {MIN_RETENTION_MS} to {MAX_RETENTION_MS}"
 _CORR_RULE = f"use 1-{MAX_CORR} printable ASCII characters, no spaces or |"
 
 
@@ -76,6 +78,7 @@ class Wire(NamedTuple):
     key: str
     member: str
     due: str
+    retention: str = ""  # run_created: the run's own retention in ms ("" for the default)
 
 
 def wire(event: NewEvent) -> Wire:
@@ -86,6 +89,7 @@ def wire(event: NewEvent) -> Wire:
         event.workflow or event.token or event.fingerprint,
         event.timer.member if event.timer is not None else "",
         event.timer_due,
+        "" if event.retention_ms is None else str(event.retention_ms),
     )
 
 
@@ -114,6 +118,12 @@ def _problem(run_id: str, w: Wire) -> tuple[str, str] | None:
     key = _key_problem(w)
     if key is not None:
         return "key", key
+    if w.retention != "" and not (
+        w.type == EventType.RUN_CREATED.value
+        and _DUE_DIGITS_RE.match(w.retention)
+        and MIN_RETENTION_MS <= int(w.retention) <= MAX_RETENTION_MS
+    ):
+        return "retention", _RETENTION_RULE
     if (w.member == "") != (w.due == ""):
         return "timer", "member and due are given together or not at all"
     if w.member == "":
@@ -177,7 +187,7 @@ end
 for i = 1, n do
   local b = 2 + (i - 1) * W
   local etype, corr, attempt_s = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local key, member, due = ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
+  local key, member, due, ret = ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
   local where = 'event ' .. i
   local kind = KIND[etype]
   if not kind then return badarg(where, 'type', etype, 'unknown event type') end
@@ -205,6 +215,10 @@ for i = 1, n do
       return badarg(where, 'key', etype,
         'a step fingerprint: {FINGERPRINT_LEN} lowercase hex digits')
     end
+  end
+  if ret ~= '' and not (etype == 'run_created' and digits(ret, 15)
+      and tonumber(ret) >= {MIN_RETENTION_MS} and tonumber(ret) <= {MAX_RETENTION_MS}) then
+    return badarg(where, 'retention', etype, '{_RETENTION_RULE}')
   end
   if (member == '') ~= (due == '') then
     return badarg(where, 'timer', etype, 'member and due are given together or not at all')

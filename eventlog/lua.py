@@ -13,7 +13,7 @@ expire-index shard.
 ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
 workflow name of run_created, the token of hook_created, the call fingerprint of
 step_created / step_started), timer member ("" for none), timer due ("+ms" after
-now, or absolute ms).
+now, or absolute ms), retention (run_created: the run's own, in ms; "" for none).
 The status hash's fields are named by ``statushash`` (rendered into every script
 as Lua helpers), as ``statushash.record_written`` updates them for the memory store.
 Besides the stream entry, a written step_created records its entry id (x:<corr>,
@@ -151,6 +151,7 @@ for i = 1, n do
       redis.call('HSET', status, F_RUN, p[3], F_LAST, id)
       if ARGV[b + 1] == 'run_created' then
         redis.call('HSET', status, F_WF, ARGV[b + 5], F_CREATED, now)
+        if ARGV[b + 8] ~= '' then redis.call('HSET', status, F_RET, ARGV[b + 8]) end
         redis.call('ZADD', runs, now, run_id)
       end
     else
@@ -285,9 +286,11 @@ return 0
 
 # Rewrite a run's derived state from its stream, but only if the stream has not moved
 # since the caller read it (so a concurrent append is never overwritten).
-# KEYS: stream, status, active shard, timer shard, hook-token index, runs-index shard.
+# KEYS: stream, status, active shard, timer shard, hook-token index, runs-index shard,
+#       finished shard, expire shard.
 # ARGV: run_id, expected last id, active ("1"/"0"), nfields, field, value, ...,
-#       ntimers, member, due, ..., nhooks, token, owner, ...
+#       ntimers, member, due, ..., nhooks, token, owner, ...,
+#       retention index ("finished", "expire" or "" while live), its score.
 REWRITE_DERIVED_SCRIPT = f"""
 {_FIELDS}local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local newest_id = ''
@@ -327,6 +330,11 @@ local nhooks = tonumber(ARGV[i])
 for j = 1, nhooks do
   redis.call('HSET', KEYS[5], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
 end
+i = i + 2 * nhooks + 1
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+if ARGV[i] == 'finished' then redis.call('ZADD', KEYS[7], ARGV[i + 1], ARGV[1]) end
+if ARGV[i] == 'expire' then redis.call('ZADD', KEYS[8], ARGV[i + 1], ARGV[1]) end
 return 1
 """
 

@@ -136,6 +136,7 @@ class MemoryEventStore(EventStore):
                 workflow=event.workflow,
                 fingerprint=event.fingerprint,
                 token=event.token,
+                retention_ms=event.retention_ms,
             )
             sh.record_written(status, change)
             if event.timer is not None:
@@ -374,6 +375,12 @@ class MemoryEventStore(EventStore):
         for timer, due in expected.timers:
             self._timer_shard(run_id).setdefault(timer.member, due)
         self._hooks.update(expected.hooks)
+        shard_no = shard_of(run_id, self.names.shards)
+        for index in RemovalIndex:
+            self._retention[index][shard_no].pop(run_id, None)
+        if expected.retention is not None:
+            index, score = expected.retention
+            self._retention[index][shard_no][run_id] = score
         return True
 
     async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:

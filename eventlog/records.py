@@ -31,6 +31,8 @@ CALL_FINGERPRINT = "call_fp"
 RECORDED_BY = "recorded_by"
 """run_failed data: "scheduler" when the scheduler failed the run itself (a decision it
 could not record), so the failure is not the workflow's outcome."""
+RETENTION = "retention_ms"
+"""run_created data: the run's own retention in ms (absent: the namespace default)."""
 HOOK_CONFLICT = "conflict"
 """hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
 
@@ -86,12 +88,17 @@ class RunCreated:
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     parent: ParentRef | None = None
+    # The run's own retention (ms), from its workflow's decorator; None: the
+    # namespace default. The append also puts it in the status hash (``ret``).
+    retention_ms: int | None = None
 
     def as_data(self) -> dict[str, Any]:
         """The data this record is written as (what a producer or a parent appends)."""
         data: dict[str, Any] = {"workflow": self.workflow, "args": self.args, "kwargs": self.kwargs}
         if self.parent is not None:
             data["parent"] = {"run_id": self.parent.run_id, "corr": self.parent.corr}
+        if self.retention_ms is not None:
+            data[RETENTION] = self.retention_ms
         return data
 
 
@@ -270,6 +277,7 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         args=list(args) if isinstance(args, (list, tuple)) else [],
         kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
         parent=ref,
+        retention_ms=_int(data.get(RETENTION)),
     )
 
 

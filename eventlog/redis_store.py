@@ -164,7 +164,7 @@ class RedisEventStore(EventStore):
         argv: list[Any] = [run_id, len(events)]
         for event in events:
             w = wire(event)
-            argv += [w.type, w.corr, w.attempt, event.payload, w.key, w.member, w.due]
+            argv += [w.type, w.corr, w.attempt, event.payload, w.key, w.member, w.due, w.retention]
         reply = await self._append(keys=self._run_keys(run_id), args=argv)
         status = _text(reply[0])
         if status == "ok":
@@ -501,6 +501,8 @@ class RedisEventStore(EventStore):
         argv.append(len(expected.hooks))
         for token, owner in expected.hooks.items():
             argv += [token, owner]
+        index, score = expected.retention or ("", 0)
+        argv += [str(index), score]
         return bool(await self._rewrite(keys=self._run_keys(run_id), args=argv))
 
     async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:

@@ -39,17 +39,26 @@ from .replay import ChildCommand
 
 
 async def start_child(
-    store: RunLog, broker: Broker, parent_run_id: str, command: ChildCommand
+    store: RunLog,
+    broker: Broker,
+    parent_run_id: str,
+    command: ChildCommand,
+    *,
+    retention_ms: int | None = None,
 ) -> None:
+    """Record the child's run_created (with its own workflow's retention) and activate it."""
+    record = RunCreated(
+        workflow=command.workflow,
+        args=command.args,
+        kwargs=command.kwargs,
+        parent=ParentRef(parent_run_id, command.corr),
+        retention_ms=retention_ms,
+    )
     created = NewEvent.of(
         EventType.RUN_CREATED,
-        data=RunCreated(
-            workflow=command.workflow,
-            args=command.args,
-            kwargs=command.kwargs,
-            parent=ParentRef(parent_run_id, command.corr),
-        ).as_data(),
+        data=record.as_data(),
         workflow=command.workflow,
+        retention_ms=retention_ms,
         what=f"arguments of child workflow {command.workflow!r}",
         envelope=2,
     )

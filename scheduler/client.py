@@ -127,15 +127,25 @@ class Client:
         producer never sees an error for a run that exists and starts a second.
         """
         name = workflow.name if isinstance(workflow, WorkflowFunction) else workflow
+        definition = None
         if isinstance(workflow, WorkflowFunction):
-            workflow.definition.check_args(args, kwargs)
+            definition = workflow.definition
         elif name in self.registry:
-            self.registry.get(name).check_args(args, kwargs)
+            definition = self.registry.get(name)
+        if definition is not None:
+            definition.check_args(args, kwargs)
         run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
+        record = RunCreated(
+            workflow=name,
+            args=list(args),
+            kwargs=kwargs,
+            retention_ms=definition.retention_ms if definition is not None else None,
+        )
         created = NewEvent.of(
             EventType.RUN_CREATED,
-            data=RunCreated(workflow=name, args=list(args), kwargs=kwargs).as_data(),
+            data=record.as_data(),
             workflow=name,
+            retention_ms=record.retention_ms,
             what=f"arguments of workflow {name!r}",
             envelope=2,
         )

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ledgerflow.eventlog.errors import ConfigurationError, UnknownWorkflowError
+from ledgerflow.eventlog.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    UnknownWorkflowError,
+)
+from ledgerflow.eventlog.retention import retention_ms
 from ledgerflow.worker.naming import Registry, check_arguments
 
 from .context import current_instance
@@ -22,6 +28,7 @@ class WorkflowDef:
     name: str
     fn: Callable[..., Coroutine[Any, Any, Any]]
     signature: inspect.Signature | None = field(default=None, compare=False)
+    retention_ms: int | None = None  # its runs' own retention; None: the namespace default
 
     def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Fail in the producer, naming the argument, before anything is written."""
@@ -59,18 +66,36 @@ workflows = WorkflowRegistry()
 def workflow(fn: Callable[P, Awaitable[R]], /) -> WorkflowFunction[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None
+    *, name: str | None = None, retention: dt.timedelta | None = None
 ) -> Callable[[Callable[P, Awaitable[R]]], WorkflowFunction[P, R]]: ...
 
 
-def workflow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-    """Mark an ``async def`` as a durable workflow, replayed deterministically from its log."""
+def workflow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retention: dt.timedelta | None = None,
+) -> Any:
+    """Mark an ``async def`` as a durable workflow, replayed deterministically from its log.
+
+    ``retention``: how long its runs are kept once finished (completed, failed or
+    cancelled) before everything of them is removed; 1 second to 100 years. Without
+    it the namespace default applies (``LEDGERFLOW_RETENTION``), or none: kept forever.
+    """
+    try:
+        kept = None if retention is None else retention_ms(retention, "workflow retention")
+    except InvalidArgumentError as exc:
+        raise ConfigurationError(str(exc)) from None
 
     def register(func: Callable[..., Any]) -> WorkflowFunction[Any, Any]:
         if not inspect.iscoroutinefunction(func):
             raise ConfigurationError(f"workflow {func.__qualname__} must be an `async def`")
         definition = WorkflowDef(
-            name=name or func.__qualname__, fn=func, signature=inspect.signature(func)
+            name=name or func.__qualname__,
+            fn=func,
+            signature=inspect.signature(func),
+            retention_ms=kept,
         )
         workflows.add(definition)
         return WorkflowFunction(definition)

@@ -323,7 +323,9 @@ class Scheduler:
             children = {c.corr: c for c in instance.unstarted_children()}
             children.update({c.corr: c for c in fresh if isinstance(c, ChildCommand)})
             for child in children.values():
-                await start_child(self.store, self.broker, run_id, child)
+                known = child.workflow in self.registry
+                kept = self.registry.get(child.workflow).retention_ms if known else None
+                await start_child(self.store, self.broker, run_id, child, retention_ms=kept)
             if conflicted:
                 await self._replay_again(run_id)  # the workflow must see its conflicted hook
             return False

@@ -9,6 +9,7 @@ side and demand the same verdict from each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
-from ledgerflow.eventlog.derived import verify_run
+from ledgerflow.eventlog.derived import expected_state, repair_run, verify_run
 from ledgerflow.eventlog.errors import (
     AppendArgumentError,
     EventLogError,
@@ -1239,14 +1240,17 @@ async def test_delays_at_the_bounds_are_accepted(store: EventStore, run_id: str)
 @pytest.mark.parametrize(
     ("argv_tail", "where", "field"),
     [
-        (["2", "run_started", "", "", b"", "", "", ""], "batch", "n"),  # says 2, carries 1
+        (["2", "run_started", "", "", b"", "", "", "", ""], "batch", "n"),  # says 2, carries 1
         (["0"], "batch", "n"),
-        (["1.5", "run_started", "", "", b"", "", "", ""], "batch", "n"),
-        (["1", "run_exploded", "", "", b"", "", "", ""], "event 1", "type"),
-        (["1", "wait_created", "w1", "", b"", "", "wait|RUN|w1|0|0", ""], "event 1", "timer"),
-        (["1", "wait_created", "w1", "", b"", "", "", "+5"], "event 1", "timer"),
-        (["1", "wait_created", "w1", "", b"", "", "wait|RUN|w1|0|0", "+1e3"], "event 1", "due"),
-        (["1", "step_created", "s1", "1.5", b"", "", "", ""], "event 1", "attempt"),
+        (["1.5", "run_started", "", "", b"", "", "", "", ""], "batch", "n"),
+        (["1", "run_exploded", "", "", b"", "", "", "", ""], "event 1", "type"),
+        (["1", "wait_created", "w1", "", b"", "", "wait|RUN|w1|0|0", "", ""], "event 1", "timer"),
+        (["1", "wait_created", "w1", "", b"", "", "", "+5", ""], "event 1", "timer"),
+        (["1", "wait_created", "w1", "", b"", "", "wait|RUN|w1|0|0", "+1e3", ""], "event 1", "due"),
+        # A retention is for run_created only, and bounded.
+        (["1", "run_started", "", "", b"", "", "", "", "5000"], "event 1", "retention"),
+        (["1", "run_created", "", "", b"", "wf", "", "", "999"], "event 1", "retention"),
+        (["1", "step_created", "s1", "1.5", b"", "", "", "", ""], "event 1", "attempt"),
     ],
 )
 async def test_the_script_refuses_what_no_store_method_can_send(
@@ -1390,3 +1394,55 @@ async def test_remove_run_deletes_the_runs_blobs(
     left = [k async for k in redis_client.scan_iter(match=f"*{{{run_id}}}*")]
     assert left == []
     await store.close()
+
+
+async def test_a_run_with_its_own_retention_goes_to_the_expire_index(
+    store: EventStore, run_id: str
+) -> None:
+    """run_created's retention is kept in the hash (ret); the finish enters the expire index."""
+    data = {"workflow": WF, "args": [], "kwargs": {}, "retention_ms": 60_000}
+    created = NewEvent.of(E.RUN_CREATED, data=data, workflow=WF, retention_ms=60_000)
+    await append_ok(store, run_id, [created, ev(E.RUN_STARTED)])
+    assert (await store.status(run_id))["ret"] == "60000"
+    assert (await store.read(run_id))[0].record.retention_ms == 60_000  # type: ignore[union-attr]
+    await append_ok(store, run_id, [ev(E.RUN_FAILED, data={"error": {"type": "E"}})])
+    ended = (await store.read(run_id))[-1].ts
+    assert (await store.status(run_id))["end"] == str(ended)
+    assert await store.removal_entry(run_id) == (RemovalIndex.EXPIRE, ended + 60_000)
+    shard = shard_of(run_id, store.names.shards)
+    assert await store.due_removals(RemovalIndex.EXPIRE, shard, ended + 59_999, 10) == []
+    assert await store.due_removals(RemovalIndex.EXPIRE, shard, ended + 60_000, 10) == [run_id]
+    assert await store.due_removals(RemovalIndex.FINISHED, shard, 2**50, 10) == []
+    assert await store.count_due_removals(ended + 60_000, None) == 1
+    assert await verify_run(store, run_id) == []
+    assert await store.remove_run(run_id) is RemoveOutcome.REMOVED
+    assert await store.count_due_removals(ended + 60_000, 1) == 0
+
+
+@pytest.mark.parametrize("retention", [0, 999, 10**16])
+async def test_a_retention_out_of_bounds_is_refused(
+    store: EventStore, run_id: str, retention: int
+) -> None:
+    created = NewEvent.of(E.RUN_CREATED, data={"workflow": WF}, workflow=WF, retention_ms=retention)
+    with pytest.raises(AppendArgumentError, match="retention"):
+        await store.append(run_id, [created])
+    assert await snapshot(store, run_id) == ([], {})
+
+
+async def test_repair_rebuilds_a_lost_retention_entry(store: EventStore, run_id: str) -> None:
+    """Both retention indexes are derived: verify reports a lost entry and repair restores it."""
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [ev(E.RUN_COMPLETED, data={"result": 1})])
+    entry = await store.removal_entry(run_id)
+    assert entry is not None
+    events = await store.read(run_id)
+    expected = expected_state(run_id, events)
+    assert expected.retention == entry
+    # Lose the entry (as a run finished before retention existed never had one).
+    lost = dataclasses.replace(expected, retention=None)
+    assert await store.rewrite_derived(run_id, lost, events[-1].id)
+    assert await store.removal_entry(run_id) is None
+    assert any("retention index" in p for p in await verify_run(store, run_id))
+    assert await repair_run(store, run_id)
+    assert await store.removal_entry(run_id) == entry
+    assert await verify_run(store, run_id) == []
