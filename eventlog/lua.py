@@ -350,7 +350,12 @@ REMOVE_RUN_SCRIPT = f"""
 local stream, status, hooks, blobs = KEYS[1], KEYS[2], KEYS[8], KEYS[9]
 local run_id, expected, seen, ntimers = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local state = redis.call('HGET', status, F_RUN)
-if (not state) or state == '' then return 'notfound' end
+if (not state) or state == '' then
+  -- No run: a leftover retention entry (keys deleted by hand) would be due forever.
+  redis.call('ZREM', KEYS[5], run_id)
+  redis.call('ZREM', KEYS[6], run_id)
+  return 'notfound'
+end
 if not TERMINAL[state] then return 'live' end
 local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local newest_id = ''

@@ -386,7 +386,10 @@ class MemoryEventStore(EventStore):
     async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:
         status = self._status.get(run_id, {})
         state = status.get(sh.RUN, "")
+        shard = shard_of(run_id, self.names.shards)
         if not state:
+            for index in RemovalIndex:
+                self._retention[index][shard].pop(run_id, None)
             return RemoveOutcome.NOT_FOUND
         if state not in RUN_TERMINAL_STATES:
             return RemoveOutcome.LIVE
@@ -400,13 +403,16 @@ class MemoryEventStore(EventStore):
         timers = self._timer_shard(run_id)
         for member in implied_timer_members(run_id, [e.event() for e in stream]):
             timers.pop(member, None)
-        shard = shard_of(run_id, self.names.shards)
         self._active[shard].pop(run_id, None)
         for index in RemovalIndex:
             self._retention[index][shard].pop(run_id, None)
         self._streams.pop(run_id, None)
         self._status.pop(run_id, None)
         return RemoveOutcome.REMOVED
+
+    async def run_bytes(self, run_id: str) -> int:
+        """The run's stored event data (payload bytes): the memory store's rough size."""
+        return sum(len(e.fields["data"]) for e in self._streams.get(run_id, []))
 
     async def due_removals(
         self, index: RemovalIndex, shard: int, until_ms: int, limit: int

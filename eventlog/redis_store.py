@@ -540,6 +540,15 @@ class RedisEventStore(EventStore):
                 return _REMOVE_REPLY[reply]
         raise RepairRaceError(f"run {run_id!r} kept changing while it was being removed")
 
+    @retried("measure a run")
+    async def run_bytes(self, run_id: str) -> int:
+        """Redis's estimate (MEMORY USAGE, sampled) of the run's stream and status hash."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.memory_usage(self.names.stream(run_id))
+            pipe.memory_usage(self.names.status(run_id))
+            sizes: list[Any] = await pipe.execute()
+        return sum(int(size or 0) for size in sizes)
+
     @retried("read a retention index")
     async def due_removals(
         self, index: RemovalIndex, shard: int, until_ms: int, limit: int

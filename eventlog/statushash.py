@@ -44,7 +44,7 @@ HEARTBEAT: Final = "h:"
 TOKEN: Final = "k:"
 """k:<corr> -> the hook's token, so its disposal can drop the token index entry."""
 
-SUMMARY: Final = (RUN, WORKFLOW, CREATED, LAST, COUNT)
+SUMMARY: Final = (RUN, WORKFLOW, CREATED, LAST, COUNT, ENDED)
 """The fields a runs listing reads, in this order."""
 VOLATILE: Final = (HEARTBEAT,)
 """Prefixes of fields stamped from the clock: present, but not derivable from the stream."""

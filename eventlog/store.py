@@ -54,6 +54,7 @@ class RunSummary:
     created_ms: int
     updated_ms: int
     events: int
+    ended_ms: int | None = None  # when it finished (the terminal append's time); None: live
 
     def matches(self, status: str | None, workflow: str | None) -> bool:
         return (status is None or self.status == status) and (
@@ -73,6 +74,7 @@ def summary_of(run_id: str, status: dict[str, str]) -> RunSummary | None:
         created_ms=int(status.get(sh.CREATED, "0") or 0),
         updated_ms=id_order(last)[0] if last else 0,
         events=int(status.get(sh.COUNT, "0") or 0),
+        ended_ms=int(status[sh.ENDED]) if status.get(sh.ENDED) else None,
     )
 
 
@@ -277,8 +279,13 @@ class Maintenance(Protocol):
         (runs, active, finished, expire, timers) and the hook tokens it still
         owns. A live run is refused (LIVE); with ``expected_last``, so is a run
         whose newest entry differs (MOVED), so an archive never deletes a run that
-        changed after it was read. Readers afterwards see no run at all.
+        changed after it was read. Readers afterwards see no run at all. With
+        no run (NOT_FOUND) a leftover retention-index entry is dropped too.
         """
+
+    @abstractmethod
+    async def run_bytes(self, run_id: str) -> int:
+        """Roughly how many bytes the run holds (stream and status hash; 0 if none)."""
 
     @abstractmethod
     async def due_removals(

@@ -303,9 +303,13 @@ class Client:
                 if remaining <= 0:
                     raise ResultTimeoutError(f"run {run_id!r} did not finish within {timeout} s")
                 # Only the end is decoded: a 10,000-step run's results are not this waiter's.
+                seen = cursor
                 cursor, events = await self.store.wait_for(
                     run_id, cursor, min(remaining, WAIT_SLICE), RUN_TERMINAL
                 )
+                if cursor == seen and not (await self.store.run_tail(run_id))[0]:
+                    # Nothing new, and no run any more: it ended and retention removed it.
+                    raise RunNotFoundError(run_id)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,10 @@ messages and rebuilds derived entries, all of which are harmless to repeat.
 Every action is preceded by a lease check, so a reconciler that lost its lease
 (paused, partitioned) never acts.
 
+With a ``Janitor``, the lease holder also removes the finished runs whose
+retention has passed, after each sweep (``janitor``), checking the lease before
+each removal like every other action.
+
 ``redrive`` is the operator's version of one run's repair (``ledgerflow runs
 redrive``): no staleness grace, an activation whatever the log's tail, and no
 lease, because an operator asked for it and everything it sends is harmless to
@@ -69,6 +73,7 @@ from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
 from .hookclash import CONFLICT_REASON
+from .janitor import Janitor
 
 log = structlog.get_logger("ledgerflow.reconciler")
 
@@ -120,8 +125,10 @@ class Reconciler:
         default_step_limit: float = DEFAULT_STEP_LIMIT,
         max_recheck: float = DEFAULT_MAX_RECHECK,
         observers: Sequence[Observer] | None = None,
+        janitor: Janitor | None = None,
     ) -> None:
         self.store = store
+        self.janitor = janitor  # removes runs past their retention after each sweep
         self.observers = Observers(standard_observers() if observers is None else observers)
         self.broker = broker
         self.lease = lease
@@ -152,6 +159,8 @@ class Reconciler:
             try:
                 if await lease.check() or await lease.acquire():
                     await self.sweep()
+                    if self.janitor is not None:
+                        await self.janitor.sweep(fence=self._fence)
             except LeaseLost:
                 log.warning("lease lost mid-sweep; standing by", owner=lease.owner)
             except Exception as exc:

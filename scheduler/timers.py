@@ -24,6 +24,7 @@ from ledgerflow.eventlog.errors import (
     EventLogError,
     HeartbeatTimeoutError,
     RunClosedError,
+    RunNotFoundError,
     SerializationError,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent
@@ -230,6 +231,10 @@ class TimerLoop:
         try:
             results = await self.store.append(timer.run_id, [event])
         except RunClosedError:
+            results = []
+        except RunNotFoundError:
+            # The run ended and retention removed it (and its timers) meanwhile.
+            log.info("timer of a removed run dropped", run_id=timer.run_id, timer=timer.member)
             results = []
         if results and results[0].appended:
             entity = await self.store.entity(timer.run_id, timer.corr)

@@ -44,6 +44,7 @@ from ledgerflow.eventlog.errors import (
     ConfigurationError,
     EventLogError,
     RunClosedError,
+    RunNotFoundError,
     SerializationError,
     StepMismatchError,
     UnknownStepError,
@@ -524,6 +525,10 @@ class Worker:
         except RunClosedError:
             bound.info("run already ended; step skipped")
             return attempts.SKIPPED
+        except RunNotFoundError:
+            # A late message for a run removed by retention (it had ended): nothing to run.
+            bound.info("run no longer exists (removed); step skipped")
+            return attempts.SKIPPED
         except EventLogError as exc:
             return attempts.refused(await self._refusal_reason(message, exc, bound))
         if result.duplicate:
@@ -633,6 +638,9 @@ class Worker:
             results = await self._writes.append(message.run_id, events)
         except RunClosedError:
             bound.info("run ended while the step ran; outcome dropped")
+            return
+        except RunNotFoundError:
+            bound.info("run ended and was removed while the step ran; outcome dropped")
             return
         for event, result in zip(events, results, strict=False):
             if result.appended:

@@ -16,6 +16,7 @@ import time
 
 from ledgerflow.eventlog.errors import InvalidArgumentError
 from ledgerflow.eventlog.names import check_run_id
+from ledgerflow.eventlog.retention import parse_retention
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -47,6 +48,14 @@ def parse_since(text: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
+
+
+def retention_arg(text: str) -> int:
+    """An argparse type: a retention such as 7d, 12h or 30m, in ms (1 second to 100 years)."""
+    try:
+        return parse_retention(text, "--retention")
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def port_number(text: str) -> int:

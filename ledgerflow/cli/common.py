@@ -29,7 +29,8 @@ EXIT_CODES = (
 
 def settings_of(args: argparse.Namespace) -> Settings:
     """The servers and namespace: the global options first, then the environment."""
-    return Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
+    retention: int | None = getattr(args, "retention", None)  # the reconciler's --retention
+    return Settings.from_env(args.amqp_url, args.redis_url, args.namespace, retention)
 
 
 def import_app(app: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Awaitable, Callable
 
 from ledgerflow.eventlog.derived import repair_run, verify_run
 from ledgerflow.eventlog.errors import ConfigurationError
@@ -31,22 +32,39 @@ async def _runs_to_check(args: argparse.Namespace, store: RunIndex) -> list[str]
     return found
 
 
+async def _check_all(
+    args: argparse.Namespace,
+    store: EventStore,
+    check: Callable[[EventStore, str], Awaitable[list[str]]],
+) -> dict[str, list[str]]:
+    """Each run's problems; with --all, a run removed since it was listed is left out.
+
+    A run listed as active can finish and be removed by retention before its
+    turn: it has nothing left to disagree with, so it is not reported.
+    """
+    report: dict[str, list[str]] = {}
+    for run_id in await _runs_to_check(args, store):
+        problems = await check(store, run_id)
+        if problems and not args.run_id and not await _still_there(store, run_id):
+            continue
+        report[run_id] = problems
+    return report
+
+
+async def _still_there(store: EventStore, run_id: str) -> bool:
+    return bool(await store.read(run_id, count=1)) or await store.exists(run_id)
+
+
 async def cmd_runs_verify(args: argparse.Namespace) -> int:
     """Exit 0 if every checked run's derived state matches its stream, 1 otherwise."""
     async with connect(settings_of(args)) as backends:
-        report = {
-            run_id: await verify_run(backends.store, run_id)
-            for run_id in await _runs_to_check(args, backends.store)
-        }
+        report = await _check_all(args, backends.store, verify_run)
     return _print_checks(report, args.json, verb="consistent")
 
 
 async def cmd_runs_repair(args: argparse.Namespace) -> int:
     async with connect(settings_of(args)) as backends:
-        report = {
-            run_id: await repair_run(backends.store, run_id)
-            for run_id in await _runs_to_check(args, backends.store)
-        }
+        report = await _check_all(args, backends.store, repair_run)
     _print_checks(report, args.json, verb="already consistent", fixed=True)
     return EXIT_OK
 

@@ -26,10 +26,23 @@ from ledgerflow.eventlog.errors import (
     ServiceUnavailableError,
     UnknownWorkflowError,
 )
+from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.urls import redact_text
 from ledgerflow.ops.logs import configure_logging
 
-from . import archive, consistency, dashboard, dlq, hooks, processes, queues, replay, runs, start
+from . import (
+    archive,
+    consistency,
+    dashboard,
+    deletion,
+    dlq,
+    hooks,
+    processes,
+    queues,
+    replay,
+    runs,
+    start,
+)
 from .common import (
     EXIT_CODES,
     EXIT_FAILED,
@@ -37,7 +50,6 @@ from .common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     import_app,
-    settings_of,
 )
 from .format import printable
 from .supervisor import LOOPS, run_with_loop, supervise
@@ -67,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.register(sub)
     replay.register(sub, runs_commands)
     runs.register(runs_commands)
+    deletion.register(runs_commands)
     archive.register(runs_commands)
     dlq.register(sub)
     queues.register(sub)
@@ -114,7 +127,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     """One line on stderr: no URL password, no control character from stored data."""
-    settings = settings_of(args)
+    # The servers' URLs only (to redact them): reading the rest may be what failed.
+    settings = Settings.from_env(
+        args.amqp_url, args.redis_url, args.namespace, read_retention=False
+    )
     text = redact_text(str(exc), [settings.amqp_url, settings.redis_url])
     print(f"ledgerflow: {printable(text)}", file=sys.stderr)
     return code

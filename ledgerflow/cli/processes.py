@@ -13,6 +13,7 @@ import asyncio
 from ledgerflow.eventlog.errors import ConfigurationError
 from ledgerflow.ops.lease import Lease
 from ledgerflow.scheduler import watchdog
+from ledgerflow.scheduler.janitor import Janitor
 from ledgerflow.scheduler.reconciler import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_RECHECK,
@@ -31,7 +32,7 @@ from ledgerflow.worker.service import (
     worker_identity,
 )
 
-from .args import non_negative_float, positive_float, positive_int
+from .args import non_negative_float, positive_float, positive_int, retention_arg
 from .common import EXIT_OK, import_app, settings_of
 from .metrics import add_options as add_metrics_options
 from .metrics import exported, step_queues
@@ -91,6 +92,8 @@ async def cmd_reconciler(args: argparse.Namespace) -> int:
             owner=worker_identity(),
             ttl_ms=int(args.lease_ttl * 1000),
         )
+        # Runs past their retention are removed each sweep, under the same lease.
+        janitor = Janitor(backends.store, default_retention_ms=settings_of(args).retention_ms)
         reconciler = Reconciler(
             backends.store,
             backends.broker,
@@ -98,6 +101,7 @@ async def cmd_reconciler(args: argparse.Namespace) -> int:
             stale_after=args.stale_after,
             interval=args.interval,
             max_recheck=args.max_recheck,
+            janitor=janitor,
         )
         task: asyncio.Task[None] | None = None
 
@@ -191,6 +195,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=positive_float,
         default=DEFAULT_MAX_RECHECK,
         help="longest delay (s) before a run checked with nothing to do is checked again",
+    )
+    reconciler.add_argument(
+        "--retention",
+        type=retention_arg,
+        default=None,
+        help="remove finished runs this long after they finished, e.g. 7d, 12h, 30m, unless "
+        "their workflow declares its own retention (default: $LEDGERFLOW_RETENTION, else keep)",
     )
     add_metrics_options(reconciler)
     reconciler.set_defaults(handler=cmd_reconciler)

@@ -42,7 +42,7 @@ from prometheus_client import (
 )
 
 from ledgerflow.eventlog.events import EventType
-from ledgerflow.eventlog.store import RunIndex, TimerIndex
+from ledgerflow.eventlog.store import EventLog, Maintenance, RunIndex, TimerIndex
 
 from .observer import Observer
 
@@ -135,6 +135,20 @@ SKIPPED_RUNS = Counter(
     registry=REGISTRY,
 )
 
+# --- retention (the janitor) -----------------------------------------------------------------
+
+RUNS_REMOVED = Counter(
+    "ledgerflow_runs_removed",
+    "Finished runs the janitor removed because their retention had passed.",
+    registry=REGISTRY,
+)
+BYTES_REMOVED = Counter(
+    "ledgerflow_removed_bytes",
+    "Approximate Redis bytes of the runs the janitor removed (MEMORY USAGE of each run's "
+    "stream and status hash just before removal; offloaded blobs not included).",
+    registry=REGISTRY,
+)
+
 # --- sampled gauges (GaugeSampler) -----------------------------------------------------------
 
 QUEUE_DEPTH = Gauge(
@@ -151,6 +165,12 @@ ACTIVE_RUNS = Gauge(
 TIMERS_PENDING = Gauge(
     "ledgerflow_timers_pending",
     "Entries in the timer index (all shards: retries, sleeps, heartbeat checks), sampled.",
+    registry=REGISTRY,
+)
+RUNS_PENDING_REMOVAL = Gauge(
+    "ledgerflow_runs_pending_removal",
+    "Finished runs past their retention, not yet removed (all shards of both retention "
+    "indexes), sampled. Growing: the janitor (in the reconciler) is not keeping up or not running.",
     registry=REGISTRY,
 )
 SAMPLE_ERRORS = Counter(
@@ -172,8 +192,8 @@ DEFAULT_READ_TIMEOUT = 2.0
 QueueDepth = Callable[[str], Awaitable[int]]
 
 
-class Counted(RunIndex, TimerIndex, Protocol):
-    """What the sampled gauges count: active runs and pending timers."""
+class Counted(EventLog, RunIndex, TimerIndex, Maintenance, Protocol):
+    """What the sampled gauges count: active runs, pending timers, runs pending removal."""
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -200,8 +220,10 @@ class GaugeSampler:
         queues: Sequence[str] = (),
         interval: float = DEFAULT_SAMPLE_INTERVAL,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        retention_ms: int | None = None,
     ) -> None:
         self.store = store
+        self.retention_ms = retention_ms  # the namespace default, for runs pending removal
         self.depth = depth
         self.queues = list(dict.fromkeys(queues))
         self.interval = interval
@@ -228,6 +250,7 @@ class GaugeSampler:
         """Read every gauge once, concurrently; returns when all are read or timed out."""
         reads = [self._read("active_runs", self._active_runs)]
         reads.append(self._read("timers_pending", self._timers_pending))
+        reads.append(self._read("runs_pending_removal", self._pending_removal))
         if self.depth is not None:
             reads += [self._read(f"queue_depth:{q}", self._queue(q)) for q in self.queues]
         await asyncio.gather(*reads)
@@ -237,6 +260,10 @@ class GaugeSampler:
 
     async def _timers_pending(self) -> None:
         TIMERS_PENDING.set(await self.store.count_timers())
+
+    async def _pending_removal(self) -> None:
+        now = await self.store.now_ms()
+        RUNS_PENDING_REMOVAL.set(await self.store.count_due_removals(now, self.retention_ms))
 
     def _queue(self, queue: str) -> Callable[[], Awaitable[None]]:
         async def read() -> None:
@@ -293,3 +320,7 @@ class MetricsObserver(Observer):
 
     def after_sweep(self) -> None:
         SWEEPS.inc()
+
+    def after_run_removed(self, run_id: str, size_bytes: int) -> None:
+        RUNS_REMOVED.inc()
+        BYTES_REMOVED.inc(size_bytes)

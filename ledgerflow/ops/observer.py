@@ -97,6 +97,9 @@ class Observer:
     def after_sweep(self) -> None:
         """A reconciler sweep finished."""
 
+    def after_run_removed(self, run_id: str, size_bytes: int) -> None:
+        """The janitor removed a finished run past its retention (``size_bytes``: roughly)."""
+
 
 class Observers(Observer):
     """The list a service was given, called as one: each hook goes to each observer in order."""
@@ -148,3 +151,7 @@ class Observers(Observer):
     def after_sweep(self) -> None:
         for observer in self.observers:
             observer.after_sweep()
+
+    def after_run_removed(self, run_id: str, size_bytes: int) -> None:
+        for observer in self.observers:
+            observer.after_run_removed(run_id, size_bytes)

@@ -1,0 +1,134 @@
+"""The janitor: removes finished runs whose retention has passed, in bounded pages.
+
+The terminal append enters every finished run in one of two sharded indexes
+(``eventlog.names``): the expire index, scored by when the run is due (its
+workflow declared a retention), or the finished index, scored by when it
+finished (no retention of its own). Each sweep the janitor takes what is due:
+from the expire shards every run scored at most now, and, only when the
+namespace has a default retention, from the finished shards every run that
+finished at least that long ago. So a new default applies to runs that
+finished before it was set, and no default means those runs are kept.
+
+Each run goes to the disposer: ``remove_run`` by default (one atomic script:
+all of the run, or nothing), or an archiver that writes the run somewhere and
+then removes it (``--retention-archive``). A disposer never touches a live run
+(``remove_run`` refuses one), so a run that is refused stays where it is,
+logged, and the sweep goes on. The janitor runs inside the reconciler daemon,
+under its lease, and checks the lease before every removal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from ledgerflow.eventlog.store import EventLog, Maintenance, RemovalIndex, RemoveOutcome
+
+from ledgerflow.ops.observer import Observer, Observers
+from ledgerflow.ops.standard import standard_observers
+
+log = structlog.get_logger("ledgerflow.janitor")
+
+PAGE = 200
+"""Runs read from one shard of a retention index at a time."""
+RUNS_PER_SHARD = 2_000
+"""Runs one sweep disposes of per shard at most; the rest stay due and come first next time."""
+
+Dispose = Callable[[str], Awaitable[RemoveOutcome]]
+"""Dispose of one finished run by id: remove it (or archive, then remove it)."""
+Fence = Callable[[], Awaitable[None]]
+"""Raises if this process may no longer act (the reconciler lost its lease)."""
+
+
+class JanitorStore(EventLog, Maintenance, Protocol):
+    """What the janitor uses: the clock, the retention indexes, run sizes and removal."""
+
+
+@dataclass
+class JanitorReport:
+    """What one sweep did: runs removed, their approximate bytes, and runs left alone."""
+
+    removed: int = 0
+    bytes_removed: int = 0
+    left: Counter[str] = field(default_factory=Counter)  # outcome -> runs not removed
+
+
+class Janitor:
+    def __init__(
+        self,
+        store: JanitorStore,
+        *,
+        default_retention_ms: int | None = None,
+        dispose: Dispose | None = None,
+        observers: Sequence[Observer] | None = None,
+        page: int = PAGE,
+        runs_per_shard: int = RUNS_PER_SHARD,
+    ) -> None:
+        self.store = store
+        self.default_retention_ms = default_retention_ms
+        self.dispose: Dispose = dispose or self._remove
+        self.observers = Observers(standard_observers() if observers is None else observers)
+        self.page = page
+        self.runs_per_shard = runs_per_shard
+
+    async def _remove(self, run_id: str) -> RemoveOutcome:
+        return await self.store.remove_run(run_id)
+
+    async def sweep(self, fence: Fence | None = None) -> JanitorReport:
+        """Dispose of every run past its retention (at most ``runs_per_shard`` per shard)."""
+        report = JanitorReport()
+        now = await self.store.now_ms()
+        due: list[tuple[RemovalIndex, int]] = [(RemovalIndex.EXPIRE, now)]
+        if self.default_retention_ms is not None:
+            due.append((RemovalIndex.FINISHED, now - self.default_retention_ms))
+        for index, until in due:
+            for shard in range(self.store.names.shards):
+                await self._sweep_shard(index, shard, until, report, fence)
+        if report.removed or report.left:
+            log.info(
+                "retention sweep",
+                removed=report.removed,
+                bytes_removed=report.bytes_removed,
+                left=dict(report.left),
+            )
+        return report
+
+    async def _sweep_shard(
+        self,
+        index: RemovalIndex,
+        shard: int,
+        until: int,
+        report: JanitorReport,
+        fence: Fence | None,
+    ) -> None:
+        seen: set[str] = set()
+        while len(seen) < self.runs_per_shard:
+            want = min(self.page, self.runs_per_shard - len(seen))
+            page = [
+                r
+                for r in await self.store.due_removals(index, shard, until, want + len(seen))
+                if r not in seen
+            ][:want]
+            if not page:
+                return
+            for run_id in page:
+                seen.add(run_id)
+                if fence is not None:
+                    await fence()
+                await self._dispose(run_id, report)
+
+    async def _dispose(self, run_id: str, report: JanitorReport) -> None:
+        size = await self.store.run_bytes(run_id)
+        outcome = await self.dispose(run_id)
+        if outcome is RemoveOutcome.REMOVED:
+            report.removed += 1
+            report.bytes_removed += size
+            self.observers.after_run_removed(run_id, size)
+            log.debug("run removed: retention passed", run_id=run_id, bytes=size)
+            return
+        report.left[outcome.value] += 1
+        if outcome is not RemoveOutcome.NOT_FOUND:  # already gone: nothing to say
+            log.warning("run past its retention left in place", run_id=run_id, outcome=outcome)
