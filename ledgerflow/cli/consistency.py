@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from ledgerflow.eventlog.derived import repair_run, verify_run
 from ledgerflow.eventlog.errors import ConfigurationError
-from ledgerflow.eventlog.store import RunIndex
+from ledgerflow.eventlog.store import EventStore, RunIndex
 from ledgerflow.worker.backend import connect
 
 from .args import run_id_arg
