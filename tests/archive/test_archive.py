@@ -240,3 +240,36 @@ async def test_a_run_holding_an_unknown_class_is_copied_exactly_or_not_at_all(
     assert list(history) == before
     assert history[-1].data == {"result": result}
     assert await backends.store.read(run_id) == []
+
+
+async def test_retention_archives_instead_of_deleting(
+    running: Any, backends: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler's options as parsed, the disposer they give, the janitor using it."""
+    from ledgerflow.scheduler.janitor import Janitor
+
+    from ledgerflow.cli import build_parser
+    from ledgerflow.cli.archive import retention_disposer
+
+    done = await _completed(running)
+    events = await running.events(done)
+    live = await running.start(approval, "retention-archive-live")
+    monkeypatch.setenv("LEDGERFLOW_RETENTION_ARCHIVE", str(tmp_path / "from-env"))
+    from_env = build_parser().parse_args(["reconciler"])
+    assert from_env.retention_archive == str(tmp_path / "from-env")
+    args = build_parser().parse_args(["reconciler", "--retention-archive", str(tmp_path)])
+    dispose = retention_disposer(args, backends.store)
+    assert dispose is not None
+    assert retention_disposer(build_parser().parse_args(["reconciler"]), backends.store) is not None
+    monkeypatch.delenv("LEDGERFLOW_RETENTION_ARCHIVE")
+    assert retention_disposer(build_parser().parse_args(["reconciler"]), backends.store) is None
+
+    await asyncio.sleep(0.05)
+    janitor = Janitor(backends.store, default_retention_ms=1, dispose=dispose, observers=[])
+    report = await janitor.sweep()
+    assert report.removed == 1
+    await _gone(running, done)
+    assert list(testing.load_history(tmp_path / archive_name(done))) == events
+    assert testing.replay(tmp_path / archive_name(done), total).finished
+    assert await backends.store.exists(live.run_id)
+    await running.cancel(live.run_id)
