@@ -65,14 +65,11 @@ def encode_run(run_id: str, events: Sequence[Event]) -> bytes:
 
 
 class Archiver:
-    """Archives runs of one store into one sink; callable per run (the janitor's disposer)."""
+    """Archives runs of one store into one sink: ``archive`` (the CLI), ``dispose`` (janitor)."""
 
     def __init__(self, store: EventStore, sink: ArchiveSink) -> None:
         self.store = store
         self.sink = sink
-
-    async def __call__(self, run_id: str) -> Archived:
-        return await self.archive(run_id)
 
     async def dispose(self, run_id: str) -> RemoveOutcome:
         """The janitor's disposer (``--retention-archive``): archive, then say what removal did.
