@@ -34,7 +34,7 @@ class Settings:
     ) -> Settings:
         """``read_retention=False`` leaves ``LEDGERFLOW_RETENTION`` unread (and unchecked)."""
         if retention_ms is None and read_retention:
-            retention_ms = _env_retention()
+            retention_ms = env_retention()
         return cls(
             amqp_url=amqp_url or os.environ.get("LEDGERFLOW_AMQP_URL", DEFAULT_AMQP_URL),
             redis_url=redis_url or os.environ.get("LEDGERFLOW_REDIS_URL", DEFAULT_REDIS_URL),
@@ -43,7 +43,7 @@ class Settings:
         )
 
 
-def _env_retention() -> int | None:
+def env_retention() -> int | None:
     """``LEDGERFLOW_RETENTION`` (e.g. 7d, 12h, 30m) in ms; unset or empty: none."""
     text = os.environ.get("LEDGERFLOW_RETENTION", "").strip()
     if not text:

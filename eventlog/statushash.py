@@ -2,10 +2,11 @@
 
 The status hash is a cache of the fold that the append script keeps in step
 with the stream (see ``lua``): run-wide fields (``run``, ``wf``, ``created``,
-``last``, ``n``) and per-entity fields named by a one-letter prefix and the
-entity's correlation id. Every module that reads or writes the hash names its
-fields through this one, and the Lua scripts get the same names from
-``lua_helpers()``, so the layout cannot drift between the stores.
+``last``, ``n``, and for retention ``ret`` and ``end``) and per-entity fields
+named by a one-letter prefix and the entity's correlation id. Every module that
+reads or writes the hash names its fields through this one, and the Lua scripts
+get the same names from ``lua_helpers()``, so the layout cannot drift between
+the stores.
 """
 
 from __future__ import annotations

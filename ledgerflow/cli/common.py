@@ -15,7 +15,7 @@ from typing import Any
 
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import ConfigurationError, UnknownWorkflowError
-from ledgerflow.eventlog.settings import Settings
+from ledgerflow.eventlog.settings import Settings, env_retention
 from ledgerflow.scheduler.registry import WorkflowFunction, workflows
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -29,8 +29,13 @@ EXIT_CODES = (
 
 def settings_of(args: argparse.Namespace) -> Settings:
     """The servers and namespace: the global options first, then the environment."""
-    retention: int | None = getattr(args, "retention", None)  # the reconciler's --retention
-    return Settings.from_env(args.amqp_url, args.redis_url, args.namespace, retention)
+    return Settings.from_env(args.amqp_url, args.redis_url, args.namespace, retention_of(args))
+
+
+def retention_of(args: argparse.Namespace) -> int | None:
+    """The namespace default retention (ms): the reconciler's --retention, else the environment."""
+    given: int | None = getattr(args, "retention", None)
+    return given if given is not None else env_retention()
 
 
 def import_app(app: str) -> Any:

@@ -21,7 +21,7 @@ from ledgerflow.worker.backend import Backends
 from ledgerflow.worker.registry import steps
 
 from .args import port_number, positive_float
-from .common import settings_of
+from .common import retention_of
 
 log = structlog.get_logger("ledgerflow.metrics")
 
@@ -80,7 +80,7 @@ async def exported(
         depth=lambda queue: _depth(backends, queue),
         queues=[names.runs_queue, names.dead_queue, *(names.step_queue(q) for q in step_queues)],
         interval=args.metrics_interval,
-        retention_ms=settings_of(args).retention_ms,
+        retention_ms=retention_of(args),
     )
     sampler.start()
     log.info("metrics served", addr=args.metrics_addr, port=server.server_port)
