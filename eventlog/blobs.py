@@ -308,3 +308,18 @@ class BlobCache:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0
+
+
+async def fetch_run_blobs(store: BlobStore, run_id: str) -> dict[str, bytes]:
+    """Every value the run stored out of line, by digest, each verified as it is fetched.
+
+    What makes a copy of a run self-contained (``runs export``, archives). Read
+    after the run's log: a finished run gains no blob (the put script refuses it).
+    """
+    stored: dict[str, bytes] = {}
+    for digest in sorted(await store.blob_digests(run_id)):
+        size = await store.blob_size(run_id, digest)
+        ref = BlobRef(digest, size or 0)
+        check_declared(run_id, ref)
+        stored[digest] = await store.get_blob(run_id, ref)
+    return stored

@@ -171,6 +171,21 @@ def inspecting() -> Iterator[None]:
         _inspecting.reset(token)
 
 
+@contextlib.contextmanager
+def exact() -> Iterator[None]:
+    """Decode strictly again inside ``inspecting()``: an unknown class stays an error.
+
+    For code that copies what it reads somewhere else and then deletes the
+    original (``runs archive``): an ``Unregistered`` stand-in re-encodes as
+    something else, so a copy made through one would not be the run.
+    """
+    token = _inspecting.set(False)
+    try:
+        yield
+    finally:
+        _inspecting.reset(token)
+
+
 def is_inspecting() -> bool:
     return _inspecting.get()
 

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from ledgerflow.broker import Activation, Broker
 from ledgerflow.eventlog import codec, records
-from ledgerflow.eventlog.blobs import BlobRef, check_declared, fetch_value
+from ledgerflow.eventlog.blobs import BlobRef, fetch_run_blobs, fetch_value
 from ledgerflow.eventlog.errors import (
     BrokerError,
     HistoryLimitError,
@@ -295,13 +295,7 @@ class Client:
         """
         with _naming_run(run_id):
             events = await self.store.read(run_id)
-            blobs = self.store.blob_store
-            stored = {}
-            for digest in sorted(await blobs.blob_digests(run_id)):
-                size = await blobs.blob_size(run_id, digest)
-                ref = BlobRef(digest, size or 0)
-                check_declared(run_id, ref)
-                stored[digest] = await blobs.get_blob(run_id, ref)
+            stored = await fetch_run_blobs(self.store.blob_store, run_id)
         return History(events, run_id=run_id, blobs=stored)
 
     async def state(self, run_id: str) -> RunState:

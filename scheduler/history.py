@@ -26,15 +26,22 @@ File format (JSON Lines, UTF-8), one JSON object per line:
 
 Every event type is carried the same way: nothing here knows what a step, a
 wait or a hook is, so new event kinds need no change to the format.
+
+A history may be gzip-compressed (``runs archive`` writes ``<run>.jsonl.gz``):
+loading recognises gzip by its magic bytes, whatever the file is called, and
+writing to a path ending in ``.gz`` compresses; the lines inside are the same.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import hashlib
+import io
 import json
 import os
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -73,6 +80,7 @@ from .values import DELIVERED
 
 FORMAT_VERSION = 1
 HEADER_KEY = "ledgerflow_history"
+GZIP_MAGIC = b"\x1f\x8b"
 
 # Run failures the scheduler records on its own, not as the workflow's outcome: the
 # code never got to see them, so the log cannot be held to what the code does next.
@@ -124,7 +132,27 @@ def dump_history(
 
     ``run_id`` defaults to the one a loaded :class:`History` carries. Every line is
     built before anything is written, so an event that cannot be encoded leaves no
-    half-written file behind.
+    half-written file behind. A path ending in ``.gz`` is written gzip-compressed.
+    """
+    events = list(events) if not isinstance(events, History) else events
+    text = format_history(events, run_id=run_id)
+    if isinstance(fp, (str, os.PathLike)):
+        if os.fspath(fp).endswith(".gz"):
+            with open(fp, "wb") as raw:
+                raw.write(compress_history(text))
+        else:
+            with open(fp, "w", encoding="utf-8") as out:
+                out.write(text)
+    else:
+        fp.write(text)
+    return len(events)
+
+
+def format_history(events: Iterable[Event], *, run_id: str | None = None) -> str:
+    """The whole history file as text: the header line, then one line per event.
+
+    What ``dump_history`` writes and ``runs archive`` compresses; raises
+    HistoryError without ``run_id`` (unless ``events`` is a History carrying one).
     """
     blobs = events.blobs if isinstance(events, History) else {}
     if run_id is None and isinstance(events, History):
@@ -145,13 +173,16 @@ def dump_history(
     lines = [_dumps(header)]
     lines.extend(_dumps(_blob_line(digest, blobs[digest])) for digest in sorted(blobs))
     lines.extend(_dumps(_event_line(event)) for event in events)
-    text = "".join(line + "\n" for line in lines)
-    if isinstance(fp, (str, os.PathLike)):
-        with open(fp, "w", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        fp.write(text)
-    return len(events)
+    return "".join(line + "\n" for line in lines)
+
+
+def compress_history(text: str) -> bytes:
+    """A history's text gzip-compressed, with no timestamp in the gzip header.
+
+    The same run always compresses to the same bytes, so archiving a run twice
+    (after an interrupted removal) writes an identical file.
+    """
+    return gzip.compress(text.encode("utf-8"), mtime=0)
 
 
 def _blob_line(digest: str, data: bytes) -> dict[str, Any]:
@@ -189,7 +220,7 @@ def json_view(value: Any) -> Any:
 
 
 def load_history(source: IO[str] | Source) -> History:
-    """Read a history file (a path, or an open text stream).
+    """Read a history file (a path, or an open text stream); a gzip-compressed file too.
 
     Classes in the data are rebuilt only if registered (``@lf.serializable``), or
     dataclasses and pydantic models of an allowed, imported module, as everywhere
@@ -199,11 +230,32 @@ def load_history(source: IO[str] | Source) -> History:
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         try:
-            with open(source, encoding="utf-8") as fp:
-                return _load(fp, name)
+            with open(source, "rb") as raw:
+                data = raw.read()
         except OSError as exc:
             raise HistoryError(f"cannot read history file {name}: {exc.strerror or exc}") from exc
+        return loads_history(data, name=name)
     return _load(source, str(getattr(source, "name", "<stream>")))
+
+
+def loads_history(data: bytes, *, name: str = "<bytes>") -> History:
+    """A history from the bytes of a file (plain or gzip-compressed), e.g. from an archive sink.
+
+    gzip is recognised by its magic bytes, not by a name, so a renamed archive
+    still loads; a truncated or corrupt one is a HistoryFormatError.
+    """
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise HistoryFormatError(
+                f"{name}: not a readable gzip file (truncated or corrupt?): {exc}"
+            ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HistoryFormatError(f"{name}: not UTF-8 text ({exc})") from None
+    return _load(io.StringIO(text), name)
 
 
 def _load(fp: IO[str], name: str) -> History:
@@ -433,7 +485,7 @@ def replay(
             decision = instance.decide()
     finally:
         instance.close()
-    outcome = _as_recorded(decision.outcome)
+    outcome = _as_recorded(decision.outcome, definition.name)
     if isinstance(outcome, Failed) and isinstance(outcome.error, ReplayDivergenceError):
         raise outcome.error
     terminal = next((e for e in reversed(events) if e.type in RUN_TERMINAL), None)
@@ -517,11 +569,11 @@ def _check_outcome(run_id: str, terminal: Event, outcome: Outcome | None) -> Non
     raise ReplayDivergenceError(run_id, "end", recorded, _describe_outcome(outcome))
 
 
-def _as_recorded(outcome: Outcome | None) -> Outcome | None:
+def _as_recorded(outcome: Outcome | None, workflow: str) -> Outcome | None:
     """A result the log cannot hold ends the run failed, as the scheduler would record it."""
     if isinstance(outcome, Completed):
         try:
-            codec.encode(outcome.result, what="the workflow's result")
+            outcome.recorded_as(workflow)
         except SerializationError as exc:
             return Failed(exc)
     return outcome

@@ -32,7 +32,7 @@ from ledgerflow.eventlog.errors import (
     StepFailedError,
     WaitTimeout,
 )
-from ledgerflow.eventlog.events import Event, EventType, id_order
+from ledgerflow.eventlog.events import Event, EventType, NewEvent, id_order
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.names import MAX_RUN_ID, check_hook_token
 from ledgerflow.eventlog.records import (
@@ -214,6 +214,17 @@ class Hook:
 @dataclass(frozen=True, slots=True)
 class Completed:
     result: Any
+
+    def recorded_as(self, workflow: str) -> NewEvent:
+        """The run_completed that records this result, large values out of line: the one
+        way both the scheduler and a replay test encode it (a result the log cannot hold
+        raises SerializationError, and the run ends failed instead)."""
+        return NewEvent.of(
+            EventType.RUN_COMPLETED,
+            data={"result": self.result},
+            what=f"result of workflow {workflow!r}",
+            offload=(("result",),),
+        )
 
 
 @dataclass(frozen=True, slots=True)

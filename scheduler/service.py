@@ -552,12 +552,7 @@ class Scheduler:
             return continued_end(instance.run_id, instance.definition.name, outcome)
         if isinstance(outcome, Completed):
             try:
-                return NewEvent.of(
-                    EventType.RUN_COMPLETED,
-                    data={"result": outcome.result},
-                    what=f"result of workflow {instance.definition.name!r}",
-                    offload=(("result",),),
-                )
+                return outcome.recorded_as(instance.definition.name)
             except SerializationError as exc:
                 return _failed(exc)
         return _failed(outcome.error)

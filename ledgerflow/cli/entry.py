@@ -30,7 +30,19 @@ from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.urls import redact_text
 from ledgerflow.ops.logs import configure_logging
 
-from . import consistency, dashboard, deletion, dlq, hooks, processes, queues, replay, runs, start
+from . import (
+    archive,
+    consistency,
+    dashboard,
+    deletion,
+    dlq,
+    hooks,
+    processes,
+    queues,
+    replay,
+    runs,
+    start,
+)
 from .common import (
     EXIT_CODES,
     EXIT_FAILED,
@@ -68,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.register(sub, runs_commands)
     runs.register(runs_commands)
     deletion.register(runs_commands)
+    archive.register(runs_commands)
     dlq.register(sub)
     queues.register(sub)
     dashboard.register(sub)

@@ -39,6 +39,7 @@ from ledgerflow.worker.service import (
     worker_identity,
 )
 
+from .archive import add_retention_archive_options, retention_disposer
 from .args import non_negative_float, positive_float, positive_int, retention_arg
 from .common import EXIT_OK, import_app, settings_of
 from .metrics import add_options as add_metrics_options
@@ -109,7 +110,12 @@ async def cmd_reconciler(args: argparse.Namespace) -> int:
             ttl_ms=int(args.lease_ttl * 1000),
         )
         # Runs past their retention are removed each sweep, under the same lease.
-        janitor = Janitor(backends.store, default_retention_ms=settings_of(args).retention_ms)
+        # With --retention-archive each such run is archived first (scheduler/archive.py).
+        janitor = Janitor(
+            backends.store,
+            default_retention_ms=settings_of(args).retention_ms,
+            dispose=retention_disposer(args, backends.store),
+        )
         reconciler = Reconciler(
             backends.store,
             backends.broker,
@@ -243,5 +249,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="remove finished runs this long after they finished, e.g. 7d, 12h, 30m, unless "
         "their workflow declares its own retention (default: $LEDGERFLOW_RETENTION, else keep)",
     )
+    add_retention_archive_options(reconciler)
     add_metrics_options(reconciler)
     reconciler.set_defaults(handler=cmd_reconciler)

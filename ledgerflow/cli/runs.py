@@ -23,8 +23,10 @@ from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.store import RunLog
 from ledgerflow.ops.backlog import entry_ms
 from ledgerflow.ops.timeline import TimelineRow, render, timeline
+from ledgerflow.scheduler.archive import read_archive
 from ledgerflow.scheduler.chains import successors
 from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.history import HistoryError
 from ledgerflow.scheduler.reconciler import DEFAULT_STALE_AFTER, Reconciler, Recovery
 from ledgerflow.worker.backend import connect
 
@@ -62,10 +64,24 @@ async def cmd_runs_events(args: argparse.Namespace) -> int:
 
 
 async def cmd_runs_show(args: argparse.Namespace) -> int:
-    events = await _read_run(args)
-    state = fold(args.run_id, events)
+    """The timeline of a run in Redis, or (``--archive FILE``) of an archived one."""
+    if bool(args.run_id) == bool(args.archive):
+        print("ledgerflow: name a RUN_ID or pass --archive FILE (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.archive:
+        try:
+            history = await read_archive(args.archive)
+        except HistoryError as exc:
+            print(f"ledgerflow: {printable(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        return _show(history.run_id or "?", list(history), as_json=args.json)
+    return _show(args.run_id, await _read_run(args), as_json=args.json)
+
+
+def _show(run_id: str, events: list[Event], *, as_json: bool) -> int:
+    state = fold(run_id, events)
     rows = timeline(events)
-    if args.json:
+    if as_json:
         print(json.dumps([row.__dict__ for row in rows], default=json_default))
         return EXIT_OK
     print(
@@ -316,8 +332,14 @@ def add_group(
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Add ``runs`` with ``show``, ``events`` and ``cancel``; its subcommands, for the rest."""
     runs = sub.add_parser("runs", help="inspect runs").add_subparsers(dest="runs", required=True)
-    show = runs.add_parser("show", help="a run's timeline")
-    show.add_argument("run_id", type=run_id_arg)
+    show = runs.add_parser("show", help="a run's timeline", epilog=EXIT_CODES)
+    show.add_argument("run_id", nargs="?", type=run_id_arg)
+    show.add_argument(
+        "--archive",
+        metavar="FILE",
+        help="show an archived run instead: a file from `runs archive` or `runs export` "
+        "(or s3://BUCKET/PREFIX/RUN.jsonl.gz)",
+    )
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_runs_show)
     events = runs.add_parser("events", help="a run's raw events")

@@ -8,6 +8,9 @@ commit it, and replay it in a test::
     def test_order_history_still_replays() -> None:
         testing.replay("tests/histories/order.jsonl", process_order)
 
+An archive from ``ledgerflow runs archive`` (``RUN_ID.jsonl.gz``) replays the same
+way: histories are read gzip-compressed or plain, whatever the file is called.
+
 ``replay`` raises ``lf.ReplayDivergenceError``, naming the position (``s5``,
 ``start`` or ``end``), when the code would now do something other than what the
 log recorded: exactly what would break that run if it were still in flight when

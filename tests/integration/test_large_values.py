@@ -15,14 +15,16 @@ from ledgerflow.eventlog.blobs import BlobCache, BlobRef, fetch_value
 from ledgerflow.eventlog.errors import BlobError
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.records import StepCreated
-from ledgerflow.eventlog.store import RemoveOutcome
+from ledgerflow.scheduler.archive import ArchiveOutcome, Archiver, read_archive
 from ledgerflow.scheduler.client import Client
 from ledgerflow.scheduler.history import dump_history, load_history
+from ledgerflow.scheduler.janitor import Janitor
 from ledgerflow.scheduler.service import Scheduler
 from ledgerflow.worker.service import Worker
 
 import ledgerflow as lf
 from ledgerflow import testing
+from ledgerflow.ops.archive import DirectorySink
 from tests.apps import large
 
 pytestmark = pytest.mark.integration
@@ -87,9 +89,31 @@ async def test_a_ten_mb_step_result_round_trips_out_of_line(
     assert names.blob_set(run.run_id) == f"{names.namespace}:blobs:{{{run.run_id}}}"
     assert await redis_client.strlen(names.blob(run.run_id, ref.digest)) == ref.size
 
-    # Removed with its run (retention, deletion, archives all go through remove_run).
-    assert await backends.store.remove_run(run.run_id) is RemoveOutcome.REMOVED
+    # Removed with its run by retention (the namespace default, here 1 ms).
+    await asyncio.sleep(0.01)
+    report = await Janitor(backends.store, default_retention_ms=1, observers=[]).sweep()
+    assert report.removed == 1
     assert await redis_client.exists(names.blob_set(run.run_id)) == 0
+    assert await redis_client.keys(f"{names.namespace}:blob:*") == []
+    with pytest.raises(lf.RunNotFoundError):
+        await run.result(timeout=5)
+
+
+async def test_an_archive_of_a_ten_mb_result_carries_it_and_replays(
+    running: Client, backends: Any, redis_client: Any, tmp_path: Path
+) -> None:
+    run = await running.start(large.round_trip, large.TEN_MB, "c")
+    await run.result(timeout=120)
+    archived = await Archiver(backends.store, DirectorySink(tmp_path)).archive(run.run_id)
+    assert archived.outcome is ArchiveOutcome.ARCHIVED
+    history = await read_archive(tmp_path / archived.name)
+    assert len(history.blobs) == 2  # the step result, the run result
+    assert any(len(blob) > large.TEN_MB for blob in history.blobs.values())
+    outcome = testing.replay(tmp_path / archived.name, large.round_trip)
+    assert outcome.finished and "completed" in outcome.summary()
+    # Archiving removed the run, its offloaded values with it.
+    names = backends.store.names
+    assert await redis_client.exists(names.blob_set(run.run_id), names.stream(run.run_id)) == 0
     assert await redis_client.keys(f"{names.namespace}:blob:*") == []
 
 
