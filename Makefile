@@ -68,6 +68,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	cd build/__editable__.*/ && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml \
 		--cache-dir $(CURDIR)/.mypy_cache -p ledgerflow
+	$(VENV)/bin/mypy --config-file pyproject.toml --cache-dir .mypy_cache_bench bench
 
 test: $(STAMP) services browser lint
 	$(VENV)/bin/pytest -q

@@ -8,6 +8,7 @@ explicit and prefixed ``bench_`` so it can never collide with an application's.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import ledgerflow as lf
 
@@ -82,3 +83,13 @@ async def storage(size: int) -> int:
     for i in range(STORAGE_STEPS):
         total += len(await payload(i, size))
     return total
+
+
+RETENTION_SECONDS = 2
+
+
+@lf.workflow(name="bench_short", retention=timedelta(seconds=RETENTION_SECONDS))
+async def short(i: int) -> int:
+    """One step, kept ``RETENTION_SECONDS`` after it ends: the stream of short runs whose
+    Redis memory must stay flat once retention removes them as fast as they come."""
+    return int(await inc(i))

@@ -19,7 +19,7 @@ FLOOR_TIMEOUT = 10.0
 FLOOR_ATTEMPTS = 3
 SLEEP_TARGET_MS = 100.0
 IDLE_SECONDS = 3.0
-SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep", "storage")
+SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep", "storage", "retention")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Sizes:
     long_window: int = 100
     storage_runs: int = 20
     storage_payload: int = 256 * 1024
+    retention_runs: int = 200_000
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -52,6 +53,7 @@ class Sizes:
                 long=400,
                 soak_waves=200,
                 storage_runs=5,
+                retention_runs=5_000,
             )
         return cls(
             floor_amqp=2000,

@@ -22,6 +22,7 @@ from bench.results import (
     LongResult,
     ManyResult,
     Outcome,
+    RetentionResult,
     SleepResult,
     SoakResult,
     StorageResult,
@@ -36,7 +37,20 @@ def describe(outcome: Outcome) -> str:
         return f"  FAILED: {outcome.error}"
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in outcome.cpu_percent_of_one_core.items())
     lines = []
-    if isinstance(r, StorageResult):
+    if isinstance(r, RetentionResult):
+        verdict = "PASS" if r.growth < 0.10 else "FAIL"
+        lines.append(
+            f"  {r.runs} one-step runs with a {r.retention_s:g} s retention in {r.wall_s:.1f} s "
+            f"({fmt(r.runs_per_s, 0)} runs/s); {r.removed} removed, {r.left_runs} left"
+        )
+        lines.append(
+            f"  used_memory: {r.used_memory_start / 2**20:.1f} MiB before; after the first "
+            f"retention period ({r.samples} samples) first {r.steady_first / 2**20:.1f}, min "
+            f"{r.steady_min / 2**20:.1f}, max {r.steady_max / 2**20:.1f}, last "
+            f"{r.steady_last / 2**20:.1f} MiB; {r.used_memory_end / 2**20:.1f} MiB at the end"
+        )
+        lines.append(f"  growth {r.growth * 100:.1f} % -> {verdict} (target: flat within 10 %)")
+    elif isinstance(r, StorageResult):
         lines.append(
             f"  {r.runs} finished runs of {r.steps_per_run} steps, tiny results: "
             f"{fmt(r.small_events_per_run, 0)} events, {fmt(r.small_bytes_per_run, 0)} bytes "
@@ -209,6 +223,13 @@ def summary_table(floor: Floor, outcomes: dict[str, Outcome]) -> str:
             rows.append(f"{name:<10} FAILED: {(outcome.error or '')[:300]}")
             continue
         mark = "  [DISTURBED: see above]" if outcome.disturbed else ""
+        if isinstance(r, RetentionResult):
+            rows.append(
+                f"{name:<10} {r.runs:>6} {r.wall_s:>7.2f} {fmt(r.runs_per_s, 0):>8} {'-':>7} "
+                f"{'-':>7}  used_memory growth {r.growth * 100:.1f} % after the first "
+                f"retention period (runs/s in the steps/s column){mark}"
+            )
+            continue
         if isinstance(r, StorageResult):
             rows.append(
                 f"{name:<10} {r.runs * 2:>6} {r.wall_s:>7.2f} {'-':>8} {'-':>7} {'-':>7}  "

@@ -184,8 +184,45 @@ class StorageResult:
     correct: bool
 
 
+@dataclass(frozen=True)
+class RetentionResult:
+    """Redis ``used_memory`` while a stream of short runs is removed by retention.
+
+    Sampled once a second. ``steady_*`` covers the samples taken after the first
+    retention period (plus the janitor's sweep interval) until the last run was
+    started: memory there must stay flat, since runs are removed as fast as they
+    come. ``growth`` is (max - first) / first over that window.
+    """
+
+    runs: int
+    retention_s: float
+    wall_s: float
+    runs_per_s: float
+    steps_per_s: None
+    samples: int
+    used_memory_start: int
+    steady_first: int
+    steady_min: int
+    steady_max: int
+    steady_last: int
+    used_memory_end: int
+    growth: float
+    removed: int
+    left_runs: int
+    ratio_to_floor: None
+    ratio_name: str
+    correct: bool
+
+
 ScenarioResult = (
-    FanoutResult | ManyResult | ChainResult | LongResult | SoakResult | SleepResult | StorageResult
+    FanoutResult
+    | ManyResult
+    | ChainResult
+    | LongResult
+    | SoakResult
+    | SleepResult
+    | StorageResult
+    | RetentionResult
 )
 
 

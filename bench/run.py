@@ -179,6 +179,7 @@ async def bench(args: argparse.Namespace) -> int:
                 )
                 ctx = Context(
                     client=client,
+                    store=backends.store,
                     sizes=sizes,
                     floor=floor,
                     names=names,
