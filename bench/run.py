@@ -71,6 +71,7 @@ from bench.results import Outcome
 from bench.scenarios import SCENARIO_FNS, Context, queue_depths
 from bench.stats import fmt
 from ledgerflow.cli.supervisor import run_with_loop
+from ledgerflow.ops.logs import configure_logging
 from ledgerflow.testing.namespace import delete_namespace
 
 
@@ -293,6 +294,9 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # The benchmark's own process (the client, the janitor of the retention scenario)
+    # reports warnings only: a line per removed run would cost more than the removal.
+    configure_logging("warning")
     try:
         return run_with_loop(amain(args), args.loop)  # the same choice the CLI makes
     except (KeyboardInterrupt, asyncio.CancelledError):
