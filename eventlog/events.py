@@ -47,8 +47,9 @@ class Event:
     """One recorded entry of a run's log.
 
     ``data`` is the decoded payload as stored (what exports and JSON views show);
-    ``record`` is the same data as its type's typed record, decoded once here, so
-    readers never inspect ``data`` themselves.
+    ``record`` is the same data as its type's typed record, decoded once, on first
+    use (a waiter that skips a run's events never pays for them), so readers never
+    inspect ``data`` themselves.
     """
 
     id: str
@@ -57,10 +58,16 @@ class Event:
     data: Any
     ts: int
     v: int = SCHEMA_VERSION
-    record: Record = field(init=False, repr=False, compare=False)
+    _record: Record | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "record", decode_record(self.type, self.data))
+    @property
+    def record(self) -> Record:
+        record = self._record
+        if record is None:
+            # Decoding never raises and depends on type and data alone: caching is safe.
+            record = decode_record(self.type, self.data)
+            object.__setattr__(self, "_record", record)
+        return record
 
     @property
     def attempt(self) -> int | None:
