@@ -21,7 +21,7 @@ from .kinds import (
     STEP_OUTCOMES,
     EventType,
 )
-from .records import Record, attempt_of, decode_record
+from .records import Record, RunCreated, attempt_of, decode_record
 from .timers import Timer
 
 __all__ = [
@@ -190,6 +190,23 @@ class NewEvent:
             blobs=blobs,
             retention_ms=retention_ms,
         )
+
+
+def run_created(record: RunCreated, *, what: str, offload_args: bool = False) -> NewEvent:
+    """The run_created that records ``record``: one way for a producer's start, a child's
+    start and a continuation, so the workflow name and retention the append script keeps
+    (its key and retention slot) are always the record's own. ``offload_args``: large
+    arguments go out of line (a producer's start; children and continuations keep theirs
+    inline)."""
+    return NewEvent.of(
+        EventType.RUN_CREATED,
+        data=record.as_data(),
+        workflow=record.workflow or "",
+        retention_ms=record.retention_ms,
+        what=what,
+        envelope=2,  # {"args": [...]} (and a continuation's {"hook_payloads": [...]})
+        offload=(("args", "*"), ("kwargs", "*")) if offload_args else (),
+    )
 
 
 @dataclass(frozen=True, slots=True)

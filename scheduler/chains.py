@@ -34,7 +34,7 @@ from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     WorkflowMismatchError,
 )
-from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.events import EventType, NewEvent, run_created
 from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.records import ParentRef, RunCompleted, RunCreated
 from ledgerflow.eventlog.retrying import retrying
@@ -72,22 +72,16 @@ async def create_successor(
     continue this one raises ContinuationRunIdTakenError (the old run then fails
     with that reason rather than adopting a stranger).
     """
-    created = NewEvent.of(
-        EventType.RUN_CREATED,
-        data=RunCreated(
-            workflow=workflow,
-            args=outcome.args,
-            kwargs=outcome.kwargs,
-            parent=parent,
-            continued_from=run_id,
-            carried=outcome.carried,
-            retention_ms=retention_ms,
-        ).as_data(),
+    record = RunCreated(
         workflow=workflow,
+        args=outcome.args,
+        kwargs=outcome.kwargs,
+        parent=parent,
+        continued_from=run_id,
+        carried=outcome.carried,
         retention_ms=retention_ms,
-        what=f"arguments of lf.continue_as_new in workflow {workflow!r}",
-        envelope=2,  # {"args": [...]}, {"hook_payloads": [...]}
     )
+    created = run_created(record, what=f"arguments of lf.continue_as_new in workflow {workflow!r}")
     try:
         (result,) = await store.append(outcome.run_id, [created])
     except WorkflowMismatchError:

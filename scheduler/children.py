@@ -23,7 +23,7 @@ from ledgerflow.eventlog.errors import (
     WorkflowMismatchError,
     error_type_name,
 )
-from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.events import Event, EventType, NewEvent, run_created
 from ledgerflow.eventlog.kinds import StepStatus
 from ledgerflow.eventlog.records import (
     ParentRef,
@@ -55,14 +55,7 @@ async def start_child(
         parent=ParentRef(parent_run_id, command.corr),
         retention_ms=retention_ms,
     )
-    created = NewEvent.of(
-        EventType.RUN_CREATED,
-        data=record.as_data(),
-        workflow=command.workflow,
-        retention_ms=retention_ms,
-        what=f"arguments of child workflow {command.workflow!r}",
-        envelope=2,
-    )
+    created = run_created(record, what=f"arguments of child workflow {command.workflow!r}")
     try:
         (result,) = await store.append(command.child_run_id, [created])
     except WorkflowMismatchError:

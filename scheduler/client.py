@@ -28,7 +28,7 @@ from ledgerflow.eventlog.errors import (
     ServiceUnavailableError,
     WorkflowFailedError,
 )
-from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent
+from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent, run_created
 from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus, RunStatus, StepStatus
@@ -145,15 +145,7 @@ class Client:
             kwargs=kwargs,
             retention_ms=definition.retention_ms if definition is not None else None,
         )
-        created = NewEvent.of(
-            EventType.RUN_CREATED,
-            data=record.as_data(),
-            workflow=name,
-            retention_ms=record.retention_ms,
-            what=f"arguments of workflow {name!r}",
-            envelope=2,
-            offload=(("args", "*"), ("kwargs", "*")),
-        )
+        created = run_created(record, what=f"arguments of workflow {name!r}", offload_args=True)
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
         await self._publish_activation(Activation(run_id=run_id, reason="start"), "run_created")
