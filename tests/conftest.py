@@ -113,19 +113,10 @@ async def backends(
 @pytest.fixture
 async def running(backends: Any) -> AsyncIterator[Any]:
     """A worker and a scheduler in this process on the real servers, plus a client."""
-    from ledgerflow.scheduler.client import Client
-    from ledgerflow.scheduler.service import Scheduler
-    from ledgerflow.worker.service import Worker
+    from ledgerflow.scheduler.embedded import serving
 
-    worker = Worker(backends.store, backends.broker, concurrency=16)
-    scheduler = Scheduler(backends.store, backends.broker)
-    await worker.start()
-    await scheduler.start()
-    try:
-        yield Client(backends.store, backends.broker)
-    finally:
-        await scheduler.stop()
-        await worker.stop()
+    async with serving(backends.store, backends.broker) as client:
+        yield client
 
 
 @pytest.fixture

@@ -16,6 +16,11 @@ async def poll(done: int) -> int:
 @lf.workflow(name="ch_poller")
 async def poller(total: int, every: int, done: int = 0) -> int:
     """Polls until ``total`` polls are done, continuing as new every ``every`` polls."""
+    return await _polls(total, every, done)
+
+
+async def _polls(total: int, every: int, done: int) -> int:
+    """Up to ``every`` polls; then the end, or the same workflow continued as new."""
     for _ in range(every):
         if done >= total:
             return done
@@ -28,13 +33,7 @@ async def poller(total: int, every: int, done: int = 0) -> int:
 @lf.workflow(name="ch_kept_poller", retention=timedelta(hours=1))
 async def kept_poller(total: int, every: int, done: int = 0) -> int:
     """``poller`` with a retention of its own, which every link of its chain keeps."""
-    for _ in range(every):
-        if done >= total:
-            return done
-        done = await poll(done)
-    if done >= total:
-        return done
-    lf.continue_as_new(total, every, done=done)
+    return await _polls(total, every, done)
 
 
 @lf.workflow(name="ch_inbox")

@@ -13,10 +13,10 @@ import pytest
 from ledgerflow.eventlog.events import EventType
 from ledgerflow.eventlog.records import HookCreated, RunCompleted, RunCreated
 from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.embedded import serving
 from ledgerflow.scheduler.historylimits import HistoryLimits
 from ledgerflow.scheduler.reconciler import Reconciler
 from ledgerflow.scheduler.service import Scheduler
-from ledgerflow.worker.service import Worker
 from structlog.testing import capture_logs
 
 import ledgerflow as lf
@@ -39,15 +39,10 @@ def no_faults_left() -> Any:
 
 @contextlib.asynccontextmanager
 async def fleet(backends: Any, limits: HistoryLimits) -> AsyncIterator[Client]:
-    worker = Worker(backends.store, backends.broker, concurrency=8)
-    scheduler = Scheduler(backends.store, backends.broker, history=limits)
-    await worker.start()
-    await scheduler.start()
-    try:
-        yield Client(backends.store, backends.broker)
-    finally:
-        await scheduler.stop()
-        await worker.stop()
+    async with serving(
+        backends.store, backends.broker, concurrency=8, scheduler={"history": limits}
+    ) as client:
+        yield client
 
 
 async def chain_of(client: Client, run_id: str) -> list[str]:

@@ -17,10 +17,9 @@ from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.scheduler.archive import ArchiveOutcome, Archiver, read_archive
 from ledgerflow.scheduler.client import Client
+from ledgerflow.scheduler.embedded import serving
 from ledgerflow.scheduler.history import dump_history, load_history
 from ledgerflow.scheduler.janitor import Janitor
-from ledgerflow.scheduler.service import Scheduler
-from ledgerflow.worker.service import Worker
 
 import ledgerflow as lf
 from ledgerflow import testing
@@ -34,15 +33,10 @@ pytestmark = pytest.mark.integration
 async def uncached(backends: Any) -> AsyncIterator[Client]:
     """A worker and a scheduler that caches no instance: every activation replays from the
     start, so every offloaded value replay delivers is fetched again (a cache miss)."""
-    worker = Worker(backends.store, backends.broker, concurrency=4)
-    scheduler = Scheduler(backends.store, backends.broker, cache_size=0)
-    await worker.start()
-    await scheduler.start()
-    try:
-        yield Client(backends.store, backends.broker)
-    finally:
-        await scheduler.stop()
-        await worker.stop()
+    async with serving(
+        backends.store, backends.broker, concurrency=4, scheduler={"cache_size": 0}
+    ) as client:
+        yield client
 
 
 def expected(size: int, seed: str) -> bytes:
