@@ -22,12 +22,10 @@ from dataclasses import dataclass
 
 import structlog
 from ledgerflow.eventlog import codec
-from ledgerflow.eventlog import statushash as sh
 from ledgerflow.eventlog.blobs import fetch_run_blobs
 from ledgerflow.eventlog.errors import SerializationError
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event
-from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
-from ledgerflow.eventlog.store import EventStore, RemovalIndex, RemoveOutcome
+from ledgerflow.eventlog.store import EventStore, RemoveOutcome
 
 from ledgerflow.ops.archive import ArchiveError, ArchiveSink, archive_name, open_sink
 from ledgerflow.ops.archive.sink import S3_SCHEME
@@ -131,39 +129,6 @@ _ARCHIVED_AS = {
     RemoveOutcome.MOVED: ArchiveOutcome.MOVED,
 }
 _REMOVED_AS = {archived: removed for removed, archived in _ARCHIVED_AS.items()}
-
-
-async def finished_before(
-    store: EventStore,
-    before_ms: int,
-    *,
-    statuses: frozenset[str] = frozenset(RUN_TERMINAL_STATES),
-    limit: int,
-) -> list[str]:
-    """Up to ``limit`` finished runs, finished at or before ``before_ms``, with a status asked.
-
-    Read from the retention indexes, oldest first per shard, a page of each: the
-    finished index is scored by finish time; the expire index (runs with a
-    retention of their own) by when they are due, so there the finish time in
-    the status hash decides. Runs a filter skips stay in the index, so one call
-    looks at most at ``PAGE`` runs per shard and index; archiving removes what
-    it takes, so the next call sees the next ones.
-    """
-    found: dict[str, None] = {}
-    for shard in range(store.names.shards):
-        if len(found) >= limit:
-            break
-        candidates = await store.due_removals(RemovalIndex.FINISHED, shard, before_ms, PAGE)
-        candidates += await store.due_removals(RemovalIndex.EXPIRE, shard, _FAR_FUTURE_MS, PAGE)
-        for run_id, status in zip(candidates, await store.statuses(candidates), strict=True):
-            ended = int(status.get(sh.ENDED, "0") or 0)
-            if status.get(sh.RUN) in statuses and ended <= before_ms:
-                found[run_id] = None
-    return list(found)[:limit]
-
-
-PAGE = 10_000
-_FAR_FUTURE_MS = 2**53
 
 
 async def read_archive(target: str | os.PathLike[str]) -> History:

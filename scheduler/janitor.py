@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
-from ledgerflow.eventlog.store import EventLog, Maintenance, RemovalIndex, RemoveOutcome
+from ledgerflow.eventlog import statushash as sh
+from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
+from ledgerflow.eventlog.store import (
+    EventLog,
+    EventStore,
+    Maintenance,
+    RemovalIndex,
+    RemoveOutcome,
+)
 
 from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
@@ -132,3 +140,37 @@ class Janitor:
         report.left[outcome.value] += 1
         if outcome is not RemoveOutcome.NOT_FOUND:  # already gone: nothing to say
             log.warning("run past its retention left in place", run_id=run_id, outcome=outcome)
+
+
+async def finished_before(
+    store: EventStore,
+    before_ms: int,
+    *,
+    statuses: frozenset[str] = frozenset(RUN_TERMINAL_STATES),
+    limit: int,
+) -> list[str]:
+    """Up to ``limit`` finished runs, finished at or before ``before_ms``, with a status asked:
+    what an operator's ``runs archive`` and ``runs delete`` select.
+
+    Read from the retention indexes, oldest first per shard, a page of each: the
+    finished index is scored by finish time; the expire index (runs with a
+    retention of their own) by when they are due, so there the finish time in
+    the status hash decides. Runs a filter skips stay in the index, so one call
+    looks at most at ``PAGE`` runs per shard and index; archiving removes what
+    it takes, so the next call sees the next ones.
+    """
+    found: dict[str, None] = {}
+    for shard in range(store.names.shards):
+        if len(found) >= limit:
+            break
+        candidates = await store.due_removals(RemovalIndex.FINISHED, shard, before_ms, PAGE)
+        candidates += await store.due_removals(RemovalIndex.EXPIRE, shard, _FAR_FUTURE_MS, PAGE)
+        for run_id, status in zip(candidates, await store.statuses(candidates), strict=True):
+            ended = int(status.get(sh.ENDED, "0") or 0)
+            if status.get(sh.RUN) in statuses and ended <= before_ms:
+                found[run_id] = None
+    return list(found)[:limit]
+
+
+PAGE = 10_000
+_FAR_FUTURE_MS = 2**53

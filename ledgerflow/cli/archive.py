@@ -17,10 +17,11 @@ from typing import Any
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
 from ledgerflow.eventlog.store import EventStore, RemoveOutcome
 from ledgerflow.ops.archive import ArchiveError, open_sink
-from ledgerflow.scheduler.archive import Archived, ArchiveOutcome, Archiver, finished_before
+from ledgerflow.scheduler.archive import Archived, ArchiveOutcome, Archiver
+from ledgerflow.scheduler.janitor import finished_before
 from ledgerflow.worker.backend import connect
 
-from .args import bounded_count, parse_since, run_id_arg
+from .args import before_arg, bounded_count, run_id_arg
 from .common import EXIT_CODES, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, import_app, settings_of
 from .format import Progress, dump, printable
 
@@ -151,14 +152,6 @@ def retention_disposer(
     return Archiver(store, open_sink(args.retention_archive)).dispose
 
 
-def _before_arg(text: str) -> int:
-    """``--before``: the same durations and ISO times as ``--since``, named as itself."""
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("--since", "--before", 1)) from None
-
-
 def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``archive`` to ``ledgerflow runs``."""
     archive = runs.add_parser(
@@ -184,7 +177,7 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     archive.add_argument(
         "--before",
-        type=_before_arg,
+        type=before_arg,
         help="finished before: 15m, 2h, 7d, 1w or an ISO time (UTC); default: now",
     )
     archive.add_argument(

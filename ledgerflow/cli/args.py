@@ -115,3 +115,11 @@ def since_arg(text: str) -> int:
         return parse_since(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def before_arg(text: str) -> int:
+    """``--before``: the same durations and ISO times as ``--since``, named as itself."""
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--since", "--before", 1)) from None

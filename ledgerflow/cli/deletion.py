@@ -13,10 +13,11 @@ import sys
 from dataclasses import dataclass, field
 
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
-from ledgerflow.eventlog.store import EventStore, RemoveOutcome
+from ledgerflow.eventlog.store import RemoveOutcome
+from ledgerflow.scheduler.janitor import finished_before
 from ledgerflow.worker.backend import connect
 
-from .args import MAX_COUNT, bounded_count, run_id_arg, since_arg
+from .args import before_arg, bounded_count, run_id_arg
 from .common import EXIT_CODES, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, settings_of
 from .format import dump, printable
 
@@ -48,24 +49,6 @@ class Deleted:
         return EXIT_NOT_FOUND if self.not_found else EXIT_OK
 
 
-async def selected(store: EventStore, status: str | None, before_ms: int, limit: int) -> list[str]:
-    """Finished runs (of ``status``, if given) that ended before ``before_ms``, at most ``limit``.
-
-    Scans the runs index and the status hashes (the ``runs list`` machinery),
-    newest created first (the newest ``MAX_COUNT`` of each status are looked at);
-    "finished" is the hash's ``end`` field, or for a run that finished before it
-    was recorded, its last event (the same instant).
-    """
-    wanted = [status] if status is not None else list(FINISHED)
-    found: list[str] = []
-    for state in wanted:
-        for row in await store.list_runs(status=state, limit=max(limit, MAX_COUNT)):
-            finished = row.ended_ms if row.ended_ms is not None else row.updated_ms
-            if finished < before_ms:
-                found.append(row.run_id)
-    return found[:limit]
-
-
 async def cmd_runs_delete(args: argparse.Namespace) -> int:
     if bool(args.run_ids) == (args.status is not None or args.before is not None):
         print(
@@ -86,7 +69,8 @@ async def cmd_runs_delete(args: argparse.Namespace) -> int:
         run_ids = list(dict.fromkeys(args.run_ids))
         if not run_ids:
             before = args.before if args.before is not None else await store.now_ms()
-            run_ids = await selected(store, args.status, before, args.limit)
+            statuses = frozenset([args.status] if args.status else RUN_TERMINAL_STATES)
+            run_ids = await finished_before(store, before, statuses=statuses, limit=args.limit)
         for run_id in run_ids:
             report.record(run_id, await store.remove_run(run_id))
     _print(report, args.json)
@@ -132,7 +116,7 @@ def register(runs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     delete.add_argument("--status", choices=FINISHED, help="only runs that ended this way")
     delete.add_argument(
         "--before",
-        type=since_arg,
+        type=before_arg,
         help="only runs that finished before: 30d, 12h, 15m (that long ago) or an ISO time",
     )
     delete.add_argument(

@@ -10,7 +10,8 @@ from typing import Any
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.memory_store import MemoryEventStore
 from ledgerflow.eventlog.store import RemoveOutcome
-from ledgerflow.scheduler.archive import Archiver, finished_before
+from ledgerflow.scheduler.archive import Archiver
+from ledgerflow.scheduler.janitor import finished_before
 
 from ledgerflow import testing
 from ledgerflow.ops.archive import DirectorySink, archive_name
