@@ -43,10 +43,11 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
     check_url(settings.redis_url, REDIS_SCHEMES, "Redis")
     check_url(settings.amqp_url, AMQP_SCHEMES, "RabbitMQ")
     names = Names(settings.namespace)
-    store = _redis_store(settings.redis_url, names)
+    store = redis_store(settings.redis_url, names)
     broker = RabbitBroker(settings.amqp_url, names)
     try:
         await store.ping()
+        names = await store.adopt_layout()
         try:
             await broker.connect()
         except LedgerflowError:
@@ -62,7 +63,7 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
         await store.close()
 
 
-def _redis_store(url: str, names: Names) -> RedisEventStore:
+def redis_store(url: str, names: Names) -> RedisEventStore:
     """The store for ``url``; redis-py's complaints about its options become one clear error."""
     try:
         return RedisEventStore.from_url(url, names)
