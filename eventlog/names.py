@@ -190,6 +190,15 @@ class Names:
     def reconciler_fence(self) -> str:
         return f"{self.namespace}:reconciler:fence"
 
+    def barrier(self, key: str) -> str:
+        """A durable append's replication barrier beside ``key``: the same hash tag, so the
+        same cluster slot. Every durable append rewrites it (with an expiry) so its WAIT
+        covers a write even when the script wrote nothing (``eventlog/durability.py``)."""
+        start = key.find("{")
+        end = key.find("}", start + 1)
+        tag = key[start + 1 : end] if start >= 0 and end > start + 1 else key
+        return f"{self.namespace}:barrier:{{{tag}}}"
+
     def key_pattern(self) -> str:
         """Glob matching every Redis key of this namespace (tests and cleanup only)."""
         return f"{self.namespace}:*"

@@ -1,9 +1,11 @@
 """Retrying infrastructure calls: ride out a broker restart or a dropped connection.
 
 Publishes are safe to repeat (a duplicate step message or activation is
-harmless by construction), so they are retried with backoff and a structured
-warning per attempt, never in a busy loop, before the error is allowed to
-surface (and the message being handled goes back to its queue).
+harmless by construction), and so are appends (a repeat is a duplicate), so
+they are retried with backoff and a structured warning per attempt, never in a
+busy loop, before the error is allowed to surface (and the message being
+handled goes back to its queue). A Redis Cluster's failover (a master killed,
+its replica promoted a few seconds later) is one more such outage.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 import structlog
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
@@ -44,6 +54,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     BusyLoadingError,
     ReadOnlyError,
     TryAgainError,
+    # A Redis Cluster between a master's death and its replica's promotion:
+    # CLUSTERDOWN and MASTERDOWN (ClusterError), a slot nobody serves yet, a
+    # redirect redis-py gave up following (MOVED is an AskError). Its client
+    # retries these a few times itself; a failover outlasts that.
+    ClusterError,
+    SlotNotCoveredError,
+    AskError,
     ConnectionError,
     TimeoutError,
     OSError,
