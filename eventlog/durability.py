@@ -190,7 +190,7 @@ async def _on_cluster(
             continue
         if isinstance(first, Exception):
             raise first
-        if isinstance(confirmed, ResponseError):
+        if isinstance(confirmed, Exception):  # the node went away, or refused the wait
             raise confirmed
         return reply, confirmed
     raise ServiceUnavailableError(
@@ -200,6 +200,8 @@ async def _on_cluster(
 
 async def check_durability(client: RedisClient, durability: Durability, where: str) -> None:
     """At connect: a ConfigurationError if the servers cannot give what ``durability`` asks.
+
+    ``where`` (the redacted server URL) is for the log line; the caller prefixes errors.
 
     ``aof`` needs WAITAOF (Redis 7.2) and ``appendonly yes`` on every master. A
     master with fewer live replicas than ``replica:N`` asks is only logged: one may
@@ -223,12 +225,10 @@ async def check_durability(client: RedisClient, durability: Durability, where: s
         text = str(exc)
         if "unknown command" in text.lower():
             raise ConfigurationError(
-                f"durability {durability} needs WAITAOF, which {where} does not have "
-                "(Redis 7.2 or later): use replica[:N] or none"
+                f"durability {durability} needs WAITAOF (Redis 7.2 or later), which this "
+                "server does not have: use replica[:N] or none"
             ) from exc
-        raise ConfigurationError(
-            f"durability {durability} cannot be used with {where}: {text}"
-        ) from exc
+        raise ConfigurationError(f"durability {durability} cannot be used here: {text}") from exc
     if durability.mode is DurabilityMode.REPLICA:
         fewest = min(int(a) for a in answers)
         if fewest < durability.replicas:

@@ -6,6 +6,8 @@ URL shows exactly which nodes and options it would use.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis.asyncio as aioredis
 from ledgerflow.eventlog.durability import Durability, DurabilityMode
@@ -17,6 +19,7 @@ from ledgerflow.eventlog.redis_client import (
     is_cluster_url,
     redis_client,
 )
+from ledgerflow.eventlog.retrying import is_transient, torn_connection
 from ledgerflow.eventlog.urls import redact
 from redis.crc import key_slot
 
@@ -116,3 +119,23 @@ def test_what_a_durable_append_waits_for_and_when_it_is_short() -> None:
 @pytest.mark.parametrize("key", ["ns:run:{r-1}:log", "ns:blob:{shard7}:abc", "ns:active:3"])
 def test_the_barrier_of_a_key_lives_in_its_slot(key: str) -> None:
     assert key_slot(Names("ns").barrier(key).encode()) == key_slot(key.encode())
+
+
+def _raised_in(filename: str, call: str) -> BaseException:
+    """The exception ``call`` raises from code that claims to live in ``filename``."""
+    scope: dict[str, Any] = {}
+    exec(compile(f"def write(writer):\n    {call}\n", filename, "exec"), scope)
+    try:
+        scope["write"](None)
+    except Exception as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+def test_a_socket_torn_down_under_redis_py_is_transient_and_other_bugs_are_not() -> None:
+    redis_py = "/venv/lib/python3.11/site-packages/redis/asyncio/connection.py"
+    torn = _raised_in(redis_py, "writer.writelines([b'PING'])")
+    assert isinstance(torn, AttributeError) and torn_connection(torn) and is_transient(torn)
+    ours = _raised_in("/work/eventlog/redis_store.py", "writer.writelines([b'PING'])")
+    assert isinstance(ours, AttributeError) and not is_transient(ours)
+    assert not torn_connection(_raised_in(redis_py, "int('x')"))  # a ValueError
