@@ -184,11 +184,14 @@ class Names:
     def hook_tokens(self) -> str:
         return f"{self.namespace}:hooks"
 
+    # The lease and its fencing counter are written by one script: one hash tag, so on
+    # a Redis Cluster they share a slot.
+
     def reconciler_lease(self) -> str:
-        return f"{self.namespace}:reconciler:lease"
+        return f"{self.namespace}:reconciler:{{{self.namespace}}}:lease"
 
     def reconciler_fence(self) -> str:
-        return f"{self.namespace}:reconciler:fence"
+        return f"{self.namespace}:reconciler:{{{self.namespace}}}:fence"
 
     def barrier(self, key: str) -> str:
         """A durable append's replication barrier beside ``key``: the same hash tag, so the

@@ -184,6 +184,8 @@ class RedisClusterNodes:
             "--appendonly", "yes" if self.appendonly else "no",
             "--repl-diskless-sync", "yes",
             "--repl-diskless-sync-delay", "0",
+            # DEBUG SLEEP stalls a replica (a lagging link) in the failover measurement.
+            "--enable-debug-command", "local",
             "--dir", str(folder),
             "--logfile", str(folder / "redis.log"),
         ]  # fmt: skip
@@ -308,6 +310,14 @@ class RedisClusterNodes:
         replica = self.replica_of(port)
         self.kill(port)
         return replica
+
+    def stall(self, port: int, seconds: float) -> subprocess.Popen[bytes]:
+        """``DEBUG SLEEP`` on a node, in the background: it reads nothing, replication backs up."""
+        return subprocess.Popen(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "DEBUG", "SLEEP", str(seconds)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def wait_promoted(self, replica: int, timeout: float = START_TIMEOUT) -> float:
         """Block until ``replica`` serves slots as a master and every live node says ok."""

@@ -27,6 +27,7 @@ from ledgerflow.eventlog.timers import Timer, TimerKind
 from ledgerflow.eventlog.watch import ClusterStreamWatcher
 from redis.asyncio.cluster import RedisCluster
 
+from ledgerflow.ops.lease import Lease
 from ledgerflow.testing.namespace import count_redis_keys, delete_namespace
 from tests.cluster.redis_cluster import RedisClusterNodes, keyslot
 
@@ -205,6 +206,19 @@ async def test_a_cluster_url_naming_a_plain_server_or_nothing_is_one_clear_error
             await nothing.ping()
     finally:
         await nothing.close()
+
+
+async def test_the_reconciler_lease_is_taken_fenced_and_given_back_on_a_cluster(
+    cluster_store: RedisEventStore, cluster_names: Names
+) -> None:
+    first = Lease(cluster_store.client, cluster_names, owner="a", ttl_ms=5000)
+    second = Lease(cluster_store.client, cluster_names, owner="b", ttl_ms=5000)
+    assert await first.acquire() and not await second.acquire()
+    assert await first.check()
+    await first.release()
+    assert await second.acquire()
+    assert second.holding is not None and first.holding is None
+    assert second.holding.token > 1  # the fence only grows
 
 
 async def test_keyless_commands_of_a_cluster_client_made_from_a_url_work(
