@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 
 import aio_pika
-import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
+from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
 from bench.config import FLOOR_ATTEMPTS, FLOOR_TIMEOUT, WORKER_CONCURRENCY, Sizes
@@ -116,7 +116,7 @@ async def amqp_floor(amqp_url: str, queue_name: str, n: int, floor: Floor) -> No
 
 async def redis_floor(redis_url: str, key: str, n: int, floor: Floor) -> None:
     """Bare redis-py (hiredis) XADD, one at a time: the floor under every log append."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         await client.ping()
         times: list[float] = []

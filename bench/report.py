@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import redis.asyncio as aioredis
+from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
 from bench.config import ROOT, SLEEP_TARGET_MS
@@ -139,7 +139,7 @@ async def slow_commands(settings: Settings) -> list[dict[str, Any]]:
     default): one Lua call blocks every other client for its whole duration."""
     found: list[dict[str, Any]] = []
     with contextlib.suppress(Exception):
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)
         try:
             for entry in await client.slowlog_get(128):
                 command = entry.get("command", b"")
@@ -196,7 +196,7 @@ async def server_versions(settings: Settings) -> dict[str, str]:
         finally:
             await connection.close()
     with contextlib.suppress(Exception):
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)
         try:
             info = await client.info("server")
             versions["redis"] = str(info.get("redis_version", "?"))

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.blobs import BlobRef, resolve
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.redis_client import RedisClient, redis_client
 from ledgerflow.eventlog.store import EventStore
 from ledgerflow.scheduler.janitor import Janitor
 
@@ -226,7 +226,7 @@ async def sample_progress(
     Latency has ms resolution and a noisy neighbourhood; CPU per step, early vs
     late in one run, is the sharper test of per-activation cost growing with the log.
     """
-    client = aioredis.Redis.from_url(ctx.redis_url)
+    client = redis_client(ctx.redis_url)
     stream = ctx.names.stream(run_id)
     try:
         while True:
@@ -292,7 +292,7 @@ async def sample_rss(
     ctx: Context, run_id: str, samples: list[tuple[int, dict[str, int | None]]]
 ) -> None:
     """(events in the run's log, RSS of every process) every 0.5 s, until cancelled."""
-    client = aioredis.Redis.from_url(ctx.redis_url)
+    client = redis_client(ctx.redis_url)
     stream = ctx.names.stream(run_id)
     try:
         while True:
@@ -411,7 +411,7 @@ async def scenario_sleep(ctx: Context) -> SleepResult:
     )
 
 
-async def memory_usage(client: aioredis.Redis, keys: Sequence[str]) -> int:
+async def memory_usage(client: RedisClient, keys: Sequence[str]) -> int:
     """What Redis says these keys cost (MEMORY USAGE, every element sampled)."""
     total = 0
     for key in keys:
@@ -420,9 +420,7 @@ async def memory_usage(client: aioredis.Redis, keys: Sequence[str]) -> int:
     return total
 
 
-async def run_keys(
-    client: aioredis.Redis, names: Names, run_id: str
-) -> tuple[list[str], list[str]]:
+async def run_keys(client: RedisClient, names: Names, run_id: str) -> tuple[list[str], list[str]]:
     """(the run's log keys: stream and status hash, its blob keys: set and blobs)."""
     digests = await client.smembers(names.blob_set(run_id))
     blobs = [names.blob(run_id, d.decode() if isinstance(d, bytes) else d) for d in digests]
@@ -430,7 +428,7 @@ async def run_keys(
 
 
 async def inline_copy_bytes(
-    ctx: Context, client: aioredis.Redis, run_id: str, events: Sequence[Event]
+    ctx: Context, client: RedisClient, run_id: str, events: Sequence[Event]
 ) -> int:
     """The same log written with every value inline, into a scratch stream: its bytes."""
     scratch = f"{ctx.names.namespace}:bench:inline:{run_id}"
@@ -464,7 +462,7 @@ async def scenario_storage(ctx: Context) -> StorageResult:
     large = [await ctx.client.start(apps.storage, size) for _ in range(n)]
     results = await await_results(ctx, [*small, *large], RUN_TIMEOUT)
     wall = time.perf_counter() - began
-    client = aioredis.Redis.from_url(ctx.redis_url)
+    client = redis_client(ctx.redis_url)
     try:
         small_events = small_bytes = 0
         for run in small:
@@ -512,7 +510,7 @@ async def scenario_retention(ctx: Context) -> RetentionResult:
     store = ctx.store
     # The janitor the reconciler daemon runs, in this process, every JANITOR_INTERVAL.
     janitor = Janitor(store, observers=[])
-    client = aioredis.Redis.from_url(ctx.redis_url)
+    client = redis_client(ctx.redis_url)
     samples: list[tuple[float, int]] = []
     removed = started = 0
     stop = asyncio.Event()

@@ -51,6 +51,12 @@ class ServiceUnavailableError(LedgerflowError):
     """RabbitMQ or Redis could not be reached; the message says how to start it."""
 
 
+class NotReplicatedError(ServiceUnavailableError):
+    """An append is on the Redis master, but fewer copies than the durability setting asks
+    for confirmed it in time. Retried like an outage (appends are idempotent); never
+    reported as recorded (``eventlog/durability.py``)."""
+
+
 class InvalidArgumentError(LedgerflowError, ValueError):
     """A value given to ledgerflow is outside what it can honour (a run id, a hook token, a delay).
 

@@ -256,12 +256,23 @@ class Names:
         """Exists while the worker ``identity`` (host:pid) is alive; it expires by itself."""
         return f"{self.namespace}:worker:{identity}"
 
+    # The lease and its fencing counter are written by one script: one hash tag, so on
+    # a Redis Cluster they share a slot.
+
     def reconciler_lease(self) -> str:
-        """The lease and its fence share a tag: the lease script touches both."""
-        return f"{self.namespace}:{{reconciler}}:lease"
+        return f"{self.namespace}:reconciler:{{{self.namespace}}}:lease"
 
     def reconciler_fence(self) -> str:
-        return f"{self.namespace}:{{reconciler}}:fence"
+        return f"{self.namespace}:reconciler:{{{self.namespace}}}:fence"
+
+    def barrier(self, key: str) -> str:
+        """A durable append's replication barrier beside ``key``: the same hash tag, so the
+        same cluster slot. Every durable append rewrites it (with an expiry) so its WAIT
+        covers a write even when the script wrote nothing (``eventlog/durability.py``)."""
+        start = key.find("{")
+        end = key.find("}", start + 1)
+        tag = key[start + 1 : end] if start >= 0 and end > start + 1 else key
+        return f"{self.namespace}:barrier:{{{tag}}}"
 
     def key_pattern(self) -> str:
         """Glob matching every Redis key of this namespace (tests and cleanup only)."""

@@ -9,20 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from .blobref import BlobRef
 from .blobs import Blob, check_fetched
 from .errors import BlobError, RunNotFoundError
 from .lua import PUT_BLOBS_SCRIPT
 from .names import Names
+from .redis_client import RedisClient
 from .retrying import retried
 
 
 class RedisBlobStore:
     """``BlobStore`` on the Redis that holds the runs' logs."""
 
-    def __init__(self, client: aioredis.Redis, names: Names) -> None:
+    def __init__(self, client: RedisClient, names: Names) -> None:
         self.client = client
         self.names = names
         self._put = client.register_script(PUT_BLOBS_SCRIPT)

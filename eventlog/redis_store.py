@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError as RedisResponseError
@@ -17,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import statushash as sh
 from .blobs import BlobStore
 from .derived import Expected
+from .durability import Durability, call_durably, check_durability
 from .errors import (
     AppendArgumentError,
     ConfigurationError,
@@ -57,12 +57,13 @@ from .names import (
     check_shards,
 )
 from .redis_blobs import RedisBlobStore
+from .redis_client import RedisClient, call_scripts, redis_client
 from .removal import implied_timer_members
 from .retrying import retried
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .urls import redact, redact_text
-from .watch import StreamWatcher
+from .watch import ClusterStreamWatcher, StreamWatcher, stream_watcher
 
 REMOVE_ATTEMPTS = 5
 """Readings of a run's log and blob set before removal gives up (they only change by a race)."""
@@ -76,8 +77,6 @@ _REMOVE_REPLY = {
     "live": RemoveOutcome.LIVE,
     "moved": RemoveOutcome.MOVED,
 }
-MAX_CONNECTIONS = 64
-POOL_TIMEOUT = 30.0
 PING_TIMEOUT = 10.0
 """The start-up check's bound: a TLS client on a plain port waits for a handshake forever."""
 
@@ -87,19 +86,26 @@ def _text(value: Any) -> str:
 
 
 class RedisEventStore(EventStore):
-    """Event store on Redis Streams; the stream is the truth, the hash a cache."""
+    """Event store on Redis Streams; the stream is the truth, the hash a cache.
+
+    ``client`` is one server's or a cluster's (``eventlog/redis_client.py``); what
+    differs on a cluster (pipelined scripts, the stream watcher, keyless commands)
+    is decided by the client's class, in the helpers, not here.
+    """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         names: Names,
         *,
         owns_client: bool = False,
         blob_store: BlobStore | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.client = client
         self.names = names
         self._own_blobs = blob_store is None
+        self.durability = durability or Durability()
         self.blob_store: BlobStore = blob_store or RedisBlobStore(client, names)
         self._owns_client = owns_client
         self._append = client.register_script(APPEND_SCRIPT)
@@ -113,24 +119,17 @@ class RedisEventStore(EventStore):
         self._rewrite = client.register_script(REWRITE_DERIVED_SCRIPT)
         self._defer_check = client.register_script(DEFER_CHECK_SCRIPT)
         self._remove = client.register_script(REMOVE_RUN_SCRIPT)
-        self._watcher: StreamWatcher | None = None
+        self._watcher: StreamWatcher | ClusterStreamWatcher | None = None
         self._url = ""
 
     @classmethod
-    def from_url(cls, url: str, names: Names) -> RedisEventStore:
-        # A blocking pool: a burst of callers waits for a connection instead of failing.
+    def from_url(
+        cls, url: str, names: Names, *, durability: Durability | None = None
+    ) -> RedisEventStore:
         # Killed or dropped connections are retried by redis-py itself (the append
-        # is safe to repeat: a repeat is a duplicate); longer outages are ridden out
-        # by the callers' backoff (eventlog.retrying).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=POOL_TIMEOUT,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionResetError],
-        )
-        store = cls(aioredis.Redis(connection_pool=pool), names, owns_client=True)
+        # is safe to repeat: a repeat is a duplicate); longer outages, and a cluster's
+        # failovers, are ridden out by the callers' backoff (eventlog.retrying).
+        store = cls(redis_client(url), names, owns_client=True, durability=durability)
         store._url = url
         return store
 
@@ -138,7 +137,15 @@ class RedisEventStore(EventStore):
         """One bounded round trip: an outage is "unreachable", a refused login is configuration."""
         where = f"Redis at {redact(self._url)}" if self._url else "Redis"
         try:
-            await asyncio.wait_for(self.client.ping(), PING_TIMEOUT)
+            if isinstance(self.client, RedisCluster):  # every master, not one of them
+                await asyncio.wait_for(
+                    self.client.ping(target_nodes=RedisCluster.PRIMARIES), PING_TIMEOUT
+                )
+            else:
+                await asyncio.wait_for(self.client.ping(), PING_TIMEOUT)
+            await check_durability(self.client, self.durability, where)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from exc
         except RedisAuthenticationError as exc:
             raise ConfigurationError(
                 f"{where} refused the login ({self._detail(exc)}): check the user and "
@@ -147,13 +154,14 @@ class RedisEventStore(EventStore):
         except RedisResponseError as exc:  # NOPERM and kin: the ACL user may not do this
             raise ConfigurationError(f"{where} refused PING: {self._detail(exc)}") from exc
         except (TypeError, ValueError) as exc:  # redis-py checks URL options on first connect
-            hint = "; TLS options (ssl_*) need rediss://" if "ssl" in str(exc) else ""
+            tls = "rediss+cluster://" if isinstance(self.client, RedisCluster) else "rediss://"
+            hint = f"; TLS options (ssl_*) need {tls}" if "ssl" in str(exc) else ""
             raise ConfigurationError(
                 f"{where}: the URL's options cannot be used ({self._detail(exc)}){hint}"
             ) from exc
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             hint = ""
-            if self._url.startswith("rediss:") and isinstance(
+            if self._url.startswith(("rediss:", "rediss+cluster:")) and isinstance(
                 exc, (TimeoutError, RedisTimeoutError)
             ):
                 hint = " (no TLS handshake answer: does that port serve TLS?)"
@@ -321,7 +329,7 @@ class RedisEventStore(EventStore):
     async def _watch(self, run_id: str, after: str, timeout: float) -> list[tuple[str, Any]]:
         """Raw entries after ``after`` through the one shared watcher (started on first use)."""
         if self._watcher is None:
-            self._watcher = StreamWatcher(self.client)
+            self._watcher = stream_watcher(self.client)
         return await self._watcher.wait(self.names.stream(run_id), after, timeout)
 
     @retried("append events")
@@ -337,7 +345,7 @@ class RedisEventStore(EventStore):
             if event.type is EventType.HOOK_CREATED and event.token:
                 claims.setdefault(event.token, f"{run_id}|{event.corr}")
         taken = [(t, o) for t, o in claims.items() if await self._claim_token(t, o)]
-        reply = await self._append(keys=self._run_keys(run_id), args=argv)
+        reply = await self._durably(self._append, self._run_keys(run_id), argv)
         status = _text(reply[0])
         if status == "ok":
             results = [
@@ -370,6 +378,13 @@ class RedisEventStore(EventStore):
                 f"run {run_id!r} already exists for workflow {current!r}, not {detail!r}"
             )
         raise IllegalTransitionError(run_id, entity, current, event_type)
+
+    async def _durably(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """``script``'s reply once its writes have the copies ``durability`` asks for."""
+        if not self.durability.waits:
+            return await script(keys=keys, args=args)
+        barrier = self.names.barrier(keys[0])
+        return await call_durably(self.client, self.durability, script, keys, args, barrier)
 
     @retried("read a log")
     async def read(self, run_id: str, after: str = START, count: int | None = None) -> list[Event]:
@@ -434,10 +449,8 @@ class RedisEventStore(EventStore):
 
     async def claim_timers(self, limit: int, lease_ms: int) -> list[DueTimer]:
         shards = self.names.timer_shards()
-        async with self.client.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                await self._claim(keys=[shard], args=[limit, lease_ms], client=pipe)
-            replies: list[Any] = await pipe.execute()
+        calls = [([shard], [limit, lease_ms]) for shard in shards]
+        replies = await call_scripts(self.client, self._claim, calls)
         claimed: list[DueTimer] = []
         for shard, reply in zip(shards, replies, strict=True):
             now = int(_text(reply[0]))
@@ -672,12 +685,12 @@ class RedisEventStore(EventStore):
         wanted = list(dict.fromkeys(identities))
         if not wanted:
             return set()
-        # One EXISTS per key, pipelined: the keys are in different slots of a cluster.
+        # One GET each: on a cluster the presence keys live on different nodes.
         async with self.client.pipeline(transaction=False) as pipe:
             for identity in wanted:
-                pipe.exists(self.names.worker_presence(identity))
+                pipe.get(self.names.worker_presence(identity))
             found: list[Any] = await pipe.execute()
-        return {i for i, n in zip(wanted, found, strict=True) if n}
+        return {i for i, v in zip(wanted, found, strict=True) if v is not None}
 
     @retried("read the clock")
     async def now_ms(self) -> int:

@@ -21,6 +21,9 @@ class Settings:
     # The namespace's default retention (ms) for finished runs whose workflow declares
     # none; None keeps them. Applied by the janitor (in the reconciler) only.
     retention_ms: int | None = None
+    # What an append waits for before it counts as recorded (eventlog/durability.py):
+    # none, replica[:N] or aof[:N].
+    redis_durability: str = "none"
 
     @classmethod
     def from_env(
@@ -31,6 +34,7 @@ class Settings:
         retention_ms: int | None = None,
         *,
         read_retention: bool = True,
+        redis_durability: str | None = None,
     ) -> Settings:
         """``read_retention=False`` leaves ``LEDGERFLOW_RETENTION`` unread (and unchecked)."""
         if retention_ms is None and read_retention:
@@ -40,6 +44,9 @@ class Settings:
             redis_url=redis_url or os.environ.get("LEDGERFLOW_REDIS_URL", DEFAULT_REDIS_URL),
             namespace=namespace or os.environ.get("LEDGERFLOW_NAMESPACE", DEFAULT_NAMESPACE),
             retention_ms=retention_ms,
+            redis_durability=redis_durability
+            or os.environ.get("LEDGERFLOW_REDIS_DURABILITY", "").strip()
+            or "none",
         )
 
 

@@ -9,7 +9,9 @@ terminal, a log shipper or a bug report.
 
 ``check_url`` rejects a malformed URL (unknown scheme, a port that is not a
 number in 1..65535) with a ConfigurationError before any client library
-sees it: those libraries raise bare ValueErrors, or hang, on such input.
+sees it: those libraries raise bare ValueErrors, or hang, on such input. A
+cluster URL (``redis+cluster://host:port,host:port``) names several nodes, each
+checked the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 from .errors import ConfigurationError
 
 MASK = "***"
+CLUSTER_SUFFIX = "+cluster"
+"""A scheme ending so (``redis+cluster``, ``rediss+cluster``) lists several nodes."""
 
 _SECRET_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
 """Query parameters whose values are hidden: any name containing one of these."""
@@ -133,7 +137,16 @@ def check_url(url: str, schemes: Iterable[str], what: str) -> str:
             f"{what} URL {parts.scheme}://***: its user or password holds a character that "
             "must be percent-encoded ('/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
         )
-    _check_port(parts.netloc.rpartition("@")[2], shown, what)
+    hosts = parts.netloc.rpartition("@")[2]
+    if not parts.scheme.endswith(CLUSTER_SUFFIX):
+        _check_port(hosts, shown, what)
+        return url
+    for hostport in hosts.split(","):
+        if not _split_hostport(hostport)[0]:
+            raise ConfigurationError(
+                f"{what} URL {shown!r} has an empty node in its list (host:port,host:port)"
+            )
+        _check_port(hostport, shown, what)
     return url
 
 

@@ -41,7 +41,7 @@ from ledgerflow.eventlog.events import (
 )
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
 from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, StepCreated
-from ledgerflow.eventlog.retrying import TRANSIENT, retrying
+from ledgerflow.eventlog.retrying import is_transient, retrying
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 from ledgerflow.worker.outcome import error_info
@@ -589,6 +589,6 @@ def _unrecordable(exc: Exception) -> bool:
     Infrastructure errors are retried; an illegal transition means another writer
     got there first, and a fresh replay sorts that out.
     """
-    if isinstance(exc, (*TRANSIENT, IllegalTransitionError)):
+    if is_transient(exc) or isinstance(exc, IllegalTransitionError):
         return False
     return isinstance(exc, (LedgerflowError, ValueError, TypeError, ArithmeticError))

@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from ledgerflow.broker import Broker, MemoryBroker, RabbitBroker
+from ledgerflow.eventlog.durability import Durability
 from ledgerflow.eventlog.errors import ConfigurationError, LedgerflowError, ServiceUnavailableError
 from ledgerflow.eventlog.memory_store import MemoryEventStore
 from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.redis_client import REDIS_SCHEMES, RedisClient
 from ledgerflow.eventlog.redis_store import RedisEventStore
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import EventStore
@@ -22,13 +23,12 @@ class Backends:
     store: EventStore
     broker: Broker
     names: Names
-    redis: aioredis.Redis | None = None
+    redis: RedisClient | None = None
     """The Redis client behind the store, for what needs Redis itself (the reconciler's
     lease); None for the in-memory backends. Asked for by capability, never by the
     store's class."""
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 AMQP_SCHEMES = ("amqp", "amqps")
 
 
@@ -43,7 +43,8 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
     check_url(settings.redis_url, REDIS_SCHEMES, "Redis")
     check_url(settings.amqp_url, AMQP_SCHEMES, "RabbitMQ")
     names = Names(settings.namespace)
-    store = redis_store(settings.redis_url, names)
+    durability = Durability.parse(settings.redis_durability)
+    store = redis_store(settings.redis_url, names, durability)
     broker = RabbitBroker(settings.amqp_url, names)
     try:
         await store.ping()
@@ -63,10 +64,10 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
         await store.close()
 
 
-def redis_store(url: str, names: Names) -> RedisEventStore:
+def redis_store(url: str, names: Names, durability: Durability | None = None) -> RedisEventStore:
     """The store for ``url``; redis-py's complaints about its options become one clear error."""
     try:
-        return RedisEventStore.from_url(url, names)
+        return RedisEventStore.from_url(url, names, durability=durability)
     except (ValueError, TypeError) as exc:
         detail = redact_text(str(exc), [url])
         raise ConfigurationError(f"Redis URL {redact(url)!r} is not usable: {detail}") from exc

@@ -29,7 +29,13 @@ EXIT_CODES = (
 
 def settings_of(args: argparse.Namespace) -> Settings:
     """The servers and namespace: the global options first, then the environment."""
-    return Settings.from_env(args.amqp_url, args.redis_url, args.namespace, retention_of(args))
+    return Settings.from_env(
+        args.amqp_url,
+        args.redis_url,
+        args.namespace,
+        retention_of(args),
+        redis_durability=getattr(args, "redis_durability", None),
+    )
 
 
 def retention_of(args: argparse.Namespace) -> int | None:

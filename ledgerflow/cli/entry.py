@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.durability import Durability
 from ledgerflow.eventlog.errors import (
     ConfigurationError,
     HookNotFoundError,
@@ -65,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amqp-url", help="RabbitMQ URL (default $LEDGERFLOW_AMQP_URL)")
     parser.add_argument("--redis-url", help="Redis URL (default $LEDGERFLOW_REDIS_URL)")
     parser.add_argument("--namespace", help="key/queue namespace (default $LEDGERFLOW_NAMESPACE)")
+    parser.add_argument(
+        "--redis-durability",
+        metavar="MODE",
+        help="what an append waits for: none (default), replica[:N] (WAIT for N replicas), "
+        "aof[:N] (WAITAOF, Redis 7.2+) (default $LEDGERFLOW_REDIS_DURABILITY)",
+    )
     parser.add_argument("--log-level", help="debug, info, warning, error")
     parser.add_argument(
         "--loop",
@@ -116,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    if args.redis_durability is not None:
+        # Checked here (a bad value is a usage error), and exported, so the commands
+        # that connect through lf.Client.connect (start, runs, hooks) use it too.
+        Durability.parse(args.redis_durability, "--redis-durability")
+        os.environ["LEDGERFLOW_REDIS_DURABILITY"] = args.redis_durability
     if getattr(args, "processes", 1) > 1:
         # A broken APP is one error here, not N children failing and being restarted.
         import_app(args.app)

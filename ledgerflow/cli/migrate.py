@@ -11,8 +11,9 @@ import sys
 
 from ledgerflow.eventlog.migrate import Migration, migrate_namespace
 from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.redis_client import REDIS_SCHEMES
 from ledgerflow.eventlog.urls import check_url
-from ledgerflow.worker.backend import REDIS_SCHEMES, redis_store
+from ledgerflow.worker.backend import redis_store
 
 from .common import EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, settings_of
 from .format import dump, printable

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.redis_client import RedisClient
 
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
@@ -54,7 +53,7 @@ class Holding:
 
 
 class Lease:
-    def __init__(self, client: aioredis.Redis, names: Names, owner: str, ttl_ms: int) -> None:
+    def __init__(self, client: RedisClient, names: Names, owner: str, ttl_ms: int) -> None:
         self._keys = [names.reconciler_lease(), names.reconciler_fence()]
         self.owner = owner
         self.ttl_ms = ttl_ms

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-import redis.asyncio as aioredis
 
 from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.redis_client import RedisClient, redis_client
 from ledgerflow.worker.registry import steps
 
 BATCH = 500
@@ -40,8 +40,11 @@ class Deleted:
     errors: tuple[str, ...] = field(default=())
 
 
-async def delete_redis_keys(client: aioredis.Redis, names: Names) -> int:
-    """UNLINK every key of the namespace, ``BATCH`` at a time; how many were deleted."""
+async def delete_redis_keys(client: RedisClient, names: Names) -> int:
+    """UNLINK every key of the namespace, ``BATCH`` at a time; how many were deleted.
+
+    On a cluster the scan visits every master, and each UNLINK is split by slot.
+    """
     deleted = 0
     batch: list[Any] = []
     async for key in client.scan_iter(match=names.key_pattern(), count=1000):
@@ -54,7 +57,7 @@ async def delete_redis_keys(client: aioredis.Redis, names: Names) -> int:
     return deleted
 
 
-async def count_redis_keys(client: aioredis.Redis, names: Names) -> int:
+async def count_redis_keys(client: RedisClient, names: Names) -> int:
     """Keys of the namespace still in Redis (0 after a complete clean-up)."""
     return len([k async for k in client.scan_iter(match=names.key_pattern(), count=1000)])
 
@@ -109,10 +112,10 @@ async def _delete_one(
 
 
 async def _on_redis(
-    redis_url: str, act: Callable[[aioredis.Redis, Names], Awaitable[int]], names: Names
+    redis_url: str, act: Callable[[RedisClient, Names], Awaitable[int]], names: Names
 ) -> int:
-    """``act`` on a client of its own, closed whatever happens."""
-    client = aioredis.Redis.from_url(redis_url)
+    """``act`` on a client of its own (one server's or a cluster's), closed whatever happens."""
+    client = redis_client(redis_url, max_connections=4)
     try:
         return await act(client, names)
     finally:

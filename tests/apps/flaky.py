@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-import redis.asyncio as aioredis
+from ledgerflow.eventlog.redis_client import redis_client
 
 import ledgerflow as lf
 
@@ -21,9 +21,7 @@ async def count_attempt(label: str) -> int:
 
     ``label`` is a Redis key inside the test's namespace, so the test cleans it up.
     """
-    client = aioredis.Redis.from_url(
-        os.environ.get("LEDGERFLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
+    client = redis_client(os.environ.get("LEDGERFLOW_REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
         count = int(await client.incr(label))
         await client.expire(label, 600)
@@ -138,9 +136,7 @@ async def many_slow(label: str, n: int, seconds: float) -> list[str]:
 @lf.step(name="fl_keyed", retry=FAST)
 async def keyed(label: str) -> list[str]:
     """Fails twice, recording the idempotency key each attempt saw."""
-    client = aioredis.Redis.from_url(
-        os.environ.get("LEDGERFLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
+    client = redis_client(os.environ.get("LEDGERFLOW_REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
         await client.rpush(f"{label}:keys", lf.step_context().idempotency_key)
         await client.expire(f"{label}:keys", 600)
