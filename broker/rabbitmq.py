@@ -607,7 +607,7 @@ class RabbitBroker(Broker):
     async def _renew_publish_channel(self, failed: AbstractRobustChannel, timeout: float) -> None:
         """Publish on a new channel from now on, and close the one that nacked.
 
-        Why: on RabbitMQ 3.10 (observed in tests/cluster/test_failover.py), a channel
+        Why: on RabbitMQ 3.10 (observed in tests/cluster/test_rabbitmq_failover.py), a channel
         whose first publish to a quorum queue came while the queue's leader was on a
         node that had just died may nack every later publish to that queue, for good,
         while a new channel on the same connection is confirmed at once. Closing the

@@ -77,7 +77,9 @@ def namespace_queues(names: Names, extra: Sequence[str] = ()) -> list[str]:
 async def delete_queues(amqp_url: str, names: Names, extra: Sequence[str] = ()) -> tuple[int, int]:
     """Delete the namespace's queues and exchanges; (queues, exchanges) deleted.
 
-    An unreachable RabbitMQ raises; a single refused deletion is skipped.
+    An unreachable RabbitMQ raises ServiceUnavailableError (``amqp_url`` may list a
+    cluster's nodes: the first that answers is used); a single refused deletion is
+    skipped.
     """
     queues = exchanges = 0
     connection = await connect_first(amqp_url)
