@@ -123,3 +123,34 @@ def test_the_cluster_profile_is_three_rabbitmq_nodes_and_leaves_the_default_alon
         default = _service(role)
         assert "<<: *ledgerflow\n" in default + "\n" and "profiles" not in default
     assert "profiles" not in _service("rabbitmq") and "profiles" not in _service("redis")
+
+
+def test_the_cluster_profile_runs_on_a_six_node_redis_cluster_with_replica_durability() -> None:
+    from ledgerflow.eventlog.durability import Durability
+    from ledgerflow.eventlog.redis_client import REDIS_SCHEMES
+
+    node = COMPOSE.split("x-redis-node: &redis-node\n", 1)[1].split("\n\n", 1)[0]
+    assert "profiles: [cluster]" in node and "--cluster-enabled yes" in node
+    assert "${LEDGERFLOW_REDIS_ADMIN_PASSWORD:?" in node
+    # Secrets go into files readable by redis only, never onto a command line.
+    assert "masterauth" not in node.split("exec docker-entrypoint.sh", 1)[1]
+    assert "user default off" in node and "umask 077" in node
+    for i in range(1, 7):
+        assert f'  redis-{i}: {{ <<: *redis-node, volumes: ["redis-{i}-data:/data"] }}' in (COMPOSE)
+    init = _service("redis-cluster-init")
+    assert "--cluster-replicas 1" in init and "--user admin" in init
+    assert "cluster_slots_assigned:16384" in init  # formed once, left alone after
+    on_cluster = COMPOSE.split("x-ledgerflow-on-the-cluster: &ledgerflow-on-the-cluster\n", 1)[1]
+    on_cluster = on_cluster.split("\n\n", 1)[0]
+    env = {"LEDGERFLOW_REDIS_PASSWORD": "d4e5f6"}
+    found = re.search(r'LEDGERFLOW_REDIS_URL: "([^"]+)"', on_cluster)
+    assert found is not None
+    url = _interpolated(found.group(1), env)
+    check_url(url, REDIS_SCHEMES, "Redis")
+    assert url.startswith("redis+cluster://ledgerflow:d4e5f6@redis-1:6379,")
+    assert url.count(",") == 5
+    mode = re.search(r'LEDGERFLOW_REDIS_DURABILITY: "([^"]+)"', on_cluster)
+    assert mode is not None
+    Durability.parse(mode.group(1))
+    assert "redis-cluster-init: { condition: service_completed_successfully }" in on_cluster
+    assert "replicas: 2" in _service("cluster-scheduler")
