@@ -352,9 +352,11 @@ class FailoverConnection(RobustConnection):
     Every loss of the connection and every failed attempt (aio-pika calls
     ``_on_connection_close`` for both, since 9.4) moves the URL to the next node of
     the list before the robust loop tries again. A dropped connection is retried
-    at once, on the next node; a failed attempt after ``reconnect_interval``, so a
-    cluster that is down entirely is tried once per node per interval, not in a
-    tight loop. With one URL this is exactly aio-pika's robust connection.
+    at once, on the next node (aio-pika's loop rests ``reconnect_interval`` after
+    each connect, so a connection lost sooner than that after it was made waits
+    for the rest); a failed attempt after ``reconnect_interval``, so a cluster that
+    is down entirely is tried once per node per interval, not in a tight loop. With
+    one URL this is exactly aio-pika's robust connection.
 
     Channels, consumers and the publish channel are aio-pika's robust ones: they
     are restored on whichever node the connection reaches, and the quorum queues
