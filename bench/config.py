@@ -40,6 +40,7 @@ class Sizes:
     storage_runs: int = 20
     storage_payload: int = 256 * 1024
     retention_runs: int = 200_000
+    retention_capacity_runs: int = 10_000
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -54,6 +55,7 @@ class Sizes:
                 soak_waves=200,
                 storage_runs=5,
                 retention_runs=5_000,
+                retention_capacity_runs=1_000,
             )
         return cls(
             floor_amqp=2000,
@@ -63,3 +65,19 @@ class Sizes:
             chain=2000,
             long=10_000,
         )
+
+
+# The retention scenario (bench.retention).
+RETENTION_RATE_FRACTION = 0.65
+"""The paced phase starts runs at this fraction of the capacity measured just before it:
+clearly below what the machine can do, so the steady state is defined."""
+RETENTION_CAPACITY_LIVE = 1000
+"""Unfinished runs the capacity phase keeps at most (it starts more as they finish)."""
+RETENTION_FLAT = 0.10
+"""The target: the window medians of used_memory (and of the runs held) within 10 %."""
+RETENTION_SAMPLE_S = 1.0
+RETENTION_WINDOWS = 10
+"""The steady part is cut into at most this many windows, each judged by its median."""
+RETENTION_MAX_BACKLOG_S = 30.0
+"""The paced phase gives up once this many seconds of runs are waiting to finish: the
+rate is then above what the machine does, and there is no steady state to measure."""
