@@ -71,8 +71,12 @@ class Sizes:
 RETENTION_RATE_FRACTION = 0.65
 """The paced phase starts runs at this fraction of the capacity measured just before it:
 clearly below what the machine can do, so the steady state is defined."""
-RETENTION_CAPACITY_LIVE = 1000
-"""Unfinished runs the capacity phase keeps at most (it starts more as they finish)."""
+RETENTION_CAPACITY_LIVE = 300
+"""Unfinished runs the capacity phase keeps at most (it starts more as they finish): more
+than the two workers run at once (2 x 64), few enough that none waits long in the queue
+(a run waiting 30 s gets a second activation from the reconciler)."""
+RETENTION_CAPACITY_S = 40.0
+"""The capacity phase stops starting runs after this long, however few it started."""
 RETENTION_FLAT = 0.10
 """The target: the window medians of used_memory (and of the runs held) within 10 %."""
 RETENTION_SAMPLE_S = 1.0

@@ -57,6 +57,7 @@ from bench import apps
 from bench.config import (
     READY_TIMEOUT,
     RETENTION_CAPACITY_LIVE,
+    RETENTION_CAPACITY_S,
     RETENTION_FLAT,
     RETENTION_MAX_BACKLOG_S,
     RETENTION_RATE_FRACTION,
@@ -332,11 +333,14 @@ class Measure:
     async def held_none(self) -> bool:
         return (await self.sample()).runs == 0
 
-    async def capacity(self, runs: int) -> float:
-        """Runs per second, starting runs as fast as they finish (at most a bound unfinished)."""
+    async def capacity(self, runs: int) -> tuple[int, float]:
+        """Runs started and finished per second, starting them as fast as they finish (at
+        most ``RETENTION_CAPACITY_LIVE`` unfinished), ``runs`` of them or for at most
+        ``RETENTION_CAPACITY_S``."""
         began = time.perf_counter()
-        target = self.started + runs
-        while self.started < target:
+        first = self.started
+        target = first + runs
+        while self.started < target and time.perf_counter() - began < RETENTION_CAPACITY_S:
             live = await self.store.count_active_runs()
             room = min(START_BATCH, target - self.started, RETENTION_CAPACITY_LIVE - live)
             if room <= 0:
@@ -346,7 +350,8 @@ class Measure:
         await until(
             lambda: _is_zero(self.store.count_active_runs()), "every run finished", RUN_TIMEOUT
         )
-        return runs / (time.perf_counter() - began)
+        done = self.started - first
+        return done, done / (time.perf_counter() - began)
 
     async def paced(self, runs: int, rate: float) -> tuple[float, float, float]:
         """Start ``runs`` runs at ``rate`` per second; (began, last start, worst lag in s)."""
@@ -375,14 +380,15 @@ class Measure:
         stopping = asyncio.Event()
         sampling = asyncio.create_task(self.sampler(stopping))
         try:
-            capacity = await self.capacity(sizes.retention_capacity_runs)
+            capacity_runs, capacity = await self.capacity(sizes.retention_capacity_runs)
             await self.drained()
             baseline = await self.sample()
             rate = capacity * RETENTION_RATE_FRACTION
             print(
-                f"  capacity {capacity:.0f} runs/s ({sizes.retention_capacity_runs} runs); "
-                f"pacing {sizes.retention_runs} runs at {rate:.0f} runs/s "
-                f"({RETENTION_RATE_FRACTION:.0%})",
+                f"  capacity {capacity:.0f} runs/s ({capacity_runs} runs); pacing "
+                f"{sizes.retention_runs} runs at {rate:.0f} runs/s "
+                f"({RETENTION_RATE_FRACTION:.0%}): "
+                f"about {sizes.retention_runs / rate / 60:.0f} min",
                 flush=True,
             )
             cpu_before = self.cpu.snapshot()
@@ -405,7 +411,7 @@ class Measure:
             last_start=last_start,
             retention=retention,
             runs=sizes.retention_runs,
-            capacity_runs=sizes.retention_capacity_runs,
+            capacity_runs=capacity_runs,
             capacity=capacity,
             rate=rate,
             wall=wall,
