@@ -401,7 +401,9 @@ class Measure:
             await self.drained()
         finally:
             stopping.set()
-            await asyncio.gather(sampling, return_exceptions=True)
+            (failed,) = await asyncio.gather(sampling, return_exceptions=True)
+        if isinstance(failed, BaseException):
+            raise RuntimeError(f"retention scenario: the sampler failed: {failed!r}") from failed
         end = await self.sample()
         return judge(
             samples=self.samples,
