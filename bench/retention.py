@@ -71,6 +71,8 @@ from bench.results import RetentionResult
 from bench.scenarios import Context, StuckRunError
 from ledgerflow.testing.namespace import delete_namespace
 
+PROGRESS_S = 60.0
+"""The paced phase prints a progress line this often (the full size runs for many minutes)."""
 START_BATCH = 100
 """Starts in flight at once (the store's pool has 64 connections; RabbitMQ confirms)."""
 METRICS = (
@@ -358,8 +360,12 @@ class Measure:
         began = time.perf_counter()
         first = self.started
         lag = 0.0
+        shown = began
         while self.started - first < runs:
             elapsed = time.perf_counter() - began
+            if began + elapsed - shown >= PROGRESS_S:
+                shown = began + elapsed
+                self.progress(shown, self.started - first, runs)
             sent = self.started - first
             due = min(runs, int(elapsed * rate) + 1)
             if due <= sent:
@@ -373,6 +379,20 @@ class Measure:
                 )
             await self.start(min(START_BATCH, due - sent))
         return began, time.perf_counter(), lag
+
+    def progress(self, now: float, sent: int, runs: int) -> None:
+        """A line per ``PROGRESS_S`` of the paced phase: its medians over that time."""
+        recent = [s for s in self.samples if s.t > now - PROGRESS_S]
+        if not recent:
+            return
+        memory = statistics.median(s.used_memory for s in recent) / 2**20
+        held = statistics.median(s.runs for s in recent)
+        due = statistics.median(s.due for s in recent)
+        print(
+            f"    {sent}/{runs} started; last {PROGRESS_S:g} s, medians: used_memory "
+            f"{memory:.2f} MiB, runs held {held:.0f}, due not removed {due:.0f}",
+            flush=True,
+        )
 
     async def run(self, ctx: Context) -> RetentionResult:
         sizes = ctx.sizes
