@@ -19,7 +19,17 @@ FLOOR_TIMEOUT = 10.0
 FLOOR_ATTEMPTS = 3
 SLEEP_TARGET_MS = 100.0
 IDLE_SECONDS = 3.0
-SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep", "storage", "retention")
+SCENARIOS = (
+    "fanout",
+    "many",
+    "chain",
+    "long",
+    "soak",
+    "sleep",
+    "storage",
+    "janitor",
+    "retention",
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Sizes:
     storage_payload: int = 256 * 1024
     retention_runs: int = 200_000
     retention_capacity_runs: int = 10_000
+    janitor_runs: int = 3000
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -56,6 +67,7 @@ class Sizes:
                 storage_runs=5,
                 retention_runs=5_000,
                 retention_capacity_runs=1_000,
+                janitor_runs=1000,
             )
         return cls(
             floor_amqp=2000,

@@ -19,6 +19,7 @@ from bench.floors import Floor
 from bench.results import (
     ChainResult,
     Integrity,
+    JanitorResult,
     LongResult,
     ManyResult,
     Outcome,
@@ -82,6 +83,14 @@ def describe(outcome: Outcome) -> str:
     lines = []
     if isinstance(r, RetentionResult):
         lines += describe_retention(r)
+    elif isinstance(r, JanitorResult):
+        lines.append(
+            f"  {r.runs} due runs of {r.events_per_run} events on the {r.redis}, one sweep each "
+            f"way: one at a time {fmt(r.one_at_a_time_runs_per_s, 0)} runs/s, "
+            f"{r.one_at_a_time_cpu_ms_per_run:.2f} ms CPU per run; a page at once "
+            f"{fmt(r.paged_runs_per_s, 0)} runs/s, {r.paged_cpu_ms_per_run:.2f} ms CPU per run "
+            f"({r.speedup:.1f} x)"
+        )
     elif isinstance(r, StorageResult):
         lines.append(
             f"  {r.runs} finished runs of {r.steps_per_run} steps, tiny results: "
@@ -261,6 +270,13 @@ def summary_table(floor: Floor, outcomes: dict[str, Outcome]) -> str:
                 f"{'-':>7}  window medians after warm-up: used_memory spread "
                 f"{percent(r.spread['used_memory'])}, runs held {percent(r.spread['runs'])} "
                 f"-> {'PASS' if r.flat else 'FAIL'} (runs/s in the steps/s column){mark}"
+            )
+            continue
+        if isinstance(r, JanitorResult):
+            rows.append(
+                f"{name:<10} {r.runs:>6} {r.wall_s:>7.2f} {fmt(r.paged_runs_per_s, 0):>8} "
+                f"{'-':>7} {'-':>7}  runs removed/s a page at once (steps/s column), "
+                f"{r.speedup:.1f} x one at a time ({fmt(r.one_at_a_time_runs_per_s, 0)}/s){mark}"
             )
             continue
         if isinstance(r, StorageResult):

@@ -233,6 +233,27 @@ class RetentionResult:
     correct: bool
 
 
+@dataclass(frozen=True)
+class JanitorResult:
+    """One sweep of the reconciler's janitor over ``runs`` due runs, one run at a time and,
+    over as many fresh runs, a page at once (bench.janitor); CPU is the benchmark
+    process's, which runs the janitor here."""
+
+    runs: int
+    events_per_run: int
+    redis: str
+    wall_s: float
+    steps_per_s: None
+    one_at_a_time_runs_per_s: float
+    one_at_a_time_cpu_ms_per_run: float
+    paged_runs_per_s: float
+    paged_cpu_ms_per_run: float
+    speedup: float
+    ratio_to_floor: None
+    ratio_name: str
+    correct: bool
+
+
 ScenarioResult = (
     FanoutResult
     | ManyResult
@@ -242,6 +263,7 @@ ScenarioResult = (
     | SleepResult
     | StorageResult
     | RetentionResult
+    | JanitorResult
 )
 
 

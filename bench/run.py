@@ -58,6 +58,7 @@ from bench.config import (
 )
 from bench.fleet import log_line_counts, make_fleet, new_log_lines, stop, wait_until_consuming
 from bench.floors import Floor, measure_floor
+from bench.janitor import scenario_janitor
 from bench.report import (
     code_version,
     describe,
@@ -75,8 +76,12 @@ from ledgerflow.cli.supervisor import run_with_loop
 from ledgerflow.ops.logs import configure_logging
 from ledgerflow.testing.namespace import delete_namespace
 
-# The retention scenario has its own module (its own Redis and processes).
-SCENARIO_BY_NAME: dict[str, ScenarioFn] = {**SCENARIO_FNS, "retention": scenario_retention}
+# The janitor and retention scenarios have modules of their own (their own Redis).
+SCENARIO_BY_NAME: dict[str, ScenarioFn] = {
+    **SCENARIO_FNS,
+    "janitor": scenario_janitor,
+    "retention": scenario_retention,
+}
 
 
 @contextlib.asynccontextmanager
