@@ -19,7 +19,17 @@ FLOOR_TIMEOUT = 10.0
 FLOOR_ATTEMPTS = 3
 SLEEP_TARGET_MS = 100.0
 IDLE_SECONDS = 3.0
-SCENARIOS = ("fanout", "many", "chain", "long", "soak", "sleep", "storage", "retention")
+SCENARIOS = (
+    "fanout",
+    "many",
+    "chain",
+    "long",
+    "soak",
+    "sleep",
+    "storage",
+    "janitor",
+    "retention",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class Sizes:
     storage_runs: int = 20
     storage_payload: int = 256 * 1024
     retention_runs: int = 200_000
+    retention_capacity_runs: int = 10_000
+    janitor_runs: int = 3000
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -54,6 +66,8 @@ class Sizes:
                 soak_waves=200,
                 storage_runs=5,
                 retention_runs=5_000,
+                retention_capacity_runs=1_000,
+                janitor_runs=1000,
             )
         return cls(
             floor_amqp=2000,
@@ -63,3 +77,23 @@ class Sizes:
             chain=2000,
             long=10_000,
         )
+
+
+# The retention scenario (bench.retention).
+RETENTION_RATE_FRACTION = 0.65
+"""The paced phase starts runs at this fraction of the capacity measured just before it:
+clearly below what the machine can do, so the steady state is defined."""
+RETENTION_CAPACITY_LIVE = 300
+"""Unfinished runs the capacity phase keeps at most (it starts more as they finish): more
+than the two workers run at once (2 x 64), few enough that none waits long in the queue
+(a run waiting 30 s gets a second activation from the reconciler)."""
+RETENTION_CAPACITY_S = 40.0
+"""The capacity phase stops starting runs after this long, however few it started."""
+RETENTION_FLAT = 0.10
+"""The target: the window medians of used_memory (and of the runs held) within 10 %."""
+RETENTION_SAMPLE_S = 1.0
+RETENTION_WINDOWS = 10
+"""The steady part is cut into at most this many windows, each judged by its median."""
+RETENTION_MAX_BACKLOG_S = 30.0
+"""The paced phase gives up once this many seconds of runs are waiting to finish: the
+rate is then above what the machine does, and there is no steady state to measure."""

@@ -23,8 +23,9 @@ from bench.config import (
 from ledgerflow.testing.fleet import Fleet, cli_env
 
 
-def make_fleet(settings: Settings, log_dir: Path, *, loop: str) -> Fleet:
-    """Workers and schedulers (not started yet); logs to files, never to a pipe."""
+def make_fleet(settings: Settings, log_dir: Path, *, loop: str, reconciler: bool = False) -> Fleet:
+    """Workers and schedulers (not started yet), and a reconciler if asked; logs to files,
+    never to a pipe."""
     env = cli_env(settings.amqp_url, settings.redis_url, settings.namespace, pythonpath=ROOT)
     fleet = Fleet(env, log_dir, cwd=ROOT, options=["--loop", loop], stop_timeout=STOP_TIMEOUT)
     for i in range(WORKERS):
@@ -36,6 +37,9 @@ def make_fleet(settings: Settings, log_dir: Path, *, loop: str) -> Fleet:
         )
     for i in range(SCHEDULERS):
         fleet.add("scheduler", ["scheduler", APP], name=f"scheduler-{i + 1}")
+    if reconciler:
+        # As deployed: its own process, default interval; its janitor applies retention.
+        fleet.add("reconciler", ["reconciler"], name="reconciler")
     return fleet
 
 

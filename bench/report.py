@@ -14,11 +14,12 @@ from ledgerflow.broker.rabbitmq import connect_first
 from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
-from bench.config import ROOT, SLEEP_TARGET_MS
+from bench.config import RETENTION_FLAT, ROOT, SLEEP_TARGET_MS
 from bench.floors import Floor
 from bench.results import (
     ChainResult,
     Integrity,
+    JanitorResult,
     LongResult,
     ManyResult,
     Outcome,
@@ -30,6 +31,49 @@ from bench.results import (
 from bench.stats import fmt
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
+
+
+def describe_retention(r: RetentionResult) -> list[str]:
+    """The retention scenario's lines: the load, then each metric's window medians."""
+    mib = 2**20
+    lines = [
+        f"  on the {r.redis}; reconciler process, janitor every {r.janitor_interval_s:g} s",
+        f"  capacity {fmt(r.capacity_runs_per_s, 0)} runs/s ({r.capacity_runs} runs as fast as "
+        f"they finish); paced {r.runs} one-step runs at {fmt(r.target_runs_per_s, 0)} runs/s "
+        f"({r.rate_fraction:.0%}), achieved {fmt(r.runs_per_s, 0)} runs/s, producer lag at "
+        f"most {r.producer_max_lag_s:.2f} s, {r.wall_s:.1f} s to the last finish",
+        f"  retention {r.retention_s:g} s; {r.windows} windows of {r.window_s:.0f} s after a "
+        f"{r.warmup_s:g} s warm-up ({r.samples} samples); window medians, first .. last "
+        f"(min - max), spread (max - min) / min:",
+    ]
+    scale = {"used_memory": mib, "dataset": mib, "net": mib}
+    for metric, values in r.medians.items():
+        unit = " MiB" if metric in scale else " B" if metric == "bytes_per_run" else ""
+        div = scale.get(metric, 1)
+        digits = 1 if metric in scale else 0
+        lines.append(
+            f"    {metric:<12} {fmt(values[0] / div, digits)} .. {fmt(values[-1] / div, digits)}"
+            f"{unit} ({fmt(min(values) / div, digits)} - {fmt(max(values) / div, digits)}), "
+            f"spread {percent(r.spread[metric])}, growth {percent(r.growth[metric])}"
+        )
+    lines.append(
+        f"  raw used_memory after warm-up {r.raw_used_memory_min / mib:.1f} - "
+        f"{r.raw_used_memory_max / mib:.1f} MiB (saw-tooth of the janitor's sweeps); "
+        f"baseline {r.baseline_used_memory / mib:.1f} MiB, {r.used_memory_end / mib:.1f} MiB "
+        f"at the end; most unfinished {r.max_active}, most due but not removed {r.max_due}"
+    )
+    keys = "" if r.keys_end is None else f", keys {r.keys_end} (baseline {r.baseline_keys})"
+    lines.append(f"  {r.started} runs started in all; at the end {r.left_runs} runs held{keys}")
+    verdict = "PASS" if r.flat else "FAIL"
+    lines.append(
+        f"  flat: used_memory spread {percent(r.spread['used_memory'])}, runs held spread "
+        f"{percent(r.spread['runs'])} -> {verdict} (target: within {RETENTION_FLAT:.0%})"
+    )
+    return lines
+
+
 def describe(outcome: Outcome) -> str:
     """One scenario's figures as the lines printed under it."""
     r = outcome.result
@@ -38,18 +82,15 @@ def describe(outcome: Outcome) -> str:
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in outcome.cpu_percent_of_one_core.items())
     lines = []
     if isinstance(r, RetentionResult):
-        verdict = "PASS" if r.growth < 0.10 else "FAIL"
+        lines += describe_retention(r)
+    elif isinstance(r, JanitorResult):
         lines.append(
-            f"  {r.runs} one-step runs with a {r.retention_s:g} s retention in {r.wall_s:.1f} s "
-            f"({fmt(r.runs_per_s, 0)} runs/s); {r.removed} removed, {r.left_runs} left"
+            f"  {r.runs} due runs of {r.events_per_run} events on the {r.redis}, one sweep each "
+            f"way: one at a time {fmt(r.one_at_a_time_runs_per_s, 0)} runs/s, "
+            f"{r.one_at_a_time_cpu_ms_per_run:.2f} ms CPU per run; a page at once "
+            f"{fmt(r.paged_runs_per_s, 0)} runs/s, {r.paged_cpu_ms_per_run:.2f} ms CPU per run "
+            f"({r.speedup:.1f} x)"
         )
-        lines.append(
-            f"  used_memory: {r.used_memory_start / 2**20:.1f} MiB before; after the first "
-            f"retention period ({r.samples} samples) first {r.steady_first / 2**20:.1f}, min "
-            f"{r.steady_min / 2**20:.1f}, max {r.steady_max / 2**20:.1f}, last "
-            f"{r.steady_last / 2**20:.1f} MiB; {r.used_memory_end / 2**20:.1f} MiB at the end"
-        )
-        lines.append(f"  growth {r.growth * 100:.1f} % -> {verdict} (target: flat within 10 %)")
     elif isinstance(r, StorageResult):
         lines.append(
             f"  {r.runs} finished runs of {r.steps_per_run} steps, tiny results: "
@@ -226,8 +267,16 @@ def summary_table(floor: Floor, outcomes: dict[str, Outcome]) -> str:
         if isinstance(r, RetentionResult):
             rows.append(
                 f"{name:<10} {r.runs:>6} {r.wall_s:>7.2f} {fmt(r.runs_per_s, 0):>8} {'-':>7} "
-                f"{'-':>7}  used_memory growth {r.growth * 100:.1f} % after the first "
-                f"retention period (runs/s in the steps/s column){mark}"
+                f"{'-':>7}  window medians after warm-up: used_memory spread "
+                f"{percent(r.spread['used_memory'])}, runs held {percent(r.spread['runs'])} "
+                f"-> {'PASS' if r.flat else 'FAIL'} (runs/s in the steps/s column){mark}"
+            )
+            continue
+        if isinstance(r, JanitorResult):
+            rows.append(
+                f"{name:<10} {r.runs:>6} {r.wall_s:>7.2f} {fmt(r.paged_runs_per_s, 0):>8} "
+                f"{'-':>7} {'-':>7}  runs removed/s a page at once (steps/s column), "
+                f"{r.speedup:.1f} x one at a time ({fmt(r.one_at_a_time_runs_per_s, 0)}/s){mark}"
             )
             continue
         if isinstance(r, StorageResult):

@@ -176,9 +176,6 @@ class StorageResult:
     large_offloaded_blob_bytes_per_run: float
     large_offloaded_bytes_per_run: float
     large_inline_bytes_per_run: float
-    # used_memory over a long stream of short runs under retention (issue 13 item 6):
-    # filled in by the retention part of this scenario; None until it runs.
-    retention_used_memory: dict[str, float] | None
     ratio_to_floor: None
     ratio_name: str
     correct: bool
@@ -186,29 +183,72 @@ class StorageResult:
 
 @dataclass(frozen=True)
 class RetentionResult:
-    """Redis ``used_memory`` while a stream of short runs is removed by retention.
+    """A paced stream of short runs under retention, on a Redis of its own (bench.retention).
 
-    Sampled once a second. ``steady_*`` covers the samples taken after the first
-    retention period (plus the janitor's sweep interval) until the last run was
-    started: memory there must stay flat, since runs are removed as fast as they
-    come. ``growth`` is (max - first) / first over that window.
+    ``medians``: per metric, the median of each window of the steady part (from
+    ``warmup_s`` after the first paced start to the last start); ``spread`` is
+    (max - min) / min of those medians and ``growth`` (last - first) / first.
+    Metrics: ``used_memory``, ``dataset`` (used_memory_dataset), ``net``
+    (used_memory less ``baseline_used_memory``, the server with the namespace
+    empty after the capacity phase), ``bytes_per_run`` (``net`` per run held),
+    ``keys`` (DBSIZE; own server only),
+    ``runs`` (runs held), ``active`` (unfinished), ``kept`` (finished, awaiting
+    removal), ``due`` (past their retention, not removed yet).
     """
 
     runs: int
     retention_s: float
-    wall_s: float
-    runs_per_s: float
+    janitor_interval_s: float
+    redis: str
+    capacity_runs: int
+    capacity_runs_per_s: float
+    rate_fraction: float
+    target_runs_per_s: float
+    runs_per_s: float  # achieved by the paced producer
+    wall_s: float  # first paced start to the last run finished
     steps_per_s: None
+    producer_max_lag_s: float
+    warmup_s: float
+    window_s: float
+    windows: int
     samples: int
-    used_memory_start: int
-    steady_first: int
-    steady_min: int
-    steady_max: int
-    steady_last: int
+    baseline_used_memory: int
+    baseline_keys: int | None
+    medians: dict[str, list[float]]
+    spread: dict[str, float | None]
+    growth: dict[str, float | None]
+    raw_used_memory_min: int
+    raw_used_memory_max: int
+    max_active: int
+    max_due: int
     used_memory_end: int
-    growth: float
-    removed: int
+    keys_end: int | None
+    started: int  # every run of the scenario, the capacity phase's included
     left_runs: int
+    flat: bool
+    cpu_percent_of_one_core: dict[str, float]  # its own processes, over the paced phase
+    process_warnings: list[str]
+    ratio_to_floor: None
+    ratio_name: str
+    correct: bool
+
+
+@dataclass(frozen=True)
+class JanitorResult:
+    """One sweep of the reconciler's janitor over ``runs`` due runs, one run at a time and,
+    over as many fresh runs, a page at once (bench.janitor); CPU is the benchmark
+    process's, which runs the janitor here."""
+
+    runs: int
+    events_per_run: int
+    redis: str
+    wall_s: float
+    steps_per_s: None
+    one_at_a_time_runs_per_s: float
+    one_at_a_time_cpu_ms_per_run: float
+    paged_runs_per_s: float
+    paged_cpu_ms_per_run: float
+    speedup: float
     ratio_to_floor: None
     ratio_name: str
     correct: bool
@@ -223,6 +263,7 @@ ScenarioResult = (
     | SleepResult
     | StorageResult
     | RetentionResult
+    | JanitorResult
 )
 
 

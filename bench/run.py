@@ -58,6 +58,7 @@ from bench.config import (
 )
 from bench.fleet import log_line_counts, make_fleet, new_log_lines, stop, wait_until_consuming
 from bench.floors import Floor, measure_floor
+from bench.janitor import scenario_janitor
 from bench.report import (
     code_version,
     describe,
@@ -67,12 +68,20 @@ from bench.report import (
     summary_table,
 )
 from bench.resources import CpuMeter, find_server_pids
-from bench.results import Outcome
-from bench.scenarios import SCENARIO_FNS, Context, queue_depths
+from bench.results import Outcome, RetentionResult
+from bench.retention import scenario_retention
+from bench.scenarios import SCENARIO_FNS, Context, ScenarioFn, queue_depths
 from bench.stats import fmt
 from ledgerflow.cli.supervisor import run_with_loop
 from ledgerflow.ops.logs import configure_logging
 from ledgerflow.testing.namespace import delete_namespace
+
+# The janitor and retention scenarios have modules of their own (their own Redis).
+SCENARIO_BY_NAME: dict[str, ScenarioFn] = {
+    **SCENARIO_FNS,
+    "janitor": scenario_janitor,
+    "retention": scenario_retention,
+}
 
 
 @contextlib.asynccontextmanager
@@ -186,6 +195,8 @@ async def bench(args: argparse.Namespace) -> int:
                     names=names,
                     log_dir=log_dir,
                     redis_url=settings.redis_url,
+                    settings=settings,
+                    loop=args.loop,
                     # With --with-scheduler the workers are the schedulers too.
                     scheduler_pids=[
                         p.pid for p in fleet.procs if p.role == "scheduler" or SCHEDULERS == 0
@@ -193,25 +204,31 @@ async def bench(args: argparse.Namespace) -> int:
                     process_pids={p.name: p.pid for p in fleet.procs},
                 )
                 for name in only:
-                    print(f"\n[{name}] {SCENARIO_FNS[name].__doc__}")
+                    print(f"\n[{name}] {SCENARIO_BY_NAME[name].__doc__}")
                     lines_before = log_line_counts(fleet)
                     before = cpu.snapshot()
                     began = time.perf_counter()
                     try:
-                        result = await SCENARIO_FNS[name](ctx)
+                        result = await SCENARIO_BY_NAME[name](ctx)
                     except Exception as exc:  # report it, run the others, exit non-zero
                         failed = True
                         outcome = Outcome(None, error=f"{type(exc).__name__}: {exc}")
                         print(f"  FAILED: {type(exc).__name__}: {exc}")
                     else:
+                        # The retention scenario runs processes of its own and measures
+                        # their CPU itself, over its paced phase.
                         outcome = Outcome(
                             result,
-                            cpu_percent_of_one_core=CpuMeter.percent(
+                            cpu_percent_of_one_core=result.cpu_percent_of_one_core
+                            if isinstance(result, RetentionResult)
+                            else CpuMeter.percent(
                                 before, cpu.snapshot(), time.perf_counter() - began
                             ),
                         )
                         print(describe(outcome))
                     disturbed = new_log_lines(fleet, lines_before)
+                    if isinstance(outcome.result, RetentionResult):
+                        disturbed += outcome.result.process_warnings
                     outcome = dataclasses.replace(outcome, disturbed=disturbed)
                     outcomes[name] = outcome
                     if disturbed:
@@ -294,8 +311,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # The benchmark's own process (the client, the janitor of the retention scenario)
-    # reports warnings only: a line per removed run would cost more than the removal.
+    # The benchmark's own process (the client, the producers) reports warnings only.
     configure_logging("warning")
     try:
         return run_with_loop(amain(args), args.loop)  # the same choice the CLI makes

@@ -23,8 +23,8 @@ from ledgerflow.eventlog.blobs import BlobRef, resolve
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.names import Names
 from ledgerflow.eventlog.redis_client import RedisClient, redis_client
+from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import EventStore
-from ledgerflow.scheduler.janitor import Janitor
 
 import ledgerflow as lf
 from bench import apps
@@ -36,7 +36,6 @@ from bench.results import (
     FanoutResult,
     LongResult,
     ManyResult,
-    RetentionResult,
     ScenarioResult,
     SleepResult,
     SoakResult,
@@ -64,6 +63,8 @@ class Context:
     names: Names
     log_dir: Path
     redis_url: str
+    settings: Settings  # the benchmark's servers and namespace
+    loop: str  # the event loop of its processes
     scheduler_pids: list[int]
     process_pids: dict[str, int]
 
@@ -490,116 +491,9 @@ async def scenario_storage(ctx: Context) -> StorageResult:
         large_offloaded_blob_bytes_per_run=blob_bytes / n,
         large_offloaded_bytes_per_run=(log_bytes + blob_bytes) / n,
         large_inline_bytes_per_run=inline_bytes / n,
-        retention_used_memory=None,
         ratio_to_floor=None,
         ratio_name="",
         correct=results == [16 * steps] * n + [size * steps] * n,
-    )
-
-
-# The retention scenario keeps at most this many runs unfinished (producers do not
-# outrun the workers without bound) and starts them in batches of this size.
-RETENTION_MAX_LIVE = 2000
-RETENTION_BATCH = 200
-JANITOR_INTERVAL = 0.5
-
-
-async def scenario_retention(ctx: Context) -> RetentionResult:
-    """Short runs with a 2 s retention, as fast as they go: Redis memory must stay flat."""
-    n, retention = ctx.sizes.retention_runs, float(apps.RETENTION_SECONDS)
-    store = ctx.store
-    # The janitor the reconciler daemon runs, in this process, every JANITOR_INTERVAL.
-    janitor = Janitor(store, observers=[])
-    client = redis_client(ctx.redis_url)
-    samples: list[tuple[float, int]] = []
-    removed = started = 0
-    stop = asyncio.Event()
-
-    async def used_memory() -> int:
-        return int((await client.info("memory"))["used_memory"])
-
-    async def every(interval: float, act: Callable[[], Awaitable[None]]) -> None:
-        while not stop.is_set():
-            await act()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-
-    async def sample() -> None:
-        samples.append((time.perf_counter(), await used_memory()))
-
-    async def sweep() -> None:
-        nonlocal removed
-        removed += (await janitor.sweep()).removed
-
-    async def until(done: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
-        deadline = time.perf_counter() + timeout
-        while not await done():
-            if time.perf_counter() > deadline:
-                raise StuckRunError(f"retention scenario: {what} within {timeout:g} s")
-            await asyncio.sleep(0.1)
-
-    async def few_live() -> bool:
-        # Producers wait for the workers, and for the janitor: a load this machine
-        # cannot remove as fast as it finishes is not a steady state to measure.
-        if await store.count_active_runs() > RETENTION_MAX_LIVE:
-            return False
-        return await store.count_due_removals(await store.now_ms(), None) <= RETENTION_MAX_LIVE
-
-    async def none_live() -> bool:
-        return await store.count_active_runs() == 0
-
-    async def all_removed() -> bool:
-        return removed >= n
-
-    start_memory = await used_memory()
-    began = time.perf_counter()
-    loops = [
-        asyncio.create_task(every(1.0, sample)),
-        asyncio.create_task(every(JANITOR_INTERVAL, sweep)),
-    ]
-    try:
-        while started < n:
-            await until(few_live, "the live and due runs drained", RUN_TIMEOUT)
-            batch = min(RETENTION_BATCH, n - started)
-            await asyncio.gather(*(ctx.client.start(apps.short, started + i) for i in range(batch)))
-            started += batch
-        last_start = time.perf_counter()
-        await until(none_live, "every run finished", RUN_TIMEOUT)
-        wall = time.perf_counter() - began
-        await until(all_removed, "retention removed every run", RUN_TIMEOUT + retention)
-    finally:
-        stop.set()
-        await asyncio.gather(*loops, return_exceptions=True)
-    try:
-        end_memory = await used_memory()
-        left = 0
-        for key in ctx.names.runs_shards():
-            left += int(await client.zcard(key))
-    finally:
-        await client.aclose()
-    # After the first retention period (and a sweep), until the last start.
-    steady = [m for t, m in samples if began + retention + 2 * JANITOR_INTERVAL <= t <= last_start]
-    steady = steady or [m for _, m in samples]
-    first = steady[0]
-    return RetentionResult(
-        runs=n,
-        retention_s=retention,
-        wall_s=wall,
-        runs_per_s=n / wall,
-        steps_per_s=None,
-        samples=len(steady),
-        used_memory_start=start_memory,
-        steady_first=first,
-        steady_min=min(steady),
-        steady_max=max(steady),
-        steady_last=steady[-1],
-        used_memory_end=end_memory,
-        growth=(max(steady) - first) / first,
-        removed=removed,
-        left_runs=left,
-        ratio_to_floor=None,
-        ratio_name="used_memory growth after the first retention period, (max - first) / first",
-        correct=removed == n and left == 0,
     )
 
 
@@ -611,5 +505,4 @@ SCENARIO_FNS: dict[str, ScenarioFn] = {
     "soak": scenario_soak,
     "sleep": scenario_sleep,
     "storage": scenario_storage,
-    "retention": scenario_retention,
 }

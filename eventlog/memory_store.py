@@ -426,9 +426,15 @@ class MemoryEventStore(EventStore):
         self.memory_blobs.forget_run(run_id)
         return RemoveOutcome.REMOVED
 
+    async def remove_runs(self, run_ids: Sequence[str]) -> list[RemoveOutcome]:
+        return [await self.remove_run(run_id) for run_id in run_ids]
+
     async def run_bytes(self, run_id: str) -> int:
         """The run's stored event data (payload bytes): the memory store's rough size."""
         return sum(len(e.fields["data"]) for e in self._streams.get(run_id, []))
+
+    async def runs_bytes(self, run_ids: Sequence[str]) -> list[int]:
+        return [await self.run_bytes(run_id) for run_id in run_ids]
 
     async def due_removals(
         self, index: RemovalIndex, shard: int, until_ms: int, limit: int

@@ -300,8 +300,17 @@ class Maintenance(Protocol):
         """
 
     @abstractmethod
+    async def remove_runs(self, run_ids: Sequence[str]) -> list[RemoveOutcome]:
+        """``remove_run`` of each run (without ``expected_last``), in order: the janitor's
+        page at once. Each run is still removed atomically, on its own."""
+
+    @abstractmethod
     async def run_bytes(self, run_id: str) -> int:
         """Roughly how many bytes the run holds (stream and status hash; 0 if none)."""
+
+    @abstractmethod
+    async def runs_bytes(self, run_ids: Sequence[str]) -> list[int]:
+        """``run_bytes`` of each run, in order."""
 
     @abstractmethod
     async def due_removals(

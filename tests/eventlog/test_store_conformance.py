@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from ledgerflow.eventlog import codec
+from ledgerflow.eventlog import codec, redis_store
 from ledgerflow.eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
 from ledgerflow.eventlog.derived import expected_state, repair_run, verify_run
 from ledgerflow.eventlog.errors import (
@@ -1400,6 +1400,61 @@ async def test_remove_run_removes_everything_of_a_finished_run(store: EventStore
     assert await store.hook_owner(f"tok-{kept}") == (kept, "h1")
     # Removing again finds nothing.
     assert await store.remove_run(gone) is RemoveOutcome.NOT_FOUND
+
+
+async def test_remove_runs_removes_a_page_as_remove_run_does(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The janitor's page at once: every finished run whole, a live one refused and an
+    unknown one not found, in the order asked; each run's size before. (The Redis store
+    reads the logs in pipelines of a bounded number of events: here a few runs each.)"""
+    monkeypatch.setattr(redis_store, "REMOVE_READ_EVENTS", 10)
+    finished = [new_run_id() for _ in range(3)]
+    for run_id in finished:
+        await finished_run_with_everything(store, run_id)
+    live, unknown = new_run_id(), new_run_id()
+    await started_step(store, live)
+    live_before = await snapshot(store, live)
+    page = [finished[0], live, finished[1], unknown, finished[2]]
+    sizes = await store.runs_bytes(page)
+    assert sizes == [await store.run_bytes(run_id) for run_id in page]
+    assert sizes[3] == 0 and all(sizes[i] > 0 for i in (0, 1, 2, 4))
+
+    assert await store.remove_runs(page) == [
+        RemoveOutcome.REMOVED,
+        RemoveOutcome.LIVE,
+        RemoveOutcome.REMOVED,
+        RemoveOutcome.NOT_FOUND,
+        RemoveOutcome.REMOVED,
+    ]
+    for run_id in finished:
+        assert await snapshot(store, run_id) == ([], {})
+        assert await store.pending_timers(run_id) == []
+        assert await store.hook_owner(f"tok-{run_id}") is None
+        assert await store.removal_entry(run_id) is None
+        assert not await store.is_listed(run_id)
+    assert await snapshot(store, live) == live_before
+    assert await store.remove_runs([]) == [] and await store.runs_bytes([]) == []
+
+
+async def test_a_retention_entry_whose_run_is_gone_is_dropped(
+    store: EventStore, store_client: aioredis.Redis | None
+) -> None:
+    """A run deleted by hand leaves its retention entry due forever unless removal drops it
+    (remove_run and remove_runs alike answer NOT_FOUND and drop it)."""
+    one, two = new_run_id(), new_run_id()
+    for run_id in (one, two):
+        await append_ok(store, run_id, [run_created(), ev(E.RUN_STARTED)])
+        await append_ok(store, run_id, [ev(E.RUN_COMPLETED, data={"result": 1})])
+        if store_client is None:
+            assert isinstance(store, MemoryEventStore)
+            del store._streams[run_id], store._status[run_id]
+        else:
+            await store_client.delete(store.names.stream(run_id), store.names.status(run_id))
+        assert await store.removal_entry(run_id) is not None
+    assert await store.remove_run(one) is RemoveOutcome.NOT_FOUND
+    assert await store.remove_runs([two]) == [RemoveOutcome.NOT_FOUND]
+    assert await store.removal_entry(one) is None and await store.removal_entry(two) is None
 
 
 async def test_remove_run_refuses_a_live_run(store: EventStore, run_id: str) -> None:

@@ -90,6 +90,33 @@ async def test_pages_and_the_per_shard_bound() -> None:
     assert not any([await store.exists(f"r{i}") for i in range(30)])
 
 
+class OneShard(Clock):
+    """Every run in one shard, so the janitor's pages are the only split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names = Names("janitor", shards=1)
+
+
+async def test_a_lost_lease_stops_removal_before_the_next_page() -> None:
+    store = OneShard()
+    for i in range(5):
+        await finished(store, f"r{i}", retention=HOUR)
+    store.ahead = 2 * HOUR
+    checks = 0
+
+    async def fence() -> None:
+        nonlocal checks
+        checks += 1
+        if checks == 2:
+            raise LookupError("the lease is someone else's")
+
+    with pytest.raises(LookupError):
+        await Janitor(store, observers=[], page=2).sweep(fence=fence)
+    # One check for the first page (two runs removed); the second stopped the rest.
+    assert [await store.exists(f"r{i}") for i in range(5)] == [False, False, True, True, True]
+
+
 async def test_the_disposer_hook_and_a_refusing_disposer() -> None:
     store = Clock()
     await finished(store, "a", retention=HOUR)
