@@ -13,15 +13,18 @@ fails with a replay divergence.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.scheduler.reconciler import Reconciler
 from ledgerflow.scheduler.service import Scheduler
 
 import ledgerflow as lf
 from ledgerflow.ops.checker import check_log
+from ledgerflow.ops.lease import Lease
 from tests.apps import arith
 
 pytestmark = pytest.mark.integration
@@ -67,3 +70,29 @@ async def test_a_scheduler_whose_cached_run_is_ahead_of_its_log_replays_the_log(
     await scheduler.replay_run(run.run_id)
     assert await run.result(timeout=10) == arith.expected_total(1)
     assert check_log(await store.read(run.run_id), run.run_id) == []
+
+
+async def test_a_run_whose_first_decision_was_lost_is_activated_by_the_reconciler(
+    backends: Any, running: lf.Client
+) -> None:
+    """The log ends at run_started: the decision after it is gone, its activation acked."""
+    store = backends.store
+    run_id = "lost-decision-1"
+    data = {"workflow": arith.total.name, "args": [2], "kwargs": {}}
+    await store.append(
+        run_id,
+        [
+            NewEvent.of(E.RUN_CREATED, data=data, workflow=arith.total.name),
+            NewEvent.of(E.RUN_STARTED),
+        ],
+    )  # no activation: as if the scheduler had acted, then the failover lost its append
+    lease = Lease(store.client, backends.names, owner="test-reconciler", ttl_ms=2000)
+    reconciler = Reconciler(store, backends.broker, lease, stale_after=0.3, interval=0.2)
+    task = asyncio.create_task(reconciler.run())
+    try:
+        assert await running.result(run_id, timeout=15) == arith.expected_total(2)
+    finally:
+        reconciler.stop()
+        await asyncio.wait_for(task, 10)
+    assert reconciler.recoveries["started, nothing decided"] == 1, reconciler.recoveries
+    assert check_log(await store.read(run_id), run_id) == []
