@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from ledgerflow.broker.rabbitmq import connect_first
 from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
@@ -44,7 +45,7 @@ async def amqp_floor(amqp_url: str, queue_name: str, n: int, floor: Floor) -> No
     time (the round-trip latency floor for a chain of steps) and all ``n`` in
     flight at once (the throughput floor for a fan-out).
     """
-    connection = await aio_pika.connect(amqp_url, timeout=FLOOR_TIMEOUT)
+    connection = await connect_first(amqp_url, timeout=FLOOR_TIMEOUT)
     try:
         publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         consume_channel = await connection.channel(publisher_confirms=False)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import aio_pika
+from ledgerflow.broker.rabbitmq import connect_first
 from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
@@ -187,7 +187,7 @@ def machine_info() -> dict[str, Any]:
 async def server_versions(settings: Settings) -> dict[str, str]:
     versions = {"rabbitmq": "?", "redis": "?"}
     with contextlib.suppress(Exception):
-        connection = await aio_pika.connect(settings.amqp_url)
+        connection = await connect_first(settings.amqp_url)
         try:
             transport: Any = connection.transport
             props = transport.connection.server_properties

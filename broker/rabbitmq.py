@@ -12,11 +12,23 @@ Channel layout, and why:
 * short-lived channels for declarations and admin calls, because a refused
   declaration (PRECONDITION_FAILED, NOT_FOUND) closes the channel it ran on.
 
-``connect_robust`` reconnects after a broker restart and re-subscribes the
-consumers (aio-pika remembers queues declared through a robust channel).
-Publishes that were in flight when the connection dropped raise PublishError;
-they are not replayed, because the caller decides whether to retry and a
-retry may duplicate, which the event log makes harmless.
+One RabbitMQ node or several: the URL may be a comma-separated list of a
+cluster's nodes (``broker/urls.py``). The connection is aio-pika's robust
+connection, which reconnects after a broker restart and re-subscribes the
+consumers (it remembers queues declared through a robust channel), with one
+change (``FailoverConnection``): each time the connection is lost or an attempt
+fails, the next attempt goes to the next URL of the list, round the list. So a
+node's death moves every channel of the process, publishing and consuming, to a
+surviving node at once; only when every node fails does the process wait
+``reconnect_interval`` between attempts.
+
+A publish in flight when the connection drops is sent again on the restored
+connection, and one RabbitMQ nacked is sent again on a new channel, until
+``timeout`` runs out: the message may then arrive twice, which the event log
+makes harmless (appends are idempotent, a step message is checked against the
+log before it runs), while giving up would leave the caller to guess whether it
+arrived. Declarations and look-ups cut off by a lost connection are made once
+more after it is back.
 """
 
 from __future__ import annotations
@@ -26,13 +38,15 @@ import contextlib
 import datetime
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
 import structlog
+from aio_pika import RobustConnection
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -51,6 +65,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, Names
 from ledgerflow.eventlog.urls import redact, redact_text
+from yarl import URL
 
 from .base import (
     DEFAULT_DELIVERY_LIMIT,
@@ -63,7 +78,13 @@ from .base import (
     Outgoing,
     QueueInfo,
 )
-from .topology import declare_topology, declare_work_queue, work_queue_arguments
+from .topology import (
+    check_quorum_size,
+    declare_topology,
+    declare_work_queue,
+    work_queue_arguments,
+)
+from .urls import amqp_urls, shown
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +109,14 @@ _CHANNEL_ERRORS = (
     aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
 )
+# The connection itself went away (not a refusal on the channel, such as NOT_FOUND).
+_CONNECTION_LOST = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
+
+T = TypeVar("T")
 
 
 class RabbitDelivery(Delivery):
@@ -136,6 +165,18 @@ def _delivery_count(headers: dict[str, Any]) -> int:
     return (previous if isinstance(previous, int) else 0) + 1
 
 
+PUBLISH_RETRY_PAUSE = 0.1
+"""Seconds before the n-th retry of an unconfirmed publish: n times this, at most 1 s."""
+
+
+class _Unconfirmed(Exception):
+    """A publish that was not confirmed for a reason a new attempt may fix."""
+
+    def __init__(self, reason: str, *, nacked: bool = False) -> None:
+        super().__init__(reason)
+        self.nacked = nacked
+
+
 REOPEN_WAIT = 30.0
 """How long a consumer channel the server closed may stay closed, with the connection
 up, before the consumer subscribes again on a new channel itself."""
@@ -178,7 +219,7 @@ class RabbitConsumer(Consumer):
 
     async def subscribe(self) -> None:
         """Open a channel, set its prefetch and consume the queue on it."""
-        channel = await self._broker._require().channel(publisher_confirms=False)
+        channel = await _open_channel(self._broker._require(), self._broker._timeout)
         try:
             await channel.set_qos(prefetch_count=self._prefetch)
             # Declared (passively) through the robust channel so that aio-pika
@@ -305,25 +346,93 @@ def with_default_heartbeat(url: str, seconds: int) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class FailoverConnection(RobustConnection):
+    """aio-pika's robust connection over the nodes of a cluster, one at a time.
+
+    Every loss of the connection and every failed attempt (aio-pika calls
+    ``_on_connection_close`` for both, since 9.4) moves the URL to the next node of
+    the list before the robust loop tries again. A dropped connection is retried
+    at once, on the next node (aio-pika's loop rests ``reconnect_interval`` after
+    each connect, so a connection lost sooner than that after it was made waits
+    for the rest); a failed attempt after ``reconnect_interval``, so a cluster that
+    is down entirely is tried once per node per interval, not in a tight loop. With
+    one URL this is exactly aio-pika's robust connection.
+
+    Channels, consumers and the publish channel are aio-pika's robust ones: they
+    are restored on whichever node the connection reaches, and the quorum queues
+    they use live on every node (``broker/topology.py``).
+    """
+
+    def __init__(self, urls: Sequence[str], start: int, **kwargs: Any) -> None:
+        super().__init__(URL(urls[start]), **kwargs)
+        self._urls = [URL(url) for url in urls]
+        self._index = start
+        self._was_connected = False
+
+    @property
+    def current_url(self) -> str:
+        """The URL of the node this connection is on, or tries next (unredacted)."""
+        return str(self._urls[self._index])
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        if self._was_connected:
+            # Paired with the failover warning: where the process is now, and when.
+            log.warning("rabbitmq.reconnected", node=redact(self.current_url))
+        self._was_connected = True
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # aio-pika's own handler first (its log line names the node that was lost); it
+        # only wakes the reconnect loop, which cannot run before this returns.
+        await super()._on_connection_close(closing)
+        if len(self._urls) < 2 or self._close_called or self.is_closed:
+            return
+        lost = self.current_url
+        self._index = (self._index + 1) % len(self._urls)
+        self.url = self._urls[self._index]
+        if self._was_connected:  # the first connect: RabbitBroker reports every URL itself
+            log.warning(
+                "rabbitmq.failover",
+                lost=redact(lost),
+                next=redact(self.current_url),
+                reason=redact_text(_close_reason(_closing_error(closing)), [lost]),
+            )
+
+
+def _closing_error(closing: asyncio.Future[Any]) -> BaseException | None:
+    if not closing.done() or closing.cancelled():
+        return None
+    return closing.exception()
+
+
 class RabbitBroker(Broker):
-    """RabbitMQ with quorum queues, publisher confirms, mandatory routing and manual acks."""
+    """RabbitMQ with quorum queues, publisher confirms, mandatory routing and manual acks.
+
+    ``url`` is one node's URL, a comma-separated list of a cluster's nodes, or a
+    sequence of them: connecting tries them in order, and the connection then
+    fails over round the list (``FailoverConnection``).
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         names: Names,
         *,
         delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+        quorum_size: int | None = None,
         reconnect_interval: float = 5.0,
         timeout: float = 30.0,
     ) -> None:
-        work_queue_arguments(names, delivery_limit)  # reject a bad limit before connecting
+        # Reject a bad limit, replica count or URL before connecting.
+        work_queue_arguments(names, delivery_limit)
+        self.quorum_size = check_quorum_size(quorum_size)
         self.names = names
         self.delivery_limit = delivery_limit
-        self._url = with_default_heartbeat(url, DEFAULT_HEARTBEAT)
+        self._given = amqp_urls(url)
+        self._urls = tuple(with_default_heartbeat(u, DEFAULT_HEARTBEAT) for u in self._given)
         self._reconnect_interval = reconnect_interval
         self._timeout = timeout
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._get_channels: dict[str, tuple[AbstractChannel, AbstractQueue]] = {}
@@ -331,6 +440,17 @@ class RabbitBroker(Broker):
         self._consumers: set[RabbitConsumer] = set()
         self._in_flight_ids: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
+        self._renew_lock = asyncio.Lock()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The nodes' URLs, in the order connecting tries them (unredacted: never log these)."""
+        return self._urls
+
+    @property
+    def connected_url(self) -> str | None:
+        """The URL of the node the connection is on now (or tries next); None if not connected."""
+        return None if self._connection is None else self._connection.current_url
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -338,18 +458,12 @@ class RabbitBroker(Broker):
         async with self._lock:
             if self._connection is not None and not self._connection.is_closed:
                 return
+            connection = await self._first_node()
             try:
-                connection = await aio_pika.connect_robust(
-                    self._url,
-                    timeout=self._timeout,
-                    reconnect_interval=self._reconnect_interval,
-                    client_properties={"connection_name": f"ledgerflow:{self.names.namespace}"},
-                )
-            except (OSError, aiormq.exceptions.AMQPError) as exc:
-                raise _connect_error(self._url, exc) from exc
-            try:
-                async with _temporary_channel(connection) as channel:
-                    await declare_topology(channel, self.names, self.delivery_limit)
+                async with _temporary_channel(connection, self._timeout) as channel:
+                    await declare_topology(
+                        channel, self.names, self.delivery_limit, self.quorum_size
+                    )
                 publish_channel = await connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
@@ -361,6 +475,37 @@ class RabbitBroker(Broker):
             self._publish_channel = publish_channel
             self._exchange = exchange
             self._declared = {DEFAULT_STEP_QUEUE: self.names.step_queue()}
+
+    async def _first_node(self) -> FailoverConnection:
+        """A robust connection to the first node of the list that answers, tried in order.
+
+        Every node failing is one error naming each (redacted) URL with its reason:
+        a ConfigurationError if any node refused the login or the virtual host
+        (users and permissions are cluster-wide: that is the deployment, not an
+        outage), else a ServiceUnavailableError.
+        """
+        failures: list[_Failure] = []
+        for index, url in enumerate(self._given):
+            connection = FailoverConnection(
+                self._urls,
+                index,
+                reconnect_interval=self._reconnect_interval,
+                client_properties={"connection_name": f"ledgerflow:{self.names.namespace}"},
+            )
+            try:
+                await connection.connect(timeout=self._timeout)
+            except (OSError, aiormq.exceptions.AMQPError) as exc:
+                await connection.close()
+                failures.append(_connect_failure(url, exc))
+                continue
+            if failures:
+                log.warning(
+                    "rabbitmq.connected_to_later_node",
+                    node=redact(url),
+                    unreachable=shown([f.url for f in failures]),
+                )
+            return connection
+        raise _all_failed(failures)
 
     async def close(self) -> None:
         for consumer in list(self._consumers):
@@ -375,7 +520,7 @@ class RabbitBroker(Broker):
     def _forget(self, consumer: RabbitConsumer) -> None:
         self._consumers.discard(consumer)
 
-    def _require(self) -> AbstractRobustConnection:
+    def _require(self) -> FailoverConnection:
         if self._connection is None or self._exchange is None:
             raise BrokerError("the RabbitMQ broker is not connected; call connect() first")
         return self._connection
@@ -385,26 +530,127 @@ class RabbitBroker(Broker):
         if full is not None:
             return full
         full = self.names.step_queue(queue)
-        async with _temporary_channel(self._require()) as channel:
-            await declare_work_queue(channel, self.names, full, self.delivery_limit)
+
+        async def declare(channel: AbstractChannel) -> None:
+            await declare_work_queue(
+                channel, self.names, full, self.delivery_limit, self.quorum_size
+            )
+
+        await self._admin(f"declaring queue {full!r}", declare)
         self._declared[queue] = full
         return full
+
+    async def _admin(self, what: str, call: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+        """An idempotent admin call on a channel of its own, once more if the connection drops.
+
+        A declaration or a passive look-up that was under way when the node went away
+        fails with the connection; once the connection is back (on another node) the
+        same call is made again. A second loss is a BrokerError saying what failed.
+        """
+        for attempt in (1, 2):
+            try:
+                async with _temporary_channel(self._require(), self._timeout) as channel:
+                    return await call(channel)
+            except _CONNECTION_LOST as exc:
+                if attempt == 2:
+                    raise BrokerError(
+                        f"{what} failed twice: the connection to RabbitMQ was lost ({exc!r})"
+                    ) from exc
+                log.warning("rabbitmq.admin_call_retried", what=what, error=repr(exc))
+        raise AssertionError("unreachable")
 
     # --- publishing ----------------------------------------------------------------
 
     async def _publish_one(self, out: Outgoing) -> None:
-        exchange, channel = self._exchange, self._publish_channel
-        if exchange is None or channel is None:
+        """Publish until RabbitMQ confirms it, across reconnects, for up to ``timeout`` seconds.
+
+        A message RabbitMQ returns as unroutable fails at once: no node will route
+        it. A publish whose channel or connection dropped before the confirm is sent
+        again once the connection is back (on another node after a failover). A
+        publish RabbitMQ nacked is sent again on a new channel (``_renew_publish_channel``).
+        Either way it may arrive twice, which the event log makes harmless.
+        """
+        if self._exchange is None or self._publish_channel is None:
             raise BrokerError("the RabbitMQ broker is not connected; call connect() first")
+        message_id = out.message_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        attempt = 0
+        reasons: dict[str, None] = {}
+        async with self._exclusive_id(message_id):
+            while True:
+                attempt += 1
+                exchange, channel = self._exchange, self._publish_channel
+                if exchange is None or channel is None:
+                    raise BrokerError("the RabbitMQ broker was closed while publishing")
+                try:
+                    await self._publish_attempt(exchange, channel, out, message_id, deadline)
+                    return
+                except _Unconfirmed as failed:
+                    reasons[str(failed)] = None
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise PublishError(
+                            f"message {message_id!r} to {out.queue!r} was not confirmed within "
+                            f"{self._timeout:g}s over {attempt} attempt(s) ({'; '.join(reasons)}); "
+                            "it may or may not have arrived"
+                        ) from failed.__cause__
+                    log.warning(
+                        "rabbitmq.publish_retried",
+                        message_id=message_id,
+                        queue=out.queue,
+                        attempt=attempt,
+                        error=str(failed),
+                    )
+                    if failed.nacked:
+                        await self._renew_publish_channel(channel, remaining)
+                    await asyncio.sleep(min(PUBLISH_RETRY_PAUSE * attempt, 1.0, remaining))
+
+    async def _renew_publish_channel(self, failed: AbstractRobustChannel, timeout: float) -> None:
+        """Publish on a new channel from now on, and close the one that nacked.
+
+        Why: on RabbitMQ 3.10 (observed in tests/cluster/test_rabbitmq_failover.py), a channel
+        whose first publish to a quorum queue came while the queue's leader was on a
+        node that had just died may nack every later publish to that queue, for good,
+        while a new channel on the same connection is confirmed at once. Closing the
+        old channel fails whatever else was in flight on it; those publishes are sent
+        again on the new one. Concurrent nacks renew once: only the publish that still
+        sees the failed channel as current replaces it.
+        """
+        async with self._renew_lock:
+            if self._publish_channel is not failed or self._connection is None:
+                return
+            try:
+                channel = await _open_channel(
+                    self._connection, timeout, publisher_confirms=True, on_return_raises=True
+                )
+                exchange = await channel.get_exchange(self.names.exchange, ensure=False)
+            except (*_CHANNEL_ERRORS, BrokerError, TimeoutError) as exc:
+                log.warning("rabbitmq.publish_channel_not_renewed", error=repr(exc))
+                return
+            self._publish_channel, self._exchange = channel, exchange
+            log.warning("rabbitmq.publish_channel_renewed", reason="nacked")
+        with contextlib.suppress(*_CHANNEL_ERRORS, TimeoutError):
+            await failed.close()
+
+    async def _publish_attempt(
+        self,
+        exchange: AbstractExchange,
+        channel: AbstractRobustChannel,
+        out: Outgoing,
+        message_id: str,
+        deadline: float,
+    ) -> None:
+        """One publish and its confirm; _Unconfirmed for what a retry may fix."""
+        loop = asyncio.get_running_loop()
         try:
             # While the robust connection is reconnecting, wait for it rather than fail.
-            await asyncio.wait_for(channel.ready(), self._timeout)
+            await asyncio.wait_for(channel.ready(), max(deadline - loop.time(), 0.001))
         except TimeoutError as exc:
             raise PublishError(
-                f"RabbitMQ did not come back within {self._timeout}s; "
-                f"nothing was published to {out.queue!r}"
+                f"RabbitMQ did not come back within {self._timeout:g}s; "
+                f"message {message_id!r} to {out.queue!r} was not published"
             ) from exc
-        message_id = out.message_id or uuid.uuid4().hex
         message = aio_pika.Message(
             out.body,
             headers=dict(out.headers) if out.headers else None,
@@ -413,29 +659,24 @@ class RabbitBroker(Broker):
             # Lets an operator tell how long a message has waited (`ledgerflow dlq`).
             timestamp=datetime.datetime.now(datetime.UTC),
         )
-        async with self._exclusive_id(message_id):
-            try:
-                result = await exchange.publish(
-                    message, routing_key=out.queue, mandatory=True, timeout=self._timeout
-                )
-            except aiormq.exceptions.PublishError as exc:
-                raise PublishError(
-                    f"RabbitMQ returned message {message_id!r} as unroutable: no queue "
-                    f"{out.queue!r} is bound to exchange {self.names.exchange!r}"
-                ) from exc
-            except aiormq.exceptions.DeliveryError as exc:
-                raise PublishError(
-                    f"RabbitMQ refused (nacked) message {message_id!r} to {out.queue!r}"
-                ) from exc
-            except (*_CHANNEL_ERRORS, TimeoutError) as exc:
-                raise PublishError(
-                    f"message {message_id!r} to {out.queue!r} was not confirmed ({exc!r}); "
-                    "it may or may not have arrived"
-                ) from exc
-        if not isinstance(result, aiormq.spec.Basic.Ack):
-            raise PublishError(
-                f"message {message_id!r} to {out.queue!r} was not confirmed: got {result!r}"
+        try:
+            result = await exchange.publish(
+                message,
+                routing_key=out.queue,
+                mandatory=True,
+                timeout=max(deadline - loop.time(), 0.001),
             )
+        except aiormq.exceptions.PublishError as exc:
+            raise PublishError(
+                f"RabbitMQ returned message {message_id!r} as unroutable: no queue "
+                f"{out.queue!r} is bound to exchange {self.names.exchange!r}"
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise _Unconfirmed("RabbitMQ refused (nacked) it", nacked=True) from exc
+        except (*_CHANNEL_ERRORS, TimeoutError) as exc:
+            raise _Unconfirmed(f"no confirm: {exc!r}") from exc
+        if not isinstance(result, aiormq.spec.Basic.Ack):
+            raise _Unconfirmed(f"got {result!r} instead of a confirm")
 
     @contextlib.asynccontextmanager
     async def _exclusive_id(self, message_id: str) -> AsyncIterator[None]:
@@ -484,7 +725,7 @@ class RabbitBroker(Broker):
         known = self._get_channels.get(queue)
         if known is not None and not known[0].is_closed:
             return known[1]
-        channel = await self._require().channel(publisher_confirms=False)
+        channel = await _open_channel(self._require(), self._timeout)
         try:
             declared = await _passive(channel, queue)
         except BaseException:
@@ -495,22 +736,21 @@ class RabbitBroker(Broker):
         return declared
 
     async def queue_depth(self, queue: str) -> int:
-        async with _temporary_channel(self._require()) as channel:
-            declared = await _passive(channel, queue)
-            count = declared.declaration_result.message_count
-        return int(count or 0)
+        return (await self.queue_info(queue)).depth
 
     async def purge(self, queue: str) -> int:
-        async with _temporary_channel(self._require()) as channel:
-            declared = await _passive(channel, queue)
-            result = await declared.purge()
-        return int(result.message_count or 0)
+        async def purge(channel: AbstractChannel) -> int:
+            result = await (await _passive(channel, queue)).purge()
+            return int(result.message_count or 0)
+
+        return await self._admin(f"purging queue {queue!r}", purge)
 
     async def queue_info(self, queue: str) -> QueueInfo:
-        async with _temporary_channel(self._require()) as channel:
-            declared = await _passive(channel, queue)
-            result = declared.declaration_result
-        return QueueInfo(queue, int(result.message_count or 0), int(result.consumer_count or 0))
+        async def look_up(channel: AbstractChannel) -> QueueInfo:
+            result = (await _passive(channel, queue)).declaration_result
+            return QueueInfo(queue, int(result.message_count or 0), int(result.consumer_count or 0))
+
+        return await self._admin(f"looking up queue {queue!r}", look_up)
 
     def server_version(self) -> tuple[int, ...] | None:
         """RabbitMQ's version from the connection handshake; None while disconnected."""
@@ -555,7 +795,7 @@ class RabbitBroker(Broker):
                 "give it `x-delivery-limit: -1` with a policy first, or upgrade to 4.3+"
             )
         queue = self.names.dead_queue
-        channel = await self._require().channel(publisher_confirms=False)
+        channel = await _open_channel(self._require(), self._timeout)
         held: list[Delivery] = []
         try:
             declared = await _passive(channel, queue)
@@ -583,6 +823,26 @@ class RabbitBroker(Broker):
                     await channel.close()
 
 
+async def connect_first(
+    url: str | Sequence[str], *, timeout: float = 10.0
+) -> aio_pika.abc.AbstractConnection:
+    """A plain (not robust) connection to the first node of ``url`` that answers.
+
+    For tools that make a few calls and close (test fleets, namespace cleanup, the
+    benchmark's report): they take the same URL list as the processes. Every node
+    failing is one ServiceUnavailableError (ConfigurationError for a refused login
+    or virtual host) naming each redacted URL.
+    """
+    urls = amqp_urls(url)
+    failures: list[_Failure] = []
+    for one in urls:
+        try:
+            return await aio_pika.connect(one, timeout=timeout)
+        except (OSError, aiormq.exceptions.AMQPError) as exc:
+            failures.append(_connect_failure(one, exc))
+    raise _all_failed(failures)
+
+
 async def _passive(channel: AbstractChannel, queue: str) -> AbstractQueue:
     """Look a queue up without creating it; a missing queue is a BrokerError."""
     try:
@@ -591,11 +851,35 @@ async def _passive(channel: AbstractChannel, queue: str) -> AbstractQueue:
         raise BrokerError(f"queue {queue!r} does not exist; declare it first") from exc
 
 
+async def _open_channel(
+    connection: AbstractRobustConnection,
+    timeout: float,
+    *,
+    publisher_confirms: bool = False,
+    on_return_raises: bool = False,
+) -> AbstractRobustChannel:
+    """A new channel, once the connection is up: while it fails over, wait rather than fail.
+
+    aio-pika refuses to open a channel on a robust connection between two nodes
+    (RuntimeError "Connection was not opened"); waiting up to ``timeout`` for the
+    reconnect turns a failover into a pause for declarations, gets and admin calls.
+    """
+    try:
+        await asyncio.wait_for(connection.ready(), timeout)
+        return await connection.channel(
+            publisher_confirms=publisher_confirms, on_return_raises=on_return_raises
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        raise BrokerError(
+            f"no RabbitMQ connection within {timeout:g}s to open a channel on ({exc!r})"
+        ) from exc
+
+
 @contextlib.asynccontextmanager
 async def _temporary_channel(
-    connection: AbstractRobustConnection,
+    connection: AbstractRobustConnection, timeout: float
 ) -> AsyncIterator[AbstractChannel]:
-    channel = await connection.channel(publisher_confirms=False)
+    channel = await _open_channel(connection, timeout)
     try:
         yield channel
     finally:
@@ -604,7 +888,16 @@ async def _temporary_channel(
                 await channel.close()
 
 
-def _connect_error(url: str, exc: BaseException) -> LedgerflowError:
+@dataclass(frozen=True)
+class _Failure:
+    """Why connecting to one URL failed: the error for that URL alone, and a short reason."""
+
+    url: str
+    error: LedgerflowError
+    reason: str
+
+
+def _connect_failure(url: str, exc: BaseException) -> _Failure:
     """What a failed connect means: a login or vhost refused is configuration, not an outage.
 
     Both are permanent until someone fixes the URL or the server's users, so they are
@@ -614,20 +907,53 @@ def _connect_error(url: str, exc: BaseException) -> LedgerflowError:
     where = redact(url)
     detail = redact_text(repr(exc), [url])
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
-        return ConfigurationError(
-            f"RabbitMQ at {where} refused the login ({detail}): check the user and password "
-            "in the AMQP URL"
+        reason = f"refused the login ({detail})"
+        return _Failure(
+            url,
+            ConfigurationError(
+                f"RabbitMQ at {where} {reason}: check the user and password in the AMQP URL"
+            ),
+            reason,
         )
     if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
         # RabbitMQ answers Connection.Open on a vhost the user may not use with a close.
         vhost = unquote(urlsplit(url).path[1:]) or "/"
+        reason = f"refused to open virtual host {vhost!r}"
+        return _Failure(
+            url,
+            ConfigurationError(
+                f"RabbitMQ at {where} {reason}: it does not exist "
+                "or the user has no permissions on it (`rabbitmqctl list_vhosts`, "
+                "`rabbitmqctl list_permissions -p VHOST`)"
+            ),
+            reason,
+        )
+    return _Failure(
+        url,
+        ServiceUnavailableError(
+            f"cannot connect to RabbitMQ at {where}: {detail}. "
+            "Start it (`rabbitmq-server -detached`, or `make services`) "
+            "or point the AMQP URL at a running server."
+        ),
+        detail,
+    )
+
+
+def _all_failed(failures: Sequence[_Failure]) -> LedgerflowError:
+    """One error for a list of nodes that all failed; a single node's error as it was.
+
+    A refused login or virtual host on any node makes it a ConfigurationError: users
+    and permissions are cluster-wide, so that is the deployment, not an outage.
+    """
+    if len(failures) == 1:
+        return failures[0].error
+    listed = "; ".join(f"{redact(f.url)} ({f.reason})" for f in failures)
+    if any(isinstance(f.error, ConfigurationError) for f in failures):
         return ConfigurationError(
-            f"RabbitMQ at {where} refused to open virtual host {vhost!r}: it does not exist "
-            "or the user has no permissions on it (`rabbitmqctl list_vhosts`, "
-            "`rabbitmqctl list_permissions -p VHOST`)"
+            f"no RabbitMQ node of the list accepted the connection: {listed}. "
+            "Check the user, password and virtual host in the AMQP URLs."
         )
     return ServiceUnavailableError(
-        f"cannot connect to RabbitMQ at {where}: {detail}. "
-        "Start it (`rabbitmq-server -detached`, or `make services`) "
-        "or point the AMQP URL at a running server."
+        f"cannot connect to any of the {len(failures)} RabbitMQ nodes: {listed}. "
+        "Start them, or point the AMQP URL at running nodes."
     )

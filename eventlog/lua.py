@@ -7,9 +7,9 @@ anything twice. Redis does not roll a script back, so every argument is checked
 (``integrity.lua_checks``) and every transition decided before the first write:
 a batch is written whole or not at all.
 
-KEYS: stream, status hash, active-index shard, timer-index shard, hook-token index,
-runs-index shard (every run, scored by creation time), finished-index shard,
-expire-index shard.
+KEYS: stream, status hash, active-index shard, timer-index shard, runs-index shard
+(every run, scored by creation time), finished-index shard, expire-index shard: all
+in the run's shard, so one slot (``names``).
 ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
 workflow name of run_created, the token of hook_created, the call fingerprint of
 step_created / step_started), timer member ("" for none), timer due ("+ms" after
@@ -20,8 +20,9 @@ Besides the stream entry, a written step_created records its entry id (x:<corr>,
 so a retry can re-dispatch the step's arguments) and its call fingerprint
 (f:<corr>), and a written step_started stamps the step's heartbeat (h:<corr>). A
 step_started with a fingerprint must match f:<corr> when the step has one. A
-hook's token must be unused by any other live hook, and by any other hook of the
-same batch (the token index maps token -> run|corr; hook_disposed removes it).
+hook's token is recorded in the status hash (t:<corr>) and must be unused by any
+other hook of the same batch; the namespace's token registry is in other slots and
+is claimed before the append and released after it (``redis_store``).
 The batch that makes the run terminal stamps its finish time (``end``) and enters
 it in a retention index: the expire shard at finish + its own retention (``ret``,
 from run_created) if it has one, else the finished shard at its finish time.
@@ -48,8 +49,8 @@ APPEND_SCRIPT = f"""
 local T = {lua_table()}
 local KIND = {{{_KINDS}}}
 local TERMINAL = {{{_TERMINAL}}}
-local stream, status, active, timers, hooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local runs, finished, expire = KEYS[6], KEYS[7], KEYS[8]
+local stream, status, active, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local runs, finished, expire = KEYS[5], KEYS[6], KEYS[7]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 {lua_checks()}
 local run_state = redis.call('HGET', status, F_RUN) or ''
@@ -115,7 +116,7 @@ for i = 1, n do
     local write = rule[1] == 'w'
     if write and etype == 'hook_created' and wf ~= '' then
       local mine = run_id .. '|' .. corr
-      local owner = claimed[wf] or redis.call('HGET', hooks, wf)
+      local owner = claimed[wf]
       if owner and owner ~= mine then
         return {{'error', 'tokenclash', label, owner, etype, wf}}
       end
@@ -164,14 +165,7 @@ for i = 1, n do
       end
       if ARGV[b + 1] == 'step_started' then redis.call('HSET', status, f_heartbeat(p[5]), now) end
       if ARGV[b + 1] == 'hook_created' and ARGV[b + 5] ~= '' then
-        redis.call('HSET', hooks, ARGV[b + 5], run_id .. '|' .. p[5])
         redis.call('HSET', status, f_token(p[5]), ARGV[b + 5])
-      end
-      if ARGV[b + 1] == 'hook_disposed' then
-        local token = redis.call('HGET', status, f_token(p[5]))
-        if token and redis.call('HGET', hooks, token) == run_id .. '|' .. p[5] then
-          redis.call('HDEL', hooks, token)
-        end
       end
     end
     local member, due = ARGV[b + 6], ARGV[b + 7]
@@ -277,6 +271,20 @@ end
 return 0
 """
 
+# Take a hook token in the registry (token -> "run|corr") if it is free (ARGV[3] "") or
+# still held by ARGV[3] (a holder the caller found no longer live): compare-and-set.
+# KEYS: the token's registry shard. ARGV: token, owner, expected holder.
+# Reply: {"mine"} (already ours), {"taken"}, or {"held", holder}.
+CLAIM_HOOK_SCRIPT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if cur == ARGV[2] then return {'mine'} end
+if cur == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return {'taken'}
+end
+return {'held', cur}
+"""
+
 # Drop a hook token only if it still maps to the given owner. KEYS: token index. ARGV: token, owner.
 FORGET_HOOK_SCRIPT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -287,10 +295,10 @@ return 0
 
 # Rewrite a run's derived state from its stream, but only if the stream has not moved
 # since the caller read it (so a concurrent append is never overwritten).
-# KEYS: stream, status, active shard, timer shard, hook-token index, runs-index shard,
-#       finished shard, expire shard.
+# KEYS: stream, status, active shard, timer shard, runs-index shard, finished shard,
+#       expire shard (one slot; the caller then registers the live hooks' tokens).
 # ARGV: run_id, expected last id, active ("1"/"0"), nfields, field, value, ...,
-#       ntimers, member, due, ..., nhooks, token, owner, ...,
+#       ntimers, member, due, ...,
 #       retention index ("finished", "expire" or "" while live), its score.
 REWRITE_DERIVED_SCRIPT = f"""
 {_FIELDS}local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -314,7 +322,7 @@ end
 i = i + 2 * nfields + 1
 for j = 1, #keep, 2 do redis.call('HSET', KEYS[2], keep[j], keep[j + 1]) end
 local created = redis.call('HGET', KEYS[2], F_CREATED)
-if created then redis.call('ZADD', KEYS[6], 'NX', created, ARGV[1]) end
+if created then redis.call('ZADD', KEYS[5], 'NX', created, ARGV[1]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[3] == '1' then
@@ -327,15 +335,10 @@ for j = 1, ntimers do
   redis.call('ZADD', KEYS[4], 'NX', ARGV[i + 2 * j], ARGV[i + 2 * j - 1])
 end
 i = i + 2 * ntimers + 1
-local nhooks = tonumber(ARGV[i])
-for j = 1, nhooks do
-  redis.call('HSET', KEYS[5], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
-end
-i = i + 2 * nhooks + 1
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
-redis.call('ZREM', KEYS[8], ARGV[1])
-if ARGV[i] == 'finished' then redis.call('ZADD', KEYS[7], ARGV[i + 1], ARGV[1]) end
-if ARGV[i] == 'expire' then redis.call('ZADD', KEYS[8], ARGV[i + 1], ARGV[1]) end
+if ARGV[i] == 'finished' then redis.call('ZADD', KEYS[6], ARGV[i + 1], ARGV[1]) end
+if ARGV[i] == 'expire' then redis.call('ZADD', KEYS[7], ARGV[i + 1], ARGV[1]) end
 return 1
 """
 
@@ -361,41 +364,42 @@ return 'ok'
 
 # Remove everything of one finished run, atomically (see ``Maintenance.remove_run``).
 # KEYS: stream, status, runs shard, active shard, finished shard, expire shard, timer shard,
-#       hook-token index, blob set, then every blob key the blob set names.
+#       blob set, then every blob key the blob set names (all in the run's slot).
 # ARGV: run_id, expected last id ("" for any), the newest id the caller read (its timer
 #       members are computed from the log up to there), ntimers, member, ...
-# Reply: removed | notfound | live | moved | stale (the caller's reading is out of date:
-#        the log or the blob set changed since; it reads again and retries).
+# Reply: {removed, token, owner, token, owner...} (the hook tokens the run recorded: the
+#        caller releases them in the registry, which is in other slots) | {notfound} |
+#        {live} | {moved} | {stale} (the caller's reading is out of date: the log or the
+#        blob set changed since; it reads again and retries).
 REMOVE_RUN_SCRIPT = f"""
 {_FIELDS}local TERMINAL = {{{_TERMINAL}}}
-local stream, status, hooks, blobs = KEYS[1], KEYS[2], KEYS[8], KEYS[9]
+local stream, status, blobs = KEYS[1], KEYS[2], KEYS[8]
 local run_id, expected, seen, ntimers = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local state = redis.call('HGET', status, F_RUN)
 if (not state) or state == '' then
   -- No run: a leftover retention entry (keys deleted by hand) would be due forever.
   redis.call('ZREM', KEYS[5], run_id)
   redis.call('ZREM', KEYS[6], run_id)
-  return 'notfound'
+  return {{'notfound'}}
 end
-if not TERMINAL[state] then return 'live' end
+if not TERMINAL[state] then return {{'live'}} end
 local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local newest_id = ''
 if newest[1] then newest_id = newest[1][1] end
-if expected ~= '' and expected ~= newest_id then return 'moved' end
-if seen ~= newest_id or redis.call('SCARD', blobs) ~= #KEYS - 9 then return 'stale' end
+if expected ~= '' and expected ~= newest_id then return {{'moved'}} end
+if seen ~= newest_id or redis.call('SCARD', blobs) ~= #KEYS - 8 then return {{'stale'}} end
+local reply = {{'removed'}}
 local fields = redis.call('HGETALL', status)
 for i = 1, #fields, 2 do
   local f = fields[i]
   if string.sub(f, 1, #P_TOKEN) == P_TOKEN then
-    local owner = run_id .. '|' .. string.sub(f, #P_TOKEN + 1)
-    if redis.call('HGET', hooks, fields[i + 1]) == owner then
-      redis.call('HDEL', hooks, fields[i + 1])
-    end
+    reply[#reply + 1] = fields[i + 1]
+    reply[#reply + 1] = run_id .. '|' .. string.sub(f, #P_TOKEN + 1)
   end
 end
 for i = 1, ntimers do redis.call('ZREM', KEYS[7], ARGV[4 + i]) end
 for i = 3, 6 do redis.call('ZREM', KEYS[i], run_id) end
-for i = 10, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('DEL', stream, status, blobs)
-return 'removed'
+return reply
 """

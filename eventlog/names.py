@@ -1,11 +1,23 @@
 """Every Redis key, stream, queue and exchange name, built in one place.
 
 Names are derived from a namespace so that two deployments, or two tests, can
-share one Redis and one RabbitMQ without seeing each other. A run's own keys
-(its stream and status hash) share the ``{run_id}`` hash tag; the global indexes
-are split into a fixed number of shards so no single key is hot. (The append
-script touches both a run's keys and index shards, so on Redis Cluster these do
-not yet share one slot: that is the clusters issue's key layout.)
+share one Redis and one RabbitMQ without seeing each other.
+
+The key layout is built for Redis Cluster and is the same on a single Redis: a
+run belongs to one index shard (crc32 of its id), and every key of the run (its
+stream, status hash and offloaded values) and every index shard it is entered in
+(active, timers, runs, finished, expire) carries that shard's hash tag. So each
+script call touches keys of one slot and stays one atomic call, while the shards
+spread the runs over the masters. Each shard's tag is chosen to hash into its own
+equal share of the 16,384 slots, so a cluster whose masters own equal slot
+ranges (what ``redis-cli --cluster create`` makes) holds an equal share of the
+shards when the shard count is a multiple of the master count.
+
+What cannot share a run's slot is designed not to need it: the hook-token
+registry is sharded by token and kept by compare-and-set calls beside the append
+(see ``redis_store``), the reconciler's lease and fence share a tag of their own,
+and worker presence keys are single keys. The namespace's meta hash records the
+layout version and the shard count, so every process uses the same one.
 """
 
 from __future__ import annotations
@@ -13,12 +25,19 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from .errors import ConfigurationError, InvalidArgumentError
 
 DEFAULT_NAMESPACE = "ledgerflow"
 DEFAULT_STEP_QUEUE = "default"
 INDEX_SHARDS = 16
+"""Shards of a namespace created on a single Redis (a cluster: 16 per master, up to MAX_SHARDS)."""
+MAX_SHARDS = 256
+LAYOUT_VERSION = 2
+"""1: per-run ``{run_id}`` tags and untagged index shards (before Redis Cluster); 2: shard tags."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\Z")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*\Z")
@@ -90,8 +109,34 @@ def check_queue_name(queue: str) -> str:
 
 
 def shard_of(run_id: str, shards: int = INDEX_SHARDS) -> int:
-    """Stable shard for a run; crc32 so every process and language agrees."""
+    """Stable shard for a run (or a hook token); crc32 so every process and language agrees."""
     return zlib.crc32(run_id.encode()) % shards
+
+
+def check_shards(shards: object) -> int:
+    if isinstance(shards, int) and not isinstance(shards, bool) and 1 <= shards <= MAX_SHARDS:
+        return shards
+    raise ConfigurationError(f"invalid shard count {shards!r}: use 1-{MAX_SHARDS}")
+
+
+@lru_cache(maxsize=64)
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """The hash tag of each shard: shard i hashes into the i-th equal range of slots.
+
+    Found by trying suffixes (about ``shards`` tries per shard), once per process.
+    """
+    tags: list[str] = []
+    for shard in range(shards):
+        low = shard * REDIS_CLUSTER_HASH_SLOTS // shards
+        high = (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+        salt = 0
+        while True:
+            tag = f"{shard}" if salt == 0 else f"{shard}.{salt}"
+            if low <= key_slot(tag.encode()) < high:
+                break
+            salt += 1
+        tags.append(tag)
+    return tuple(tags)
 
 
 @dataclass(frozen=True)
@@ -106,27 +151,40 @@ class Names:
             raise ConfigurationError(
                 f"invalid namespace {self.namespace!r}: use letters, digits, _ and -"
             )
+        check_shards(self.shards)
 
-    # --- Redis: per run (all share the {run_id} hash tag) ----------------------------
+    # --- Redis: the hash tag of each shard --------------------------------------------
+
+    def shard_tag(self, shard: int) -> str:
+        """``{tag}``: the part of a key Redis Cluster hashes (see the module docstring)."""
+        return "{" + shard_tags(self.shards)[shard] + "}"
+
+    def _in_shard(self, shard: int, rest: str) -> str:
+        return f"{self.namespace}:{self.shard_tag(shard)}:{rest}"
+
+    def _of_run(self, run_id: str, rest: str) -> str:
+        return self._in_shard(shard_of(run_id, self.shards), rest)
+
+    # --- Redis: per run (in the run's shard) ------------------------------------------
 
     def stream(self, run_id: str) -> str:
-        return f"{self.namespace}:run:{{{run_id}}}:log"
+        return self._of_run(run_id, f"run:{run_id}:log")
 
     def status(self, run_id: str) -> str:
-        return f"{self.namespace}:run:{{{run_id}}}:status"
+        return self._of_run(run_id, f"run:{run_id}:status")
 
     def blob(self, run_id: str, digest: str) -> str:
         """One offloaded value of a run (a STRING), named by its sha256 (hex)."""
-        return f"{self.namespace}:blob:{{{run_id}}}:{digest}"
+        return self._of_run(run_id, f"blob:{run_id}:{digest}")
 
     def blob_set(self, run_id: str) -> str:
         """The digests of a run's blobs (a SET), so removing the run finds them all."""
-        return f"{self.namespace}:blobs:{{{run_id}}}"
+        return self._of_run(run_id, f"blobs:{run_id}")
 
-    # --- Redis: global, sharded indexes ---------------------------------------------
+    # --- Redis: sharded indexes (a run's entries are in its own shard) ----------------
 
     def active_shard(self, shard: int) -> str:
-        return f"{self.namespace}:active:{shard}"
+        return self._in_shard(shard, "active")
 
     def active_for(self, run_id: str) -> str:
         return self.active_shard(shard_of(run_id, self.shards))
@@ -135,7 +193,7 @@ class Names:
         return [self.active_shard(i) for i in range(self.shards)]
 
     def timer_shard(self, shard: int) -> str:
-        return f"{self.namespace}:timers:{shard}"
+        return self._in_shard(shard, "timers")
 
     def timer_for(self, run_id: str) -> str:
         return self.timer_shard(shard_of(run_id, self.shards))
@@ -145,7 +203,7 @@ class Names:
 
     def runs_shard(self, shard: int) -> str:
         """Every run ever created, scored by its creation time (for listing runs)."""
-        return f"{self.namespace}:runs:{shard}"
+        return self._in_shard(shard, "runs")
 
     def runs_for(self, run_id: str) -> str:
         return self.runs_shard(shard_of(run_id, self.shards))
@@ -159,7 +217,7 @@ class Names:
         The namespace default retention is applied to this index by the janitor,
         so changing the default applies to runs already finished.
         """
-        return f"{self.namespace}:finished:{shard}"
+        return self._in_shard(shard, "finished")
 
     def finished_for(self, run_id: str) -> str:
         return self.finished_shard(shard_of(run_id, self.shards))
@@ -169,7 +227,7 @@ class Names:
 
     def expire_shard(self, shard: int) -> str:
         """Finished runs whose workflow declared a retention, scored by removal due time (ms)."""
-        return f"{self.namespace}:expire:{shard}"
+        return self._in_shard(shard, "expire")
 
     def expire_for(self, run_id: str) -> str:
         return self.expire_shard(shard_of(run_id, self.shards))
@@ -177,12 +235,26 @@ class Names:
     def expire_shards(self) -> list[str]:
         return [self.expire_shard(i) for i in range(self.shards)]
 
+    def hook_tokens_for(self, token: str) -> str:
+        """The registry shard of a hook token (token -> "run|corr"), sharded by the token.
+
+        It cannot share the owning run's slot (a lookup knows only the token), so it
+        is never written in the append's atomic call: see ``redis_store``'s hooks.
+        """
+        return self._in_shard(shard_of(token, self.shards), "hooks")
+
+    def hook_token_shards(self) -> list[str]:
+        return [self._in_shard(i, "hooks") for i in range(self.shards)]
+
+    # --- Redis: namespace-wide single keys --------------------------------------------
+
+    def meta(self) -> str:
+        """The namespace's layout version and shard count (a hash), written once."""
+        return f"{self.namespace}:meta"
+
     def worker_presence(self, identity: str) -> str:
         """Exists while the worker ``identity`` (host:pid) is alive; it expires by itself."""
         return f"{self.namespace}:worker:{identity}"
-
-    def hook_tokens(self) -> str:
-        return f"{self.namespace}:hooks"
 
     # The lease and its fencing counter are written by one script: one hash tag, so on
     # a Redis Cluster they share a slot.
@@ -226,3 +298,42 @@ class Names:
     @property
     def dead_queue(self) -> str:
         return f"{self.namespace}.dead"
+
+
+@dataclass(frozen=True)
+class LegacyNames:
+    """The keys of layout 1 (before Redis Cluster), read only by ``ledgerflow migrate``.
+
+    A run's keys were tagged by its id and the index shards were untagged, so the
+    append touched several slots; layout 1 always had 16 shards.
+    """
+
+    namespace: str = DEFAULT_NAMESPACE
+    shards: int = INDEX_SHARDS
+
+    def stream(self, run_id: str) -> str:
+        return f"{self.namespace}:run:{{{run_id}}}:log"
+
+    def status(self, run_id: str) -> str:
+        return f"{self.namespace}:run:{{{run_id}}}:status"
+
+    def status_pattern(self) -> str:
+        """Glob for every run's status hash (how migrate finds runs no index lists)."""
+        return f"{self.namespace}:run:{{*}}:status"
+
+    def run_of_status(self, key: str) -> str:
+        prefix = f"{self.namespace}:run:{{"
+        return key[len(prefix) : -len("}:status")]
+
+    def blob_set(self, run_id: str) -> str:
+        return f"{self.namespace}:blobs:{{{run_id}}}"
+
+    def blob(self, run_id: str, digest: str) -> str:
+        return f"{self.namespace}:blob:{{{run_id}}}:{digest}"
+
+    def indexes(self) -> list[str]:
+        """Every index key of layout 1 (rebuilt from the logs, then deleted)."""
+        kinds = ("active", "timers", "runs", "finished", "expire")
+        return [f"{self.namespace}:{k}:{i}" for k in kinds for i in range(self.shards)] + [
+            f"{self.namespace}:hooks"
+        ]

@@ -21,6 +21,7 @@ from .errors import (
     AppendArgumentError,
     ConfigurationError,
     IllegalTransitionError,
+    InvalidArgumentError,
     MalformedMessageError,
     RepairRaceError,
     RunClosedError,
@@ -31,10 +32,11 @@ from .errors import (
 )
 from .events import AppendResult, Event, EventType, NewEvent, decode_entry, put_event_blobs
 from .integrity import fingerprint_difference, token_conflict, wire
-from .kinds import RUN_TERMINAL_STATES
+from .kinds import RUN_TERMINAL_STATES, HookStatus
 from .lua import (
     ADD_TIMER_SCRIPT,
     APPEND_SCRIPT,
+    CLAIM_HOOK_SCRIPT,
     CLAIM_TIMERS_SCRIPT,
     DEFER_CHECK_SCRIPT,
     ENTITY_SCRIPT,
@@ -44,7 +46,16 @@ from .lua import (
     REMOVE_RUN_SCRIPT,
     REWRITE_DERIVED_SCRIPT,
 )
-from .names import Names, check_run_id
+from .names import (
+    INDEX_SHARDS,
+    LAYOUT_VERSION,
+    MAX_SHARDS,
+    LegacyNames,
+    Names,
+    check_corr,
+    check_run_id,
+    check_shards,
+)
 from .redis_blobs import RedisBlobStore
 from .redis_client import RedisClient, call_scripts, redis_client
 from .removal import implied_timer_members
@@ -56,6 +67,10 @@ from .watch import ClusterStreamWatcher, StreamWatcher, stream_watcher
 
 REMOVE_ATTEMPTS = 5
 """Readings of a run's log and blob set before removal gives up (they only change by a race)."""
+CLAIM_ATTEMPTS = 5
+"""Compare-and-set rounds for a hook token before giving up (it changes hands only by a race)."""
+SHARDS_PER_MASTER = 16
+"""A namespace created on a Redis Cluster gets this many shards per master (up to MAX_SHARDS)."""
 _REMOVE_REPLY = {
     "removed": RemoveOutcome.REMOVED,
     "notfound": RemoveOutcome.NOT_FOUND,
@@ -89,10 +104,12 @@ class RedisEventStore(EventStore):
     ) -> None:
         self.client = client
         self.names = names
+        self._own_blobs = blob_store is None
         self.durability = durability or Durability()
         self.blob_store: BlobStore = blob_store or RedisBlobStore(client, names)
         self._owns_client = owns_client
         self._append = client.register_script(APPEND_SCRIPT)
+        self._claim_hook = client.register_script(CLAIM_HOOK_SCRIPT)
         self._claim = client.register_script(CLAIM_TIMERS_SCRIPT)
         self._release = client.register_script(RELEASE_TIMER_SCRIPT)
         self._add_timer = client.register_script(ADD_TIMER_SCRIPT)
@@ -163,11 +180,151 @@ class RedisEventStore(EventStore):
             self.names.status(run_id),
             self.names.active_for(run_id),
             self.names.timer_for(run_id),
-            self.names.hook_tokens(),
             self.names.runs_for(run_id),
             self.names.finished_for(run_id),
             self.names.expire_for(run_id),
         ]
+
+    # --- the namespace's layout ------------------------------------------------------
+
+    async def adopt_layout(self) -> Names:
+        """Use the namespace's recorded shard count, recording one if the namespace is new.
+
+        Every process must put a run in the same shard, so the count is written once
+        (HSETNX: the first process wins a race) and read by everyone after. Data in
+        layout 1 is refused with the way out (``ledgerflow migrate``) rather than
+        silently ignored.
+        """
+        meta_key = self.names.meta()
+        meta = await self._meta()
+        if not meta:
+            if await self.legacy_keys():
+                raise ConfigurationError(
+                    f"namespace {self.names.namespace!r} holds runs in the key layout of "
+                    "ledgerflow before Redis Cluster support (layout 1): stop its workers, "
+                    "schedulers and reconciler, then run `ledgerflow migrate`"
+                )
+            shards = await self._default_shards()
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(meta_key, "shards", shards)
+                pipe.hsetnx(meta_key, "layout", LAYOUT_VERSION)
+                await pipe.execute()
+            meta = await self._meta()
+        layout, shards_text = meta.get("layout", ""), meta.get("shards", "")
+        if layout != str(LAYOUT_VERSION) or not shards_text.isdigit():
+            raise ConfigurationError(
+                f"namespace {self.names.namespace!r} records key layout {layout!r} with "
+                f"{shards_text!r} shards ({meta_key}); this ledgerflow uses layout "
+                f"{LAYOUT_VERSION}: upgrade ledgerflow, or check that key"
+            )
+        self.use_names(Names(self.names.namespace, check_shards(int(shards_text))))
+        return self.names
+
+    def use_names(self, names: Names) -> None:
+        """Address keys with ``names`` (another shard count): the layout and migrate only."""
+        if names == self.names:
+            return
+        self.names = names
+        if self._own_blobs:
+            self.blob_store = RedisBlobStore(self.client, names)
+
+    async def _meta(self) -> dict[str, str]:
+        raw = await self.client.hgetall(self.names.meta())
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def _default_shards(self) -> int:
+        """16 on one Redis; on a cluster 16 per master, so shards divide evenly among them."""
+        primaries = getattr(self.client, "get_primaries", None)
+        if primaries is None:
+            return INDEX_SHARDS
+        return min(MAX_SHARDS, SHARDS_PER_MASTER * max(1, len(primaries())))
+
+    async def legacy_keys(self) -> list[str]:
+        """Which index keys of layout 1 exist in this namespace (none once migrated)."""
+        keys = LegacyNames(self.names.namespace).indexes()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            found: list[Any] = await pipe.execute()
+        return [key for key, n in zip(keys, found, strict=True) if n]
+
+    async def mark_migrated(self, shards: int) -> None:
+        """Record layout 2 for a namespace whose layout-1 data has been moved."""
+        await self.client.hset(
+            self.names.meta(), mapping={"layout": LAYOUT_VERSION, "shards": check_shards(shards)}
+        )
+        self.use_names(Names(self.names.namespace, shards))
+
+    # --- the hook-token registry -----------------------------------------------------
+    #
+    # The registry maps a token to the "run|corr" of its hook. A lookup knows only the
+    # token, so the registry is sharded by token and cannot share the run's slot: it is
+    # kept beside the append instead of inside it. A token is claimed (compare-and-set)
+    # before the hook_created append and released after hook_disposed; a holder is
+    # trusted only while the run's own status hash shows its hook live with that
+    # token, so an entry left behind by a crash between the two calls is never
+    # followed and is taken over by the next claim. (A hook not disposed when its run
+    # ended, a race with cancellation, keeps its token, as the memory store does, until
+    # a resume finds the run closed or the run is removed.) A claim whose append has not yet
+    # landed (the holder's run is live, its hook not recorded) counts as live: the
+    # appender retries the same append (claiming again is a no-op) and the reconciler
+    # re-drives a run whose appender died, so no second run can take the token meanwhile.
+
+    async def _claim_token(self, token: str, owner: str) -> bool:
+        """Take ``token`` for ``owner``; True if newly taken, False if it already was ours."""
+        expected = ""
+        for _ in range(CLAIM_ATTEMPTS):
+            reply: Any = await self._claim_hook(
+                keys=[self.names.hook_tokens_for(token)], args=[token, owner, expected]
+            )
+            verdict = _text(reply[0])
+            if verdict == "mine":
+                return False
+            if verdict == "taken":
+                return True
+            holder = _text(reply[1])
+            if await self._holding(holder, token):
+                raise token_conflict(token, holder, owner.partition("|")[2])
+            expected = holder
+        raise RepairRaceError(f"hook token {token!r} kept changing hands while being claimed")
+
+    async def _holding(self, holder: str, token: str) -> str:
+        """How ``holder`` ("run|corr") holds ``token``: "live", "pending" or "" (it does not).
+
+        Pending: claimed, its hook_created not yet recorded, and its run goes on.
+        """
+        run_id, _, corr = holder.partition("|")
+        try:
+            check_run_id(run_id)
+            check_corr(corr)
+        except InvalidArgumentError:
+            return ""  # not an entry of ours: a claim replaces it
+        state, entity, held = await self.client.hmget(
+            self.names.status(run_id), sh.RUN, sh.entity_field(corr), sh.token_field(corr)
+        )
+        if not state:
+            return ""  # the run is gone
+        if entity is None:
+            return "" if _text(state) in RUN_TERMINAL_STATES else "pending"
+        kind, hook_state = sh.split_entity(_text(entity))
+        if kind == "hook" and hook_state != HookStatus.DISPOSED and held is not None:
+            return "live" if _text(held) == token else ""
+        return ""
+
+    async def _release_tokens(self, pairs: Sequence[tuple[str, str]]) -> None:
+        for token, owner in pairs:
+            await self._forget_hook(keys=[self.names.hook_tokens_for(token)], args=[token, owner])
+
+    async def _release_disposed(self, run_id: str, corrs: Sequence[str]) -> None:
+        """Release the tokens of hooks just disposed (their status hash keeps the token)."""
+        if not corrs:
+            return
+        tokens = await self.client.hmget(
+            self.names.status(run_id), [sh.token_field(c) for c in corrs]
+        )
+        await self._release_tokens(
+            [(_text(t), f"{run_id}|{c}") for t, c in zip(tokens, corrs, strict=True) if t]
+        )
 
     async def _watch(self, run_id: str, after: str, timeout: float) -> list[tuple[str, Any]]:
         """Raw entries after ``after`` through the one shared watcher (started on first use)."""
@@ -181,15 +338,29 @@ class RedisEventStore(EventStore):
             return []
         await put_event_blobs(self.blob_store, run_id, events)
         argv: list[Any] = [run_id, len(events)]
+        claims: dict[str, str] = {}
         for event in events:
             w = wire(event)
             argv += [w.type, w.corr, w.attempt, event.payload, w.key, w.member, w.due, w.retention]
+            if event.type is EventType.HOOK_CREATED and event.token:
+                claims.setdefault(event.token, f"{run_id}|{event.corr}")
+        taken = [(t, o) for t, o in claims.items() if await self._claim_token(t, o)]
         reply = await self._durably(self._append, self._run_keys(run_id), argv)
         status = _text(reply[0])
         if status == "ok":
-            return [
+            results = [
                 AppendResult(event_id=_text(r) or None, duplicate=not _text(r)) for r in reply[1:]
             ]
+            disposed = [
+                e.corr
+                for e, r in zip(events, results, strict=True)
+                if e.type is EventType.HOOK_DISPOSED and not r.duplicate
+            ]
+            await self._release_disposed(run_id, disposed)
+            return results
+        # The script wrote nothing: what this call claimed is not needed. (An exception,
+        # which may hide a written batch, keeps its claims: a retry claims them again.)
+        await self._release_tokens(taken)
         code, entity, current, event_type, detail = (_text(r) for r in reply[1:6])
         if code == "notfound":
             raise RunNotFoundError(run_id)
@@ -388,14 +559,20 @@ class RedisEventStore(EventStore):
 
     @retried("look up a hook")
     async def hook_owner(self, token: str) -> tuple[str, str] | None:
-        owner = await self.client.hget(self.names.hook_tokens(), token)
-        if owner is None:
+        raw = await self.client.hget(self.names.hook_tokens_for(token), token)
+        if raw is None:
             return None
-        run_id, _, corr = _text(owner).partition("|")
-        return run_id, corr
+        owner = _text(raw)
+        run_id, _, corr = owner.partition("|")
+        holding = await self._holding(owner, token)
+        if holding == "live":
+            return run_id, corr
+        if not holding:  # left by a crash between a disposal and its release: drop it
+            await self._release_tokens([(token, owner)])
+        return None
 
     async def forget_hook(self, token: str, run_id: str, corr: str) -> None:
-        await self._forget_hook(keys=[self.names.hook_tokens()], args=[token, f"{run_id}|{corr}"])
+        await self._release_tokens([(token, f"{run_id}|{corr}")])
 
     @retried("read run states")
     async def run_states(self, run_ids: Sequence[str]) -> dict[str, str]:
@@ -531,12 +708,14 @@ class RedisEventStore(EventStore):
         argv.append(len(expected.timers))
         for timer, due in expected.timers:
             argv += [timer.member, due]
-        argv.append(len(expected.hooks))
-        for token, owner in expected.hooks.items():
-            argv += [token, owner]
         index, score = expected.retention or ("", 0)
         argv += [str(index), score]
-        return bool(await self._rewrite(keys=self._run_keys(run_id), args=argv))
+        if not await self._rewrite(keys=self._run_keys(run_id), args=argv):
+            return False
+        # The live hooks' tokens, now that the status hash shows them (see the registry).
+        for token, owner in expected.hooks.items():
+            await self._claim_token(token, owner)
+        return True
 
     async def remove_run(self, run_id: str, *, expected_last: str | None = None) -> RemoveOutcome:
         """Read what the script cannot find by itself (timer members, blob keys), then remove.
@@ -562,15 +741,18 @@ class RedisEventStore(EventStore):
                 self.names.finished_for(run_id),
                 self.names.expire_for(run_id),
                 self.names.timer_for(run_id),
-                self.names.hook_tokens(),
                 self.names.blob_set(run_id),
                 *(self.names.blob(run_id, _text(d)) for d in sorted(digests)),
             ]
             seen = events[-1].id if events else ""
             args: list[Any] = [run_id, expected_last or "", seen, len(members), *members]
-            reply = _text(await self._remove(keys=keys, args=args))
-            if reply in _REMOVE_REPLY:
-                return _REMOVE_REPLY[reply]
+            reply: Any = await self._remove(keys=keys, args=args)
+            verdict = _text(reply[0])
+            if verdict == "removed":
+                pairs = [(_text(reply[i]), _text(reply[i + 1])) for i in range(1, len(reply), 2)]
+                await self._release_tokens(pairs)
+            if verdict in _REMOVE_REPLY:
+                return _REMOVE_REPLY[verdict]
         raise RepairRaceError(f"run {run_id!r} kept changing while it was being removed")
 
     @retried("measure a run")

@@ -12,6 +12,10 @@ number in 1..65535) with a ConfigurationError before any client library
 sees it: those libraries raise bare ValueErrors, or hang, on such input. A
 cluster URL (``redis+cluster://host:port,host:port``) names several nodes, each
 checked the same way.
+
+A setting may hold a comma-separated list of URLs (the nodes of a RabbitMQ
+cluster): ``split_urls`` cuts it, and ``redact`` and ``redact_text`` hide the
+credentials of every URL of a list, not only the last one.
 """
 
 from __future__ import annotations
@@ -35,12 +39,29 @@ _QUERY_SECRET = re.compile(
 )
 
 
+_LIST_COMMA = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://|,|$)")
+"""A comma that separates URLs: one followed by the next URL's scheme, another comma or
+the end. A comma inside a URL (RFC 3986 allows one unescaped in a password) is kept."""
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs of a comma-separated list, stripped; an empty item stays (as "") to be refused.
+
+    ``"amqp://a/, amqp://b/"`` -> ``["amqp://a/", "amqp://b/"]``; one URL -> ``[url]``.
+    """
+    return [part.strip() for part in _LIST_COMMA.split(text.strip())]
+
+
 def redact(url: str) -> str:
     """``url`` with its password and secret query values replaced by ``***``.
 
     Works on the text rather than through ``urlsplit(...).port`` and friends, so a
     malformed URL (a bad port, a stray bracket) is still redacted instead of raising.
+    A comma-separated list is redacted URL by URL.
     """
+    parts = split_urls(url)
+    if len(parts) > 1:
+        return ",".join(redact(part) for part in parts)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return _QUERY_SECRET.sub(_mask_query, url)
@@ -100,7 +121,7 @@ def _secrets(urls: Iterable[str]) -> list[str]:
     hiding every occurrence of ``guest`` would only garble the redacted URL.
     """
     found: set[str] = set()
-    for url in urls:
+    for url in (part for listed in urls for part in split_urls(listed)):
         userinfo, at, _rest = _split_userinfo(url.partition("://")[2])
         user, colon, password = userinfo.partition(":")
         if at and colon and password != user:

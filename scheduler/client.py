@@ -47,6 +47,8 @@ from .registry import WorkflowFunction, WorkflowRegistry, workflows
 log = structlog.get_logger("ledgerflow.client")
 
 WAIT_SLICE = 5.0
+CANCEL_ATTEMPTS = 5
+"""Reads of a run a cancel makes when it ends (or continues as new) under it, before giving up."""
 DEFAULT_PUBLISH_DEADLINE = 10.0
 """How long a producer call retries an activation whose cause is already recorded.
 
@@ -151,6 +153,23 @@ class Client:
         await self._publish_activation(Activation(run_id=run_id, reason="start"), "run_created")
         return RunHandle(self, run_id)
 
+    async def _chain_head(self, run_id: str) -> tuple[str, list[Event], RunState]:
+        """The run that runs now for ``run_id`` (its last continuation), its log and state.
+
+        Only the run's structure matters to a cancel (hooks, children), so a run holding
+        data this process cannot decode can still be cancelled.
+        """
+        for _ in range(MAX_HOPS + 1):
+            with codec.inspecting():
+                events = await self.store.read(run_id)
+            if not events:
+                raise RunNotFoundError(run_id)
+            state = fold(run_id, events)
+            if state.continued_as is None:
+                return run_id, events, state
+            run_id = state.continued_as  # continued as new: what runs now is its successor
+        raise RunClosedError(run_id, "run", "continued", EventType.RUN_CANCELLED.value)
+
     async def cancel(self, run_id: str, reason: str = "") -> None:
         """Cancel a run: run_cancelled is recorded, its hooks disposed, its children cancelled.
 
@@ -163,31 +182,29 @@ class Client:
         a parent run is retried for up to ``publish_deadline`` seconds, then left
         to the reconciler (the parent's log holds an outcome not acted on).
         """
-        # Only the run's structure matters here (hooks, children), so a run holding
-        # data this process cannot decode can still be cancelled.
-        for _ in range(MAX_HOPS + 1):
-            with codec.inspecting():
-                events = await self.store.read(run_id)
-            if not events:
-                raise RunNotFoundError(run_id)
-            state = fold(run_id, events)
-            if state.continued_as is None:
-                break
-            run_id = state.continued_as  # continued as new: what runs now is its successor
-        if state.status == RunStatus.CANCELLED:
-            return
-        if state.finished:
-            raise RunClosedError(run_id, "run", state.status, EventType.RUN_CANCELLED.value)
-        batch = [
-            NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
-            for hook in state.hooks.values()
-            if hook.status == HookStatus.CREATED
-        ]
         # The reason is the caller's text: bounded like every error text recorded.
         cancelled = NewEvent.of(
             EventType.RUN_CANCELLED, data={"reason": clip(safe_str(reason), MAX_MESSAGE)}
         )
-        await self.store.append(run_id, [*batch, cancelled])
+        for attempt in range(CANCEL_ATTEMPTS):
+            run_id, events, state = await self._chain_head(run_id)
+            if state.status == RunStatus.CANCELLED:
+                return
+            if state.finished:
+                raise RunClosedError(run_id, "run", state.status, EventType.RUN_CANCELLED.value)
+            batch = [
+                NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
+                for hook in state.hooks.values()
+                if hook.status == HookStatus.CREATED
+            ]
+            try:
+                await self.store.append(run_id, [*batch, cancelled])
+                break
+            except RunClosedError:
+                # It ended between the read and the append (it continued as new, or
+                # finished): look again, and follow the chain or report the end.
+                if attempt == CANCEL_ATTEMPTS - 1:
+                    raise
         for step in state.steps.values():
             if step.child_run_id and step.status in (StepStatus.CREATED, StepStatus.STARTED):
                 with contextlib.suppress(RunClosedError, RunNotFoundError):

@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ledgerflow.broker import Broker, MemoryBroker, RabbitBroker
+from ledgerflow.broker.topology import quorum_size_from_env
+from ledgerflow.broker.urls import amqp_urls
 from ledgerflow.eventlog.durability import Durability
 from ledgerflow.eventlog.errors import ConfigurationError, LedgerflowError, ServiceUnavailableError
 from ledgerflow.eventlog.memory_store import MemoryEventStore
@@ -29,9 +31,6 @@ class Backends:
     store's class."""
 
 
-AMQP_SCHEMES = ("amqp", "amqps")
-
-
 @asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Backends]:
     """Redis and RabbitMQ, checked up front so a missing server is one clear error.
@@ -39,21 +38,25 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
     A malformed URL, a refused login or a queue declared with other settings is a
     ConfigurationError (fix the deployment); only a server that cannot be reached
     is a ServiceUnavailableError. Either way the message shows the URL redacted.
+
+    The AMQP URL may list a RabbitMQ cluster's nodes, comma-separated: each is
+    checked here, and the broker fails over between them (``broker/rabbitmq.py``).
     """
     check_url(settings.redis_url, REDIS_SCHEMES, "Redis")
-    check_url(settings.amqp_url, AMQP_SCHEMES, "RabbitMQ")
+    urls = amqp_urls(settings.amqp_url)
     names = Names(settings.namespace)
     durability = Durability.parse(settings.redis_durability)
-    store = _redis_store(settings.redis_url, names, durability)
-    broker = RabbitBroker(settings.amqp_url, names)
+    store = redis_store(settings.redis_url, names, durability)
+    broker = RabbitBroker(urls, names, quorum_size=quorum_size_from_env())
     try:
         await store.ping()
+        names = await store.adopt_layout()
         try:
             await broker.connect()
         except LedgerflowError:
             raise
         except Exception as exc:
-            detail = redact_text(f"{type(exc).__name__}: {exc}", [settings.amqp_url])
+            detail = redact_text(f"{type(exc).__name__}: {exc}", urls)
             raise ServiceUnavailableError(
                 f"RabbitMQ at {redact(settings.amqp_url)} is not reachable: {detail}"
             ) from exc
@@ -63,7 +66,7 @@ async def connect(settings: Settings) -> AsyncIterator[Backends]:
         await store.close()
 
 
-def _redis_store(url: str, names: Names, durability: Durability) -> RedisEventStore:
+def redis_store(url: str, names: Names, durability: Durability | None = None) -> RedisEventStore:
     """The store for ``url``; redis-py's complaints about its options become one clear error."""
     try:
         return RedisEventStore.from_url(url, names, durability=durability)

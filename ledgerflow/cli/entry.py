@@ -1,7 +1,7 @@
 """The ``ledgerflow`` command: one parser for every command group, and ``main``.
 
 Only the wiring lives here. Each command group (processes, start, runs, hooks,
-replay, dlq, queues, dashboard) is a module of this package that adds its
+replay, dlq, queues, dashboard, migrate) is a module of this package that adds its
 subcommands with a ``register`` call; the order of those calls is the order of
 ``--help``. ``main`` turns the errors of the layers into exit codes (see
 ``common``): 0 ok, 1 the run or command failed, 2 bad usage or configuration,
@@ -39,6 +39,7 @@ from . import (
     deletion,
     dlq,
     hooks,
+    migrate,
     processes,
     queues,
     replay,
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.register(sub)
     queues.register(sub)
     dashboard.register(sub)
+    migrate.register(sub)
     return parser
 
 

@@ -41,6 +41,8 @@ from pathlib import Path
 import aio_pika
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from ledgerflow.broker.rabbitmq import connect_first
+
 DEFAULT_STOP_TIMEOUT = 20.0
 """Seconds every process together gets to exit after SIGTERM (their grace is less)."""
 
@@ -254,7 +256,7 @@ class Fleet:
         subscribed. A process that exits meanwhile fails the wait with its log's tail.
         """
         began = time.monotonic()
-        connection = await aio_pika.connect(amqp_url)
+        connection = await connect_first(amqp_url)
         try:
             while True:
                 dead = [p for p in self.procs if p.popen is not None and p.returncode is not None]

@@ -21,6 +21,7 @@ from typing import Any
 
 import aio_pika
 
+from ledgerflow.broker.rabbitmq import connect_first
 from ledgerflow.eventlog.names import Names
 from ledgerflow.eventlog.redis_client import RedisClient, redis_client
 from ledgerflow.worker.registry import steps
@@ -76,10 +77,12 @@ def namespace_queues(names: Names, extra: Sequence[str] = ()) -> list[str]:
 async def delete_queues(amqp_url: str, names: Names, extra: Sequence[str] = ()) -> tuple[int, int]:
     """Delete the namespace's queues and exchanges; (queues, exchanges) deleted.
 
-    An unreachable RabbitMQ raises; a single refused deletion is skipped.
+    An unreachable RabbitMQ raises ServiceUnavailableError (``amqp_url`` may list a
+    cluster's nodes: the first that answers is used); a single refused deletion is
+    skipped.
     """
     queues = exchanges = 0
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_first(amqp_url)
     try:
         for queue in namespace_queues(names, extra):
             queues += await _delete_one(connection, queue, exchange=False)

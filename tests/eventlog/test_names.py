@@ -11,11 +11,14 @@ from ledgerflow.eventlog.errors import ConfigurationError
 from ledgerflow.eventlog.names import (
     DEFAULT_NAMESPACE,
     INDEX_SHARDS,
+    MAX_SHARDS,
+    LegacyNames,
     Names,
     check_queue_name,
     shard_of,
+    shard_tags,
 )
-from redis.crc import key_slot
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 
 def test_default_namespace_names() -> None:
@@ -27,7 +30,8 @@ def test_default_namespace_names() -> None:
     assert names.dead_queue == "ledgerflow.dead"
     assert names.exchange == "ledgerflow"
     assert names.dead_exchange == "ledgerflow.dlx"
-    assert names.hook_tokens() == "ledgerflow:hooks"
+    assert names.hook_tokens_for("tok") == f"ledgerflow:{names.shard_tag(shard_of('tok'))}:hooks"
+    assert names.meta() == "ledgerflow:meta"
     assert names.key_pattern() == "ledgerflow:*"
 
 
@@ -38,9 +42,16 @@ def test_custom_namespace_prefixes_everything() -> None:
         names.status("r1"),
         names.active_for("r1"),
         names.timer_for("r1"),
-        names.hook_tokens(),
+        names.hook_tokens_for("t"),
+        names.meta(),
+        names.reconciler_lease(),
+        names.reconciler_fence(),
         *names.active_shards(),
         *names.timer_shards(),
+        *names.runs_shards(),
+        *names.finished_shards(),
+        *names.expire_shards(),
+        *names.hook_token_shards(),
     ]
     assert all(name.startswith("acme-prod_2:") for name in every)
     assert all(fnmatch.fnmatchcase(name, names.key_pattern()) for name in every)
@@ -73,17 +84,31 @@ def test_names_are_immutable() -> None:
 
 
 @pytest.mark.parametrize("run_id", ["r1", "order-42", "0b3f5c1e-uuid-like", "with:colon"])
-def test_per_run_keys_share_the_run_hash_tag(run_id: str) -> None:
+def test_a_runs_keys_and_its_index_entries_share_one_slot(run_id: str) -> None:
+    """What the append, rewrite and removal scripts touch is one slot (Redis Cluster)."""
     names = Names("ns")
-    stream, status = names.stream(run_id), names.status(run_id)
-    assert stream == f"ns:run:{{{run_id}}}:log"
-    assert status == f"ns:run:{{{run_id}}}:status"
-    assert stream != status
-    for key in (stream, status):
+    tag = names.shard_tag(shard_of(run_id))
+    keys = [
+        names.stream(run_id),
+        names.status(run_id),
+        names.blob(run_id, "ab" * 32),
+        names.blob_set(run_id),
+        names.active_for(run_id),
+        names.timer_for(run_id),
+        names.runs_for(run_id),
+        names.finished_for(run_id),
+        names.expire_for(run_id),
+    ]
+    assert names.stream(run_id) == f"ns:{tag}:run:{run_id}:log"
+    assert names.status(run_id) == f"ns:{tag}:run:{run_id}:status"
+    assert len(set(keys)) == len(keys)
+    for key in keys:
         assert key.count("{") == key.count("}") == 1
-    # Redis Cluster hashes only the tag, so both keys live in the run's slot.
-    assert key_slot(stream.encode()) == key_slot(status.encode()) == key_slot(run_id.encode())
-    assert names.stream(run_id + "x") != stream
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    assert names.stream(run_id + "x") != names.stream(run_id)
+    assert key_slot(names.reconciler_lease().encode()) == key_slot(
+        names.reconciler_fence().encode()
+    )
 
 
 def test_shard_is_stable_and_in_range() -> None:
@@ -97,19 +122,51 @@ def test_shard_is_stable_and_in_range() -> None:
     assert {shard_of(i, 4) for i in ids} == set(range(4))
 
 
+@pytest.mark.parametrize("shards", [1, 3, 16, 48, 100, MAX_SHARDS])
+def test_each_shard_hashes_into_its_own_equal_share_of_the_slots(shards: int) -> None:
+    """So masters with equal slot ranges hold equal numbers of shards."""
+    slots = [key_slot(tag.encode()) for tag in shard_tags(shards)]
+    for shard, slot in enumerate(slots):
+        assert shard * REDIS_CLUSTER_HASH_SLOTS // shards <= slot
+        assert slot < (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    names = Names("ns", shards=shards)
+    assert [key_slot(k.encode()) for k in names.active_shards()] == slots
+    # Three masters as redis-cli --cluster create makes them: 5461, 5461, 5462 slots.
+    if shards % 3 == 0:
+        owners = [min(slot // 5461, 2) for slot in slots]
+        assert [owners.count(m) for m in range(3)] == [shards // 3] * 3
+
+
+@pytest.mark.parametrize("shards", [0, -1, MAX_SHARDS + 1, True, 2.0])
+def test_shard_counts_out_of_range_are_refused(shards: object) -> None:
+    with pytest.raises(ConfigurationError, match="shard count"):
+        Names("ns", shards=shards)  # type: ignore[arg-type]
+
+
 def test_sharded_index_names() -> None:
     names = Names("ns")
     assert INDEX_SHARDS == names.shards == 16
-    assert names.active_shards() == [f"ns:active:{i}" for i in range(16)]
-    assert names.timer_shards() == [f"ns:timers:{i}" for i in range(16)]
-    assert names.active_for("run-1") == "ns:active:3"
-    assert names.timer_for("order-42") == "ns:timers:14"
+    tags = [names.shard_tag(i) for i in range(16)]
+    assert names.active_shards() == [f"ns:{t}:active" for t in tags]
+    assert names.timer_shards() == [f"ns:{t}:timers" for t in tags]
+    assert names.active_for("run-1") == f"ns:{tags[3]}:active"
+    assert names.timer_for("order-42") == f"ns:{tags[14]}:timers"
     small = Names("ns", shards=4)
     assert len(small.active_shards()) == len(small.timer_shards()) == 4
     for run_id in ("run-1", "order-42", "x", "y"):
-        assert small.active_for(run_id) == f"ns:active:{shard_of(run_id, 4)}"
+        assert small.active_for(run_id) == small.active_shard(shard_of(run_id, 4))
         assert small.active_for(run_id) in small.active_shards()
         assert small.timer_for(run_id) in small.timer_shards()
+
+
+def test_layout_one_names_are_kept_for_the_migration() -> None:
+    legacy = LegacyNames("ns")
+    assert legacy.stream("r1") == "ns:run:{r1}:log"
+    assert legacy.status("r1") == "ns:run:{r1}:status"
+    assert legacy.run_of_status(legacy.status("a.s1:x")) == "a.s1:x"
+    assert fnmatch.fnmatchcase(legacy.status("r1"), legacy.status_pattern())
+    assert not fnmatch.fnmatchcase(Names("ns").status("r1"), legacy.status_pattern())
+    assert "ns:runs:15" in legacy.indexes() and "ns:hooks" in legacy.indexes()
 
 
 @pytest.mark.parametrize("queue", ["default", "emails", "high.priority", "q-1_x", "Z"])

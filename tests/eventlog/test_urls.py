@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ledgerflow.eventlog.errors import ConfigurationError
-from ledgerflow.eventlog.urls import check_url, redact, redact_text
+from ledgerflow.eventlog.urls import check_url, redact, redact_text, split_urls
 
 from ledgerflow.ops.logs import redact_secrets
 
@@ -48,6 +48,31 @@ def test_redact_text_finds_urls_and_known_passwords_in_any_text() -> None:
     assert "rediss://app:***@h:6380/0" in out
     assert "amqp://other:***@elsewhere/" in out
     assert "amqp://guest:***@h/" in out  # a password equal to its user keeps the user readable
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("amqp://h1/", ["amqp://h1/"]),
+        ("amqp://h1/,amqp://h2/", ["amqp://h1/", "amqp://h2/"]),
+        (" amqp://h1/ ,  amqps://h2:5671/vh ", ["amqp://h1/", "amqps://h2:5671/vh"]),
+        ("amqp://u:p,w@h1/,amqp://h2/", ["amqp://u:p,w@h1/", "amqp://h2/"]),  # comma in a password
+        ("redis://h/0?x=a,b", ["redis://h/0?x=a,b"]),  # comma in a query value
+        ("amqp://h1/,,amqp://h2/", ["amqp://h1/", "", "amqp://h2/"]),
+        ("amqp://h1/,", ["amqp://h1/", ""]),
+    ],
+)
+def test_split_urls(text: str, parts: list[str]) -> None:
+    assert split_urls(text) == parts
+
+
+def test_every_url_of_a_list_is_redacted() -> None:
+    listed = "amqp://u:OneS3cret@h1:5681/,amqp://u:TwoS3cret@h2:5682/, amqp://v:Thr3eS3cret@h3/"
+    assert redact(listed) == "amqp://u:***@h1:5681/,amqp://u:***@h2:5682/,amqp://v:***@h3/"
+    text = f"failed: {listed} (OneS3cret, TwoS3cret and Thr3eS3cret)"
+    out = redact_text(text, [listed])
+    for secret in ("OneS3cret", "TwoS3cret", "Thr3eS3cret"):
+        assert secret not in out
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from ledgerflow.broker import (
     encode_message,
 )
 from ledgerflow.broker.messages import decode_message
+from ledgerflow.eventlog import statushash as sh
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.names import Names
 from ledgerflow.worker.registry import steps
@@ -106,8 +107,12 @@ async def test_a_live_hook_from_before_the_token_rule_stays_resumable(
     await wait_for_events(running, run.run_id, lambda ev: bool(of(ev, EventType.HOOK_CREATED)))
     names = backends.names
     legacy = "order 42 (legacy)"
-    owner = await redis_client.hget(names.hook_tokens(), f"approve-{namespace}-legacy")
-    await redis_client.hset(names.hook_tokens(), legacy, owner)
+    token = f"approve-{namespace}-legacy"
+    owner = await redis_client.hget(names.hook_tokens_for(token), token)
+    # Registered, and recorded in its run's status hash, under the old token.
+    _run_id, _, corr = owner.decode().partition("|")
+    await redis_client.hset(names.hook_tokens_for(legacy), legacy, owner)
+    await redis_client.hset(names.status(run.run_id), sh.token_field(corr), legacy)
     assert await running.resume_hook(legacy, "still works") == run.run_id
     assert await run.result(timeout=30) == "still works"
 

@@ -14,6 +14,7 @@ from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.blobs import BlobCache, BlobRef, fetch_value
 from ledgerflow.eventlog.errors import BlobError
 from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.eventlog.names import shard_of
 from ledgerflow.eventlog.records import StepCreated
 from ledgerflow.scheduler.archive import ArchiveOutcome, Archiver, read_archive
 from ledgerflow.scheduler.client import Client
@@ -77,10 +78,11 @@ async def test_a_ten_mb_step_result_round_trips_out_of_line(
     stored = await redis_client.smembers(names.blob_set(run.run_id))
     assert ref.digest.encode() in stored
     assert len(stored) == 2
+    tag = names.shard_tag(shard_of(run.run_id, names.shards))
     assert names.blob(run.run_id, ref.digest) == (
-        f"{names.namespace}:blob:{{{run.run_id}}}:{ref.digest}"
+        f"{names.namespace}:{tag}:blob:{run.run_id}:{ref.digest}"
     )
-    assert names.blob_set(run.run_id) == f"{names.namespace}:blobs:{{{run.run_id}}}"
+    assert names.blob_set(run.run_id) == f"{names.namespace}:{tag}:blobs:{run.run_id}"
     assert await redis_client.strlen(names.blob(run.run_id, ref.digest)) == ref.size
 
     # Removed with its run by retention (the namespace default, here 1 ms).

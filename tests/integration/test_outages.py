@@ -43,12 +43,25 @@ def assert_clean(events: list[Event]) -> None:
     assert sum(e.type is EventType.RUN_COMPLETED for e in events) == 1
 
 
+async def consuming(broker: Any, queues: list[str], timeout: float = 60.0) -> None:
+    """Until each queue has a consumer (the processes have connected and subscribed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [await broker.queue_info(queue) for queue in queues]
+        if all(info.consumers > 0 for info in infos):
+            return
+        assert time.monotonic() < deadline, f"no consumer within {timeout} s: {infos}"
+        await asyncio.sleep(0.2)
+
+
 async def test_runs_complete_through_a_rabbitmq_restart(servers: Servers, backends: Any) -> None:
     ns = backends.names.namespace
     client = lf.Client(backends.store, backends.broker)
     commands = [["scheduler", APP], ["worker", APP, "--concurrency", "8"], RECONCILER]
     with processes(servers, ns, commands):
         runs = [await client.start(arith.long_chain, 40) for _ in range(10)]
+        # Stopping RabbitMQ before a process has connected tests its start-up, not this.
+        await consuming(backends.broker, [backends.names.runs_queue, backends.names.step_queue()])
         await asyncio.sleep(1.0)
         with rabbitmq_app_stopped():
             await asyncio.sleep(3.0)

@@ -44,7 +44,7 @@ async def test_every_kind_of_drift_is_reported_and_repaired(
     await redis_client.zrem(names.active_for(sleeping.run_id), sleeping.run_id)
     await redis_client.zrem(names.runs_for(sleeping.run_id), sleeping.run_id)
     await redis_client.delete(names.timer_for(sleeping.run_id))
-    await redis_client.hdel(names.hook_tokens(), token)
+    await redis_client.hdel(names.hook_tokens_for(token), token)
     problems = await verify_run(backends.store, sleeping.run_id)
     text = "\n".join(problems)
     assert "status field 'run': stream says 'started', hash has 'completed'" in text

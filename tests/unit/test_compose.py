@@ -78,3 +78,79 @@ def test_a_reconciler_runs_in_the_reference_deployment() -> None:
     assert 'exec ledgerflow reconciler"' in COMPOSE
     reconciler = COMPOSE.split("\n  reconciler:", 1)[1].split("\nvolumes:", 1)[0]
     assert "replicas: 2" in reconciler and "<<: *ledgerflow" in reconciler
+
+
+def _service(name: str) -> str:
+    """A service's block, up to the next top-level key of ``services``."""
+    return re.split(r"\n  \S", COMPOSE.split(f"\n  {name}:\n", 1)[1], maxsplit=1)[0]
+
+
+def test_the_cluster_profile_is_three_rabbitmq_nodes_and_leaves_the_default_alone() -> None:
+    from ledgerflow.broker.urls import amqp_urls
+
+    node = COMPOSE.split("x-rabbitmq-node: &rabbitmq-node\n", 1)[1].split("\n\n", 1)[0]
+    assert "profiles: [cluster]" in node
+    # One cookie for all three, required at start, written owner-only, never a default.
+    assert 'LEDGERFLOW_RABBITMQ_COOKIE: "${LEDGERFLOW_RABBITMQ_COOKIE:-}"' in node
+    assert "umask 077" in node and "/var/lib/rabbitmq/.erlang.cookie" in node
+    assert "exit 2; }" in node and "exec docker-entrypoint.sh rabbitmq-server" in node
+    assert "target: /etc/rabbitmq/conf.d/40-cluster.conf" in node
+    cluster_conf = COMPOSE.split("  rabbitmq-cluster:\n", 1)[1].split("\n\n", 1)[0]
+    assert "cluster_formation.peer_discovery_backend = classic_config" in cluster_conf
+    for i in (1, 2, 3):
+        assert f"cluster_formation.classic_config.nodes.{i} = rabbit@rabbitmq-{i}" in cluster_conf
+        block = _service(f"rabbitmq-{i}")
+        assert "<<: *rabbitmq-node" in block and f"hostname: rabbitmq-{i}" in block
+        assert f"rabbitmq-{i}-data:/var/lib/rabbitmq" in block
+        assert "ports:" not in block
+        if i > 1:  # joins node 1 once it is up, so no two nodes race to found the cluster
+            assert "rabbitmq-1: { condition: service_healthy }" in block
+
+    on_cluster = COMPOSE.split("x-ledgerflow-on-the-cluster: &ledgerflow-on-the-cluster\n", 1)[1]
+    on_cluster = on_cluster.split("\n\n", 1)[0]
+    assert "profiles: [cluster]" in on_cluster
+    env = {"LEDGERFLOW_RABBITMQ_PASSWORD": "a1b2c3", "LEDGERFLOW_REDIS_PASSWORD": "d4e5f6"}
+    listed = re.search(r'LEDGERFLOW_AMQP_URL: "([^"]+)"', on_cluster)
+    assert listed is not None
+    assert amqp_urls(_interpolated(listed.group(1), env)) == tuple(
+        f"amqp://ledgerflow:a1b2c3@rabbitmq-{i}:5672/ledgerflow" for i in (1, 2, 3)
+    )
+    for i in (1, 2, 3):
+        assert f"rabbitmq-{i}: {{ condition: service_healthy }}" in on_cluster
+    for role in ("worker", "scheduler", "reconciler"):
+        assert "<<: *ledgerflow-on-the-cluster" in _service(f"cluster-{role}")
+        # The default stack still runs on the single node, with no profile.
+        default = _service(role)
+        assert "<<: *ledgerflow\n" in default + "\n" and "profiles" not in default
+    assert "profiles" not in _service("rabbitmq") and "profiles" not in _service("redis")
+
+
+def test_the_cluster_profile_runs_on_a_six_node_redis_cluster_with_replica_durability() -> None:
+    from ledgerflow.eventlog.durability import Durability
+    from ledgerflow.eventlog.redis_client import REDIS_SCHEMES
+
+    node = COMPOSE.split("x-redis-node: &redis-node\n", 1)[1].split("\n\n", 1)[0]
+    assert "profiles: [cluster]" in node and "--cluster-enabled yes" in node
+    assert "${LEDGERFLOW_REDIS_ADMIN_PASSWORD:?" in node
+    # Secrets go into files readable by redis only, never onto a command line.
+    assert "masterauth" not in node.split("exec docker-entrypoint.sh", 1)[1]
+    assert "user default off" in node and "umask 077" in node
+    for i in range(1, 7):
+        assert f'  redis-{i}: {{ <<: *redis-node, volumes: ["redis-{i}-data:/data"] }}' in (COMPOSE)
+    init = _service("redis-cluster-init")
+    assert "--cluster-replicas 1" in init and "--user admin" in init
+    assert "cluster_slots_assigned:16384" in init  # formed once, left alone after
+    on_cluster = COMPOSE.split("x-ledgerflow-on-the-cluster: &ledgerflow-on-the-cluster\n", 1)[1]
+    on_cluster = on_cluster.split("\n\n", 1)[0]
+    env = {"LEDGERFLOW_REDIS_PASSWORD": "d4e5f6"}
+    found = re.search(r'LEDGERFLOW_REDIS_URL: "([^"]+)"', on_cluster)
+    assert found is not None
+    url = _interpolated(found.group(1), env)
+    check_url(url, REDIS_SCHEMES, "Redis")
+    assert url.startswith("redis+cluster://ledgerflow:d4e5f6@redis-1:6379,")
+    assert url.count(",") == 5
+    mode = re.search(r'LEDGERFLOW_REDIS_DURABILITY: "([^"]+)"', on_cluster)
+    assert mode is not None
+    Durability.parse(mode.group(1))
+    assert "redis-cluster-init: { condition: service_completed_successfully }" in on_cluster
+    assert "replicas: 2" in _service("cluster-scheduler")
