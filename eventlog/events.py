@@ -35,6 +35,7 @@ __all__ = [
     "EventType",
     "NewEvent",
     "decode_entry",
+    "id_before",
     "id_order",
     "put_event_blobs",
 ]
@@ -237,6 +238,21 @@ def id_order(entry_id: str) -> tuple[int, int]:
     """A stream entry id as a sortable pair: ids compare as (ms, sequence), never as text."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+MAX_SEQUENCE = 2**64 - 1
+
+
+def id_before(entry_id: str) -> str:
+    """The greatest stream entry id below ``entry_id``: reading after it starts *at* it.
+
+    So a reader can check that an entry it saw is still in the log (a Redis failover
+    can lose a log's newest entries) in the same read that fetches what follows.
+    """
+    ms, seq = id_order(entry_id)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{MAX_SEQUENCE}" if ms > 0 else "0-0"
 
 
 def decode_entry(entry_id: str, fields: Any) -> Event:

@@ -28,7 +28,13 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,6 +55,15 @@ SOCKET_TIMEOUT = BLOCK_MS / 1000 + 10
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 _REDIRECTED = (AskError, TryAgainError, ClusterDownError, ReadOnlyError)
 """A cluster node saying the slot is served elsewhere (MOVED is an AskError) or not yet."""
+
+
+def _moved_on(exc: ResponseError) -> bool:
+    """A node's answer that the read must go elsewhere, or wait: not a bad request.
+
+    Redirects and cluster states (``_REDIRECTED``), and ``UNBLOCKED``: the node
+    stopped serving the slot (a master turned replica) while the read was blocked.
+    """
+    return isinstance(exc, _REDIRECTED) or str(exc).startswith("UNBLOCKED")
 
 
 def _text(value: Any) -> str:
@@ -194,6 +209,19 @@ class _Reader:
                 await conn.aclose()
 
     async def _run(self) -> None:
+        """Serve the waiters; an error no reconnect cures is handed to them, not swallowed."""
+        try:
+            await self._serve()
+        except Exception as exc:
+            log.error(
+                "stream watcher failed", reader=self._name, error=f"{type(exc).__name__}: {exc}"
+            )
+            for waiters in list(self._waiters.values()):
+                for waiter in waiters:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(exc)
+
+    async def _serve(self) -> None:
         while not self._closed:
             if not self._waiters:
                 await self._idle()
@@ -213,7 +241,9 @@ class _Reader:
                 self._blocked = True
                 wanted: dict[Any, Any] = dict(streams)
                 reply: Any = await self._conn.xread(wanted, block=BLOCK_MS, count=COUNT)
-            except (*_LOST, *_REDIRECTED) as exc:
+            except (*_LOST, ResponseError) as exc:
+                if isinstance(exc, ResponseError) and not _moved_on(exc):
+                    raise
                 log.warning(
                     "stream watcher lost its connection; reconnecting",
                     reader=self._name,

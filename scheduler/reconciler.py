@@ -5,9 +5,9 @@ shard, in batches, never a scan of the keyspace) for unfinished runs with no
 progress for ``stale_after``, folds each one's log, and puts back exactly what
 is missing:
 
-- a run that was created but never started, or whose log holds outcomes the
-  scheduler never acted on (a step result, a wake-up, a hook delivery): an
-  activation;
+- a run that was created but never started, or started with no decision after
+  it, or whose log holds outcomes the scheduler never acted on (a step result, a
+  wake-up, a hook delivery): an activation;
 - a step created but never started, or a retry that is due but never
   dispatched: its step message;
 - a step started by a worker that is gone (its presence mark expired: the
@@ -61,7 +61,7 @@ from ledgerflow.broker import Activation, Broker
 from ledgerflow.broker.messages import step_message
 from ledgerflow.eventlog import codec
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
-from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event
+from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState, fold
 from ledgerflow.eventlog.kinds import RunStatus, StepStatus, WaitStatus
 from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
@@ -338,7 +338,10 @@ class Reconciler:
             timer = Timer(TimerKind.WAIT, run_id, wait.id)
             if wait.status == WaitStatus.CREATED and timer.member not in timers:
                 await self._arm(timer, wait.due, run_id, wait.id, "wait timer missing", done)
-        if _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
+        if _undecided(events, state) and self._activated_at.get(run_id) != events[-1].id:
+            await self._publish_activation(run_id, "started, nothing decided", done)
+            self._activated_at[run_id] = events[-1].id
+        elif _unacted(events, state) and self._activated_at.get(run_id) != events[-1].id:
             await self._publish_activation(run_id, "outcome not acted on", done)
             self._activated_at[run_id] = events[-1].id
         elif force:
@@ -417,6 +420,25 @@ def _unacted(events: list[Event], state: RunState) -> bool:
             return True
     return (
         state.status == RunStatus.STARTED
+        and not state.steps
+        and not state.waits
+        and not state.hooks
+    )
+
+
+def _undecided(events: list[Event], state: RunState) -> bool:
+    """Started, and nothing since: the decision that follows a start was never recorded.
+
+    A scheduler appends run_started, then the workflow's first decision (a step, a
+    wait, a hook, or the end) as a second append. Workflow code always does one of
+    those, so a log that ends at run_started lost the second append: the scheduler
+    died in between (its activation is redelivered), or a failover lost it after the
+    activation was acked (nothing else will ever replay the run).
+    """
+    return (
+        bool(events)
+        and events[-1].type is EventType.RUN_STARTED
+        and state.status == RunStatus.STARTED
         and not state.steps
         and not state.waits
         and not state.hooks

@@ -38,6 +38,7 @@ from ledgerflow.eventlog.events import (
     Event,
     EventType,
     NewEvent,
+    id_before,
 )
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
 from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, StepCreated
@@ -250,7 +251,25 @@ class Scheduler:
                 await self.store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
                 events = await self.store.read(run_id)
         else:
-            events = await self.store.read(run_id, after=instance.cursor)
+            # Read from the last entry the instance saw, included: if the log no longer
+            # holds it, the log lost its newest entries (a Redis failover before they
+            # were replicated) and the instance is ahead of it. Feeding it on would act
+            # on a history the log does not have (a step it believes created, which no
+            # one will ever complete; a divergence): replay what the log says instead.
+            seen = instance.cursor  # another replay of this run may move it meanwhile
+            events = await self.store.read(run_id, after=id_before(seen))
+            if not events or events[0].id != seen:
+                if events:
+                    log.warning(
+                        "cached run is ahead of its log (entries lost); replaying the log",
+                        run_id=run_id,
+                        seen=seen,
+                        log_resumes_at=events[0].id,
+                    )
+                self.cache.evict(run_id)
+                await self.replay_run(run_id)
+                return
+            events = events[1:]
             if not events:
                 return
             if any(e.type in RUN_TERMINAL for e in events):

@@ -3,7 +3,7 @@
 from typing import Any
 
 from tests.cluster.rabbit_fixtures import BOOTED, cluster_servers, rabbit_cluster
-from tests.cluster.redis_fixtures import cluster_names, cluster_store, redis_cluster
+from tests.cluster.redis_fixtures import cluster_names, cluster_store, redis_cluster, store_names
 
 __all__ = [
     "cluster_names",
@@ -11,6 +11,7 @@ __all__ = [
     "cluster_store",
     "rabbit_cluster",
     "redis_cluster",
+    "store_names",
 ]
 
 

@@ -214,6 +214,7 @@ class RedisClusterNodes:
             self._pidfile(port).unlink(missing_ok=True)
         self.procs.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.stop)
         if self._lock is not None:
             self._lock.close()
             self._lock = None

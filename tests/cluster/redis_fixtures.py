@@ -1,9 +1,11 @@
 """The Redis Cluster of a test session, and a store on it in a namespace of the test's own.
 
-The cluster (``redis_cluster.py``) starts once per session, on first use, and is
-stopped at the end of the session however it ends (this finalizer, and an atexit
-hook for a session that dies). Where redis-server or redis-cli are missing, or
-another session holds the ports, the tests that need it are skipped saying why.
+The cluster (``redis_cluster.py``, about 3 s to start) starts on first use and is
+stopped when the last test of this directory has run, however it ends (this
+finalizer; an atexit hook for an interpreter that exits without it; the next
+session's clean-up, by pid, for one that was killed). Where redis-server or
+redis-cli are missing, or another session holds the ports, the tests that need it
+are skipped saying why.
 Each test gets a healthy cluster: one that killed a master restarts it, but the
 next test waits until every node agrees again.
 """
@@ -21,7 +23,7 @@ from ledgerflow.testing.namespace import delete_redis_keys
 from tests.cluster.redis_cluster import ClusterUnavailable, RedisClusterNodes
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def redis_cluster() -> Iterator[RedisClusterNodes]:
     cluster = RedisClusterNodes()
     try:
@@ -45,11 +47,19 @@ def cluster_names(redis_cluster: RedisClusterNodes) -> Names:
 async def cluster_store(
     redis_cluster: RedisClusterNodes, cluster_names: Names
 ) -> AsyncIterator[RedisEventStore]:
-    """A store on the cluster (``redis+cluster://`` URL); the namespace is deleted after."""
+    """A store on the cluster (``redis+cluster://`` URL), on the namespace's layout as every
+    process sees it (16 shards per master); the namespace is deleted after."""
     store = RedisEventStore.from_url(redis_cluster.url(), cluster_names)
     await store.ping()
+    await store.adopt_layout()
     try:
         yield store
     finally:
-        await delete_redis_keys(store.client, cluster_names)
+        await delete_redis_keys(store.client, store.names)
         await store.close()
+
+
+@pytest.fixture
+def store_names(cluster_store: RedisEventStore) -> Names:
+    """The names ``cluster_store`` uses (its namespace, with the shard count it adopted)."""
+    return cluster_store.names

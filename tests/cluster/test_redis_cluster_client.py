@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -67,12 +68,19 @@ async def test_a_cluster_url_gives_a_cluster_store_that_reaches_every_master(
     assert await cluster_store.count_active_runs() == 0
 
 
+async def test_a_namespace_on_three_masters_gets_sixteen_shards_on_each(
+    redis_cluster: RedisClusterNodes, store_names: Names
+) -> None:
+    owners = Counter(redis_cluster.master_of_slot(keyslot(k)) for k in store_names.active_shards())
+    assert sorted(owners.values()) == [16, 16, 16], owners
+
+
 async def test_presence_keys_on_several_nodes_are_read_together(
-    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, cluster_names: Names
+    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, store_names: Names
 ) -> None:
     identities = [f"host:{pid}" for pid in range(40)]
     ports = {
-        redis_cluster.master_of_slot(keyslot(cluster_names.worker_presence(i))) for i in identities
+        redis_cluster.master_of_slot(keyslot(store_names.worker_presence(i))) for i in identities
     }
     assert len(ports) == 3
     for identity in identities[::2]:
@@ -81,10 +89,10 @@ async def test_presence_keys_on_several_nodes_are_read_together(
 
 
 async def test_timers_of_every_shard_are_claimed_even_by_nodes_that_lost_their_scripts(
-    cluster_store: RedisEventStore, cluster_names: Names
+    cluster_store: RedisEventStore, store_names: Names
 ) -> None:
     ids = run_ids(64)
-    shards = {cluster_names.timer_for(r) for r in ids}
+    shards = {store_names.timer_for(r) for r in ids}
     assert len(shards) > 8
     for run_id in ids:
         timer = Timer(TimerKind.WAIT, run_id, "s1")
@@ -102,26 +110,26 @@ async def test_timers_of_every_shard_are_claimed_even_by_nodes_that_lost_their_s
 
 
 async def test_the_watcher_reads_each_slot_on_its_own_master(
-    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, cluster_names: Names
+    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, store_names: Names
 ) -> None:
-    ids = spread(redis_cluster, cluster_names, 30)
+    ids = spread(redis_cluster, store_names, 30)
     client = cluster_store.client
     waits = [asyncio.create_task(cluster_store.wait(r, "0-0", 20)) for r in ids]
     await asyncio.sleep(0.3)
-    written = [await client.xadd(cluster_names.stream(r), entry("s1")) for r in ids]
+    written = [await client.xadd(store_names.stream(r), entry("s1")) for r in ids]
     results = await asyncio.gather(*waits)
     watcher = cluster_store._watcher
     assert isinstance(watcher, ClusterStreamWatcher)
-    assert watcher.slots == sorted({keyslot(cluster_names.stream(r)) for r in ids})
+    assert watcher.slots == sorted({keyslot(store_names.stream(r)) for r in ids})
     for entry_id, events in zip(written, results, strict=True):
         assert [e.id for e in events] == [entry_id.decode()]
 
 
 async def test_the_watcher_follows_a_slot_to_the_promoted_replica(
-    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, cluster_names: Names
+    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, store_names: Names
 ) -> None:
     [run_id] = run_ids(1)
-    stream = cluster_names.stream(run_id)
+    stream = store_names.stream(run_id)
     client = cluster_store.client
     first = await client.xadd(stream, entry("s1"))
     waiter = asyncio.create_task(cluster_store.wait(run_id, first.decode(), 60))
@@ -145,24 +153,22 @@ async def test_the_watcher_follows_a_slot_to_the_promoted_replica(
 
 
 async def test_a_durable_call_waits_for_the_replica_on_the_keys_node(
-    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, cluster_names: Names
+    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, store_names: Names
 ) -> None:
     client = cluster_store.client
     script = client.register_script("return redis.call('INCR', KEYS[1])")
-    keys = [
-        f"{cluster_names.namespace}:probe:{{{r}}}" for r in spread(redis_cluster, cluster_names)
-    ]
+    keys = [f"{store_names.namespace}:probe:{{{r}}}" for r in spread(redis_cluster, store_names)]
     await flush_scripts(cluster_store)  # a promoted replica's empty script cache
     replica = Durability(DurabilityMode.REPLICA, 1, timeout_ms=2000)
     for key in keys[:20]:
-        barrier = cluster_names.barrier(key)
+        barrier = store_names.barrier(key)
         assert await call_durably(client, replica, script, [key], [], barrier) == 1
         assert keyslot(barrier) == keyslot(key)
         assert await client.exists(barrier) == 1
     # Each master has one replica: asking for two is never confirmed, and says so.
     two = Durability(DurabilityMode.REPLICA, 2, timeout_ms=100)
     with pytest.raises(NotReplicatedError, match="1 of 2 replica"):
-        await call_durably(client, two, script, [keys[0]], [], cluster_names.barrier(keys[0]))
+        await call_durably(client, two, script, [keys[0]], [], store_names.barrier(keys[0]))
     assert int(await client.get(keys[0])) == 2  # the write itself stands
 
 
@@ -180,16 +186,16 @@ async def test_aof_durability_is_refused_by_a_server_without_waitaof(
 
 
 async def test_namespace_cleanup_deletes_keys_on_every_master(
-    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, cluster_names: Names
+    cluster_store: RedisEventStore, redis_cluster: RedisClusterNodes, store_names: Names
 ) -> None:
     client = cluster_store.client
-    for run_id in spread(redis_cluster, cluster_names, 100):
-        await client.set(cluster_names.status(run_id), b"1")
-    assert await count_redis_keys(client, cluster_names) == 100
+    for run_id in spread(redis_cluster, store_names, 100):
+        await client.set(store_names.status(run_id), b"1")
+    assert await count_redis_keys(client, store_names) == 101  # and the namespace's meta hash
     deleted = await delete_namespace(
-        "amqp://guest:guest@127.0.0.1:5672/", redis_cluster.url(), cluster_names.namespace
+        "amqp://guest:guest@127.0.0.1:5672/", redis_cluster.url(), store_names.namespace
     )
-    assert (deleted.redis_keys, deleted.redis_keys_left) == (100, 0)
+    assert (deleted.redis_keys, deleted.redis_keys_left) == (101, 0)
 
 
 async def test_a_cluster_url_naming_a_plain_server_or_nothing_is_one_clear_error() -> None:
@@ -209,10 +215,10 @@ async def test_a_cluster_url_naming_a_plain_server_or_nothing_is_one_clear_error
 
 
 async def test_the_reconciler_lease_is_taken_fenced_and_given_back_on_a_cluster(
-    cluster_store: RedisEventStore, cluster_names: Names
+    cluster_store: RedisEventStore, store_names: Names
 ) -> None:
-    first = Lease(cluster_store.client, cluster_names, owner="a", ttl_ms=5000)
-    second = Lease(cluster_store.client, cluster_names, owner="b", ttl_ms=5000)
+    first = Lease(cluster_store.client, store_names, owner="a", ttl_ms=5000)
+    second = Lease(cluster_store.client, store_names, owner="b", ttl_ms=5000)
     assert await first.acquire() and not await second.acquire()
     assert await first.check()
     await first.release()

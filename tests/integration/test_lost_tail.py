@@ -1,0 +1,98 @@
+"""A run cached by a scheduler whose log then loses its newest entries, as after a failover.
+
+Redis replicates asynchronously: a master killed before its replica received the
+last appends leaves the promoted replica with an older log. The scheduler's cached
+instance has seen (and written) entries that are gone. Here that is reproduced on
+one server: the run's stream and status hash are dumped, the run moves on, and
+the dump is restored over it (every entry after the dump vanishes together with
+the hash fields it set, exactly what a promoted replica holds). The scheduler
+must notice that its instance is ahead of the log and replay the log as it is,
+or the run either waits forever for a step only the lost entries created, or
+fails with a replay divergence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from ledgerflow.eventlog.events import EventType, NewEvent
+from ledgerflow.scheduler.reconciler import Reconciler
+from ledgerflow.scheduler.service import Scheduler
+
+import ledgerflow as lf
+from ledgerflow.ops.checker import check_log
+from ledgerflow.ops.lease import Lease
+from tests.apps import arith
+
+pytestmark = pytest.mark.integration
+E = EventType
+
+
+async def complete(backends: Any, run_id: str, corr: str, result: int) -> None:
+    """What a worker records for one attempt of a step."""
+    await backends.store.append(
+        run_id,
+        [
+            NewEvent.of(E.STEP_STARTED, corr, {"worker": "test"}, attempt=1),
+            NewEvent.of(E.STEP_COMPLETED, corr, {"result": result}, attempt=1),
+        ],
+    )
+
+
+async def test_a_scheduler_whose_cached_run_is_ahead_of_its_log_replays_the_log(
+    backends: Any, redis_client: aioredis.Redis
+) -> None:
+    store, names = backends.store, backends.names
+    scheduler = Scheduler(store, backends.broker)  # not started: replays by hand
+    client = lf.Client(store, backends.broker)
+    run = await client.start(arith.total, 1)  # s1 = add(0, 0), then s2 = add(0, 0)
+    await scheduler.replay_run(run.run_id)  # run_started, step_created s1
+    keys = [names.stream(run.run_id), names.status(run.run_id)]
+    snapshot = [await redis_client.dump(key) for key in keys]
+
+    await complete(backends, run.run_id, "s1", 0)
+    await scheduler.replay_run(run.run_id)  # the cached instance creates s2
+    assert [e.corr for e in await store.read(run.run_id) if e.type is E.STEP_CREATED] == [
+        "s1",
+        "s2",
+    ]
+    for key, dumped in zip(keys, snapshot, strict=True):  # the failover: back to the dump
+        await redis_client.restore(key, 0, dumped, replace=True)
+
+    await complete(backends, run.run_id, "s1", 0)  # the step's redelivered attempt
+    await scheduler.replay_run(run.run_id)
+    created = [e.corr for e in await store.read(run.run_id) if e.type is E.STEP_CREATED]
+    assert created == ["s1", "s2"], "s2 was not created again on the log as it is now"
+    await complete(backends, run.run_id, "s2", 0)
+    await scheduler.replay_run(run.run_id)
+    assert await run.result(timeout=10) == arith.expected_total(1)
+    assert check_log(await store.read(run.run_id), run.run_id) == []
+
+
+async def test_a_run_whose_first_decision_was_lost_is_activated_by_the_reconciler(
+    backends: Any, running: lf.Client
+) -> None:
+    """The log ends at run_started: the decision after it is gone, its activation acked."""
+    store = backends.store
+    run_id = "lost-decision-1"
+    data = {"workflow": arith.total.name, "args": [2], "kwargs": {}}
+    await store.append(
+        run_id,
+        [
+            NewEvent.of(E.RUN_CREATED, data=data, workflow=arith.total.name),
+            NewEvent.of(E.RUN_STARTED),
+        ],
+    )  # no activation: as if the scheduler had acted, then the failover lost its append
+    lease = Lease(store.client, backends.names, owner="test-reconciler", ttl_ms=2000)
+    reconciler = Reconciler(store, backends.broker, lease, stale_after=0.3, interval=0.2)
+    task = asyncio.create_task(reconciler.run())
+    try:
+        assert await running.result(run_id, timeout=15) == arith.expected_total(2)
+    finally:
+        reconciler.stop()
+        await asyncio.wait_for(task, 10)
+    assert reconciler.recoveries["started, nothing decided"] == 1, reconciler.recoveries
+    assert check_log(await store.read(run_id), run_id) == []
