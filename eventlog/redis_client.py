@@ -13,7 +13,11 @@ URL alone:
   masters, the replicas and who serves each slot, and follows MOVED and ASK
   redirects itself. User, password and query options are those of the one-server
   URL and apply to every node. A database other than 0 is refused (a cluster has
-  only one), and so is an option the cluster client cannot use, by name.
+  only one), and so is an option the cluster client cannot use, by name. Its pools
+  do not block (past ``max_connections`` on a node redis-py raises
+  MaxConnectionsError at once), so the client holds a burst of callers at a gate of
+  ``max_connections`` commands and pipelines in flight, and they wait, as on one
+  server.
 
 A cluster client that cannot find a usable view of the cluster (every node it
 knows refuses connections, the nodes disagree during a failover) raises
@@ -25,13 +29,16 @@ refused login is redis-py's own AuthenticationError, as for one server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff
@@ -63,13 +70,62 @@ class ClusterUnreachableError(RedisConnectionError):
     """No node the cluster client knows gave it a usable view of the cluster (yet)."""
 
 
+_INSIDE_GATE: ContextVar[bool] = ContextVar("ledgerflow_cluster_gate", default=False)
+"""Set while a task holds the gate: a pipeline retrying a redirected command through
+the client must not wait for a second place (every place held that way is a deadlock)."""
+
+
 class ClusterClient(RedisCluster):
-    """redis-py's cluster client, whose failures to discover the cluster are outages.
+    """redis-py's cluster client, whose failures to discover the cluster are outages,
+    and whose callers wait for a connection instead of failing.
 
     redis-py raises a bare RedisClusterException when no node answers or the answers
     do not cover every slot, the same class as for a command whose keys span slots
     (a bug). This tells them apart where it happens: discovery.
+
+    redis-py's cluster pools raise MaxConnectionsError the moment a node's
+    ``max_connections`` are all in use (a producer starting 1,000 runs at once, one
+    run's hot slot). The gate admits ``max_connections`` commands and pipelines at a
+    time: each uses at most one connection per node, so no node's pool runs out, and
+    the rest wait up to ``POOL_TIMEOUT``, as callers of the one-server blocking pool do.
     """
+
+    def __init__(self, *, max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self._gate_size = max_connections
+        self._gate = asyncio.Semaphore(max_connections)
+
+    @contextlib.asynccontextmanager
+    async def gate(self) -> AsyncIterator[None]:
+        """A place among the ``max_connections`` in flight (already held: nothing more)."""
+        if _INSIDE_GATE.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(
+                f"no free Redis Cluster connection within {POOL_TIMEOUT:g} s "
+                f"({self._gate_size} commands in flight)"
+            ) from None
+        token = _INSIDE_GATE.set(True)
+        try:
+            yield
+        finally:
+            _INSIDE_GATE.reset(token)
+            self._gate.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.gate():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return GatedClusterPipeline(self, transaction)
 
     async def initialize(
         self,
@@ -90,6 +146,22 @@ class ClusterClient(RedisCluster):
             ):
                 raise cause from None  # a refused login, an unusable option: not an outage
             raise ClusterUnreachableError(str(exc)) from exc
+
+
+class GatedClusterPipeline(ClusterPipeline):
+    """A cluster pipeline that takes its place at its client's gate while it runs."""
+
+    _event_dispatcher: Any  # redis.typing's protocol names it; redis-py's pipeline has none
+
+    def __init__(self, client: ClusterClient, transaction: Any | None = None) -> None:
+        super().__init__(client, transaction)
+        self._gated_client = client
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        async with self._gated_client.gate():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def is_cluster_url(url: str) -> bool:
