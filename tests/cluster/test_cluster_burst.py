@@ -81,4 +81,3 @@ async def test_a_burst_of_pipelines_past_the_pool_waits_and_all_succeed(
     finally:
         await delete_redis_keys(client, cluster_names)
         await client.aclose()
-
