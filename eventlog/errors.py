@@ -160,6 +160,26 @@ class AppendArgumentError(EventLogError, ValueError):
         self.detail = detail
 
 
+class LogTruncatedError(EventLogError):
+    """The log no longer holds the entry a decision was based on; nothing was written.
+
+    Redis replicates asynchronously: a master lost before its replica received its
+    newest entries leaves a promoted replica with an older log. A scheduler that
+    decided on those entries would record a decision the log's history does not
+    support (a step whose predecessor never completed, as far as the log knows).
+    The append refuses it; the scheduler replays the log as it now stands.
+    """
+
+    def __init__(self, run_id: str, based_on: str) -> None:
+        super().__init__(
+            f"run {run_id!r}: the log no longer holds entry {based_on!r}, which the "
+            "decision being appended was based on (entries lost in a failover); "
+            "nothing written, replay the log"
+        )
+        self.run_id = run_id
+        self.based_on = based_on
+
+
 class StepMismatchError(EventLogError):
     """A step message's name or arguments are not those its step_created recorded.
 

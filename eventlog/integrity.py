@@ -58,6 +58,10 @@ _DUE_DIGITS_RE = re.compile(r"^[0-9]{1,15}\Z")
 _FINGERPRINT_RE = re.compile(rf"^[0-9a-f]{{{FINGERPRINT_LEN}}}\Z")
 _MEMBER_RE = re.compile(r"^([a-z]+)\|([^|]+)\|([^|]+)\|([0-9]{1,10})\|([0-9]{1,15})\Z")
 _TIMER_KINDS = frozenset(k.value for k in TimerKind)
+# A stream entry id (``based_on``): 19 digits each side stays below Redis's 64-bit parts.
+ENTRY_ID_RE = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}\Z")
+ENTRY_ID_LUA_PATTERN = "^%d+%-%d+$"
+_ENTRY_ID_RULE = "a stream entry id: 1-19 digits, '-', 1-19 digits"
 _RUN_ID_RULE = f"use 1-{MAX_RUN_ID} characters: letters, digits, _ . - :"
 _RETENTION_RULE = f"empty, or for run_created ms from {MIN_RETENTION_MS} to {MAX_RETENTION_MS}"
 _CORR_RULE = f"use 1-{MAX_CORR} printable ASCII characters, no spaces or |"
@@ -102,6 +106,12 @@ def check_batch(run_id: str, events: Sequence[Wire]) -> None:
         if problem is not None:
             field, detail = problem
             raise AppendArgumentError(run_id, f"event {i}", field, w.type, detail)
+
+
+def check_based_on(run_id: str, based_on: str) -> None:
+    """Raise AppendArgumentError unless ``based_on`` is an entry id the script can look up."""
+    if not isinstance(based_on, str) or not ENTRY_ID_RE.match(based_on):
+        raise AppendArgumentError(run_id, "batch", "based_on", "", _ENTRY_ID_RULE)
 
 
 def _problem(run_id: str, w: Wire) -> tuple[str, str] | None:
@@ -160,6 +170,7 @@ def lua_checks() -> str:
 
     Expects ``run_id``, ``n``, ``W`` and ``KIND`` in scope; returns the error reply
     of the first bad argument, before the script has read or written anything.
+    Defines ``based_on``: the optional entry id after the events (nil when absent).
     """
     roles = ",".join(f'["{t.value}"]="{role}"' for t, role in KEY_ROLE.items())
     kinds = ",".join(f'["{k}"]=true' for k in sorted(_TIMER_KINDS))
@@ -178,8 +189,13 @@ end
 if not n or n < 1 or n ~= math.floor(n) then
   return badarg('batch', 'n', '', 'a positive integer')
 end
-if #ARGV ~= 2 + n * W then
-  return badarg('batch', 'n', '', 'ARGV holds ' .. #ARGV .. ' values, not 2 + n * ' .. W)
+if #ARGV ~= 2 + n * W and #ARGV ~= 3 + n * W then
+  return badarg('batch', 'n', '', 'ARGV holds ' .. #ARGV .. ' values, not 2 (or 3) + n * ' .. W)
+end
+local based_on = ARGV[3 + n * W]
+if based_on and not (#based_on <= 39 and string.find(based_on, '{ENTRY_ID_LUA_PATTERN}')
+    and #string.match(based_on, '^(%d+)') <= 19 and #string.match(based_on, '(%d+)$') <= 19) then
+  return badarg('batch', 'based_on', '', "{_ENTRY_ID_RULE}")
 end
 if #run_id < 1 or #run_id > {MAX_RUN_ID} or not string.find(run_id, '{RUN_ID_LUA_PATTERN}') then
   return badarg('batch', 'run_id', '', '{_RUN_ID_RULE}')

@@ -13,7 +13,9 @@ in the run's shard, so one slot (``names``).
 ARGV: run_id, n, then per event: type, corr, attempt ("" for none), data, key (the
 workflow name of run_created, the token of hook_created, the call fingerprint of
 step_created / step_started), timer member ("" for none), timer due ("+ms" after
-now, or absolute ms), retention (run_created: the run's own, in ms; "" for none).
+now, or absolute ms), retention (run_created: the run's own, in ms; "" for none);
+then, optionally, based_on: an entry id the log must still hold, or the batch is
+refused (code truncated: a failover lost the entries a decision was made from).
 The status hash's fields are named by ``statushash`` (rendered into every script
 as Lua helpers), as ``statushash.record_written`` updates them for the memory store.
 Besides the stream entry, a written step_created records its entry id (x:<corr>,
@@ -54,6 +56,9 @@ local runs, finished, expire = KEYS[5], KEYS[6], KEYS[7]
 local run_id, n = ARGV[1], tonumber(ARGV[2])
 {lua_checks()}
 local run_state = redis.call('HGET', status, F_RUN) or ''
+if based_on and run_state ~= '' and #redis.call('XRANGE', stream, based_on, based_on) == 0 then
+  return {{'error', 'truncated', 'run', run_state, '', based_on}}
+end
 local stored_wf = redis.call('HGET', status, F_WF) or ''
 local entity = {{}}
 local plan = {{}}

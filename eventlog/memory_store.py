@@ -8,6 +8,7 @@ Lua script, and the conformance suite runs against both.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from . import statushash as sh
 from .batch import decide_batch
 from .blobs import BlobStore
 from .derived import Expected
-from .errors import MalformedMessageError
+from .errors import LogTruncatedError, MalformedMessageError
 from .events import (
     SCHEMA_VERSION,
     AppendResult,
@@ -29,6 +30,7 @@ from .events import (
     id_order,
     put_event_blobs,
 )
+from .integrity import check_based_on, check_batch, wire
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
 from .names import Names, shard_of
@@ -90,17 +92,31 @@ class MemoryEventStore(EventStore):
         self._last_id = (now, 0) if now > ms else (ms, seq + 1)
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
+    def _holds(self, run_id: str, entry_id: str) -> bool:
+        stream = self._streams.get(run_id, [])
+        key = id_order(entry_id)
+        i = bisect.bisect_left(stream, key, key=lambda entry: id_order(entry.id))
+        return i < len(stream) and stream[i].id == entry_id
+
     def _condition(self, run_id: str) -> asyncio.Condition:
         cond = self._changed.get(run_id)
         if cond is None:
             cond = self._changed[run_id] = asyncio.Condition()
         return cond
 
-    async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
+    async def append(
+        self, run_id: str, events: Sequence[NewEvent], *, based_on: str | None = None
+    ) -> list[AppendResult]:
         if not events:
             return []
         await put_event_blobs(self.blob_store, run_id, events)
         status = self._status[run_id]
+        if based_on is not None:
+            # In the script's order: the events' arguments, based_on's, then the log.
+            check_batch(run_id, [wire(e) for e in events])
+            check_based_on(run_id, based_on)
+            if status.get(sh.RUN) and not self._holds(run_id, based_on):
+                raise LogTruncatedError(run_id, based_on)
         plan = decide_batch(
             run_id,
             events,

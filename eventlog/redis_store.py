@@ -22,6 +22,7 @@ from .errors import (
     ConfigurationError,
     IllegalTransitionError,
     InvalidArgumentError,
+    LogTruncatedError,
     MalformedMessageError,
     RepairRaceError,
     RunClosedError,
@@ -336,7 +337,9 @@ class RedisEventStore(EventStore):
         return await self._watcher.wait(self.names.stream(run_id), after, timeout)
 
     @retried("append events")
-    async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
+    async def append(
+        self, run_id: str, events: Sequence[NewEvent], *, based_on: str | None = None
+    ) -> list[AppendResult]:
         if not events:
             return []
         await put_event_blobs(self.blob_store, run_id, events)
@@ -347,6 +350,8 @@ class RedisEventStore(EventStore):
             argv += [w.type, w.corr, w.attempt, event.payload, w.key, w.member, w.due, w.retention]
             if event.type is EventType.HOOK_CREATED and event.token:
                 claims.setdefault(event.token, f"{run_id}|{event.corr}")
+        if based_on is not None:
+            argv.append(based_on)
         taken = [(t, o) for t, o in claims.items() if await self._claim_token(t, o)]
         reply = await self._durably(self._append, self._run_keys(run_id), argv)
         status = _text(reply[0])
@@ -367,6 +372,8 @@ class RedisEventStore(EventStore):
         code, entity, current, event_type, detail = (_text(r) for r in reply[1:6])
         if code == "notfound":
             raise RunNotFoundError(run_id)
+        if code == "truncated":
+            raise LogTruncatedError(run_id, detail)
         if code == "closed":
             raise RunClosedError(run_id, entity, current, event_type)
         if code == "badarg":

@@ -90,11 +90,16 @@ class EventLog(Protocol):
     blob_store: BlobStore
 
     @abstractmethod
-    async def append(self, run_id: str, events: Sequence[NewEvent]) -> list[AppendResult]:
+    async def append(
+        self, run_id: str, events: Sequence[NewEvent], *, based_on: str | None = None
+    ) -> list[AppendResult]:
         """Check and append a batch atomically: all written (or duplicate), or none.
 
         Raises IllegalTransitionError (or RunClosedError / RunNotFoundError)
-        naming the run, entity and states; nothing is written then.
+        naming the run, entity and states; nothing is written then. ``based_on``
+        (an entry id) makes the append conditional on the log still holding that
+        entry: a decision made from a log a failover has since cut short is refused
+        with LogTruncatedError instead of recorded on a history that lost its basis.
         """
 
     @abstractmethod

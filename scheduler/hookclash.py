@@ -40,19 +40,22 @@ async def append_settling_clashes(
     run_id: str,
     events: Sequence[NewEvent],
     hooks: Mapping[str, HookCommand],
+    *,
+    based_on: str | None = None,
 ) -> tuple[list[AppendResult], bool]:
     """Append one atomic batch, recording each hook whose token is taken as conflicted.
 
     Returns one result per event of ``events`` (the added disposals left out), and
-    whether any hook conflicted. Each round turns one claiming hook_created into
-    a non-claiming one, so this ends after at most one round per hook.
+    whether any hook conflicted. Each round turns one claiming hook_created into a
+    non-claiming one, so this ends after at most one round per hook. ``based_on``:
+    as for ``EventLog.append``, on every round.
     """
     batch = list(events)
     own = [True] * len(batch)  # False for the disposals added here
     clashed = False
     while True:
         try:
-            results = await store.append(run_id, batch)
+            results = await store.append(run_id, batch, based_on=based_on)
         except HookTokenConflictError as exc:
             i = _claiming(batch, exc.corr)
             command = hooks.get(exc.corr)

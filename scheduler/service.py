@@ -25,6 +25,7 @@ from ledgerflow.eventlog.errors import (
     HistoryLimitError,
     IllegalTransitionError,
     LedgerflowError,
+    LogTruncatedError,
     MalformedMessageError,
     RunClosedError,
     SerializationError,
@@ -83,6 +84,8 @@ from .values import delivered_values
 log = structlog.get_logger("ledgerflow.scheduler")
 
 DEFAULT_PREFETCH = 64
+MAX_TRUNCATED_REPLAYS = 3
+"""Fresh replays after a refused decision (LogTruncatedError) before the activation is retried."""
 APPEND_CHUNK = 500
 """Events per append call: about 3 ms of Redis time, so other clients never wait long."""
 
@@ -220,7 +223,7 @@ class Scheduler:
             self.cache.evict(run_id)
             raise
 
-    async def replay_run(self, run_id: str) -> None:
+    async def replay_run(self, run_id: str, *, truncations: int = 0) -> None:
         """Replay one run up to the end of its log and act on what the workflow now asks.
 
         Safe to call any number of times. Callers normally go through
@@ -267,7 +270,7 @@ class Scheduler:
                         log_resumes_at=events[0].id,
                     )
                 self.cache.evict(run_id)
-                await self.replay_run(run_id)
+                await self.replay_run(run_id, truncations=truncations)
                 return
             events = events[1:]
             if not events:
@@ -283,7 +286,22 @@ class Scheduler:
         instance.feed(await self._values(run_id, events))
         self.history.observe(run_id, instance.definition.name, instance.events_seen)
         decision = instance.decide()
-        finished = await self._record(instance, decision)
+        try:
+            finished = await self._record(instance, decision)
+        except LogTruncatedError as exc:
+            # Between this replay's read and its append, the log lost the entries the
+            # decision was made from (a failover): nothing was written. Decide again
+            # from the log as it now stands.
+            self.cache.evict(run_id)
+            if truncations >= MAX_TRUNCATED_REPLAYS:
+                raise
+            log.warning(
+                "log lost the entries a decision was based on; replaying the log",
+                run_id=run_id,
+                based_on=exc.based_on,
+            )
+            await self.replay_run(run_id, truncations=truncations + 1)
+            return
         self.observers.after_replay(run_id, trigger_ms)
         if finished:
             self.cache.evict(run_id)
@@ -359,7 +377,9 @@ class Scheduler:
                 batch += [NewEvent.of(EventType.HOOK_DISPOSED, c) for c in instance.live_hooks()]
                 batch.append(self._terminal(instance, outcome))
             hooks = {c.corr: c for c in decision.commands if isinstance(c, HookCommand)}
-            results, conflicted = await self._append_chunked(run_id, batch, hooks)
+            results, conflicted = await self._append_chunked(
+                run_id, batch, hooks, based_on=instance.cursor
+            )
         except RunClosedError:
             if successor is not None:
                 await abandon_successor(self.store, run_id, successor)
@@ -492,7 +512,12 @@ class Scheduler:
         await retrying("publish activation", lambda: self.broker.publish_activation(activation))
 
     async def _append_chunked(
-        self, run_id: str, batch: list[NewEvent], hooks: dict[str, HookCommand]
+        self,
+        run_id: str,
+        batch: list[NewEvent],
+        hooks: dict[str, HookCommand],
+        *,
+        based_on: str,
     ) -> tuple[list[AppendResult], bool]:
         """Append a decision in chunks, so a 10,000-step fan-out never blocks Redis for long.
 
@@ -500,12 +525,16 @@ class Scheduler:
         decision, which the next replay completes (the written creations come back
         as duplicates) and the reconciler dispatches, as after any crash between an
         append and its publish. The run's terminal event is always in the last chunk.
+        Every chunk is conditional on the log still holding ``based_on``, the newest
+        entry the decision was made from (LogTruncatedError otherwise).
         """
         results: list[AppendResult] = []
         conflicted = False
         for start in range(0, len(batch), self.append_chunk):
             chunk = batch[start : start + self.append_chunk]
-            written, clashed = await append_settling_clashes(self.store, run_id, chunk, hooks)
+            written, clashed = await append_settling_clashes(
+                self.store, run_id, chunk, hooks, based_on=based_on
+            )
             results += written
             conflicted = conflicted or clashed
         return results, conflicted
@@ -606,8 +635,9 @@ def _unrecordable(exc: Exception) -> bool:
     """An error no retry of the same decision can cure: a bad value, or a bug.
 
     Infrastructure errors are retried; an illegal transition means another writer
-    got there first, and a fresh replay sorts that out.
+    got there first, and a log that lost a decision's basis is replayed afresh:
+    in both, a fresh replay sorts it out.
     """
-    if is_transient(exc) or isinstance(exc, IllegalTransitionError):
+    if is_transient(exc) or isinstance(exc, (IllegalTransitionError, LogTruncatedError)):
         return False
     return isinstance(exc, (LedgerflowError, ValueError, TypeError, ArithmeticError))

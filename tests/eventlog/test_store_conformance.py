@@ -27,6 +27,7 @@ from ledgerflow.eventlog.errors import (
     EventLogError,
     HookTokenConflictError,
     IllegalTransitionError,
+    LogTruncatedError,
     RunClosedError,
     RunNotFoundError,
     StepMismatchError,
@@ -543,6 +544,58 @@ async def test_read_after_returns_strictly_later_events(store: EventStore, run_i
     assert await store.read(run_id, after=events[1].id, count=2) == events[2:4]
     assert await store.read(run_id, count=3) == events[:3]
     assert await store.read(new_run_id()) == []
+
+
+# --- appends conditional on the log (based_on) ------------------------------------------
+
+
+async def test_an_append_based_on_an_entry_the_log_holds_is_written(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    first, last = [e.id for e in await store.read(run_id)]
+    (result,) = await store.append(run_id, [step_created("s1")], based_on=last)
+    assert result.appended
+    # Entries written after the basis (a worker's, meanwhile) do not matter: only the basis.
+    (result,) = await store.append(run_id, [step_created("s2")], based_on=first)
+    assert result.appended
+
+
+async def test_an_append_based_on_an_entry_the_log_lost_is_refused_whole(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    await append_ok(store, run_id, [step_created("s1")])
+    before = await snapshot(store, run_id)
+    ms, seq = id_key(before[0][-1].id)
+    for gone in (f"{ms}-{seq + 1}", f"{ms + 5}-0", f"{id_key(before[0][0].id)[0]}-999"):
+        with pytest.raises(LogTruncatedError) as info:
+            await store.append(run_id, [step_created("s2"), ev(E.RUN_COMPLETED)], based_on=gone)
+        assert info.value.based_on == gone
+        assert info.value.run_id == run_id
+        assert "nothing written" in str(info.value)
+    assert await snapshot(store, run_id) == before
+
+
+@pytest.mark.parametrize(
+    "based_on", ["", "abc", "1-2-3", "12", "-1-0", "1-", f"{'9' * 20}-0", f"1-{'9' * 20}", "1 -2"]
+)
+async def test_a_malformed_based_on_is_an_argument_error(
+    store: EventStore, run_id: str, based_on: str
+) -> None:
+    await started_run(store, run_id)
+    before = await snapshot(store, run_id)
+    with pytest.raises(AppendArgumentError) as info:
+        await store.append(run_id, [step_created("s1")], based_on=based_on)
+    assert info.value.field == "based_on"
+    assert await snapshot(store, run_id) == before
+
+
+async def test_an_append_based_on_anything_to_a_missing_run_is_not_found(
+    store: EventStore, run_id: str
+) -> None:
+    with pytest.raises(RunNotFoundError):
+        await store.append(run_id, [step_created("s1")], based_on="1-0")
 
 
 # --- wait -------------------------------------------------------------------------------

@@ -103,10 +103,12 @@ async def test_a_decision_is_appended_in_chunks(backends: Any) -> None:
     calls: list[int] = []
     original = backends.store.append
 
-    async def counting(run_id: str, events: Sequence[NewEvent]) -> Any:
+    async def counting(
+        run_id: str, events: Sequence[NewEvent], *, based_on: str | None = None
+    ) -> Any:
         if any(e.type is EventType.STEP_CREATED for e in events):
             calls.append(len(events))
-        return await original(run_id, events)
+        return await original(run_id, events, based_on=based_on)
 
     backends.store.append = counting
     worker, scheduler = await started_together(backends, concurrency=16, append_chunk=7)

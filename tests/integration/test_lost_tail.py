@@ -96,3 +96,49 @@ async def test_a_run_whose_first_decision_was_lost_is_activated_by_the_reconcile
         await asyncio.wait_for(task, 10)
     assert reconciler.recoveries["started, nothing decided"] == 1, reconciler.recoveries
     assert check_log(await store.read(run_id), run_id) == []
+
+
+async def test_a_decision_whose_basis_the_log_lost_meanwhile_is_not_recorded(
+    backends: Any, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failover strikes between a replay's read and its append.
+
+    The scheduler has read s1's completion and decided to create s2; before its
+    append lands, the log loses that completion. Recording s2 would put a step on
+    the log whose predecessor, as far as the log knows, never finished: the append
+    must be refused and the run decided again from the log as it now stands.
+    """
+    store, names = backends.store, backends.names
+    scheduler = Scheduler(store, backends.broker)  # not started: replays by hand
+    client = lf.Client(store, backends.broker)
+    run = await client.start(arith.total, 1)  # s1 = add(0, 0), then s2 = add(0, 0)
+    await scheduler.replay_run(run.run_id)  # run_started, step_created s1
+    keys = [names.stream(run.run_id), names.status(run.run_id)]
+    snapshot = [await redis_client.dump(key) for key in keys]
+    await complete(backends, run.run_id, "s1", 0)
+
+    append = store.append
+    refused: list[str] = []
+
+    async def failover_before(run_id: str, events: Any, *, based_on: str | None = None) -> Any:
+        if based_on is not None and not refused:
+            refused.append(based_on)
+            for key, dumped in zip(keys, snapshot, strict=True):
+                await redis_client.restore(key, 0, dumped, replace=True)
+        return await append(run_id, events, based_on=based_on)
+
+    monkeypatch.setattr(store, "append", failover_before)
+    await scheduler.replay_run(run.run_id)  # reads s1's completion, decides s2: refused
+    assert refused, "the decision was not appended conditionally"
+    log = await store.read(run.run_id)
+    assert [e.corr for e in log if e.type is E.STEP_CREATED] == ["s1"]
+    assert not any(e.type is E.STEP_COMPLETED for e in log)
+    assert check_log(log, run.run_id) == []
+
+    monkeypatch.setattr(store, "append", append)
+    await complete(backends, run.run_id, "s1", 0)  # the step's redelivered attempt
+    await scheduler.replay_run(run.run_id)
+    await complete(backends, run.run_id, "s2", 0)
+    await scheduler.replay_run(run.run_id)
+    assert await run.result(timeout=10) == arith.expected_total(1)
+    assert check_log(await store.read(run.run_id), run.run_id) == []

@@ -382,10 +382,10 @@ async def test_cached_instance_detects_a_step_recorded_by_other_code() -> None:
         )
         real_append = s.store.append
 
-        async def racing_append(rid: str, events: Any) -> Any:
+        async def racing_append(rid: str, events: Any, *, based_on: str | None = None) -> Any:
             if any(e.type is EventType.STEP_CREATED and e.corr == "s2" for e in events):
                 await real_append(rid, [foreign])
-            return await real_append(rid, events)
+            return await real_append(rid, events, based_on=based_on)
 
         s.store.append = racing_append  # type: ignore[method-assign]
         await s.scheduler.replay_run(run_id)  # asks for s2 (unit_emb_div_b): a duplicate now
