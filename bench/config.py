@@ -11,6 +11,25 @@ APP = "bench.apps"
 WORKERS = 2
 WORKER_CONCURRENCY = 64
 SCHEDULERS = 0  # 0: every worker runs with --with-scheduler (the issue's layout)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The benchmark's processes: ``--workers`` / ``--schedulers`` change it for a scaling run."""
+
+    workers: int = WORKERS
+    schedulers: int = SCHEDULERS  # 0: every worker is its own scheduler (--with-scheduler)
+    concurrency: int = WORKER_CONCURRENCY
+
+    @property
+    def consumers_of_runs(self) -> int:
+        return self.schedulers or self.workers
+
+    def describe(self) -> str:
+        who = f"{self.schedulers} scheduler(s)" if self.schedulers else "each its own scheduler"
+        return f"{self.workers} workers (--concurrency {self.concurrency}), {who}"
+
+
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 # A healthy run here takes seconds; a stuck one should cost a minute, not the budget.

@@ -11,31 +11,30 @@ from pathlib import Path
 from ledgerflow.eventlog.names import Names
 from ledgerflow.eventlog.settings import Settings
 
-from bench.config import (
-    APP,
-    READY_TIMEOUT,
-    ROOT,
-    SCHEDULERS,
-    STOP_TIMEOUT,
-    WORKER_CONCURRENCY,
-    WORKERS,
-)
+from bench.config import APP, READY_TIMEOUT, ROOT, STOP_TIMEOUT, Layout
 from ledgerflow.testing.fleet import Fleet, cli_env
 
 
-def make_fleet(settings: Settings, log_dir: Path, *, loop: str, reconciler: bool = False) -> Fleet:
+def make_fleet(
+    settings: Settings,
+    log_dir: Path,
+    *,
+    loop: str,
+    layout: Layout,
+    reconciler: bool = False,
+) -> Fleet:
     """Workers and schedulers (not started yet), and a reconciler if asked; logs to files,
     never to a pipe."""
     env = cli_env(settings.amqp_url, settings.redis_url, settings.namespace, pythonpath=ROOT)
     fleet = Fleet(env, log_dir, cwd=ROOT, options=["--loop", loop], stop_timeout=STOP_TIMEOUT)
-    for i in range(WORKERS):
+    for i in range(layout.workers):
         fleet.add(
             "worker",
-            ["worker", APP, "--concurrency", str(WORKER_CONCURRENCY), "--grace", "5"]
-            + (["--with-scheduler"] if SCHEDULERS == 0 else []),
+            ["worker", APP, "--concurrency", str(layout.concurrency), "--grace", "5"]
+            + (["--with-scheduler"] if layout.schedulers == 0 else []),
             name=f"worker-{i + 1}",
         )
-    for i in range(SCHEDULERS):
+    for i in range(layout.schedulers):
         fleet.add("scheduler", ["scheduler", APP], name=f"scheduler-{i + 1}")
     if reconciler:
         # As deployed: its own process, default interval; its janitor applies retention.
@@ -43,9 +42,11 @@ def make_fleet(settings: Settings, log_dir: Path, *, loop: str, reconciler: bool
     return fleet
 
 
-async def wait_until_consuming(fleet: Fleet, settings: Settings, names: Names) -> float:
+async def wait_until_consuming(
+    fleet: Fleet, settings: Settings, names: Names, layout: Layout
+) -> float:
     """Block until RabbitMQ shows every worker and scheduler consuming; returns seconds."""
-    wanted = {names.step_queue(): WORKERS, names.runs_queue: SCHEDULERS or WORKERS}
+    wanted = {names.step_queue(): layout.workers, names.runs_queue: layout.consumers_of_runs}
     return await fleet.wait_until_consuming(settings.amqp_url, wanted, READY_TIMEOUT)
 
 

@@ -209,10 +209,10 @@ async def scenario_retention(ctx: Context) -> RetentionResult:
         where = f"own redis-server at {redis_url}" if own else f"the shared Redis at {redis_url}"
         settings = dataclasses.replace(ctx.settings, redis_url=redis_url, namespace=namespace)
         names = Names(namespace)
-        fleet = make_fleet(settings, directory, loop=ctx.loop, reconciler=True)
+        fleet = make_fleet(settings, directory, loop=ctx.loop, layout=ctx.layout, reconciler=True)
         try:
             fleet.start_all()
-            await wait_until_consuming(fleet, settings, names)
+            await wait_until_consuming(fleet, settings, names, ctx.layout)
             async with connect(settings) as backends:
                 redis = backends.redis
                 if redis is None:

@@ -37,7 +37,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,8 @@ from bench.config import (
     ROOT,
     SCENARIOS,
     SCHEDULERS,
-    WORKER_CONCURRENCY,
     WORKERS,
+    Layout,
     Sizes,
 )
 from bench.fleet import log_line_counts, make_fleet, new_log_lines, stop, wait_until_consuming
@@ -109,6 +109,7 @@ async def namespace_cleanup(settings: Settings, floor_queue: str) -> AsyncIterat
 
 async def bench(args: argparse.Namespace) -> int:
     sizes = Sizes.pick(args.quick)
+    layout = Layout(workers=args.workers, schedulers=args.schedulers)
     only = args.only or list(SCENARIOS)
     namespace = f"bench-{secrets.token_hex(4)}"
     settings = Settings.from_env(namespace=namespace)
@@ -124,15 +125,15 @@ async def bench(args: argparse.Namespace) -> int:
         "code": code_version(),
         "event_loop": args.loop,
         "processes": {
-            "workers": WORKERS,
-            "worker_concurrency": WORKER_CONCURRENCY,
-            "schedulers": SCHEDULERS,
+            "workers": layout.workers,
+            "worker_concurrency": layout.concurrency,
+            "schedulers": layout.schedulers,
         },
         "sizes": sizes.__dict__,
     }
     outcomes: dict[str, Outcome] = {}
     failed = False
-    fleet = make_fleet(settings, log_dir, loop=args.loop)
+    fleet = make_fleet(settings, log_dir, loop=args.loop, layout=layout)
     print(
         f"ledgerflow benchmark{' (--quick)' if args.quick else ''}: namespace {namespace}, "
         f"event loop {report['event_loop']}"
@@ -150,10 +151,10 @@ async def bench(args: argparse.Namespace) -> int:
             client = lf.Client(backends.store, backends.broker)
             try:
                 fleet.start_all()
-                ready = await wait_until_consuming(fleet, settings, names)
+                ready = await wait_until_consuming(fleet, settings, names, layout)
                 print(
-                    f"processes: {WORKERS} workers (--concurrency {WORKER_CONCURRENCY}) and "
-                    f"{SCHEDULERS} scheduler, consuming after {ready:.1f} s; logs in {log_dir}"
+                    f"processes: {layout.describe()}, consuming after {ready:.1f} s; "
+                    f"logs in {log_dir}"
                 )
                 components = {p.name: [p.pid] for p in fleet.procs}
                 components.update(find_server_pids())
@@ -197,9 +198,12 @@ async def bench(args: argparse.Namespace) -> int:
                     redis_url=settings.redis_url,
                     settings=settings,
                     loop=args.loop,
+                    layout=layout,
                     # With --with-scheduler the workers are the schedulers too.
                     scheduler_pids=[
-                        p.pid for p in fleet.procs if p.role == "scheduler" or SCHEDULERS == 0
+                        p.pid
+                        for p in fleet.procs
+                        if p.role == "scheduler" or layout.schedulers == 0
                     ],
                     process_pids={p.name: p.pid for p in fleet.procs},
                 )
@@ -281,6 +285,21 @@ async def bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, else a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -289,6 +308,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     parser.add_argument(
         "--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"of {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_count(1, 32),
+        default=WORKERS,
+        metavar="N",
+        help=f"worker processes (default {WORKERS}); for scaling runs",
+    )
+    parser.add_argument(
+        "--schedulers",
+        type=_count(0, 32),
+        default=SCHEDULERS,
+        metavar="N",
+        help=f"scheduler processes; 0: each worker runs --with-scheduler (default {SCHEDULERS})",
     )
     parser.add_argument(
         "--loop",

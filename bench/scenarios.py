@@ -28,7 +28,7 @@ from ledgerflow.eventlog.store import EventStore
 
 import ledgerflow as lf
 from bench import apps
-from bench.config import RUN_TIMEOUT, SLEEP_TARGET_MS, Sizes
+from bench.config import RUN_TIMEOUT, SLEEP_TARGET_MS, Layout, Sizes
 from bench.floors import Floor
 from bench.resources import proc_cpu_seconds, rss_kib
 from bench.results import (
@@ -65,6 +65,7 @@ class Context:
     redis_url: str
     settings: Settings  # the benchmark's servers and namespace
     loop: str  # the event loop of its processes
+    layout: Layout  # how many of which processes
     scheduler_pids: list[int]
     process_pids: dict[str, int]
 
