@@ -11,7 +11,7 @@ import asyncio
 import bisect
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from .integrity import check_based_on, check_batch, wire
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
 from .names import Names, shard_of
+from .presence import decode_mark, encode_mark
 from .removal import implied_timer_members
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
@@ -77,7 +78,8 @@ class MemoryEventStore(EventStore):
         self._retention: dict[RemovalIndex, dict[int, dict[str, int]]] = {
             index: defaultdict(dict) for index in RemovalIndex
         }
-        self._presence: dict[str, int] = {}  # worker identity -> expiry ms
+        # worker identity -> (expiry ms, the runs its mark lists or None)
+        self._presence: dict[str, tuple[int, frozenset[str] | None]] = {}
         self._changed: dict[str, asyncio.Condition] = {}
         self._last_id = (0, 0)
 
@@ -374,15 +376,19 @@ class MemoryEventStore(EventStore):
     async def is_listed(self, run_id: str) -> bool:
         return bool(self._status.get(run_id, {}).get(sh.CREATED))
 
-    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
-        self._presence[identity] = _now_ms() + ttl_ms
+    async def mark_alive(
+        self, identity: str, ttl_ms: int, running: Collection[str] | None = None
+    ) -> None:
+        # Through the wire format, so both stores read back the same (caps included).
+        self._presence[identity] = (_now_ms() + ttl_ms, decode_mark(encode_mark(running)))
 
     async def mark_gone(self, identity: str) -> None:
         self._presence.pop(identity, None)
 
-    async def alive(self, identities: Sequence[str]) -> set[str]:
+    async def presence(self, identities: Sequence[str]) -> dict[str, frozenset[str] | None]:
         now = _now_ms()
-        return {i for i in identities if self._presence.get(i, 0) > now}
+        marks = {i: self._presence.get(i, (0, None)) for i in identities}
+        return {i: runs for i, (until, runs) in marks.items() if until > now}
 
     async def now_ms(self) -> int:
         return _now_ms()

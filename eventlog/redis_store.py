@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -58,6 +58,7 @@ from .names import (
     check_run_id,
     check_shards,
 )
+from .presence import decode_mark, encode_mark
 from .redis_blobs import RedisBlobStore
 from .redis_client import RedisClient, call_scripts, redis_client
 from .removal import implied_timer_members
@@ -683,24 +684,27 @@ class RedisEventStore(EventStore):
         return [(_text(s) if s else "", _text(last) if last else "") for s, last in replies]
 
     @retried("mark a worker alive")
-    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
-        await self.client.set(self.names.worker_presence(identity), b"1", px=ttl_ms)
+    async def mark_alive(
+        self, identity: str, ttl_ms: int, running: Collection[str] | None = None
+    ) -> None:
+        mark = encode_mark(running)
+        await self.client.set(self.names.worker_presence(identity), mark, px=ttl_ms)
 
     @retried("mark a worker gone")
     async def mark_gone(self, identity: str) -> None:
         await self.client.delete(self.names.worker_presence(identity))
 
     @retried("read worker presence")
-    async def alive(self, identities: Sequence[str]) -> set[str]:
+    async def presence(self, identities: Sequence[str]) -> dict[str, frozenset[str] | None]:
         wanted = list(dict.fromkeys(identities))
         if not wanted:
-            return set()
+            return {}
         # One GET each: on a cluster the presence keys live on different nodes.
         async with self.client.pipeline(transaction=False) as pipe:
             for identity in wanted:
                 pipe.get(self.names.worker_presence(identity))
             found: list[Any] = await pipe.execute()
-        return {i for i, v in zip(wanted, found, strict=True) if v is not None}
+        return {i: decode_mark(v) for i, v in zip(wanted, found, strict=True) if v is not None}
 
     @retried("read the clock")
     async def now_ms(self) -> int:

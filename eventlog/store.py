@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -243,16 +243,26 @@ class Presence(Protocol):
     """Who is alive: workers' presence marks and running steps' heartbeats."""
 
     @abstractmethod
-    async def mark_alive(self, identity: str, ttl_ms: int) -> None:
-        """Say the worker ``identity`` is alive for the next ``ttl_ms``."""
+    async def mark_alive(
+        self, identity: str, ttl_ms: int, running: Collection[str] | None = None
+    ) -> None:
+        """Say the worker ``identity`` is alive for the next ``ttl_ms``, holding ``running``.
+
+        ``running``: the runs it holds a step attempt of (``eventlog.presence`` says
+        why); None: not said (read back as "any").
+        """
 
     @abstractmethod
     async def mark_gone(self, identity: str) -> None:
         """A worker that stops cleanly says so at once rather than letting the mark expire."""
 
     @abstractmethod
+    async def presence(self, identities: Sequence[str]) -> dict[str, frozenset[str] | None]:
+        """The workers of these with a live mark, each with the runs its mark lists (or None)."""
+
     async def alive(self, identities: Sequence[str]) -> set[str]:
         """Which of these workers have a live mark."""
+        return set(await self.presence(identities))
 
     @abstractmethod
     async def heartbeat(self, run_id: str, corr: str, attempt: int) -> bool:

@@ -13,6 +13,9 @@ is missing:
 - a step started by a worker that is gone (its presence mark expired: the
   process died) with no outcome: a new attempt. This is what recovers steps a
   ``--with-scheduler`` process ran in-process, which no unacked message covers;
+- a step started by a worker that is alive but whose presence mark, written
+  after the step started, does not list its run: its outcome was recorded and
+  lost (a Redis failover): a new attempt (``eventlog.presence``);
 - a step started long ago (twice its time limit) with no outcome: a new attempt.
   A step with no time limit of its own whose worker is alive is left alone: it
   is a long step (its message was released early), and a second attempt would
@@ -59,7 +62,7 @@ from typing import Any, Protocol
 import structlog
 from ledgerflow.broker import Activation, Broker
 from ledgerflow.broker.messages import step_message
-from ledgerflow.eventlog import codec
+from ledgerflow.eventlog import codec, presence
 from ledgerflow.eventlog.errors import ConfigurationError, SerializationError
 from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState, fold
@@ -128,8 +131,11 @@ class Reconciler:
         max_recheck: float = DEFAULT_MAX_RECHECK,
         observers: Sequence[Observer] | None = None,
         janitor: Janitor | None = None,
+        presence_ttl_ms: int = presence.TTL_MS,
     ) -> None:
         self.store = store
+        # How old a worker's live presence mark can be: the workers' TTL (tests shorten it).
+        self.presence_ttl_ms = presence_ttl_ms
         self.janitor = janitor  # removes runs past their retention after each sweep
         self.observers = Observers(standard_observers() if observers is None else observers)
         self.broker = broker
@@ -291,7 +297,7 @@ class Reconciler:
             for s in state.steps.values()
             if s.status == StepStatus.STARTED
         ]
-        alive = await self.store.alive([w for w in running if w])
+        alive = await self.store.presence([w for w in running if w])
         if any(running):
             self._on_workers.add(run_id)
         for step in state.steps.values():
@@ -322,6 +328,18 @@ class Reconciler:
                     # Its worker is gone (no presence mark): nobody will ever finish it.
                     await self._dispatch(
                         run_id, step, step.attempt + 1, "step's worker is gone", done
+                    )
+                elif (
+                    worker in alive
+                    and _not_held(alive[worker], run_id)
+                    and step.started_ts is not None
+                    and now - step.started_ts > max(grace, self.presence_ttl_ms)
+                ):
+                    # Its worker lives but holds nothing of this run, and every live mark
+                    # was written after the step started: the outcome was recorded and
+                    # then lost (a Redis failover), so nobody will ever record it again.
+                    await self._dispatch(
+                        run_id, step, step.attempt + 1, "step's outcome lost", done
                     )
                 elif worker in alive and limit is None:
                     # A live worker runs it, and it has no time limit: a long step, not a
@@ -384,6 +402,11 @@ class Reconciler:
         done.append(Recovery(entity, reason))
         self.observers.after_recovery(run_id, entity, reason)
         log.info("recovered", run_id=run_id, entity=entity, reason=reason, **extra)
+
+
+def _not_held(listed: frozenset[str] | None, run_id: str) -> bool:
+    """A presence mark that lists its runs (``eventlog.presence``) and not this one."""
+    return listed is not None and run_id not in listed
 
 
 def _last_started(events: list[Event]) -> dict[str, StepStarted]:

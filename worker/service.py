@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import structlog
 from ledgerflow.broker import Activation, Broker, Consumer, Delivery, StepBatch, StepMessage
 from ledgerflow.broker.messages import encode_message
+from ledgerflow.eventlog import presence
 from ledgerflow.eventlog.blobs import BlobCache, resolve
 from ledgerflow.eventlog.errors import (
     BrokerError,
@@ -85,12 +86,13 @@ MIN_ACK_AFTER = 1.0
 """Below this, a busy worker would hand its waiting messages back to the queue
 over and over (a publish and an ack each time) without ever running them."""
 CANCEL_POLL = 0.5
-PRESENCE_TTL_MS = 10_000
+PRESENCE_TTL_MS = presence.TTL_MS
 """How long a worker's presence mark outlives its last renewal (renewed every third).
 
 The reconciler gives a started step whose worker's mark is gone a new attempt:
 this is what recovers steps run in-process (eager dispatch), which have no
-unacked message for RabbitMQ to redeliver when their process dies."""
+unacked message for RabbitMQ to redeliver when their process dies. The mark
+also lists the runs this worker holds attempts of (``eventlog.presence``)."""
 
 
 def worker_identity() -> str:
@@ -171,6 +173,8 @@ class Worker:
         self.identity = worker_identity()
         self._consumers: list[Consumer] = []
         self._running: Counter[str] = Counter()
+        # Runs with an attempt here between its step_started and its outcome's append.
+        self._holding: Counter[str] = Counter()
         self._cancelled: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
         self._presence: asyncio.Task[None] | None = None
@@ -182,7 +186,7 @@ class Worker:
         self._local: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        await self.store.mark_alive(self.identity, PRESENCE_TTL_MS)
+        await self.store.mark_alive(self.identity, PRESENCE_TTL_MS, set(self._holding))
         self._presence = asyncio.create_task(self._keep_alive(), name="presence")
         self._watch = asyncio.create_task(self._watch_cancellations(), name="cancel-watch")
         for queue in self.queues:
@@ -221,9 +225,9 @@ class Worker:
     async def _keep_alive(self) -> None:
         """Renew the presence mark; a missed renewal is retried at the next beat."""
         while True:
-            await asyncio.sleep(PRESENCE_TTL_MS / 3000)
+            await asyncio.sleep(presence.RENEW_EVERY_S)
             try:
-                await self.store.mark_alive(self.identity, PRESENCE_TTL_MS)
+                await self.store.mark_alive(self.identity, PRESENCE_TTL_MS, set(self._holding))
             except Exception as exc:
                 log.warning("presence renewal failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -495,11 +499,16 @@ class Worker:
                 if not hold.covered:  # released before it started: no redelivery brings it
                     await self._hand_back(call.message, attempt, attempt)
                 raise
+            run_id = call.message.run_id
+            self._holding[run_id] += 1
             try:
                 hold.started += 1
                 return await self._attempt(call, attempt, hold)
             finally:
                 self._slots.release()
+                self._holding[run_id] -= 1
+                if self._holding[run_id] <= 0:
+                    del self._holding[run_id]
         finally:
             self._accepted -= 1
 

@@ -598,6 +598,24 @@ async def test_an_append_based_on_anything_to_a_missing_run_is_not_found(
         await store.append(run_id, [step_created("s1")], based_on="1-0")
 
 
+# --- presence ---------------------------------------------------------------------------
+
+
+async def test_presence_marks_say_who_is_alive_and_what_runs_they_hold(store: EventStore) -> None:
+    await store.mark_alive("host:1", 60_000, {"run-a", "run-b"})
+    await store.mark_alive("host:2", 60_000)  # says nothing of its runs
+    await store.mark_alive("host:3", 60_000, set())
+    await store.mark_alive("host:4", 1)
+    await asyncio.sleep(0.05)
+    found = await store.presence(["host:1", "host:2", "host:3", "host:4", "host:5", "host:1"])
+    assert found == {"host:1": frozenset({"run-a", "run-b"}), "host:2": None, "host:3": frozenset()}
+    assert await store.alive(["host:1", "host:4", "host:3"]) == {"host:1", "host:3"}
+    await store.mark_alive("host:1", 60_000, {"run-c"})  # a renewal replaces the list
+    assert await store.presence(["host:1"]) == {"host:1": frozenset({"run-c"})}
+    await store.mark_gone("host:1")
+    assert await store.presence(["host:1"]) == {}
+
+
 # --- wait -------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.eventlog import presence
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.scheduler.reconciler import Reconciler
 from ledgerflow.scheduler.service import Scheduler
@@ -142,3 +143,63 @@ async def test_a_decision_whose_basis_the_log_lost_meanwhile_is_not_recorded(
     await scheduler.replay_run(run.run_id)
     assert await run.result(timeout=10) == arith.expected_total(1)
     assert check_log(await store.read(run.run_id), run.run_id) == []
+
+
+async def test_a_step_outcome_lost_while_its_worker_lives_on_is_run_again(
+    backends: Any, redis_client: aioredis.Redis, running: lf.Client
+) -> None:
+    """The failover lost s1's completion (and what followed); its worker is alive and idle.
+
+    Nothing redelivers the step (its message was acked) and its worker lives, so only
+    the worker's presence mark, which lists the runs it holds attempts of, tells the
+    reconciler that the step is not running anywhere.
+    """
+    store, names = backends.store, backends.names
+    run = await running.start(arith.slow_once_wf, 1.0)  # attempt 1 takes 1 s
+    for _ in range(100):
+        if any(e.type is E.STEP_STARTED for e in await store.read(run.run_id)):
+            break
+        await asyncio.sleep(0.05)
+    rid = run.run_id
+    keys = [
+        names.stream(rid),
+        names.status(rid),
+        names.active_for(rid),
+        names.finished_for(rid),
+        names.runs_for(rid),
+    ]
+    # What the replica had when the master died: s1 started, nothing after.
+    snapshot = [await redis_client.dump(key) for key in keys]
+    assert await run.result(timeout=10) == "attempt 1"
+    for key, dumped in zip(keys, snapshot, strict=True):
+        if dumped is None:
+            await redis_client.delete(key)
+        else:
+            await redis_client.restore(key, 0, dumped, replace=True)
+    assert (await store.run_tail(rid))[0] == "started"
+
+    # Marks are renewed every RENEW_EVERY_S: one that old is the oldest live one here.
+    lease = Lease(store.client, names, owner="test-reconciler", ttl_ms=2000)
+    reconciler = Reconciler(
+        store,
+        backends.broker,
+        lease,
+        stale_after=0.3,
+        interval=0.2,
+        presence_ttl_ms=int(presence.RENEW_EVERY_S * 1000) + 500,
+    )
+    task = asyncio.create_task(reconciler.run())
+    try:
+        tail: list[Any] = []
+        for _ in range(300):
+            tail = await store.read(rid)
+            if any(e.type is E.RUN_COMPLETED for e in tail):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        reconciler.stop()
+        await asyncio.wait_for(task, 10)
+    assert reconciler.recoveries["step's outcome lost"] >= 1, reconciler.recoveries
+    completed = [e for e in tail if e.type is E.STEP_COMPLETED]
+    assert [e.attempt for e in completed] == [2]
+    assert check_log(tail, rid) == []

@@ -185,3 +185,51 @@ async def test_a_stale_reconciler_never_acts(backends: Any, running: lf.Client) 
     assert stale.recoveries == Counter()
     assert (await running.state(run.run_id)).status == "started"  # still stuck: nobody acted
     await usurper.release()
+
+
+async def started_by(store: Any, run_id: str, worker: str) -> None:
+    """A run whose step s1 (no time limit) was started by ``worker`` and has no outcome."""
+    created = NewEvent.of(EventType.RUN_CREATED, data={"workflow": "w"}, workflow="w")
+    await store.append(run_id, [created])
+    await store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
+    step = {"name": "it_slow_once", "queue": "default", "args": b"\x92\x91\x01\x80"}
+    await store.append(run_id, [NewEvent.of(EventType.STEP_CREATED, "s1", step)])
+    started = NewEvent.of(EventType.STEP_STARTED, "s1", {"worker": worker}, attempt=1)
+    await store.append(run_id, [started])
+
+
+@pytest.mark.parametrize(
+    ("holding", "recovered"),
+    [
+        ({"another-run"}, 1),  # alive, holding nothing of this run: the outcome was lost
+        (set(), 1),
+        ({"outcome-lost"}, 0),  # still running it: a long step, left alone
+        (None, 0),  # a plain mark (an older worker): cannot tell, left alone
+    ],
+)
+async def test_a_started_step_its_live_worker_no_longer_holds_gets_a_new_attempt(
+    backends: Any, holding: set[str] | None, recovered: int
+) -> None:
+    """After a failover lost a step's outcome, its worker lives on, running other things."""
+    store, broker, names = backends.store, backends.broker, backends.names
+    await store.mark_alive("host:2", 60_000, holding)
+    await started_by(store, "outcome-lost", "host:2")
+    await asyncio.sleep(0.5)
+    reconciler = Reconciler(store, broker, None, stale_after=0.1, presence_ttl_ms=300)
+    report = await reconciler.sweep()
+    assert report.recoveries["step's outcome lost"] == recovered
+    assert await broker.queue_depth(names.step_queue()) == recovered
+
+
+async def test_a_step_started_within_the_marks_lifetime_is_not_judged_by_it(
+    backends: Any,
+) -> None:
+    """A mark written before the step started cannot list it: it proves nothing yet."""
+    store, broker, names = backends.store, backends.broker, backends.names
+    await store.mark_alive("host:3", 60_000, set())
+    await started_by(store, "just-started", "host:3")
+    await asyncio.sleep(0.5)
+    reconciler = Reconciler(store, broker, None, stale_after=0.1, presence_ttl_ms=60_000)
+    report = await reconciler.sweep()
+    assert report.recoveries["step's outcome lost"] == 0
+    assert await broker.queue_depth(names.step_queue()) == 0
