@@ -13,7 +13,7 @@ SOURCES := $(shell find ledgerflow eventlog broker worker scheduler -name '*.py'
 REDIS_START := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
 	--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
-.PHONY: demo test lint unit integration bench chaos services browser clean
+.PHONY: demo test lint unit integration bench bench-scaling chaos services browser clean
 
 # Strict editable mode: the install is a tree of links (build/__editable__.*) laid out
 # as users import it (ledgerflow.eventlog, ...), which is what mypy checks.
@@ -78,6 +78,10 @@ unit: $(STAMP)
 
 bench: $(STAMP) services
 	$(PY) -m bench.run
+
+# Throughput and CPU per step by process layout (docs/scaling.md's figures).
+bench-scaling: $(STAMP) services
+	$(PY) -m bench.scaling
 
 # Many runs while processes are killed, queues purged, Redis connections killed and
 # RabbitMQ restarted; exits non-zero unless nothing was lost, wrong or duplicated.

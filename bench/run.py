@@ -259,7 +259,8 @@ async def bench(args: argparse.Namespace) -> int:
 
     report["scenarios"] = {name: outcome.to_json() for name, outcome in outcomes.items()}
     report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    RESULTS_JSON.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    results: Path = args.results
+    await asyncio.to_thread(results.write_text, json.dumps(report, indent=2, default=str) + "\n")
     end = report.get("floor_at_end") or Floor().__dict__
     print(
         f"\nfloor at the end: AMQP round trip p50 {fmt(end['amqp_rtt_p50_ms'], 2)} ms, "
@@ -277,7 +278,8 @@ async def bench(args: argparse.Namespace) -> int:
         + (f", slowest {max(e['ms'] for e in slow):.1f} ms ({slow[0]['command']})" if slow else "")
     )
     print("\nSUMMARY\n" + summary_table(Floor(**report["floor"]), outcomes))
-    print(f"\nresults written to {RESULTS_JSON.relative_to(ROOT)}")
+    shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
+    print(f"\nresults written to {shown}")
     if not failed:
         shutil.rmtree(log_dir, ignore_errors=True)
     else:
@@ -322,6 +324,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=SCHEDULERS,
         metavar="N",
         help=f"scheduler processes; 0: each worker runs --with-scheduler (default {SCHEDULERS})",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_JSON,
+        metavar="PATH",
+        help=f"where the JSON results go (default {RESULTS_JSON.relative_to(ROOT)})",
     )
     parser.add_argument(
         "--loop",
