@@ -313,12 +313,18 @@ class RedisClusterNodes:
         return replica
 
     def stall(self, port: int, seconds: float) -> subprocess.Popen[bytes]:
-        """``DEBUG SLEEP`` on a node, in the background: it reads nothing, replication backs up."""
-        return subprocess.Popen(
+        """``DEBUG SLEEP`` on a node, in the background: it reads nothing, replication backs up.
+
+        Returns once the node has stopped answering, so what the caller writes next
+        is not read by it before its sleep begins.
+        """
+        sleeper = subprocess.Popen(
             ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "DEBUG", "SLEEP", str(seconds)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        _wait_asleep(port, timeout=min(seconds, 5.0))
+        return sleeper
 
     def wait_promoted(self, replica: int, timeout: float = START_TIMEOUT) -> float:
         """Block until ``replica`` serves slots as a master and every live node says ok."""
@@ -336,6 +342,22 @@ class RedisClusterNodes:
                     return time.monotonic() - began
             time.sleep(0.05)
         raise RuntimeError(f"replica :{replica} was not promoted within {timeout:g} s")
+
+
+def _wait_asleep(port: int, timeout: float) -> None:
+    """Return once the node on ``port`` stops answering (its DEBUG SLEEP has begun)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # A bare socket: redis-py retries a timed-out read, which would wait the sleep out.
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            sock.settimeout(0.2)
+            try:
+                sock.recv(16)
+            except TimeoutError:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"node :{port} still answers: its DEBUG SLEEP did not start")
 
 
 def keyslot(key: str | bytes) -> int:
