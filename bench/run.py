@@ -38,10 +38,10 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledgerflow.eventlog.names import Names
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.worker.backend import connect
 
@@ -74,6 +74,7 @@ from bench.scenarios import SCENARIO_FNS, Context, ScenarioFn, queue_depths
 from bench.stats import fmt
 from ledgerflow.cli.supervisor import run_with_loop
 from ledgerflow.ops.logs import configure_logging
+from ledgerflow.testing.fleet import Fleet
 from ledgerflow.testing.namespace import delete_namespace
 
 # The janitor and retention scenarios have modules of their own (their own Redis).
@@ -107,16 +108,11 @@ async def namespace_cleanup(settings: Settings, floor_queue: str) -> AsyncIterat
             print(f"cleanup: {error}")
 
 
-async def bench(args: argparse.Namespace) -> int:
-    sizes = Sizes.pick(args.quick)
-    layout = Layout(workers=args.workers, schedulers=args.schedulers)
-    only = args.only or list(SCENARIOS)
-    namespace = f"bench-{secrets.token_hex(4)}"
-    settings = Settings.from_env(namespace=namespace)
-    names = Names(namespace)
-    floor_queue = f"{namespace}.bench-floor"
-    log_dir = Path(tempfile.mkdtemp(prefix=f"lf-{namespace}-"))
-    report: dict[str, Any] = {
+def base_report(
+    args: argparse.Namespace, sizes: Sizes, layout: Layout, namespace: str
+) -> dict[str, Any]:
+    """The head of results.json: what was run, where, on which code."""
+    return {
         "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
         "quick": args.quick,
         "namespace": namespace,
@@ -131,13 +127,53 @@ async def bench(args: argparse.Namespace) -> int:
         },
         "sizes": sizes.__dict__,
     }
-    outcomes: dict[str, Outcome] = {}
-    failed = False
+
+
+@dataclass
+class Rig:
+    """The benchmark's processes on one set of servers, ready for scenarios.
+
+    ``report`` is this rig's part of results.json (in its order); ``outcomes``
+    collects the scenarios run on it.
+    """
+
+    label: str
+    report: dict[str, Any]
+    ctx: Context
+    fleet: Fleet
+    cpu: CpuMeter
+    outcomes: dict[str, Outcome] = dataclasses.field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(not outcome.correct for outcome in self.outcomes.values())
+
+    async def run(self, name: str) -> Outcome:
+        outcome = await run_scenario(name, self.ctx, self.fleet, self.cpu, self.label)
+        self.outcomes[name] = outcome
+        return outcome
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    args: argparse.Namespace,
+    *,
+    sizes: Sizes,
+    layout: Layout,
+    settings: Settings,
+    log_dir: Path,
+    report: dict[str, Any],
+    servers: dict[str, list[int]] | None = None,
+    label: str = "",
+) -> AsyncIterator[Rig]:
+    """Start the fleet on ``settings``' servers and measure the floor; on the way out, the
+    floor again, stop the fleet and delete the namespace, whatever happened inside.
+
+    ``servers`` names the Redis processes whose CPU is this rig's (the benchmark's
+    own redis-server or cluster nodes); by default every local redis-server counts.
+    """
+    floor_queue = f"{settings.namespace}.bench-floor"
     fleet = make_fleet(settings, log_dir, loop=args.loop, layout=layout)
-    print(
-        f"ledgerflow benchmark{' (--quick)' if args.quick else ''}: namespace {namespace}, "
-        f"event loop {report['event_loop']}"
-    )
     async with namespace_cleanup(settings, floor_queue):
         report["servers"] = await server_versions(settings)
         info, code = report["machine"], report["code"]
@@ -149,6 +185,9 @@ async def bench(args: argparse.Namespace) -> int:
         )
         async with connect(settings) as backends:
             client = lf.Client(backends.store, backends.broker)
+            # The layout the namespace adopted (on a cluster: 16 shards per master), so
+            # the scenarios address a run's keys where the processes put them.
+            names = backends.names
             try:
                 fleet.start_all()
                 ready = await wait_until_consuming(fleet, settings, names, layout)
@@ -158,6 +197,7 @@ async def bench(args: argparse.Namespace) -> int:
                 )
                 components = {p.name: [p.pid] for p in fleet.procs}
                 components.update(find_server_pids())
+                components.update(servers or {})
                 cpu = CpuMeter(components)
 
                 # Idle first: what the processes cost doing nothing (the timer loop polls),
@@ -207,42 +247,8 @@ async def bench(args: argparse.Namespace) -> int:
                     ],
                     process_pids={p.name: p.pid for p in fleet.procs},
                 )
-                for name in only:
-                    print(f"\n[{name}] {SCENARIO_BY_NAME[name].__doc__}")
-                    lines_before = log_line_counts(fleet)
-                    before = cpu.snapshot()
-                    began = time.perf_counter()
-                    try:
-                        result = await SCENARIO_BY_NAME[name](ctx)
-                    except Exception as exc:  # report it, run the others, exit non-zero
-                        failed = True
-                        outcome = Outcome(None, error=f"{type(exc).__name__}: {exc}")
-                        print(f"  FAILED: {type(exc).__name__}: {exc}")
-                    else:
-                        # The retention scenario runs processes of its own and measures
-                        # their CPU itself, over its paced phase.
-                        outcome = Outcome(
-                            result,
-                            cpu_percent_of_one_core=result.cpu_percent_of_one_core
-                            if isinstance(result, RetentionResult)
-                            else CpuMeter.percent(
-                                before, cpu.snapshot(), time.perf_counter() - began
-                            ),
-                        )
-                        print(describe(outcome))
-                    disturbed = new_log_lines(fleet, lines_before)
-                    if isinstance(outcome.result, RetentionResult):
-                        disturbed += outcome.result.process_warnings
-                    outcome = dataclasses.replace(outcome, disturbed=disturbed)
-                    outcomes[name] = outcome
-                    if disturbed:
-                        print(
-                            f"  !! DISTURBED: the processes logged {len(disturbed)} warning/error "
-                            f"lines during this scenario (a broker restart by another tenant?); "
-                            f"first: {disturbed[0][:200]}"
-                        )
-                    if not outcome.correct:
-                        failed = True
+                done = Rig(label, report, ctx, fleet, cpu)
+                yield done
                 report["queue_depths_at_end"] = await queue_depths(client, names)
                 report["redis_slowlog"] = await slow_commands(settings)
                 # The floor again, to show how much the machine drifted during the run.
@@ -257,18 +263,17 @@ async def bench(args: argparse.Namespace) -> int:
         problems = fleet.log_lines()
         report["process_log_lines"] = {k: len(v) for k, v in problems.items()}
 
-    report["scenarios"] = {name: outcome.to_json() for name, outcome in outcomes.items()}
-    report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    RESULTS_JSON.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report["scenarios"] = {name: outcome.to_json() for name, outcome in done.outcomes.items()}
     end = report.get("floor_at_end") or Floor().__dict__
     print(
-        f"\nfloor at the end: AMQP round trip p50 {fmt(end['amqp_rtt_p50_ms'], 2)} ms, "
-        f"{fmt(end['amqp_pipelined_msgs_per_s'], 0)} msgs/s in flight; XADD p50 "
-        f"{fmt(end['redis_xadd_p50_ms'], 3)} ms (drift check; ratios use the first floor)"
+        f"\n{label + ': ' if label else ''}floor at the end: AMQP round trip p50 "
+        f"{fmt(end['amqp_rtt_p50_ms'], 2)} ms, {fmt(end['amqp_pipelined_msgs_per_s'], 0)} "
+        f"msgs/s in flight; XADD p50 {fmt(end['redis_xadd_p50_ms'], 3)} ms (drift check; "
+        "ratios use the first floor)"
     )
-    for label, lines in problems.items():
+    for name, lines in problems.items():
         if lines:
-            print(f"{label}: {len(lines)} warning/error log lines, first: {lines[0][:300]}")
+            print(f"{name}: {len(lines)} warning/error log lines, first: {lines[0][:300]}")
     print(f"exit codes: {report['exit_codes']}")
     print(f"queue depths at the end: {report.get('queue_depths_at_end')}")
     slow = report.get("redis_slowlog") or []
@@ -276,13 +281,70 @@ async def bench(args: argparse.Namespace) -> int:
         f"Redis SLOWLOG entries of this namespace: {len(slow)}"
         + (f", slowest {max(e['ms'] for e in slow):.1f} ms ({slow[0]['command']})" if slow else "")
     )
-    print("\nSUMMARY\n" + summary_table(Floor(**report["floor"]), outcomes))
+
+
+async def run_scenario(
+    name: str, ctx: Context, fleet: Fleet, cpu: CpuMeter, label: str = ""
+) -> Outcome:
+    """One scenario, printed as it ends; a failure is its outcome, not an exception."""
+    print(f"\n[{name}{' on ' + label if label else ''}] {SCENARIO_BY_NAME[name].__doc__}")
+    lines_before = log_line_counts(fleet)
+    before = cpu.snapshot()
+    began = time.perf_counter()
+    try:
+        result = await SCENARIO_BY_NAME[name](ctx)
+    except Exception as exc:  # report it, run the others, exit non-zero
+        outcome = Outcome(None, error=f"{type(exc).__name__}: {exc}")
+        print(f"  FAILED: {type(exc).__name__}: {exc}")
+    else:
+        # The retention scenario runs processes of its own and measures
+        # their CPU itself, over its paced phase.
+        outcome = Outcome(
+            result,
+            cpu_percent_of_one_core=result.cpu_percent_of_one_core
+            if isinstance(result, RetentionResult)
+            else CpuMeter.percent(before, cpu.snapshot(), time.perf_counter() - began),
+        )
+        print(describe(outcome))
+    disturbed = new_log_lines(fleet, lines_before)
+    if isinstance(outcome.result, RetentionResult):
+        disturbed += outcome.result.process_warnings
+    outcome = dataclasses.replace(outcome, disturbed=disturbed)
+    if disturbed:
+        print(
+            f"  !! DISTURBED: the processes logged {len(disturbed)} warning/error "
+            f"lines during this scenario (a broker restart by another tenant?); "
+            f"first: {disturbed[0][:200]}"
+        )
+    return outcome
+
+
+async def bench(args: argparse.Namespace) -> int:
+    sizes = Sizes.pick(args.quick)
+    layout = Layout(workers=args.workers, schedulers=args.schedulers)
+    only = args.only or list(SCENARIOS)
+    namespace = f"bench-{secrets.token_hex(4)}"
+    settings = Settings.from_env(namespace=namespace)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"lf-{namespace}-"))
+    report = base_report(args, sizes, layout, namespace)
+    print(
+        f"ledgerflow benchmark{' (--quick)' if args.quick else ''}: namespace {namespace}, "
+        f"event loop {report['event_loop']}"
+    )
+    async with rig(
+        args, sizes=sizes, layout=layout, settings=settings, log_dir=log_dir, report=report
+    ) as done:
+        for name in only:
+            await done.run(name)
+    report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    RESULTS_JSON.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print("\nSUMMARY\n" + summary_table(Floor(**report["floor"]), done.outcomes))
     print(f"\nresults written to {RESULTS_JSON.relative_to(ROOT)}")
-    if not failed:
+    if not done.failed:
         shutil.rmtree(log_dir, ignore_errors=True)
     else:
         print(f"process logs kept in {log_dir}")
-    return 1 if failed else 0
+    return 1 if done.failed else 0
 
 
 def _count(low: int, high: int) -> Callable[[str], int]:
