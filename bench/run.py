@@ -18,6 +18,10 @@ Why it is built this way:
   and exchange of it at the end, even when a scenario fails or it is interrupted
   (``ledgerflow.testing.namespace``).
 
+``--redis-cluster`` (``make bench-cluster``) runs the scenarios twice in one run, on a
+redis-server of its own and on a local Redis Cluster, and compares them; then it
+counts many runs' keys per master (``bench.cluster``, ``bench.distribution``).
+
 This module only parses the arguments and runs the rest in order; what is
 printed and recorded is ``bench.report``'s, with each scenario's typed result
 (``bench.results``).
@@ -46,8 +50,17 @@ from ledgerflow.eventlog.settings import Settings
 from ledgerflow.worker.backend import connect
 
 import ledgerflow as lf
+from bench.cluster import (
+    CLUSTER_BASE_PORT,
+    CLUSTER_SCENARIOS,
+    OWN_REDIS_SCENARIOS,
+    cluster_layout,
+    compare,
+    comparison_table,
+)
 from bench.config import (
     IDLE_SECONDS,
+    RESULTS_CLUSTER_JSON,
     RESULTS_JSON,
     ROOT,
     SCENARIOS,
@@ -56,6 +69,7 @@ from bench.config import (
     Layout,
     Sizes,
 )
+from bench.distribution import DistributionResult, describe_distribution, key_distribution
 from bench.fleet import log_line_counts, make_fleet, new_log_lines, stop, wait_until_consuming
 from bench.floors import Floor, measure_floor
 from bench.janitor import scenario_janitor
@@ -69,13 +83,14 @@ from bench.report import (
 )
 from bench.resources import CpuMeter, find_server_pids
 from bench.results import Outcome, RetentionResult
-from bench.retention import scenario_retention
+from bench.retention import own_redis, scenario_retention
 from bench.scenarios import SCENARIO_FNS, Context, ScenarioFn, queue_depths
 from bench.stats import fmt
 from ledgerflow.cli.supervisor import run_with_loop
 from ledgerflow.ops.logs import configure_logging
 from ledgerflow.testing.fleet import Fleet
 from ledgerflow.testing.namespace import delete_namespace
+from tests.cluster.redis_cluster import ClusterUnavailable, started
 
 # The janitor and retention scenarios have modules of their own (their own Redis).
 SCENARIO_BY_NAME: dict[str, ScenarioFn] = {
@@ -320,6 +335,8 @@ async def run_scenario(
 
 
 async def bench(args: argparse.Namespace) -> int:
+    if args.redis_cluster:
+        return await bench_cluster(args)
     sizes = Sizes.pick(args.quick)
     layout = Layout(workers=args.workers, schedulers=args.schedulers)
     only = args.only or list(SCENARIOS)
@@ -345,6 +362,149 @@ async def bench(args: argparse.Namespace) -> int:
     else:
         print(f"process logs kept in {log_dir}")
     return 1 if done.failed else 0
+
+
+def log_dirs(root: Path, names: Sequence[str]) -> dict[str, Path]:
+    """A folder under ``root`` for each pass (their process logs share names) and server."""
+    made = {name: root / name for name in names}
+    for folder in made.values():
+        folder.mkdir()
+    return made
+
+
+def cluster_report(
+    args: argparse.Namespace, sizes: Sizes, layout: Layout, settings: Settings
+) -> dict[str, Any]:
+    report = base_report(args, sizes, layout, settings.namespace)
+    report["redis_url"] = settings.redis_url
+    return report
+
+
+async def bench_cluster(args: argparse.Namespace) -> int:
+    """The scenarios on a redis-server of the benchmark's own and on a local Redis Cluster,
+    compared in the same run; then the key distribution of many runs over its masters.
+
+    Both fleets run side by side (each in its own namespace, idle while the other
+    works), and each scenario runs on one right after the other, the order
+    alternating from one scenario to the next: on a machine whose load changes
+    from minute to minute, the two figures of a ratio are then seconds apart, not
+    a whole pass. The cluster and the redis-server are stopped however this ends
+    (an error, Ctrl-C, SIGTERM): ``started`` and ``own_redis`` stop them on the way out.
+    """
+    sizes = Sizes.pick(args.quick)
+    layout = Layout(workers=args.workers, schedulers=args.schedulers)
+    only = args.only or list(CLUSTER_SCENARIOS)
+    token = secrets.token_hex(4)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"lf-bench-{token}-cluster-"))
+    dirs = log_dirs(log_dir, ("single-redis", "single", "cluster"))
+    report = base_report(args, sizes, layout, f"bench-{token}")
+    report["mode"] = "redis-cluster"
+    print(
+        f"ledgerflow benchmark against a Redis Cluster{' (--quick)' if args.quick else ''}: "
+        f"namespaces bench-{token}-*, event loop {args.loop}, scenarios {', '.join(only)}"
+    )
+    rigs: dict[str, Rig] = {}
+    distribution: DistributionResult | None = None
+    began = time.monotonic()
+    with started(base_port=CLUSTER_BASE_PORT) as cluster:
+        node_pids = [proc.pid for proc in cluster.procs.values()]
+        report["redis_cluster"] = cluster_layout(cluster)
+        masters = report["redis_cluster"]["masters"]
+        print(
+            f"Redis Cluster up in {time.monotonic() - began:.1f} s: masters "
+            + ", ".join(f":{port} (slots {slots})" for port, slots in masters.items())
+            + f", {len(report['redis_cluster']['replicas'])} replicas; logs in {log_dir}"
+        )
+        try:
+            async with own_redis(dirs["single-redis"]) as own:
+                if own is None:  # the cluster started, so redis-server is installed
+                    raise RuntimeError("redis-server is not on PATH")
+                url, pid = own
+                single = Settings.from_env(redis_url=url, namespace=f"bench-{token}-single")
+                clustered = Settings.from_env(
+                    redis_url=cluster.url(), namespace=f"bench-{token}-cluster"
+                )
+                print(f"\n=== single: own redis-server at {url}, namespace {single.namespace} ===")
+                async with rig(
+                    args,
+                    sizes=sizes,
+                    layout=layout,
+                    settings=single,
+                    log_dir=dirs["single"],
+                    report=cluster_report(args, sizes, layout, single),
+                    # The other Redis's CPU is counted apart, not as "others".
+                    servers={"redis": [pid], "redis cluster (idle)": node_pids},
+                    label="single",
+                ) as rigs["single"]:
+                    print(
+                        "\n=== cluster: 3 masters + 3 replicas at "
+                        f"{clustered.redis_url}, namespace {clustered.namespace} ==="
+                    )
+                    async with rig(
+                        args,
+                        sizes=sizes,
+                        layout=layout,
+                        settings=clustered,
+                        log_dir=dirs["cluster"],
+                        report=cluster_report(args, sizes, layout, clustered),
+                        servers={"redis": node_pids, "redis single (idle)": [pid]},
+                        label="cluster",
+                    ) as rigs["cluster"]:
+                        for mine, other in (("single", "cluster"), ("cluster", "single")):
+                            rigs[mine].cpu.components["other fleet (idle)"] = [
+                                proc.pid for proc in rigs[other].fleet.procs
+                            ]
+                        for i, name in enumerate(only):
+                            order = ("single", "cluster") if i % 2 == 0 else ("cluster", "single")
+                            for target in order:
+                                await rigs[target].run(name)
+        except Exception as exc:  # report it; the distribution still runs
+            report["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"\nFAILED: {report['error']}")
+        print(f"\n[distribution] {sizes.distribution_runs:,} runs' keys over the masters")
+        try:
+            distribution = await key_distribution(
+                cluster, sizes.distribution_runs, f"bench-{token}-dist"
+            )
+        except Exception as exc:
+            report["distribution_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"  FAILED: {report['distribution_error']}")
+        else:
+            print(describe_distribution(distribution))
+    floors = {name: Floor(**r.report["floor"]) for name, r in rigs.items() if "floor" in r.report}
+    outcomes = {name: r.outcomes for name, r in rigs.items()}
+    rows = compare(
+        floors.get("single"),
+        floors.get("cluster"),
+        outcomes.get("single", {}),
+        outcomes.get("cluster", {}),
+    )
+    report["passes"] = {name: r.report for name, r in rigs.items()}
+    report["comparison"] = rows
+    report["distribution"] = None if distribution is None else dataclasses.asdict(distribution)
+    report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    RESULTS_CLUSTER_JSON.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for name, floor in floors.items():
+        print(f"\nSUMMARY ({name})\n" + summary_table(floor, outcomes[name]))
+    print(
+        "\nCLUSTER vs SINGLE (same run, same processes and sizes, each scenario on one right "
+        "after the other; a rate below 1 or a time above 1 is the cluster's cost)\n"
+        + comparison_table(rows)
+    )
+    if distribution is not None:
+        print("\nKEY DISTRIBUTION\n" + describe_distribution(distribution))
+    print(f"\nresults written to {RESULTS_CLUSTER_JSON.relative_to(ROOT)}")
+    failed = (
+        "error" in report
+        or len(rigs) < 2
+        or any(r.failed for r in rigs.values())
+        or not (distribution and distribution.correct)
+    )
+    if not failed:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        print(f"process logs kept in {log_dir}")
+    return 1 if failed else 0
 
 
 def _count(low: int, high: int) -> Callable[[str], int]:
@@ -386,13 +546,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"scheduler processes; 0: each worker runs --with-scheduler (default {SCHEDULERS})",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="start a local 3-master Redis Cluster and run the scenarios (default: "
+        f"{', '.join(CLUSTER_SCENARIOS)}) on a redis-server of the benchmark's own and on the "
+        "cluster, compared in the same run; then count many runs' keys per master",
+    )
+    parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
         default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         help="event loop of the processes and of the benchmark itself, floor included "
         "(default: uvloop when installed, as the CLI does)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.redis_cluster:
+        own = sorted(set(args.only or ()) & set(OWN_REDIS_SCENARIOS))
+        if own:
+            parser.error(
+                f"--redis-cluster: {', '.join(own)} run on a redis-server of their own, "
+                "never on the cluster; leave them out"
+            )
+    return args
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -410,6 +585,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("warning")
     try:
         return run_with_loop(amain(args), args.loop)  # the same choice the CLI makes
+    except ClusterUnavailable as exc:
+        print(f"--redis-cluster: no local Redis Cluster here: {exc}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; the namespace was cleaned up", file=sys.stderr)
         return 130
