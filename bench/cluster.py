@@ -105,15 +105,25 @@ def scenario_figures(result: ScenarioResult) -> list[Figure]:
 
 
 def cpu_figures(outcome: Outcome) -> list[Figure]:
-    """CPU (% of one core) of Redis (every node of a cluster), the workers and the client."""
+    """CPU of Redis (a cluster's masters, and its replicas apart), the workers and the client:
+    per step where the scenario has a step rate (a slower pass uses less CPU per second for
+    the same work), else in % of one core; and the whole machine's, in % of one core."""
     cpu = outcome.cpu_percent_of_one_core
     workers = [v for k, v in cpu.items() if k.startswith(("worker", "scheduler"))]
-    return [
-        ("CPU % redis", cpu.get("redis")),
-        ("CPU % workers", sum(workers) if workers else None),
-        ("CPU % bench client", cpu.get("bench client")),
-        ("CPU % machine", cpu.get("machine")),
-    ]
+    # On a cluster "redis" is its masters; "redis replicas" only a cluster has.
+    parts: dict[str, float] = {k: cpu[k] for k in ("redis", "redis replicas") if k in cpu}
+    if workers:
+        parts["workers"] = sum(workers)
+    if "bench client" in cpu:
+        parts["bench client"] = cpu["bench client"]
+    rate = getattr(outcome.result, "steps_per_s", None)
+    figures: list[Figure]
+    if rate:
+        # % of one core / steps per second = core-seconds per step, x 10,000 for us.
+        figures = [(f"CPU us/step {k}", v * 10_000.0 / rate) for k, v in parts.items()]
+    else:
+        figures = [(f"CPU % {k}", v) for k, v in parts.items()]
+    return [*figures, ("CPU % machine", cpu.get("machine"))]
 
 
 def floor_figures(floor: Floor) -> list[Figure]:
@@ -133,23 +143,23 @@ def compare(
     single: dict[str, Outcome],
     cluster: dict[str, Outcome],
 ) -> list[dict[str, Any]]:
-    """One row per figure measured in both passes: single, cluster, cluster / single."""
+    """One row per figure: single, cluster, cluster / single (None where a pass lacks it)."""
     rows: list[dict[str, Any]] = []
 
     def add(scenario: str, a: list[Figure], b: list[Figure]) -> None:
-        theirs = dict(b)
-        for figure, value in a:
-            if figure in theirs:
-                other = theirs[figure]
-                rows.append(
-                    {
-                        "scenario": scenario,
-                        "figure": figure,
-                        "single": value,
-                        "cluster": other,
-                        "ratio": ratio(other, value),
-                    }
-                )
+        """A row per figure of either pass (a figure of one pass only: no ratio)."""
+        mine, theirs = dict(a), dict(b)
+        for figure in dict.fromkeys([*theirs, *mine]):  # the cluster has more (its replicas)
+            value, other = mine.get(figure), theirs.get(figure)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "figure": figure,
+                    "single": value,
+                    "cluster": other,
+                    "ratio": ratio(other, value),
+                }
+            )
 
     if single_floor is not None and cluster_floor is not None:
         add("floor", floor_figures(single_floor), floor_figures(cluster_floor))

@@ -410,6 +410,9 @@ async def bench_cluster(args: argparse.Namespace) -> int:
         node_pids = [proc.pid for proc in cluster.procs.values()]
         report["redis_cluster"] = cluster_layout(cluster)
         masters = report["redis_cluster"]["masters"]
+        # The replicas' CPU apart: the single server has none to feed.
+        master_pids = [cluster.procs[int(port)].pid for port in masters]
+        replica_pids = [pid for pid in node_pids if pid not in master_pids]
         print(
             f"Redis Cluster up in {time.monotonic() - began:.1f} s: masters "
             + ", ".join(f":{port} (slots {slots})" for port, slots in masters.items())
@@ -447,7 +450,11 @@ async def bench_cluster(args: argparse.Namespace) -> int:
                         settings=clustered,
                         log_dir=dirs["cluster"],
                         report=cluster_report(args, sizes, layout, clustered),
-                        servers={"redis": node_pids, "redis single (idle)": [pid]},
+                        servers={
+                            "redis": master_pids,
+                            "redis replicas": replica_pids,
+                            "redis single (idle)": [pid],
+                        },
                         label="cluster",
                     ) as rigs["cluster"]:
                         for mine, other in (("single", "cluster"), ("cluster", "single")):
