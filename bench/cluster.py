@@ -26,6 +26,7 @@ namespace, so the two never share a queue. Then ``bench.distribution`` writes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bench.floors import Floor
@@ -104,11 +105,10 @@ def scenario_figures(result: ScenarioResult) -> list[Figure]:
     return []
 
 
-def cpu_figures(outcome: Outcome) -> list[Figure]:
+def cpu_figures(cpu: dict[str, float], rate: float | None) -> list[Figure]:
     """CPU of Redis (a cluster's masters, and its replicas apart), the workers and the client:
-    per step where the scenario has a step rate (a slower pass uses less CPU per second for
-    the same work), else in % of one core; and the whole machine's, in % of one core."""
-    cpu = outcome.cpu_percent_of_one_core
+    per step where there is a step ``rate`` (a slower pass uses less CPU per second for the
+    same work), else in % of one core; and the whole machine's, in % of one core."""
     workers = [v for k, v in cpu.items() if k.startswith(("worker", "scheduler"))]
     # On a cluster "redis" is its masters; "redis replicas" only a cluster has.
     parts: dict[str, float] = {k: cpu[k] for k in ("redis", "redis replicas") if k in cpu}
@@ -116,7 +116,6 @@ def cpu_figures(outcome: Outcome) -> list[Figure]:
         parts["workers"] = sum(workers)
     if "bench client" in cpu:
         parts["bench client"] = cpu["bench client"]
-    rate = getattr(outcome.result, "steps_per_s", None)
     figures: list[Figure]
     if rate:
         # % of one core / steps per second = core-seconds per step, x 10,000 for us.
@@ -137,12 +136,16 @@ def floor_figures(floor: Floor) -> list[Figure]:
     ]
 
 
-def compare(
-    single_floor: Floor | None,
-    cluster_floor: Floor | None,
-    single: dict[str, Outcome],
-    cluster: dict[str, Outcome],
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class PassFigures:
+    """What one side of the comparison measured: its floor, its idle CPU, its scenarios."""
+
+    floor: Floor | None
+    idle_cpu: dict[str, float]
+    outcomes: dict[str, Outcome]
+
+
+def compare(single: PassFigures, cluster: PassFigures) -> list[dict[str, Any]]:
     """One row per figure: single, cluster, cluster / single (None where a pass lacks it)."""
     rows: list[dict[str, Any]] = []
 
@@ -161,14 +164,24 @@ def compare(
                 }
             )
 
-    if single_floor is not None and cluster_floor is not None:
-        add("floor", floor_figures(single_floor), floor_figures(cluster_floor))
-    for name, mine in single.items():
-        theirs = cluster.get(name)
+    if single.floor is not None and cluster.floor is not None:
+        add("floor", floor_figures(single.floor), floor_figures(cluster.floor))
+    # What each side costs doing nothing (the timer loop polls every shard, a cluster's
+    # nodes gossip): background that every per-step CPU figure below includes.
+    if single.idle_cpu and cluster.idle_cpu:
+        add("idle", cpu_figures(single.idle_cpu, None), cpu_figures(cluster.idle_cpu, None))
+    for name, mine in single.outcomes.items():
+        theirs = cluster.outcomes.get(name)
         if mine.result is None or theirs is None or theirs.result is None:
             continue
         add(name, scenario_figures(mine.result), scenario_figures(theirs.result))
-        add(name, cpu_figures(mine), cpu_figures(theirs))
+        add(
+            name,
+            cpu_figures(mine.cpu_percent_of_one_core, getattr(mine.result, "steps_per_s", None)),
+            cpu_figures(
+                theirs.cpu_percent_of_one_core, getattr(theirs.result, "steps_per_s", None)
+            ),
+        )
     return rows
 
 

@@ -54,6 +54,7 @@ from bench.cluster import (
     CLUSTER_BASE_PORT,
     CLUSTER_SCENARIOS,
     OWN_REDIS_SCENARIOS,
+    PassFigures,
     cluster_layout,
     compare,
     comparison_table,
@@ -478,21 +479,24 @@ async def bench_cluster(args: argparse.Namespace) -> int:
             print(f"  FAILED: {report['distribution_error']}")
         else:
             print(describe_distribution(distribution))
-    floors = {name: Floor(**r.report["floor"]) for name, r in rigs.items() if "floor" in r.report}
-    outcomes = {name: r.outcomes for name, r in rigs.items()}
-    rows = compare(
-        floors.get("single"),
-        floors.get("cluster"),
-        outcomes.get("single", {}),
-        outcomes.get("cluster", {}),
-    )
+    figures = {
+        name: PassFigures(
+            floor=Floor(**r.report["floor"]) if "floor" in r.report else None,
+            idle_cpu=r.report.get("idle_cpu_percent_of_one_core", {}),
+            outcomes=r.outcomes,
+        )
+        for name, r in rigs.items()
+    }
+    nothing = PassFigures(None, {}, {})
+    rows = compare(figures.get("single", nothing), figures.get("cluster", nothing))
     report["passes"] = {name: r.report for name, r in rigs.items()}
     report["comparison"] = rows
     report["distribution"] = None if distribution is None else dataclasses.asdict(distribution)
     report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     RESULTS_CLUSTER_JSON.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    for name, floor in floors.items():
-        print(f"\nSUMMARY ({name})\n" + summary_table(floor, outcomes[name]))
+    for name, side in figures.items():
+        if side.floor is not None:
+            print(f"\nSUMMARY ({name})\n" + summary_table(side.floor, side.outcomes))
     print(
         "\nCLUSTER vs SINGLE (same run, same processes and sizes, each scenario on one right "
         "after the other; a rate below 1 or a time above 1 is the cluster's cost)\n"
