@@ -7,6 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = Path(__file__).resolve().parent / "results.json"
+RESULTS_CLUSTER_JSON = Path(__file__).resolve().parent / "results-cluster.json"
+"""``--redis-cluster`` writes here, so a cluster comparison never replaces the main figures."""
 APP = "bench.apps"
 WORKERS = 2
 WORKER_CONCURRENCY = 64
@@ -71,6 +73,7 @@ class Sizes:
     retention_runs: int = 200_000
     retention_capacity_runs: int = 10_000
     janitor_runs: int = 3000
+    distribution_runs: int = 100_000  # --redis-cluster: runs whose keys are counted per master
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -87,6 +90,7 @@ class Sizes:
                 retention_runs=5_000,
                 retention_capacity_runs=1_000,
                 janitor_runs=1000,
+                distribution_runs=10_000,
             )
         return cls(
             floor_amqp=2000,
