@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ledgerflow.eventlog.names import Names
 from ledgerflow.eventlog.settings import Settings
+from ledgerflow.scheduler.historylimits import LIMIT_ENV, WARN_ENV
 
-from bench.config import APP, READY_TIMEOUT, ROOT, STOP_TIMEOUT, Layout
+from bench.config import APP, HISTORY_LIMIT, HISTORY_WARN, READY_TIMEOUT, ROOT, STOP_TIMEOUT, Layout
 from ledgerflow.testing.fleet import Fleet, cli_env
 
 
@@ -26,6 +27,9 @@ def make_fleet(
     """Workers and schedulers (not started yet), and a reconciler if asked; logs to files,
     never to a pipe."""
     env = cli_env(settings.amqp_url, settings.redis_url, settings.namespace, pythonpath=ROOT)
+    # The long and soak scenarios measure long histories on purpose (600,000 events):
+    # past the defaults, the history warning would mark them disturbed, the limit fail them.
+    env[WARN_ENV], env[LIMIT_ENV] = str(HISTORY_WARN), str(HISTORY_LIMIT)
     fleet = Fleet(env, log_dir, cwd=ROOT, options=["--loop", loop], stop_timeout=STOP_TIMEOUT)
     for i in range(layout.workers):
         fleet.add(
