@@ -56,6 +56,7 @@ from bench.config import (
     Layout,
     Sizes,
 )
+from bench.failover import scenario_failover
 from bench.fleet import log_line_counts, make_fleet, new_log_lines, stop, wait_until_consuming
 from bench.floors import Floor, measure_floor
 from bench.janitor import scenario_janitor
@@ -76,11 +77,12 @@ from ledgerflow.cli.supervisor import run_with_loop
 from ledgerflow.ops.logs import configure_logging
 from ledgerflow.testing.namespace import delete_namespace
 
-# The janitor and retention scenarios have modules of their own (their own Redis).
+# The janitor, retention and failover scenarios have modules of their own (their own Redis).
 SCENARIO_BY_NAME: dict[str, ScenarioFn] = {
     **SCENARIO_FNS,
     "janitor": scenario_janitor,
     "retention": scenario_retention,
+    "failover": scenario_failover,
 }
 
 
