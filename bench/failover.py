@@ -33,12 +33,14 @@ measures both modes under the same faults, in the same run, side by side:
   past those buffers, so the loss that asynchronous replication allows shows;
   each round reports the lag at the kill and the bytes the promoted replica
   lacked.
-* **What the reconciler recovers.** The losing case (``none``, replica stalled)
+* **What the reconciler recovers.** The losing case (``none``, the deep stall)
   under a fleet as deployed: two ``ledgerflow worker --with-scheduler`` processes
   and one ``ledgerflow reconciler`` at its defaults (``bench.fleet``), running
   runs of every shape of ``bench.apps`` (fan-out, chains, waves, durable sleeps);
   mid-run the master holding most of them loses its replica's attention and then
-  its life. Every run must finish within ``FAILOVER_FLEET_TIMEOUT_S`` with the
+  its life. The fleet alone writes too little to that master to fill the socket
+  buffers in seconds, so part one's appenders load it meanwhile (a namespace of
+  their own). Every run must finish within ``FAILOVER_FLEET_TIMEOUT_S`` with the
   right result and a valid log (``ops.checker.check_log``); the reconciler's
   recoveries are read from its log (it logs each one with its reason, at info
   level). A run that never finishes is reported, not hidden: where its log stops
@@ -62,15 +64,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from ledgerflow.eventlog import statushash as sh
 from ledgerflow.eventlog.durability import Durability
 from ledgerflow.eventlog.errors import IllegalTransitionError, RunNotFoundError
-from ledgerflow.eventlog.events import Event, EventType, NewEvent
+from ledgerflow.eventlog.events import Event, EventType, NewEvent, id_order
 from ledgerflow.eventlog.fold import fold
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, RunStatus, StepStatus, WaitStatus
 from ledgerflow.eventlog.names import Names
@@ -137,10 +140,11 @@ def slot_ranges(cluster: RedisClusterNodes) -> dict[int, list[tuple[int, int]]]:
     return ranges
 
 
-def owner(ranges: dict[int, list[tuple[int, int]]], key: str) -> int:
+def owner(spans: list[tuple[int, int, int]], key: str) -> int:
+    """The port of the master serving ``key``, from (low, high, port) slot spans."""
     slot = keyslot(key)
-    for port, spans in ranges.items():
-        if any(low <= slot <= high for low, high in spans):
+    for low, high, port in spans:
+        if low <= slot <= high:
             return port
     raise LookupError(f"no master serves slot {slot} ({key})")
 
@@ -326,8 +330,8 @@ class Appenders:
     batches: list[list[NewEvent]] = field(default_factory=run_batches)
     acked: dict[str, list[tuple[str, str, str | None]]] = field(default_factory=dict)
     """run -> (type, corr, entry id) of every acknowledged event (no id: a duplicate)."""
-    acks: list[tuple[float, int]] = field(default_factory=list)
-    """(when, events) of every acknowledged append."""
+    acks: list[tuple[float, float, int]] = field(default_factory=list)
+    """(called, returned, events) of every acknowledged append."""
     runs: list[str] = field(default_factory=list)
     appended: int = 0
     refused: list[str] = field(default_factory=list)
@@ -378,8 +382,7 @@ class Appenders:
             return False
         finally:
             self.longest = max(self.longest, time.perf_counter() - began)
-        now = time.perf_counter()
-        self.acks.append((now, len(batch)))
+        self.acks.append((began, time.perf_counter(), len(batch)))
         self.acked_one.set()
         acked = self.acked.setdefault(run_id, [])
         for event, result in zip(batch, results, strict=True):
@@ -388,15 +391,17 @@ class Appenders:
 
     def acks_between(self, start: float, end: float) -> tuple[int, int]:
         """(appends, events) acknowledged from ``start`` to ``end``."""
-        inside = [n for t, n in self.acks if start <= t < end]
+        inside = [n for _, t, n in self.acks if start <= t < end]
         return len(inside), sum(inside)
 
     def first_ack_after(self, moment: float) -> float | None:
-        return min((t for t, _ in self.acks if t > moment), default=None)
+        """When the first append called after ``moment`` was acknowledged (replies to
+        appends the master answered before a kill still arrive just after it)."""
+        return min((t for called, t, _ in self.acks if called > moment), default=None)
 
     async def resumed(self, after: float, timeout: float) -> None:
-        """Return once an append is acknowledged after ``after``, or ``timeout`` later: an
-        appender may be sleeping in the store's backoff when the cluster is whole again."""
+        """Return once an append called after ``after`` is acknowledged, or ``timeout``
+        later: an appender may be asleep in the store's backoff when the cluster is whole."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while self.first_ack_after(after) is None:
@@ -405,10 +410,45 @@ class Appenders:
 
     def longest_gap(self) -> float:
         """The longest time without an acknowledged append, up to the stop."""
-        times = sorted(t for t, _ in self.acks)
+        times = sorted(t for _, t, _ in self.acks)
         if self.stopped_at is not None:
             times.append(self.stopped_at)
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+async def drain(appenders: Appenders, tasks: list[asyncio.Task[None]]) -> list[str]:
+    """Stop the appenders and wait for their appends in flight (the store may be retrying
+    them); what is still retrying after ``FAILOVER_DRAIN_S`` is cancelled and returned.
+    An appender that failed (not a refused or failed append: a bug) is raised."""
+    appenders.stop()
+    _, pending = await asyncio.wait(tasks, timeout=FAILOVER_DRAIN_S)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise RuntimeError(f"failover: an appender failed: {task.exception()!r}")
+    return [f"an append still retrying after {FAILOVER_DRAIN_S:g} s"] * len(pending)
+
+
+@contextlib.asynccontextmanager
+async def appending(
+    cluster: RedisClusterNodes, namespace: str, mode: str, slots: list[tuple[int, int]]
+) -> AsyncIterator[Appenders]:
+    """``FAILOVER_APPENDERS`` appenders on runs in ``slots``, through a store as the
+    processes build it; stopped and drained when the block ends."""
+    store = redis_store(cluster.url(), Names(namespace), Durability.parse(mode))
+    try:
+        await store.ping()
+        await store.adopt_layout()
+        appenders = Appenders(store, "fo", slots)
+        tasks = [asyncio.create_task(appenders.appender(i)) for i in range(FAILOVER_APPENDERS)]
+        try:
+            yield appenders
+        finally:
+            appenders.failed += await drain(appenders, tasks)
+    finally:
+        await store.close()
 
 
 async def missing_events(
@@ -439,74 +479,61 @@ async def loss_round(
     The namespace's keys are left on the cluster: it is thrown away at the end.
     """
     await asyncio.to_thread(cluster.wait_healthy)
-    store = redis_store(cluster.url(), Names(namespace), Durability.parse(mode))
-    try:
-        await store.ping()
-        await store.adopt_layout()
-        ranges = slot_ranges(cluster)
-        victim = min(ranges)
-        replica = cluster.replica_of(victim)
-        appenders = Appenders(store, "fo", ranges[victim])
-        tasks = [asyncio.create_task(appenders.appender(i)) for i in range(FAILOVER_APPENDERS)]
+    ranges = slot_ranges(cluster)
+    victim = min(ranges)
+    replica = cluster.replica_of(victim)
+    async with appending(cluster, namespace, mode, ranges[victim]) as appenders:
         began = time.perf_counter()
-        try:
-            await asyncio.sleep(FAILOVER_WARMUP_S)
-            rate = appenders.acks_between(began, time.perf_counter())[0] / FAILOVER_WARMUP_S
-            with stalled(cluster, replica, fault) as stalled_at:
-                killed = await kill_after(cluster, victim, fault, stalled_at)
-                failover = await asyncio.to_thread(cluster.wait_promoted, replica)
-            missing = await missing_on(replica, killed)
-            await asyncio.sleep(FAILOVER_AFTER_S)
-            restarted = time.perf_counter()
-            await asyncio.to_thread(cluster.restart, victim)
-            await asyncio.to_thread(cluster.wait_healthy)
-            rejoin = time.perf_counter() - restarted
-            await appenders.resumed(time.perf_counter(), FAILOVER_RESUME_S)
-            await asyncio.sleep(FAILOVER_AFTER_S)
-        finally:
-            appenders.stop()
-            _, pending = await asyncio.wait(tasks, timeout=FAILOVER_DRAIN_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise RuntimeError(f"failover: an appender failed: {task.exception()!r}")
-        drained = [f"an append still retrying after {FAILOVER_DRAIN_S:g} s"] * len(pending)
-        lost = await missing_events(store, appenders.acked)
-        failed = appenders.failed + drained
-        stall = killed.stalled_at
-        resumed = appenders.first_ack_after(killed.at)
-        in_stall = appenders.acks_between(stall, killed.at)[1] if stall is not None else 0
-        return LossRound(
-            durability=str(store.durability),
-            fault=fault.label,
-            stall_s=fault.stall_s,
-            lead_s=killed.at - stall if stall is not None else 0.0,
-            lag_at_kill_bytes=killed.lag_bytes,
-            missing_on_promoted_bytes=missing,
-            victim=victim,
-            appenders=FAILOVER_APPENDERS,
-            runs=len(appenders.runs),
-            appended=appenders.appended,
-            acknowledged=sum(len(a) for a in appenders.acked.values()),
-            lost=len(lost),
-            lost_examples=lost[:EXAMPLES],
-            refused=len(appenders.refused),
-            failed=len(failed),
-            failed_examples=(appenders.refused + failed)[:EXAMPLES],
-            acks_per_s_before=rate,
-            acked_in_stall=in_stall,
-            longest_append_s=appenders.longest,
-            longest_gap_s=appenders.longest_gap(),
-            resumed_after_kill_s=None if resumed is None else resumed - killed.at,
-            failover_s=failover,
-            rejoin_s=rejoin,
-            retry_warnings=count_lines(client_log, RETRY_LINE),
-            not_replicated_warnings=count_lines(client_log, NOT_REPLICATED_LINE),
-        )
+        await asyncio.sleep(FAILOVER_WARMUP_S)
+        rate = appenders.acks_between(began, time.perf_counter())[0] / FAILOVER_WARMUP_S
+        with stalled(cluster, replica, fault) as stalled_at:
+            killed = await kill_after(cluster, victim, fault, stalled_at)
+            failover = await asyncio.to_thread(cluster.wait_promoted, replica)
+        missing = await missing_on(replica, killed)
+        await asyncio.sleep(FAILOVER_AFTER_S)
+        restarted = time.perf_counter()
+        await asyncio.to_thread(cluster.restart, victim)
+        await asyncio.to_thread(cluster.wait_healthy)
+        rejoin = time.perf_counter() - restarted
+        await appenders.resumed(time.perf_counter(), FAILOVER_RESUME_S)
+        await asyncio.sleep(FAILOVER_AFTER_S)
+    # Read back through a store of its own (the appenders' is closed): reads never wait.
+    reader = redis_store(cluster.url(), Names(namespace))
+    try:
+        await reader.adopt_layout()
+        lost = await missing_events(reader, appenders.acked)
     finally:
-        await store.close()
+        await reader.close()
+    stall = killed.stalled_at
+    resumed = appenders.first_ack_after(killed.at)
+    in_stall = appenders.acks_between(stall, killed.at)[1] if stall is not None else 0
+    return LossRound(
+        durability=str(appenders.store.durability),
+        fault=fault.label,
+        stall_s=fault.stall_s,
+        lead_s=killed.at - stall if stall is not None else 0.0,
+        lag_at_kill_bytes=killed.lag_bytes,
+        missing_on_promoted_bytes=missing,
+        victim=victim,
+        appenders=FAILOVER_APPENDERS,
+        runs=len(appenders.runs),
+        appended=appenders.appended,
+        acknowledged=sum(len(a) for a in appenders.acked.values()),
+        lost=len(lost),
+        lost_examples=lost[:EXAMPLES],
+        refused=len(appenders.refused),
+        failed=len(appenders.failed),
+        failed_examples=(appenders.refused + appenders.failed)[:EXAMPLES],
+        acks_per_s_before=rate,
+        acked_in_stall=in_stall,
+        longest_append_s=appenders.longest,
+        longest_gap_s=appenders.longest_gap(),
+        resumed_after_kill_s=None if resumed is None else resumed - killed.at,
+        failover_s=failover,
+        rejoin_s=rejoin,
+        retry_warnings=count_lines(client_log, RETRY_LINE),
+        not_replicated_warnings=count_lines(client_log, NOT_REPLICATED_LINE),
+    )
 
 
 # --- part two: what the reconciler recovers ---------------------------------------------
@@ -667,26 +694,46 @@ async def recover(
     handles = list(await asyncio.gather(*(client.start(p.workflow, *p.args) for p in plans)))
     ids = [h.run_id for h in handles]
     ranges = slot_ranges(cluster)
-    where = {r: owner(ranges, store.names.stream(r)) for r in ids}
+    spans = [(low, high, port) for port, pairs in ranges.items() for low, high in pairs]
+    where = {r: owner(spans, store.names.stream(r)) for r in ids}
     victim = Counter(where.values()).most_common(1)[0][0]
     replica = cluster.replica_of(victim)
     on_victim = [r for r in ids if where[r] == victim]
     await asyncio.sleep(FAILOVER_FLEET_LEAD_S)
-    with stalled(cluster, replica, DEEP) as stalled_at:
-        # Each run's newest entry as the master knows it, just before the kill: whether
-        # it outlives the failover tells which runs lost what they had recorded.
-        tails: dict[str, tuple[str, str]] = {}
+    # Each run's newest entry and entry count as the master knows them just before the
+    # kill: how much of that outlives the failover is what each run lost.
+    tails: dict[str, tuple[str, int]] = {}
 
-        async def snapshot() -> None:
-            tails.update(zip(on_victim, await store.run_tails(on_victim), strict=True))
+    async def snapshot() -> None:
+        async with store.client.pipeline(transaction=False) as pipe:
+            for run_id in on_victim:
+                pipe.hmget(store.names.status(run_id), sh.LAST, sh.COUNT)
+            replies: list[Any] = await pipe.execute()
+        for run_id, (last, n) in zip(on_victim, replies, strict=True):
+            if last:
+                tails[run_id] = (last.decode() if isinstance(last, bytes) else str(last), int(n))
 
-        killed = await kill_after(cluster, victim, DEEP, stalled_at, before=snapshot)
-        failover = await asyncio.to_thread(cluster.wait_promoted, replica)
+    # Other traffic on that master (part one's appenders, in a namespace of their own)
+    # runs the backlog past the socket buffers within seconds: the fleet's own appends
+    # alone would take far longer, and a backlog the buffers hold loses nothing here.
+    load_namespace = f"{store.names.namespace}-load"
+    async with appending(cluster, load_namespace, "none", ranges[victim]) as load:
+        with stalled(cluster, replica, DEEP) as stalled_at:
+            killed = await kill_after(cluster, victim, DEEP, stalled_at, before=snapshot)
+            load.stop()  # no more load; its appends in flight finish after the failover
+            failover = await asyncio.to_thread(cluster.wait_promoted, replica)
     missing = await missing_on(replica, killed)
-    # The entry that ended each run's log just before the kill: gone now means lost.
-    refs = [(r, last) for r, (_, last) in tails.items() if last]
-    seen = await retrying("read the tails", functools.partial(store.read_events, refs))
-    lost_tail = {r for (r, _), event in zip(refs, seen, strict=True) if event is None}
+    reader = redis_store(cluster.url(), Names(load_namespace))
+    try:
+        await reader.adopt_layout()
+        load_lost = await missing_events(reader, load.acked)
+    finally:
+        await reader.close()
+    lost_events: dict[str, int] = {}
+    for run_id, (last, count) in tails.items():
+        kept = [e for e in await store.read(run_id) if id_order(e.id) <= id_order(last)]
+        if len(kept) < count:
+            lost_events[run_id] = count - len(kept)
     await asyncio.to_thread(cluster.restart, victim)
     await asyncio.to_thread(cluster.wait_healthy)
     finished = await wait_finished(store, ids, killed.at)
@@ -710,7 +757,7 @@ async def recover(
                 handle.run_id,
                 events,
                 on_victim=where[handle.run_id] == victim,
-                lost_tail=handle.run_id in lost_tail,
+                lost_tail=handle.run_id in lost_events,
             )
             stuck.append(diagnosis)
             gap = gap or shows_gap
@@ -726,10 +773,13 @@ async def recover(
         fault=DEEP.label,
         victim=victim,
         runs_on_victim=len(on_victim),
-        runs_lost_tail=len(lost_tail),
+        runs_lost_tail=len(lost_events),
+        events_lost=sum(lost_events.values()),
         kill_after_s=killed.at - first,
         lag_at_kill_bytes=killed.lag_bytes,
         missing_on_promoted_bytes=missing,
+        load_acknowledged=sum(len(a) for a in load.acked.values()),
+        load_lost=len(load_lost),
         failover_s=failover,
         completed=len(ids) - len(stuck) - len(otherwise),
         finished_otherwise=otherwise,

@@ -14,7 +14,13 @@ from ledgerflow.broker.rabbitmq import connect_first
 from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
-from bench.config import FAILOVER_FLEET_TIMEOUT_S, RETENTION_FLAT, ROOT, SLEEP_TARGET_MS
+from bench.config import (
+    FAILOVER_APPENDERS,
+    FAILOVER_FLEET_TIMEOUT_S,
+    RETENTION_FLAT,
+    ROOT,
+    SLEEP_TARGET_MS,
+)
 from bench.floors import Floor
 from bench.results import (
     ChainResult,
@@ -144,9 +150,12 @@ def describe_failover(r: FailoverResult) -> list[str]:
         )
         lines.append(
             f"    {f.runs_on_victim} runs on the killed master :{f.victim}, {f.runs_lost_tail} of "
-            f"them lost the entry their log ended with before the kill; lag at the kill "
+            f"them lost the last {f.events_lost} entries they held before the kill in all; lag "
+            f"at the kill "
             f"{mib(f.lag_at_kill_bytes)} MiB, the promoted replica lacked >= "
-            f"{mib(f.missing_on_promoted_bytes)} MiB; failover {f.failover_s:.1f} s"
+            f"{mib(f.missing_on_promoted_bytes)} MiB (with a load of {FAILOVER_APPENDERS} "
+            f"appenders on that master: {f.load_lost} of its {f.load_acknowledged} acknowledged "
+            f"events lost); failover {f.failover_s:.1f} s"
         )
         finished = (
             f"all finished {f.finished_after_kill_s:.1f} s after the kill"

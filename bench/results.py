@@ -301,7 +301,7 @@ class StuckRun:
     workflow: str
     status: str
     on_victim: bool  # its keys were on the killed master
-    lost_tail: bool  # the entry that ended its log just before the kill is gone after it
+    lost_tail: bool  # entries its log held just before the kill are gone after it
     events: int
     last_events: list[str]
     open_steps: list[str]  # every step not completed, with its worker and limit
@@ -316,10 +316,13 @@ class FleetRecovery:
     fault: str
     victim: int
     runs_on_victim: int
-    runs_lost_tail: int  # of those, runs whose last entry before the kill is gone
+    runs_lost_tail: int  # of those, runs that lost entries they held just before the kill
+    events_lost: int  # the entries they lost
     kill_after_s: float  # from the first start to the kill
     lag_at_kill_bytes: int
     missing_on_promoted_bytes: int | None
+    load_acknowledged: int  # events of the load appended meanwhile to the same master
+    load_lost: int
     failover_s: float
     completed: int
     finished_otherwise: list[str]  # failed or cancelled runs
