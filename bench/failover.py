@@ -63,6 +63,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -861,6 +862,10 @@ async def scenario_failover(ctx: Context) -> FailoverResult:
                 fleet = await fleet_round(ctx, cluster, directory, ctx.sizes.failover_runs)
     except ClusterUnavailable as exc:
         return skipped(str(exc), began)
+    except Exception:
+        # The report prints the error's one line; where it came from stays beside the logs.
+        (directory / "failover-error.txt").write_text(traceback.format_exc())
+        raise
     correct = (
         all(r.lost == 0 for r in rounds if r.durability.startswith("replica"))
         and not fleet.stuck
