@@ -827,45 +827,47 @@ def rate_ratio(rounds: list[LossRound]) -> float | None:
     return replica / none if none and rates["replica"] else None
 
 
-async def scenario_failover(ctx: Context) -> FailoverResult:
-    """Acknowledged appends lost when a Redis master dies, durability none against replica,
-    and what the reconciler recovers after such a loss, on a Redis Cluster of its own."""
+def keep_evidence(cluster: RedisClusterNodes, directory: Path) -> None:
+    """On a failure: the traceback (the report prints one line), each node's state and its
+    log, beside the process logs, before the cluster and its folder go."""
+    states = [
+        f":{port} pid {proc.pid} "
+        + ("running" if proc.poll() is None else f"exited {proc.returncode}")
+        for port, proc in sorted(cluster.procs.items())
+    ]
+    (directory / "failover-error.txt").write_text(
+        traceback.format_exc() + "\nnodes:\n" + "\n".join(states) + "\n"
+    )
+    for port in cluster.ports:
+        log = cluster.root / str(port) / "redis.log"
+        if log.exists():
+            shutil.copyfile(log, directory / f"redis-{port}.log")
+
+
+async def measure(ctx: Context, cluster: RedisClusterNodes, directory: Path) -> FailoverResult:
+    """Both parts on a running cluster."""
     began = time.perf_counter()
-    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
-    if missing:
-        return skipped(f"{' and '.join(missing)} not installed", began)
-    directory = ctx.log_dir / "failover"
-    directory.mkdir(exist_ok=True)
-    try:
-        with started(base_port=FAILOVER_BASE_PORT) as cluster:
-            redis = (
-                f"own Redis Cluster (Redis {redis_version()}, 3 masters + 3 replicas, "
-                f"cluster-node-timeout {NODE_TIMEOUT_MS} ms) on 127.0.0.1:"
-                f"{cluster.ports[0]}-{cluster.ports[-1]}"
+    redis = (
+        f"own Redis Cluster (Redis {redis_version()}, 3 masters + 3 replicas, "
+        f"cluster-node-timeout {NODE_TIMEOUT_MS} ms) on 127.0.0.1:"
+        f"{cluster.ports[0]}-{cluster.ports[-1]}"
+    )
+    print(f"  {redis}", flush=True)
+    rounds: list[LossRound] = []
+    for number, fault in enumerate(FAULTS):
+        for mode in MODES:
+            label = f"{mode}-{number}"
+            with stderr_to(directory / f"client-{label}.log") as client_log:
+                done = await loss_round(
+                    cluster, f"{ctx.names.namespace}-fo{label}", mode, fault, client_log
+                )
+            rounds.append(done)
+            print(
+                f"    {mode}, {fault.label}: {done.acknowledged} acknowledged, {done.lost} lost",
+                flush=True,
             )
-            print(f"  {redis}", flush=True)
-            rounds: list[LossRound] = []
-            for number, fault in enumerate(FAULTS):
-                for mode in MODES:
-                    label = f"{mode}-{number}"
-                    with stderr_to(directory / f"client-{label}.log") as client_log:
-                        done = await loss_round(
-                            cluster, f"{ctx.names.namespace}-fo{label}", mode, fault, client_log
-                        )
-                    rounds.append(done)
-                    print(
-                        f"    {mode}, {fault.label}: {done.acknowledged} acknowledged, "
-                        f"{done.lost} lost",
-                        flush=True,
-                    )
-            with stderr_to(directory / "client-fleet.log"):
-                fleet = await fleet_round(ctx, cluster, directory, ctx.sizes.failover_runs)
-    except ClusterUnavailable as exc:
-        return skipped(str(exc), began)
-    except Exception:
-        # The report prints the error's one line; where it came from stays beside the logs.
-        (directory / "failover-error.txt").write_text(traceback.format_exc())
-        raise
+    with stderr_to(directory / "client-fleet.log"):
+        fleet = await fleet_round(ctx, cluster, directory, ctx.sizes.failover_runs)
     correct = (
         all(r.lost == 0 for r in rounds if r.durability.startswith("replica"))
         and not fleet.stuck
@@ -885,3 +887,23 @@ async def scenario_failover(ctx: Context) -> FailoverResult:
         ratio_name="appends acknowledged per second before any fault, replica / none",
         correct=correct,
     )
+
+
+async def scenario_failover(ctx: Context) -> FailoverResult:
+    """Acknowledged appends lost when a Redis master dies, durability none against replica,
+    and what the reconciler recovers after such a loss, on a Redis Cluster of its own."""
+    began = time.perf_counter()
+    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    if missing:
+        return skipped(f"{' and '.join(missing)} not installed", began)
+    directory = ctx.log_dir / "failover"
+    directory.mkdir(exist_ok=True)
+    try:
+        with started(base_port=FAILOVER_BASE_PORT) as cluster:
+            try:
+                return await measure(ctx, cluster, directory)
+            except Exception:
+                keep_evidence(cluster, directory)
+                raise
+    except ClusterUnavailable as exc:
+        return skipped(str(exc), began)
