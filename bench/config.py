@@ -132,16 +132,20 @@ FAILOVER_WARMUP_S = 2.0
 """Appending before any fault: the rate each durability mode sustains here."""
 FAILOVER_SHORT_LEAD_S = 1.0
 """The short stall: appending this long into a stalled replica (``DEBUG SLEEP``), then the
-kill. On loopback the kernel's socket buffers (about 5 MB here) still carry a second of
-appends to the replica when it wakes, so this alone may lose nothing."""
-FAILOVER_LAG_BYTES = 12 * 2**20
+kill. On loopback the kernel's socket buffers (5 MB to tens of MB, as the connection's
+window grew) still carry what they took to the replica when it wakes, so a second's
+backlog may be lost only in part, or not at all."""
+FAILOVER_LAG_MARGIN_BYTES = 8 * 2**20
 """The deep stall: appending into the stalled replica until the master's replication offset
-is this far ahead of what the replica acknowledged (well past the socket buffers), then the
-kill: what a replica cut off by a partition, or a host that dies with its buffers, loses."""
-FAILOVER_LAG_CAP_S = 5.0
+is this much further ahead of what the replica acknowledged than the kernel can buffer on
+one connection (``bench.failover.kernel_buffer_bytes``), then the kill: what a replica cut
+off by a partition, or a master whose host dies with its buffers, loses."""
+FAILOVER_LAG_FALLBACK_BYTES = 48 * 2**20
+"""The deep stall's lag where the kernel's buffer limits cannot be read."""
+FAILOVER_LAG_CAP_S = 15.0
 """The deep stall kills after this long at most, however small the lag (with ``replica``
 durability the lag stays small: the appends wait)."""
-FAILOVER_STALL_TAIL_S = 2.0
+FAILOVER_STALL_TAIL_S = 1.0
 """The replica sleeps this much longer than the longest lead, so it is still asleep at the
 kill: it is promoted only after it wakes."""
 FAILOVER_AFTER_S = 1.0

@@ -18,7 +18,8 @@ measures both modes under the same faults, in the same run, side by side:
   builds it (``worker.backend.redis_store``), and record every event whose append
   returned. Then the fault (``FAULTS``), SIGKILL of the master: after its replica
   stalled (``DEBUG SLEEP``, so replication backs up) for a second; after it
-  stalled until the master ran ``FAILOVER_LAG_BYTES`` ahead of it; or as it is.
+  stalled until the master ran further ahead of it than the kernel can buffer
+  (``DEEP_LAG``); or as it is.
   The appenders go on through the promotion and through the killed node's return
   as a replica; then every run's log is read back and the acknowledged events
   missing from it are counted. The store's own retries are part of what is
@@ -26,13 +27,14 @@ measures both modes under the same faults, in the same run, side by side:
   it returns.
 
   Why two stalls: on loopback a stalled replica still receives, when it wakes,
-  everything the kernel's socket buffers took (about 5 MB here: a second of
-  appends), even from a master killed meanwhile. A second's stall may therefore
-  lose nothing, where a replica cut off by a partition, or a master whose host
-  dies with its buffers, would lose that second. The deep stall runs the backlog
-  past those buffers, so the loss that asynchronous replication allows shows;
-  each round reports the lag at the kill and the bytes the promoted replica
-  lacked.
+  everything the kernel's socket buffers took (from about 5 MB up to the
+  connection's largest window, tens of MB, as it grew with the traffic), even
+  from a master killed meanwhile. A second's stall may therefore lose little or
+  nothing, where a replica cut off by a partition, or a master whose host dies
+  with its buffers, would lose that second. The deep stall runs the backlog past
+  the most the kernel can buffer, so the loss that asynchronous replication
+  allows shows; each round reports the lag at the kill and the bytes the
+  promoted replica lacked.
 * **What the reconciler recovers.** The losing case (``none``, the deep stall)
   under a fleet as deployed: two ``ledgerflow worker --with-scheduler`` processes
   and one ``ledgerflow reconciler`` at its defaults (``bench.fleet``), running
@@ -93,8 +95,9 @@ from bench.config import (
     FAILOVER_DRAIN_S,
     FAILOVER_FLEET_LEAD_S,
     FAILOVER_FLEET_TIMEOUT_S,
-    FAILOVER_LAG_BYTES,
     FAILOVER_LAG_CAP_S,
+    FAILOVER_LAG_FALLBACK_BYTES,
+    FAILOVER_LAG_MARGIN_BYTES,
     FAILOVER_RESUME_S,
     FAILOVER_SHORT_LEAD_S,
     FAILOVER_STALL_TAIL_S,
@@ -170,13 +173,29 @@ class Fault:
         return self.lead_s + FAILOVER_STALL_TAIL_S if self.lead_s else 0.0
 
 
+def kernel_buffer_bytes() -> int | None:
+    """The most one loopback TCP connection can hold that its receiver has not read: the
+    receiver's largest window (``tcp_rmem`` max) and the sender's largest buffer
+    (``tcp_wmem`` max). None where they cannot be read (not Linux)."""
+    try:
+        return sum(
+            int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+            for name in ("tcp_rmem", "tcp_wmem")
+        )
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def deep_lag_bytes() -> int:
+    """The deep stall's lag: past anything the kernel can still deliver to the replica."""
+    buffered = kernel_buffer_bytes()
+    return FAILOVER_LAG_FALLBACK_BYTES if buffered is None else buffered + FAILOVER_LAG_MARGIN_BYTES
+
+
+DEEP_LAG = deep_lag_bytes()
 FAULTS = (
     Fault(f"stall {FAILOVER_SHORT_LEAD_S:g} s", lead_s=FAILOVER_SHORT_LEAD_S),
-    Fault(
-        f"stall to {FAILOVER_LAG_BYTES // 2**20} MiB",
-        lead_s=FAILOVER_LAG_CAP_S,
-        lag_bytes=FAILOVER_LAG_BYTES,
-    ),
+    Fault(f"stall to {DEEP_LAG / 2**20:.0f} MiB", lead_s=FAILOVER_LAG_CAP_S, lag_bytes=DEEP_LAG),
     Fault("plain kill"),
 )
 DEEP = FAULTS[1]
