@@ -815,6 +815,7 @@ async def recover(
         gap_observed=gap,
         process_warnings=len(warnings),
         first_warnings=[w[:300] for w in warnings[:3]],
+        last_finish_after_kill_s=max(finished.values()) - killed.at if finished else None,
     )
 
 

@@ -161,7 +161,7 @@ def describe_failover(r: FailoverResult) -> list[str]:
             f"all finished {f.finished_after_kill_s:.1f} s after the kill"
             if f.finished_after_kill_s is not None
             else f"!! {len(f.stuck)} runs NOT finished {FAILOVER_FLEET_TIMEOUT_S:g} s after the "
-            "kill"
+            f"kill (the others by {fmt(f.last_finish_after_kill_s, 1)} s)"
         )
         lines.append(f"    {f.completed}/{f.runs} runs completed; {finished}")
         recovered = ", ".join(f"{k} {v}" for k, v in f.recoveries.items()) or "none"

@@ -336,6 +336,7 @@ class FleetRecovery:
     gap_observed: bool  # a stuck run's step started on a live worker, no time limit
     process_warnings: int
     first_warnings: list[str]
+    last_finish_after_kill_s: float | None  # kill -> the last run that did finish
 
 
 @dataclass(frozen=True)
