@@ -45,10 +45,10 @@ from bench.stats import fmt, ratio
 from tests.cluster.redis_cluster import RedisClusterNodes
 
 CLUSTER_BASE_PORT = 17300
-"""The cluster's six ports (and +10000 for its bus): the tests use 17100, another helper 17200."""
+"""The cluster's six ports (and +10000 for its bus): the tests use 17100, bench.failover 17200."""
 CLUSTER_SCENARIOS = ("fanout", "many", "chain", "long", "sleep")
 """The default: throughput and latency, a few seconds each (soak and storage on request)."""
-OWN_REDIS_SCENARIOS = ("janitor", "retention")
+OWN_REDIS_SCENARIOS = ("janitor", "retention", "failover")
 """They run on a redis-server of their own whatever the URL: nothing to compare."""
 
 Figure = tuple[str, float | None]

@@ -52,6 +52,7 @@ SCENARIOS = (
     "storage",
     "janitor",
     "retention",
+    "failover",
 )
 
 
@@ -76,6 +77,7 @@ class Sizes:
     retention_capacity_runs: int = 10_000
     janitor_runs: int = 3000
     distribution_runs: int = 100_000  # --redis-cluster: runs whose keys are counted per master
+    failover_runs: int = 60
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
@@ -93,6 +95,7 @@ class Sizes:
                 retention_capacity_runs=1_000,
                 janitor_runs=1000,
                 distribution_runs=10_000,
+                failover_runs=24,
             )
         return cls(
             floor_amqp=2000,
@@ -122,3 +125,44 @@ RETENTION_WINDOWS = 10
 RETENTION_MAX_BACKLOG_S = 30.0
 """The paced phase gives up once this many seconds of runs are waiting to finish: the
 rate is then above what the machine does, and there is no steady state to measure."""
+
+
+# The failover scenario (bench.failover).
+FAILOVER_BASE_PORT = 17200
+"""Its Redis Cluster's first port (the cluster tests use 17100, another helper 17300)."""
+FAILOVER_APPENDERS = 16
+"""Concurrent appenders on the runs of the master that is killed."""
+FAILOVER_STEPS_PER_RUN = 10
+"""Each appender's run: run_created + run_started, this many step triples, run_completed."""
+FAILOVER_WARMUP_S = 2.0
+"""Appending before any fault: the rate each durability mode sustains here."""
+FAILOVER_SHORT_LEAD_S = 1.0
+"""The short stall: appending this long into a stalled replica (``DEBUG SLEEP``), then the
+kill. On loopback the kernel's socket buffers (5 MB to tens of MB, as the connection's
+window grew) still carry what they took to the replica when it wakes, so a second's
+backlog may be lost only in part, or not at all."""
+FAILOVER_LAG_MARGIN_BYTES = 8 * 2**20
+"""The deep stall: appending into the stalled replica until the master's replication offset
+is this much further ahead of what the replica acknowledged than the kernel can buffer on
+one connection (``bench.failover.kernel_buffer_bytes``), then the kill: what a replica cut
+off by a partition, or a master whose host dies with its buffers, loses."""
+FAILOVER_LAG_FALLBACK_BYTES = 48 * 2**20
+"""The deep stall's lag where the kernel's buffer limits cannot be read."""
+FAILOVER_LAG_CAP_S = 15.0
+"""The deep stall kills after this long at most, however small the lag (with ``replica``
+durability the lag stays small: the appends wait)."""
+FAILOVER_STALL_TAIL_S = 1.0
+"""The replica sleeps this much longer than the longest lead, so it is still asleep at the
+kill: it is promoted only after it wakes."""
+FAILOVER_AFTER_S = 1.0
+"""Appending after the promotion, and again after the killed node is back as a replica."""
+FAILOVER_RESUME_S = 20.0
+"""Once the killed node is back, the appenders get this long to have an append acknowledged
+again (the store's backoff between attempts grows to 5 s)."""
+FAILOVER_DRAIN_S = 90.0
+"""Appends in flight when the appenders stop get this long to finish (the store retries a
+failed append for 60 s)."""
+FAILOVER_FLEET_LEAD_S = 1.0
+"""The fleet's runs are in flight this long before the replica is stalled."""
+FAILOVER_FLEET_TIMEOUT_S = 120.0
+"""After the kill, every run of the fleet has this long to finish."""

@@ -23,13 +23,20 @@ def make_fleet(
     loop: str,
     layout: Layout,
     reconciler: bool = False,
+    reconciler_log_level: str | None = None,
 ) -> Fleet:
     """Workers and schedulers (not started yet), and a reconciler if asked; logs to files,
-    never to a pipe."""
+    never to a pipe.
+
+    The processes append with ``settings.redis_durability``, whatever the shell exports.
+    ``reconciler_log_level`` (e.g. ``info``) makes the reconciler log each recovery, for a
+    scenario that counts them; every other process logs warnings only.
+    """
     env = cli_env(settings.amqp_url, settings.redis_url, settings.namespace, pythonpath=ROOT)
     # The long and soak scenarios measure long histories on purpose (600,000 events):
     # past the defaults, the history warning would mark them disturbed, the limit fail them.
     env[WARN_ENV], env[LIMIT_ENV] = str(HISTORY_WARN), str(HISTORY_LIMIT)
+    env["LEDGERFLOW_REDIS_DURABILITY"] = settings.redis_durability
     fleet = Fleet(env, log_dir, cwd=ROOT, options=["--loop", loop], stop_timeout=STOP_TIMEOUT)
     for i in range(layout.workers):
         fleet.add(
@@ -42,7 +49,8 @@ def make_fleet(
         fleet.add("scheduler", ["scheduler", APP], name=f"scheduler-{i + 1}")
     if reconciler:
         # As deployed: its own process, default interval; its janitor applies retention.
-        fleet.add("reconciler", ["reconciler"], name="reconciler")
+        level = {"LEDGERFLOW_LOG_LEVEL": reconciler_log_level} if reconciler_log_level else None
+        fleet.add("reconciler", ["reconciler"], name="reconciler", env=level)
     return fleet
 
 

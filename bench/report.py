@@ -14,13 +14,21 @@ from ledgerflow.broker.rabbitmq import connect_first
 from ledgerflow.eventlog.redis_client import redis_client
 from ledgerflow.eventlog.settings import Settings
 
-from bench.config import RETENTION_FLAT, ROOT, SLEEP_TARGET_MS
+from bench.config import (
+    FAILOVER_APPENDERS,
+    FAILOVER_FLEET_TIMEOUT_S,
+    RETENTION_FLAT,
+    ROOT,
+    SLEEP_TARGET_MS,
+)
 from bench.floors import Floor
 from bench.results import (
     ChainResult,
+    FailoverResult,
     Integrity,
     JanitorResult,
     LongResult,
+    LossRound,
     ManyResult,
     Outcome,
     RetentionResult,
@@ -74,6 +82,120 @@ def describe_retention(r: RetentionResult) -> list[str]:
     return lines
 
 
+def round_label(r: LossRound) -> str:
+    return f"{r.durability.partition(':')[0]}, {r.fault}"
+
+
+def mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
+def describe_failover(r: FailoverResult) -> list[str]:
+    """The failover scenario's lines: the rounds side by side, then the fleet's recovery."""
+    if r.skipped is not None:
+        return [f"  skipped: {r.skipped}"]
+    lines = [f"  on an {r.redis}"]
+    if r.rounds:
+        victims = sorted({x.victim for x in r.rounds})
+        lines.append(
+            f"  acknowledged appends lost: {r.rounds[0].appenders} appenders on the runs of one "
+            f"master (:{', :'.join(map(str, victims))}), SIGKILLed; the replica stalled (DEBUG "
+            "SLEEP) first, or not; appending through the promotion and the node's return"
+        )
+        rows: list[tuple[str, list[str]]] = [
+            ("replica asleep s", [f"{x.stall_s:g}" for x in r.rounds]),
+            ("stall -> kill s", [f"{x.lead_s:.2f}" for x in r.rounds]),
+            ("lag at the kill MiB", [mib(x.lag_at_kill_bytes) for x in r.rounds]),
+            ("promoted lacked >= MiB", [mib(x.missing_on_promoted_bytes) for x in r.rounds]),
+            ("runs", [str(x.runs) for x in r.rounds]),
+            ("events appended", [str(x.appended) for x in r.rounds]),
+            ("acknowledged", [str(x.acknowledged) for x in r.rounds]),
+            ("LOST (acknowledged, gone)", [str(x.lost) for x in r.rounds]),
+            ("refused after a loss", [str(x.refused) for x in r.rounds]),
+            ("failed after retries", [str(x.failed) for x in r.rounds]),
+            ("appends/s before the fault", [fmt(x.acks_per_s_before, 0) for x in r.rounds]),
+            ("events acked in the stall", [str(x.acked_in_stall) for x in r.rounds]),
+            ("longest append s", [f"{x.longest_append_s:.2f}" for x in r.rounds]),
+            ("longest pause, no ack s", [f"{x.longest_gap_s:.2f}" for x in r.rounds]),
+            ("first ack after the kill s", [fmt(x.resumed_after_kill_s, 2) for x in r.rounds]),
+            ("failover s (kill->promoted)", [f"{x.failover_s:.2f}" for x in r.rounds]),
+            ("rejoin s (restart->whole)", [f"{x.rejoin_s:.2f}" for x in r.rounds]),
+            ("store retry warnings", [str(x.retry_warnings) for x in r.rounds]),
+            ("not-replicated warnings", [str(x.not_replicated_warnings) for x in r.rounds]),
+        ]
+        width = max(10, *(len(x.fault) + 2 for x in r.rounds))
+        lines.append(
+            f"    {'durability':<28}"
+            + "".join(f"{x.durability.partition(':')[0]:>{width}}" for x in r.rounds)
+        )
+        lines.append(f"    {'fault':<28}" + "".join(f"{x.fault:>{width}}" for x in r.rounds))
+        for name, values in rows:
+            lines.append(f"    {name:<28}" + "".join(f"{v:>{width}}" for v in values))
+        for x in r.rounds:
+            if x.lost_examples:
+                lines.append(f"    lost, {round_label(x)}: {'; '.join(x.lost_examples)}")
+            if x.failed_examples:
+                lines.append(f"    refused/failed, {round_label(x)}: {x.failed_examples[0][:200]}")
+        lines.append(
+            f"  cost of waiting for a replica: appends/s before any fault, replica / none = "
+            f"{fmt(r.replica_rate_ratio, 2)}"
+        )
+    f = r.fleet
+    if f is not None:
+        shapes = ", ".join(f"{k} {v}" for k, v in f.shapes.items())
+        lines.append(
+            f"  what the reconciler recovers (durability none, {f.fault}, master killed "
+            f"{f.kill_after_s:.1f} s after the first start): 2 workers --with-scheduler, 1 "
+            f"reconciler at its defaults; {f.runs} runs ({shapes})"
+        )
+        lines.append(
+            f"    {f.runs_on_victim} runs on the killed master :{f.victim}, {f.runs_lost_tail} of "
+            f"them lost the last {f.events_lost} entries they held before the kill in all; lag "
+            f"at the kill "
+            f"{mib(f.lag_at_kill_bytes)} MiB, the promoted replica lacked >= "
+            f"{mib(f.missing_on_promoted_bytes)} MiB (with a load of {FAILOVER_APPENDERS} "
+            f"appenders on that master: {f.load_lost} of its {f.load_acknowledged} acknowledged "
+            f"events lost); failover {f.failover_s:.1f} s"
+        )
+        finished = (
+            f"all finished {f.finished_after_kill_s:.1f} s after the kill"
+            if f.finished_after_kill_s is not None
+            else f"!! {len(f.stuck)} runs NOT finished {FAILOVER_FLEET_TIMEOUT_S:g} s after the "
+            f"kill (the others by {fmt(f.last_finish_after_kill_s, 1)} s)"
+        )
+        lines.append(f"    {f.completed}/{f.runs} runs completed; {finished}")
+        recovered = ", ".join(f"{k} {v}" for k, v in f.recoveries.items()) or "none"
+        lines.append(f"    reconciler recoveries ({f.recovered_runs} runs): {recovered}")
+        for line in f.recovery_lines[:8]:
+            lines.append(f"      {line}")
+        checks = (
+            "all valid, nothing recorded twice"
+            if not f.log_problems
+            else (f"!! {len(f.log_problems)} problems: {'; '.join(f.log_problems[:3])}")
+        )
+        lines.append(f"    logs (ops.checker.check_log): {checks}")
+        for text in f.wrong_results + f.finished_otherwise:
+            lines.append(f"    !! {text}")
+        for s in f.stuck:
+            where = "on the killed master" if s.on_victim else "on another master"
+            tail = ", lost its tail" if s.lost_tail else ""
+            lines.append(
+                f"    !! unfinished {s.run_id} ({s.workflow}, {s.status}, {where}{tail}): "
+                f"{s.events} events, last [{', '.join(s.last_events)}]"
+            )
+            lines.append(f"       open: {'; '.join(s.open_steps) or 'nothing open'}")
+        if f.stuck:
+            lines.append(
+                "    suspected gap (a step whose completion was lost, started on a live worker, "
+                f"no time limit: never retried): {'OBSERVED' if f.gap_observed else 'not seen'}"
+            )
+        lines.append(
+            f"    process warnings during the failover: {f.process_warnings}"
+            + (f", first: {f.first_warnings[0][:200]}" if f.first_warnings else "")
+        )
+    return lines
+
+
 def describe(outcome: Outcome) -> str:
     """One scenario's figures as the lines printed under it."""
     r = outcome.result
@@ -83,6 +205,8 @@ def describe(outcome: Outcome) -> str:
     lines = []
     if isinstance(r, RetentionResult):
         lines += describe_retention(r)
+    elif isinstance(r, FailoverResult):
+        lines += describe_failover(r)
     elif isinstance(r, JanitorResult):
         lines.append(
             f"  {r.runs} due runs of {r.events_per_run} events on the {r.redis}, one sweep each "
@@ -246,6 +370,22 @@ async def server_versions(settings: Settings) -> dict[str, str]:
     return versions
 
 
+def failover_summary(r: FailoverResult) -> str:
+    """The failover scenario in one line: acknowledged appends lost by mode, the fleet."""
+    if r.skipped is not None:
+        return f"skipped: {r.skipped}"
+    parts = [f"{round_label(x)}: {x.lost}/{x.acknowledged} lost" for x in r.rounds]
+    text = "acknowledged appends " + "; ".join(parts)
+    f = r.fleet
+    if f is not None:
+        text += (
+            f"; fleet: {f.completed}/{f.runs} runs completed, "
+            f"{sum(f.recoveries.values())} recoveries"
+            + (f", {len(f.stuck)} STUCK" if f.stuck else "")
+        )
+    return text
+
+
 def summary_table(floor: Floor, outcomes: dict[str, Outcome]) -> str:
     header = (
         f"{'scenario':<10} {'steps':>6} {'wall s':>7} {'steps/s':>8} {'p50 ms':>7} "
@@ -270,6 +410,12 @@ def summary_table(floor: Floor, outcomes: dict[str, Outcome]) -> str:
                 f"{'-':>7}  window medians after warm-up: used_memory spread "
                 f"{percent(r.spread['used_memory'])}, runs held {percent(r.spread['runs'])} "
                 f"-> {'PASS' if r.flat else 'FAIL'} (runs/s in the steps/s column){mark}"
+            )
+            continue
+        if isinstance(r, FailoverResult):
+            rows.append(
+                f"{name:<10} {'-':>6} {r.wall_s:>7.2f} {'-':>8} {'-':>7} {'-':>7}  "
+                f"{failover_summary(r)}{mark}"
             )
             continue
         if isinstance(r, JanitorResult):

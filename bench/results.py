@@ -254,6 +254,108 @@ class JanitorResult:
     correct: bool
 
 
+@dataclass(frozen=True)
+class LossRound:
+    """One round of appends to the runs of one master, which is then killed (bench.failover).
+
+    Counts are of events (a run's first append carries two). ``lost``: acknowledged
+    (the append returned) and missing from the run's log once the cluster is whole
+    again. ``refused``: appends the store refused because an acknowledged event they
+    follow was lost (a step started whose step_created is gone); the appender then
+    moves on to a new run. ``failed``: appends that still failed after the store's own
+    retries (60 s).
+    """
+
+    durability: str
+    fault: str  # "plain kill", or how long / how far the replica was stalled before it
+    stall_s: float  # DEBUG SLEEP on the replica; 0: a plain kill
+    lead_s: float  # from the stall to the kill
+    lag_at_kill_bytes: int  # the master's replication offset ahead of its replica's ack
+    missing_on_promoted_bytes: int | None  # of the master's stream, what the promoted lacked
+    victim: int  # the killed master's port
+    appenders: int
+    runs: int
+    appended: int  # append calls made
+    acknowledged: int
+    lost: int
+    lost_examples: list[str]
+    refused: int
+    failed: int
+    failed_examples: list[str]
+    acks_per_s_before: float  # over the warm-up, before any fault
+    acked_in_stall: int  # events acknowledged between the stall and the kill
+    longest_append_s: float  # one append call, retries included, however it ended
+    longest_gap_s: float  # the longest time no append to that master was acknowledged
+    resumed_after_kill_s: float | None  # kill -> the first append acknowledged after it
+    failover_s: float  # kill -> the replica serves the slots, every node says ok
+    rejoin_s: float  # restart of the killed node -> the cluster whole again
+    retry_warnings: int  # the store's "retrying" warnings in this process
+    not_replicated_warnings: int  # appends on the master whose copies did not confirm
+
+
+@dataclass(frozen=True)
+class StuckRun:
+    """A run of the fleet that did not finish: where its log stops, what its steps are doing."""
+
+    run_id: str
+    workflow: str
+    status: str
+    on_victim: bool  # its keys were on the killed master
+    lost_tail: bool  # entries its log held just before the kill are gone after it
+    events: int
+    last_events: list[str]
+    open_steps: list[str]  # every step not completed, with its worker and limit
+
+
+@dataclass(frozen=True)
+class FleetRecovery:
+    """Workers and a reconciler through a lossy failover (durability none, replica stalled)."""
+
+    runs: int
+    shapes: dict[str, int]
+    fault: str
+    victim: int
+    runs_on_victim: int
+    runs_lost_tail: int  # of those, runs that lost entries they held just before the kill
+    events_lost: int  # the entries they lost
+    kill_after_s: float  # from the first start to the kill
+    lag_at_kill_bytes: int
+    missing_on_promoted_bytes: int | None
+    load_acknowledged: int  # events of the load appended meanwhile to the same master
+    load_lost: int
+    failover_s: float
+    completed: int
+    finished_otherwise: list[str]  # failed or cancelled runs
+    wrong_results: list[str]
+    finished_after_kill_s: float | None  # kill -> the last run finished; None: not all did
+    recoveries: dict[str, int]  # the reconciler's, by reason (from its log)
+    recovered_runs: int
+    recovery_lines: list[str]
+    log_problems: list[str]  # ops.checker.check_log, and terminals recorded twice
+    stuck: list[StuckRun]
+    gap_observed: bool  # a stuck run's step started on a live worker, no time limit
+    process_warnings: int
+    first_warnings: list[str]
+    last_finish_after_kill_s: float | None  # kill -> the last run that did finish
+
+
+@dataclass(frozen=True)
+class FailoverResult:
+    """Acknowledged appends lost when a master dies, by durability mode, and what a fleet
+    with a reconciler recovers from such a loss (bench.failover)."""
+
+    redis: str
+    skipped: str | None  # why it did not run (no redis-server, ports taken)
+    wall_s: float
+    steps_per_s: None
+    rounds: list[LossRound]
+    fleet: FleetRecovery | None
+    replica_rate_ratio: float | None  # acks/s before the kill, replica / none
+    ratio_to_floor: None
+    ratio_name: str
+    correct: bool
+
+
 ScenarioResult = (
     FanoutResult
     | ManyResult
@@ -264,6 +366,7 @@ ScenarioResult = (
     | StorageResult
     | RetentionResult
     | JanitorResult
+    | FailoverResult
 )
 
 

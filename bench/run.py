@@ -71,6 +71,7 @@ from bench.config import (
     Sizes,
 )
 from bench.distribution import DistributionResult, describe_distribution, key_distribution
+from bench.failover import scenario_failover
 from bench.fleet import log_line_counts, make_fleet, new_log_lines, stop, wait_until_consuming
 from bench.floors import Floor, measure_floor
 from bench.janitor import scenario_janitor
@@ -93,11 +94,12 @@ from ledgerflow.testing.fleet import Fleet
 from ledgerflow.testing.namespace import delete_namespace
 from tests.cluster.redis_cluster import ClusterUnavailable, started
 
-# The janitor and retention scenarios have modules of their own (their own Redis).
+# The janitor, retention and failover scenarios have modules of their own (their own Redis).
 SCENARIO_BY_NAME: dict[str, ScenarioFn] = {
     **SCENARIO_FNS,
     "janitor": scenario_janitor,
     "retention": scenario_retention,
+    "failover": scenario_failover,
 }
 
 
