@@ -105,12 +105,11 @@ from bench.config import (
     FAILOVER_WARMUP_S,
     Layout,
 )
-from bench.fleet import make_fleet, stop, wait_until_consuming
+from bench.fleet import make_fleet, stop_and_delete, wait_until_consuming
 from bench.results import FailoverResult, FleetRecovery, LossRound, StuckRun
 from bench.scenarios import Context
 from ledgerflow.ops.checker import check_log
 from ledgerflow.testing.fleet import Fleet
-from ledgerflow.testing.namespace import delete_namespace
 from tests.cluster.redis_cluster import (
     NODE_TIMEOUT_MS,
     ClusterUnavailable,
@@ -692,12 +691,7 @@ async def fleet_round(
             client = lf.Client(store, backends.broker)
             return await recover(ctx, cluster, store, client, fleet, runs)
     finally:
-        stop(fleet)
-        deleted = await delete_namespace(
-            settings.amqp_url, settings.redis_url, namespace, [], best_effort=True
-        )
-        for error in deleted.errors:
-            print(f"  cleanup of {namespace}: {error}")
+        await stop_and_delete(fleet, settings)
 
 
 async def recover(

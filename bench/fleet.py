@@ -14,6 +14,7 @@ from ledgerflow.scheduler.historylimits import LIMIT_ENV, WARN_ENV
 
 from bench.config import APP, HISTORY_LIMIT, HISTORY_WARN, READY_TIMEOUT, ROOT, STOP_TIMEOUT, Layout
 from ledgerflow.testing.fleet import Fleet, cli_env
+from ledgerflow.testing.namespace import delete_namespace
 
 
 def make_fleet(
@@ -67,6 +68,16 @@ def stop(fleet: Fleet) -> None:
     for stopped in fleet.stop_all():
         if stopped.killed:
             print(f"  {stopped.name} ignored SIGTERM for {STOP_TIMEOUT:g} s: SIGKILL")
+
+
+async def stop_and_delete(fleet: Fleet, settings: Settings) -> None:
+    """Stop a scenario's own fleet, then delete its namespace (saying what could not be)."""
+    stop(fleet)
+    deleted = await delete_namespace(
+        settings.amqp_url, settings.redis_url, settings.namespace, [], best_effort=True
+    )
+    for error in deleted.errors:
+        print(f"  cleanup of {settings.namespace}: {error}")
 
 
 def log_line_counts(fleet: Fleet) -> dict[str, int]:

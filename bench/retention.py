@@ -66,11 +66,10 @@ from bench.config import (
     RETENTION_WINDOWS,
     RUN_TIMEOUT,
 )
-from bench.fleet import make_fleet, stop, wait_until_consuming
+from bench.fleet import make_fleet, stop_and_delete, wait_until_consuming
 from bench.resources import CpuMeter, find_server_pids
 from bench.results import RetentionResult
 from bench.scenarios import Context, StuckRunError
-from ledgerflow.testing.namespace import delete_namespace
 
 PROGRESS_S = 60.0
 """The paced phase prints a progress line this often (the full size runs for many minutes)."""
@@ -238,12 +237,7 @@ async def scenario_retention(ctx: Context) -> RetentionResult:
                 )
                 result = await measure.run(ctx)
         finally:
-            stop(fleet)
-            deleted = await delete_namespace(
-                settings.amqp_url, settings.redis_url, namespace, [], best_effort=True
-            )
-            for error in deleted.errors:
-                print(f"  cleanup of {namespace}: {error}")
+            await stop_and_delete(fleet, settings)
     warnings = [f"{name}: {line}" for name, lines in fleet.log_lines().items() for line in lines]
     return dataclasses.replace(result, redis=where, process_warnings=warnings)
 

@@ -43,16 +43,27 @@ async def complete(backends: Any, run_id: str, corr: str, result: int) -> None:
     )
 
 
+async def s1_created(
+    backends: Any, redis_client: aioredis.Redis
+) -> tuple[Scheduler, lf.RunHandle, list[str], list[Any]]:
+    """A run of arith.total(1) replayed by hand up to step_created s1, and a dump of it.
+
+    Returns the scheduler (not started: tests replay by hand), the run, its stream and
+    status keys, and their dump: what a replica that stopped there would hold.
+    """
+    scheduler = Scheduler(backends.store, backends.broker)
+    client = lf.Client(backends.store, backends.broker)
+    run = await client.start(arith.total, 1)  # s1 = add(0, 0), then s2 = add(0, 0)
+    await scheduler.replay_run(run.run_id)  # run_started, step_created s1
+    keys = [backends.names.stream(run.run_id), backends.names.status(run.run_id)]
+    return scheduler, run, keys, [await redis_client.dump(key) for key in keys]
+
+
 async def test_a_scheduler_whose_cached_run_is_ahead_of_its_log_replays_the_log(
     backends: Any, redis_client: aioredis.Redis
 ) -> None:
-    store, names = backends.store, backends.names
-    scheduler = Scheduler(store, backends.broker)  # not started: replays by hand
-    client = lf.Client(store, backends.broker)
-    run = await client.start(arith.total, 1)  # s1 = add(0, 0), then s2 = add(0, 0)
-    await scheduler.replay_run(run.run_id)  # run_started, step_created s1
-    keys = [names.stream(run.run_id), names.status(run.run_id)]
-    snapshot = [await redis_client.dump(key) for key in keys]
+    store = backends.store
+    scheduler, run, keys, snapshot = await s1_created(backends, redis_client)
 
     await complete(backends, run.run_id, "s1", 0)
     await scheduler.replay_run(run.run_id)  # the cached instance creates s2
@@ -109,13 +120,8 @@ async def test_a_decision_whose_basis_the_log_lost_meanwhile_is_not_recorded(
     the log whose predecessor, as far as the log knows, never finished: the append
     must be refused and the run decided again from the log as it now stands.
     """
-    store, names = backends.store, backends.names
-    scheduler = Scheduler(store, backends.broker)  # not started: replays by hand
-    client = lf.Client(store, backends.broker)
-    run = await client.start(arith.total, 1)  # s1 = add(0, 0), then s2 = add(0, 0)
-    await scheduler.replay_run(run.run_id)  # run_started, step_created s1
-    keys = [names.stream(run.run_id), names.status(run.run_id)]
-    snapshot = [await redis_client.dump(key) for key in keys]
+    store = backends.store
+    scheduler, run, keys, snapshot = await s1_created(backends, redis_client)
     await complete(backends, run.run_id, "s1", 0)
 
     append = store.append
