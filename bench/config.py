@@ -122,6 +122,9 @@ RETENTION_FLAT = 0.10
 RETENTION_SAMPLE_S = 1.0
 RETENTION_WINDOWS = 10
 """The steady part is cut into at most this many windows, each judged by its median."""
+RETENTION_MIN_WINDOWS = 5
+"""Fewer windows of steady state than this (a --quick run that a fast machine finishes in
+seconds) are reported as not judged rather than as flat or not."""
 RETENTION_MAX_BACKLOG_S = 30.0
 """The paced phase gives up once this many seconds of runs are waiting to finish: the
 rate is then above what the machine does, and there is no steady state to measure."""
