@@ -1,0 +1,231 @@
+"""FastAPI integration: one client per app, a dependency that hands it out, a router to mount.
+
+Install the ``fastapi`` extra (``pip install 'ledgerflow[fastapi]'``)::
+
+    from fastapi import FastAPI
+    from ledgerflow.fastapi import ClientDep, lifespan, router
+
+    app = FastAPI(lifespan=lifespan())            # URLs and namespace from the environment
+    app.include_router(router(workflows=[checkout]), prefix="/ledgerflow")
+
+    @app.post("/orders")
+    async def order(body: Order, client: ClientDep) -> dict[str, str]:
+        run = await client.start(checkout, body.id, body.items)
+        return {"run_id": run.run_id}
+
+Why a lifespan: a client holds a RabbitMQ connection and a Redis pool; opening one
+per request would cost a handshake each time and leak on errors. The router only
+starts the workflows it is given (an HTTP body must never choose what code runs),
+reads every body as hostile (bounded in bytes and nesting, JSON only) and answers
+each failure with a status and a one-line reason, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any
+
+try:
+    from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "ledgerflow.fastapi needs FastAPI: pip install 'ledgerflow[fastapi]'"
+    ) from exc
+
+from ledgerflow.eventlog.errors import (
+    HookNotFoundError,
+    InvalidArgumentError,
+    ResultTimeoutError,
+    RunCancelled,
+    RunNotFoundError,
+    SerializationError,
+    WorkflowFailedError,
+)
+from ledgerflow.eventlog.jsonview import page_view
+from ledgerflow.eventlog.names import check_run_id
+from ledgerflow.scheduler import Client
+from ledgerflow.scheduler.registry import WorkflowFunction
+
+STATE_KEY = "ledgerflow_client"
+MAX_BODY_BYTES = 1 << 20
+"""A request body over this is refused (413) before it is parsed."""
+MAX_NESTING = 32
+MAX_RESULT_WAIT_S = 60.0
+
+
+def lifespan(
+    *,
+    amqp_url: str | None = None,
+    redis_url: str | None = None,
+    namespace: str | None = None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan that opens one ``lf.Client`` for the app and closes it at shutdown.
+
+    Arguments default to ``LEDGERFLOW_AMQP_URL``, ``LEDGERFLOW_REDIS_URL`` and
+    ``LEDGERFLOW_NAMESPACE``, as for every other process. An app with a lifespan of
+    its own enters this one inside it: ``async with lifespan()(app): ...``.
+    """
+
+    @asynccontextmanager
+    async def open_client(app: FastAPI) -> AsyncIterator[None]:
+        async with Client.connect(amqp_url, redis_url, namespace=namespace) as client:
+            setattr(app.state, STATE_KEY, client)
+            try:
+                yield
+            finally:
+                delattr(app.state, STATE_KEY)
+
+    return open_client
+
+
+def get_client(request: Request) -> Client:
+    """The app's client, for ``Depends(get_client)``; a clear error if the lifespan is missing."""
+    client = getattr(request.app.state, STATE_KEY, None)
+    if not isinstance(client, Client):
+        raise RuntimeError(
+            "no ledgerflow client on this app: create it with "
+            "FastAPI(lifespan=ledgerflow.fastapi.lifespan())"
+        )
+    return client
+
+
+ClientDep = Annotated[Client, Depends(get_client)]
+"""An endpoint parameter that receives the app's client: ``client: ClientDep``."""
+
+
+def router(*, workflows: Iterable[WorkflowFunction[Any, Any] | str]) -> APIRouter:
+    """Endpoints to start the given workflows, read runs, cancel them and resume hooks.
+
+    - ``POST /runs``: ``{"workflow": name, "args": [...], "kwargs": {...}, "run_id": opt}``
+      starts a run (201, ``{"run_id", "workflow"}``); only ``workflows`` may be started
+      (404 otherwise); arguments that do not fit the workflow are 422. Idempotent for a
+      given ``run_id``.
+    - ``GET /runs/{run_id}``: its status, and its result or error once it has ended.
+    - ``GET /runs/{run_id}/result?wait=S``: waits up to S seconds (at most 60): 200 with the
+      result, 409 if it failed or was cancelled, 202 if it is still running.
+    - ``POST /runs/{run_id}/cancel``: 202; ``POST /hooks/{token}``: resumes the hook with
+      the JSON body (202, or 404 for no live hook).
+    """
+    allowed = {w.name if isinstance(w, WorkflowFunction) else str(w) for w in workflows}
+    api = APIRouter()
+
+    @api.post("/runs", status_code=201)
+    async def start_run(request: Request) -> dict[str, str]:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise HTTPException(400, "the body must be a JSON object")
+        name = body.get("workflow")
+        if not isinstance(name, str) or name not in allowed:
+            raise HTTPException(404, f"no workflow {str(name)[:200]!r} may be started here")
+        args, kwargs, run_id = body.get("args", []), body.get("kwargs", {}), body.get("run_id")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise HTTPException(400, "args must be a JSON list and kwargs a JSON object")
+        if run_id is not None and not isinstance(run_id, str):
+            raise HTTPException(400, "run_id must be a string")
+        client = get_client(request)
+        try:
+            run = await client.start(name, *args, run_id=run_id, **kwargs)
+        except (InvalidArgumentError, SerializationError, TypeError, ValueError) as exc:
+            raise HTTPException(422, _reason(exc)) from None
+        return {"run_id": run.run_id, "workflow": name}
+
+    @api.get("/runs/{run_id}")
+    async def read_run(run_id: str, request: Request) -> dict[str, Any]:
+        state = await get_client(request).state(_run_id(run_id))
+        if state.status == "absent":
+            raise HTTPException(404, f"no run {run_id!r}")
+        view: dict[str, Any] = {
+            "run_id": state.run_id,
+            "workflow": state.workflow,
+            "status": state.status,
+        }
+        if state.status == "completed":
+            # Through result(): a value stored out of line is fetched, not shown as a reference.
+            view["result"] = page_view(await get_client(request).result(state.run_id, timeout=0))
+        if state.error is not None:
+            view["error"] = {"type": state.error.type, "message": state.error.message}
+        return view
+
+    @api.get("/runs/{run_id}/result")
+    async def run_result(run_id: str, request: Request, wait: float = 0.0) -> JSONResponse:
+        if not 0.0 <= wait <= MAX_RESULT_WAIT_S:
+            raise HTTPException(400, f"wait must be from 0 to {MAX_RESULT_WAIT_S:g} seconds")
+        client = get_client(request)
+        try:
+            value = await client.result(_run_id(run_id), timeout=wait)
+        except RunNotFoundError:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+        except ResultTimeoutError:
+            return JSONResponse({"run_id": run_id, "status": "running"}, status_code=202)
+        except (WorkflowFailedError, RunCancelled) as exc:
+            status = "cancelled" if isinstance(exc, RunCancelled) else "failed"
+            body = {"run_id": run_id, "status": status, "error": _reason(exc)}
+            return JSONResponse(body, status_code=409)
+        return JSONResponse({"run_id": run_id, "status": "completed", "result": page_view(value)})
+
+    @api.post("/runs/{run_id}/cancel", status_code=202)
+    async def cancel_run(run_id: str, request: Request) -> dict[str, str]:
+        try:
+            await get_client(request).cancel(_run_id(run_id), reason="cancelled over HTTP")
+        except RunNotFoundError:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+        return {"run_id": run_id, "status": "cancelling"}
+
+    @api.post("/hooks/{token}", status_code=202)
+    async def resume_hook(token: str, request: Request) -> dict[str, str]:
+        payload = await _json_body(request)
+        try:
+            run_id = await get_client(request).resume_hook(token, payload)
+        except (HookNotFoundError, InvalidArgumentError):
+            raise HTTPException(404, "no live hook with that token") from None
+        return {"run_id": run_id}
+
+    return api
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON, bounded in bytes and nesting; None for an empty body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise HTTPException(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise HTTPException(400, "the body is not JSON") from None
+    if _depth(value) > MAX_NESTING:
+        raise HTTPException(400, f"the body is nested deeper than {MAX_NESTING} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests, without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            todo += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list):
+            todo += [(v, level + 1) for v in item]
+    return deepest
+
+
+def _run_id(run_id: str) -> str:
+    try:
+        return check_run_id(run_id)
+    except InvalidArgumentError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
