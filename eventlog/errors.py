@@ -303,6 +303,10 @@ class ExitCalledError(LedgerflowError):
         self.code = code
 
 
+class ResourceUnavailableError(LedgerflowError):
+    """A step's resource (``@lf.resource``) could not be opened; the attempt fails, retried."""
+
+
 class FatalError(LedgerflowError):
     """Raised by a step that must not be retried."""
 

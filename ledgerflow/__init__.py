@@ -38,6 +38,7 @@ from ledgerflow.eventlog.errors import (
     NotReplicatedError,
     PayloadTooLargeError,
     ReplayDivergenceError,
+    ResourceUnavailableError,
     ResultTimeoutError,
     RetryableError,
     RunCancelled,
@@ -63,6 +64,7 @@ from ledgerflow.scheduler.durable import create_hook, sleep, wait_for
 from ledgerflow.scheduler.replay import Hook
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
 from ledgerflow.worker.registry import set_default_retry
+from ledgerflow.worker.resources import resource, use
 from ledgerflow.worker.retry import RetryPolicy
 
 from . import testing
@@ -92,6 +94,7 @@ __all__ = [
     "NotReplicatedError",
     "PayloadTooLargeError",
     "ReplayDivergenceError",
+    "ResourceUnavailableError",
     "ResultTimeoutError",
     "RetryPolicy",
     "RetryableError",
@@ -120,12 +123,14 @@ __all__ = [
     "heartbeat",
     "now",
     "random",
+    "resource",
     "serializable",
     "set_default_retry",
     "sleep",
     "step",
     "step_context",
     "testing",
+    "use",
     "uuid4",
     "wait_for",
     "workflow",

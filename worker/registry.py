@@ -23,6 +23,7 @@ from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 
 from .dispatch import current_dispatcher
 from .naming import Registry, check_arguments
+from .resources import Resource, WorkerResources, resource_parameters
 from .retry import DEFAULT_RETRY, RetryPolicy
 
 P = ParamSpec("P")
@@ -41,6 +42,8 @@ class StepDef:
     retry: RetryPolicy | None = None
     heartbeat_timeout: float | None = None
     signature: inspect.Signature | None = field(default=None, compare=False)
+    # Parameters the worker fills with resources (``lf.use``), never recorded or sent.
+    resources: dict[str, Resource] = field(default_factory=dict, compare=False)
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Check and encode a call's arguments, all inline, naming the bad one on failure."""
@@ -57,6 +60,14 @@ class StepDef:
         step's ``max_payload``.
         """
         check_arguments(self.signature, args, kwargs, what=f"step {self.name!r}")
+        if self.resources and self.signature is not None:
+            bound = self.signature.bind(*args, **kwargs).arguments
+            passed = sorted(set(bound) & set(self.resources))
+            if passed:
+                raise TypeError(
+                    f"step {self.name!r} called with {passed[0]!r}, a resource (lf.use): "
+                    "the worker provides it; leave it out of the call"
+                )
         what = f"arguments of step {self.name!r}"
         value: Any = [list(args), kwargs]
         threshold = offload_threshold() if threshold is None else threshold
@@ -128,8 +139,14 @@ class StepFunction(Generic[P, R]):
         return self._direct(*args, **kwargs)
 
     async def _direct(self, *args: Any, **kwargs: Any) -> R:
-        result: R = await self.definition.call_function(list(args), dict(kwargs))
-        return result
+        """Outside a workflow: the step runs here, with its resources opened for this call."""
+        resources = WorkerResources()
+        try:
+            async with resources.provide(self.definition.resources) as provided:
+                result: R = await self.definition.call_function(list(args), {**kwargs, **provided})
+                return result
+        finally:
+            await resources.close()
 
 
 class StepRegistry(Registry[StepDef]):
@@ -205,6 +222,7 @@ def step(
             retry=retry,
             max_payload=max_payload,
             signature=inspect.signature(func),
+            resources=resource_parameters(inspect.signature(func)),
         )
         steps.add(definition)
         return StepFunction(definition)

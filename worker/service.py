@@ -71,6 +71,7 @@ from .batching import Coalesced, GroupCommit
 from .context import StepContext, bind_step_context, reset_step_context
 from .limits import Beats, run_limited
 from .registry import StepDef, StepRegistry, steps
+from .resources import WorkerResources
 from .retry import RetryPolicy
 
 log = structlog.get_logger("ledgerflow.worker")
@@ -175,6 +176,7 @@ class Worker:
         self._running: Counter[str] = Counter()
         # Runs with an attempt here between its step_started and its outcome's append.
         self._holding: Counter[str] = Counter()
+        self._resources = WorkerResources()  # worker-scoped: opened on first use
         self._cancelled: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
         self._presence: asyncio.Task[None] | None = None
@@ -217,6 +219,12 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._watch = self._presence = None
+        try:
+            await self._resources.close()
+        except Exception as exc:  # the process is stopping; say which cleanup failed
+            log.warning(
+                "closing the worker's resources failed", error=f"{type(exc).__name__}: {exc}"
+            )
         try:
             await self.store.mark_gone(self.identity)
         except Exception as exc:  # the mark expires by itself; say why it lingers
@@ -690,7 +698,7 @@ class Worker:
         try:
             args, kwargs = await self._values(call)
             value = await run_limited(
-                definition.call_function(args, kwargs),
+                self._call_with_resources(definition, args, kwargs),
                 timeout=definition.timeout,
                 heartbeat_timeout=definition.heartbeat_timeout,
                 beats=beats,
@@ -712,6 +720,13 @@ class Worker:
             step_name=message.step_name,
             max_size=definition.max_payload,
         )
+
+    async def _call_with_resources(
+        self, definition: StepDef, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        """The step's call inside its resources: attempt-scoped ones close when it ends."""
+        async with self._resources.provide(definition.resources) as provided:
+            return await definition.call_function(args, {**kwargs, **provided})
 
     async def _values(self, call: _Call) -> tuple[list[Any], dict[str, Any]]:
         """The call's arguments with offloaded ones fetched and verified (BlobError if not).
