@@ -55,6 +55,11 @@ RUN_ID_LUA_PATTERN = "^[%w_%.%-:]+$"  # the same set; Redis runs Lua in the C lo
 MAX_HOOK_TOKEN = 256
 HOOK_TOKEN_CHARS = "printable ASCII without spaces or '|'"
 HOOK_TOKEN_RE = re.compile(rf"^[\x21-\x7b\x7d\x7e]{{1,{MAX_HOOK_TOKEN}}}\Z")
+WEBHOOK_TOKEN_PREFIX = "wh_"
+"""Tokens of ``lf.create_webhook`` (random, chosen by ledgerflow) start with this; only
+they are resumed through a webhook endpoint, so a hook with a token a caller could guess
+(an order id) is never reachable from there. A token of ``lf.create_hook`` may not."""
+WEBHOOK_TOKEN_RE = re.compile(r"^wh_[A-Za-z0-9_\-]{32}\Z")
 HOOK_TOKEN_LUA_PATTERN = "^[!-{}~]+$"  # 0x21-0x7b, 0x7d, 0x7e: the same set
 
 # Correlation ids (s1, s2, ...) of steps, waits and hooks: also in timer members and

@@ -60,8 +60,8 @@ from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState
 from ledgerflow.scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
 from ledgerflow.scheduler.continuation import continue_as_new
-from ledgerflow.scheduler.durable import create_hook, sleep, wait_for
-from ledgerflow.scheduler.replay import Hook
+from ledgerflow.scheduler.durable import create_hook, create_webhook, sleep, wait_for
+from ledgerflow.scheduler.replay import Hook, Webhook
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
 from ledgerflow.worker.registry import set_default_retry
 from ledgerflow.worker.resources import resource, use
@@ -113,12 +113,14 @@ __all__ = [
     "UnknownTypeError",
     "UnknownWorkflowError",
     "WaitTimeout",
+    "Webhook",
     "WorkerLostError",
     "WorkflowFailedError",
     "WorkflowStalledError",
     "allow_modules",
     "continue_as_new",
     "create_hook",
+    "create_webhook",
     "embedded",
     "heartbeat",
     "now",

@@ -22,7 +22,10 @@ each failure with a status and a one-line reason, never a traceback.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
@@ -45,7 +48,7 @@ from ledgerflow.eventlog.errors import (
     WorkflowFailedError,
 )
 from ledgerflow.eventlog.jsonview import page_view
-from ledgerflow.eventlog.names import check_run_id
+from ledgerflow.eventlog.names import WEBHOOK_TOKEN_RE, check_run_id
 from ledgerflow.scheduler import Client
 from ledgerflow.scheduler.registry import WorkflowFunction
 
@@ -54,6 +57,13 @@ MAX_BODY_BYTES = 1 << 20
 """A request body over this is refused (413) before it is parsed."""
 MAX_NESTING = 32
 MAX_RESULT_WAIT_S = 60.0
+SECRET_ENV = "LEDGERFLOW_WEBHOOK_SECRET"
+SIGNATURE_HEADER = "x-ledgerflow-signature"
+DROPPED_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", SIGNATURE_HEADER}
+)
+MAX_HEADERS = 50
+MAX_HEADER_VALUE = 1024
 
 
 def lifespan(
@@ -96,7 +106,11 @@ ClientDep = Annotated[Client, Depends(get_client)]
 """An endpoint parameter that receives the app's client: ``client: ClientDep``."""
 
 
-def router(*, workflows: Iterable[WorkflowFunction[Any, Any] | str]) -> APIRouter:
+def router(
+    *,
+    workflows: Iterable[WorkflowFunction[Any, Any] | str],
+    webhook_secret: str | None = None,
+) -> APIRouter:
     """Endpoints to start the given workflows, read runs, cancel them and resume hooks.
 
     - ``POST /runs``: ``{"workflow": name, "args": [...], "kwargs": {...}, "run_id": opt}``
@@ -108,6 +122,7 @@ def router(*, workflows: Iterable[WorkflowFunction[Any, Any] | str]) -> APIRoute
       result, 409 if it failed or was cancelled, 202 if it is still running.
     - ``POST /runs/{run_id}/cancel``: 202; ``POST /hooks/{token}``: resumes the hook with
       the JSON body (202, or 404 for no live hook).
+    - ``/webhooks/{token}``: ``webhook_router``'s, with ``webhook_secret``.
     """
     allowed = {w.name if isinstance(w, WorkflowFunction) else str(w) for w in workflows}
     api = APIRouter()
@@ -174,6 +189,8 @@ def router(*, workflows: Iterable[WorkflowFunction[Any, Any] | str]) -> APIRoute
             raise HTTPException(404, f"no run {run_id!r}") from None
         return {"run_id": run_id, "status": "cancelling"}
 
+    api.include_router(webhook_router(secret=webhook_secret))
+
     @api.post("/hooks/{token}", status_code=202)
     async def resume_hook(token: str, request: Request) -> dict[str, str]:
         payload = await _json_body(request)
@@ -188,6 +205,12 @@ def router(*, workflows: Iterable[WorkflowFunction[Any, Any] | str]) -> APIRoute
 
 async def _json_body(request: Request) -> Any:
     """The request's JSON, bounded in bytes and nesting; None for an empty body."""
+    raw = await _bounded_body(request)
+    return _parse_json(raw) if raw else None
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The request's body, refused (413) once it passes MAX_BODY_BYTES."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise HTTPException(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
@@ -196,8 +219,10 @@ async def _json_body(request: Request) -> Any:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise HTTPException(413, f"the body is limited to {MAX_BODY_BYTES} bytes")
-    if not raw:
-        return None
+    return bytes(raw)
+
+
+def _parse_json(raw: bytes) -> Any:
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):
@@ -229,3 +254,56 @@ def _run_id(run_id: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def webhook_router(*, secret: str | None = None) -> APIRouter:
+    """``POST``/``PUT``/``PATCH /webhooks/{token}``: resume an ``lf.create_webhook()`` hook.
+
+    The hook receives ``{"method", "headers", "query", "json", "body"}``: ``json`` the
+    parsed body if it is JSON (else None), ``body`` the raw bytes otherwise. Headers that
+    carry credentials (``authorization``, ``cookie``, the signature) are left out: the
+    payload is recorded in the run's log. With ``secret`` (or ``LEDGERFLOW_WEBHOOK_SECRET``
+    when None), a call must carry ``X-Ledgerflow-Signature: sha256=<hex HMAC-SHA256 of the
+    body>``: missing or wrong is 401. A token that is not a live webhook's is 404. Either
+    way nothing is recorded.
+    """
+    key = (secret if secret is not None else os.environ.get(SECRET_ENV, "")).encode()
+    api = APIRouter()
+
+    @api.api_route("/webhooks/{token}", methods=["POST", "PUT", "PATCH"], status_code=202)
+    async def receive(token: str, request: Request) -> dict[str, str]:
+        if not WEBHOOK_TOKEN_RE.match(token):
+            raise HTTPException(404, "no live webhook with that token")
+        raw = await _bounded_body(request)
+        if key:
+            sent = request.headers.get(SIGNATURE_HEADER, "")
+            wanted = "sha256=" + hmac.new(key, raw, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(sent.encode(), wanted.encode()):
+                raise HTTPException(401, f"missing or wrong {SIGNATURE_HEADER}")
+        payload: dict[str, Any] = {
+            "method": request.method,
+            "headers": _kept_headers(request),
+            "query": dict(list(request.query_params.items())[:MAX_HEADERS]),
+            "json": None,
+            "body": None,
+        }
+        try:
+            payload["json"] = _parse_json(raw) if raw else None
+        except HTTPException:
+            payload["body"] = bytes(raw)
+        try:
+            run_id = await get_client(request).resume_hook(token, payload)
+        except (HookNotFoundError, InvalidArgumentError):
+            raise HTTPException(404, "no live webhook with that token") from None
+        return {"run_id": run_id}
+
+    return api
+
+
+def _kept_headers(request: Request) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if name in DROPPED_HEADERS or len(kept) >= MAX_HEADERS:
+            continue
+        kept[name] = value[:MAX_HEADER_VALUE]
+    return kept

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ledgerflow.eventlog.delays import delay_seconds
 from ledgerflow.eventlog.errors import InvalidArgumentError, LedgerflowError
 
 from .context import current_instance
-from .replay import Hook, WorkflowInstance
+from .replay import Hook, Webhook, WorkflowInstance
 
 T = TypeVar("T")
 
@@ -48,6 +48,16 @@ def create_hook(token: str | None = None, metadata: Any = None) -> Hook:
     recorded as conflicted, and awaiting it raises lf.HookConflictError.
     """
     return _instance("lf.create_hook()").create_hook(token, metadata)
+
+
+def create_webhook(metadata: Any = None) -> Webhook:
+    """A hook the outside world resumes over HTTP, at ``webhook.path``; see ``create_hook``.
+
+    Its token is random (``wh_`` and 32 URL-safe characters), recorded when the hook is,
+    so only whoever is given the path can call it. Mount ``ledgerflow.fastapi.router`` (or
+    run ``ledgerflow webhooks serve``) to receive the calls.
+    """
+    return cast(Webhook, _instance("lf.create_webhook()").create_hook(None, metadata, webhook=True))
 
 
 async def wait_for(awaitable: Awaitable[T], timeout: float | dt.timedelta) -> T:

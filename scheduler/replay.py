@@ -15,6 +15,7 @@ import contextvars
 import datetime as dt
 import hashlib
 import random as _random
+import secrets
 import uuid as _uuid
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
@@ -27,6 +28,7 @@ from ledgerflow.eventlog.errors import (
     ChildWorkflowError,
     ExitCalledError,
     HookConflictError,
+    InvalidArgumentError,
     ReplayDivergenceError,
     RunCancelled,
     StepFailedError,
@@ -34,7 +36,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent, id_order
 from ledgerflow.eventlog.integrity import call_fingerprint
-from ledgerflow.eventlog.names import MAX_RUN_ID, check_hook_token
+from ledgerflow.eventlog.names import MAX_RUN_ID, WEBHOOK_TOKEN_PREFIX, check_hook_token
 from ledgerflow.eventlog.records import (
     CHILD_PREFIX,
     ChildSpec,
@@ -209,6 +211,22 @@ class Hook:
 
     def __repr__(self) -> str:
         return f"Hook(token={self.token!r})"
+
+
+class Webhook(Hook):
+    """A hook the outside world resumes over HTTP: its token is random, ``path`` its address.
+
+    POST (or PUT, PATCH) to ``path`` on a mounted ``ledgerflow.fastapi`` router, or on
+    ``ledgerflow webhooks serve``, delivers ``{"method", "headers", "query", "json",
+    "body"}`` (credentials headers left out).
+    """
+
+    @property
+    def path(self) -> str:
+        return f"/webhooks/{self.token}"
+
+    def __repr__(self) -> str:
+        return f"Webhook(path={self.path!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,16 +511,24 @@ class WorkflowInstance:
             self._new.append(WaitCommand(corr=corr, due_ms=self._now_ms + delay_ms))
         return self._future_for(corr)
 
-    def create_hook(self, token: str | None, metadata: Any) -> Hook:
+    def create_hook(self, token: str | None, metadata: Any, *, webhook: bool = False) -> Hook:
         corr = self._claim(Ask(EventType.HOOK_CREATED))
         recorded = self._recorded.get(corr)
         if recorded is not None and isinstance(recorded.record, HookCreated):
             token = recorded.record.token or token or ""
+        elif webhook:
+            # Unguessable, so chosen at random once; replays read it back from the log.
+            token = WEBHOOK_TOKEN_PREFIX + secrets.token_urlsafe(24)
         elif token is not None:
             # Checked only for a new hook: a recorded one replays as it was recorded.
             check_hook_token(token)
+            if token.startswith(WEBHOOK_TOKEN_PREFIX):
+                raise InvalidArgumentError(
+                    f"hook token {token[:40]!r}: tokens starting {WEBHOOK_TOKEN_PREFIX!r} are "
+                    "lf.create_webhook()'s"
+                )
         token = token or hashlib.sha256(f"{self.run_id}:{corr}".encode()).hexdigest()[:32]
-        hook = Hook(self, corr, token, metadata)
+        hook = (Webhook if webhook else Hook)(self, corr, token, metadata)
         for payload in self._carried.pop(token, []):
             hook._deliver(payload)  # the predecessor's, first: in the order it received them
         self._hooks[corr] = hook

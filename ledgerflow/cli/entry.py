@@ -45,6 +45,7 @@ from . import (
     replay,
     runs,
     start,
+    webhooks,
 )
 from .common import (
     EXIT_CODES,
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     queues.register(sub)
     dashboard.register(sub)
     migrate.register(sub)
+    webhooks.register(sub)
     return parser
 
 

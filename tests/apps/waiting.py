@@ -123,3 +123,15 @@ async def reads_clock(which: str) -> float:
     }
     calls[which]()
     return 0.0
+
+
+@lf.workflow(name="wt_webhook")
+async def webhook_receiver(times: int = 1) -> list[Any]:
+    """Waits for ``times`` calls to its webhook, then returns what they delivered."""
+    hook = lf.create_webhook(metadata={"purpose": "test"})
+    return [await hook for _ in range(times)]
+
+
+@lf.workflow(name="wt_token")
+async def approval_with_token(token: str) -> Any:
+    return await lf.create_hook(token=token)

@@ -7,6 +7,9 @@ lifespan entered as uvicorn would; a worker and a scheduler run in this process
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.names import WEBHOOK_TOKEN_RE
 
 import ledgerflow as lf
 from ledgerflow.fastapi import MAX_BODY_BYTES, MAX_NESTING, ClientDep, lifespan, router
@@ -23,19 +28,24 @@ from tests.servers import Servers
 pytestmark = pytest.mark.integration
 
 
+WEBHOOK_SECRET = "test-secret"
+ALLOWED = [arith.total, arith.failing, waiting.approval, waiting.webhook_receiver, "it_nap"]
+
+
+@pytest.fixture(params=[None, WEBHOOK_SECRET], ids=["unsigned", "signed"])
+def webhook_secret(request: pytest.FixtureRequest) -> str | None:
+    secret: str | None = request.param
+    return secret
+
+
 @pytest.fixture
 async def api(
-    servers: Servers, namespace: str, running: lf.Client
+    servers: Servers, namespace: str, running: lf.Client, webhook_secret: str | None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An app mounting the router for three workflows, its lifespan entered."""
-    app = FastAPI(
-        lifespan=lifespan(
-            amqp_url=servers.amqp_url, redis_url=servers.redis_url, namespace=namespace
-        )
-    )
-    app.include_router(
-        router(workflows=[arith.total, arith.failing, waiting.approval, "it_nap"]), prefix="/lf"
-    )
+    """An app mounting the router for a few workflows, its lifespan entered."""
+    opened = lifespan(amqp_url=servers.amqp_url, redis_url=servers.redis_url, namespace=namespace)
+    app = FastAPI(lifespan=opened)
+    app.include_router(router(workflows=ALLOWED, webhook_secret=webhook_secret), prefix="/lf")
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -94,6 +104,105 @@ async def test_a_hook_is_resumed_over_http(api: httpx.AsyncClient) -> None:
     assert done.json()["result"] == {"ok": True, "by": "ann"}
     used = await api.post("/lf/hooks/approve-o-7", json={})
     assert used.status_code == 404
+
+
+async def webhook_token(client: lf.Client, run_id: str) -> str:
+    """The token the run's webhook was created with, once it is in the log."""
+    for _ in range(200):
+        created = [e for e in await client.events(run_id) if e.type is EventType.HOOK_CREATED]
+        if created:
+            token: str = created[0].data["token"]
+            return token
+        await asyncio.sleep(0.05)
+    raise AssertionError("the webhook was never created")
+
+
+def signed(body: bytes, secret: str | None) -> dict[str, str]:
+    if secret is None:
+        return {}
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-Ledgerflow-Signature": f"sha256={digest}"}
+
+
+async def test_a_webhook_call_resumes_its_run_with_the_request(
+    api: httpx.AsyncClient, running: lf.Client, webhook_secret: str | None
+) -> None:
+    run_id = (await api.post("/lf/runs", json={"workflow": "wt_webhook", "args": [2]})).json()[
+        "run_id"
+    ]
+    token = await webhook_token(running, run_id)
+    assert WEBHOOK_TOKEN_RE.match(token), token
+    body = json.dumps({"paid": 12}).encode()
+    headers = {
+        "content-type": "application/json",
+        "x-sender": "shop",
+        "authorization": "Bearer do-not-record",
+        **signed(body, webhook_secret),
+    }
+    first = await api.post(f"/lf/webhooks/{token}?attempt=1", content=body, headers=headers)
+    assert first.status_code == 202, first.text
+    raw = b"\x00not json"
+    second = await api.put(
+        f"/lf/webhooks/{token}", content=raw, headers=signed(raw, webhook_secret)
+    )
+    assert second.status_code == 202, second.text
+    done = await api.get(f"/lf/runs/{run_id}/result", params={"wait": 20})
+    delivered = done.json()["result"]
+    assert delivered[0]["method"] == "POST" and delivered[1]["method"] == "PUT"
+    assert delivered[0]["json"] == {"paid": 12} and delivered[0]["query"] == {"attempt": "1"}
+    assert delivered[0]["headers"]["x-sender"] == "shop"
+    assert "authorization" not in delivered[0]["headers"]
+    assert "x-ledgerflow-signature" not in delivered[0]["headers"]
+    assert delivered[1]["json"] is None and delivered[1]["body"] is not None
+    events = await running.events(run_id)
+    log = json.dumps([e.data for e in events], default=str)
+    assert "do-not-record" not in log
+    # A replay from the log takes the recorded token, not a new random one: no divergence.
+    replayed = lf.testing.replay(events, waiting.webhook_receiver, run_id=run_id)
+    assert isinstance(replayed.outcome, lf.testing.Completed)
+    # The run has ended: its webhook is disposed.
+    late = await api.post(f"/lf/webhooks/{token}", content=body, headers=headers)
+    assert late.status_code == 404
+
+
+async def test_a_webhook_call_that_is_not_signed_right_records_nothing(
+    api: httpx.AsyncClient, running: lf.Client, webhook_secret: str | None
+) -> None:
+    run_id = (await api.post("/lf/runs", json={"workflow": "wt_webhook"})).json()["run_id"]
+    token = await webhook_token(running, run_id)
+    body = b'{"paid": 1}'
+    good = signed(body, webhook_secret)
+    bad_signatures = [{}, {"X-Ledgerflow-Signature": "sha256=" + "0" * 64}]
+    for headers in bad_signatures if webhook_secret else []:
+        answer = await api.post(f"/lf/webhooks/{token}", content=body, headers=headers)
+        assert answer.status_code == 401, answer.text
+    # Tokens that are not a live webhook's: unknown, malformed, a plain hook's.
+    for other in ["wh_" + "A" * 32, "wh_short", "approve-o-7", token + "x"]:
+        answer = await api.post(f"/lf/webhooks/{other}", content=body, headers=good)
+        assert answer.status_code == 404, (other, answer.text)
+    events = await running.events(run_id)
+    assert not any(e.type is EventType.HOOK_RECEIVED for e in events)
+    answer = await api.post(f"/lf/webhooks/{token}", content=body, headers=good)
+    assert answer.status_code == 202
+    done = await api.get(f"/lf/runs/{run_id}/result", params={"wait": 20})
+    assert done.json()["result"][0]["json"] == {"paid": 1}
+
+
+async def test_webhook_tokens_are_random_and_reserved(
+    api: httpx.AsyncClient, running: lf.Client
+) -> None:
+    runs = [
+        (await api.post("/lf/runs", json={"workflow": "wt_webhook"})).json()["run_id"]
+        for _ in range(3)
+    ]
+    tokens = {await webhook_token(running, r) for r in runs}
+    assert len(tokens) == 3
+    for run_id in runs:
+        await api.post(f"/lf/runs/{run_id}/cancel")
+    # A plain hook may not take a webhook's prefix: its run fails saying why.
+    bad = await running.start(waiting.approval_with_token, "wh_mine")
+    with pytest.raises(lf.WorkflowFailedError, match="create_webhook"):
+        await bad.result(timeout=20)
 
 
 @pytest.mark.parametrize(
