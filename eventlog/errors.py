@@ -362,6 +362,10 @@ class HookConflictError(HookTokenConflictError):
     """
 
 
+class HookDisposedError(LedgerflowError):
+    """Workflow code awaited a hook it had disposed (``hook.dispose()``, ``async with``)."""
+
+
 class HookNotFoundError(LedgerflowError, LookupError):
     """No live hook has this token (never created, or disposed because its run ended)."""
 

@@ -69,6 +69,7 @@ from .replay import (
     Command,
     Completed,
     Continued,
+    DisposeHookCommand,
     Failed,
     HookCommand,
     Outcome,
@@ -611,6 +612,8 @@ def describe_command(command: Command) -> str:
         return "a sleep"
     if isinstance(command, HookCommand):
         return "a hook"
+    if isinstance(command, DisposeHookCommand):
+        return "a hook's disposal"
     return type(command).__name__
 
 

@@ -28,6 +28,7 @@ from ledgerflow.eventlog.errors import (
     ChildWorkflowError,
     ExitCalledError,
     HookConflictError,
+    HookDisposedError,
     InvalidArgumentError,
     ReplayDivergenceError,
     RunCancelled,
@@ -94,6 +95,13 @@ class HookCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class DisposeHookCommand:
+    """The workflow disposed a live hook (``hook.dispose()``, the end of ``async with hook``)."""
+
+    corr: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChildCommand:
     """A child run, recorded in the parent's log as a step (``records.StepCreated.child``)."""
 
@@ -109,7 +117,7 @@ class ChildCommand:
         return StepCreated(name=CHILD_PREFIX + self.workflow, queue="", child=spec)
 
 
-Command = StepCommand | WaitCommand | HookCommand | ChildCommand
+Command = StepCommand | WaitCommand | HookCommand | DisposeHookCommand | ChildCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +172,7 @@ class Hook:
         self._buffer: deque[Any] = deque()
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._taken_by: str | None = None
+        self._disposed = False
 
     def _deliver(self, payload: Any) -> None:
         while self._waiters:
@@ -191,11 +200,37 @@ class Hook:
             corr=self.corr,
         )
 
+    def dispose(self) -> None:
+        """Take the hook out of service now: its token is freed, later deliveries refused.
+
+        Payloads it received before are still handed out; awaiting it once they are
+        taken raises lf.HookDisposedError. The run's end disposes every hook anyway.
+        """
+        if self._disposed:
+            return
+        self._disposed = True
+        self._instance.dispose_hook(self.corr)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(self._gone())
+
+    def _gone(self) -> HookDisposedError:
+        return HookDisposedError(f"hook {self.token!r} was disposed; it receives nothing more")
+
+    async def __aenter__(self) -> Hook:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.dispose()
+
     async def next(self) -> Any:
         if self._buffer:
             return self._buffer.popleft()
         if self._taken_by is not None:
             raise self._conflict()
+        if self._disposed:
+            raise self._gone()
         waiter: asyncio.Future[Any] = self._instance.loop.create_future()
         self._waiters.append(waiter)
         return await waiter
@@ -306,6 +341,7 @@ class WorkflowInstance:
         self._hooks: dict[str, Hook] = {}
         # Hooks the log holds as created and not yet disposed (ordered, like a set).
         self._live_hooks: dict[str, None] = {}
+        self._disposed_hooks: set[str] = set()  # by the log, or asked for by the code
         self._hook_conflicts: dict[str, str] = {}  # corr -> run holding its token
         self._children_started: set[str] = set()
         # Kept incrementally so an activation costs O(new events), not O(whole log):
@@ -340,6 +376,7 @@ class WorkflowInstance:
                 self._live_hooks[event.corr] = None
             elif event.type is EventType.HOOK_DISPOSED:
                 self._live_hooks.pop(event.corr, None)
+                self._disposed_hooks.add(event.corr)
         for event in batch:
             self._now_ms = event.ts
             if self.divergence is None:
@@ -548,6 +585,14 @@ class WorkflowInstance:
             return task.result()
         task.cancel()
         raise WaitTimeout(f"nothing arrived within {timeout:g} s (a durable timeout)")
+
+    def dispose_hook(self, corr: str) -> None:
+        """Ask for a hook's disposal, unless the log (or an earlier ask) already has it."""
+        if corr in self._disposed_hooks:
+            return
+        self._disposed_hooks.add(corr)
+        self._live_hooks.pop(corr, None)
+        self._new.append(DisposeHookCommand(corr=corr))
 
     def live_hooks(self) -> list[str]:
         """Hooks the log holds as created and not disposed: what a run's end disposes.

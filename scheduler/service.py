@@ -71,6 +71,7 @@ from .replay import (
     Completed,
     Continued,
     Decision,
+    DisposeHookCommand,
     Failed,
     HookCommand,
     StepCommand,
@@ -84,6 +85,7 @@ from .values import delivered_values
 log = structlog.get_logger("ledgerflow.scheduler")
 
 DEFAULT_PREFETCH = 64
+DISPOSED_BY_WORKFLOW = "disposed by the workflow"
 MAX_TRUNCATED_REPLAYS = 3
 """Fresh replays after a refused decision (LogTruncatedError) before the activation is retried."""
 APPEND_CHUNK = 500
@@ -578,7 +580,13 @@ class Scheduler:
         )
 
     @staticmethod
-    def _created(instance: WorkflowInstance, command: WaitCommand | HookCommand) -> NewEvent:
+    def _created(
+        instance: WorkflowInstance, command: WaitCommand | HookCommand | DisposeHookCommand
+    ) -> NewEvent:
+        if isinstance(command, DisposeHookCommand):
+            return NewEvent.of(
+                EventType.HOOK_DISPOSED, command.corr, {"reason": DISPOSED_BY_WORKFLOW}
+            )
         if isinstance(command, WaitCommand):
             return NewEvent.of(
                 EventType.WAIT_CREATED,

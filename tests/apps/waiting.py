@@ -135,3 +135,26 @@ async def webhook_receiver(times: int = 1) -> list[Any]:
 @lf.workflow(name="wt_token")
 async def approval_with_token(token: str) -> Any:
     return await lf.create_hook(token=token)
+
+
+@lf.workflow(name="wt_dispose")
+async def dispose_then_sleep(token: str, seconds: float) -> dict[str, Any]:
+    """Takes one payload inside ``async with``, then sleeps with the hook disposed."""
+    async with lf.create_hook(token=token) as hook:
+        first = await hook
+    await lf.sleep(seconds)
+    try:
+        await hook
+    except lf.HookDisposedError:
+        return {"first": first, "after": "disposed"}
+    return {"first": first, "after": "not disposed"}
+
+
+@lf.workflow(name="wt_dispose_early")
+async def dispose_unused(token: str) -> str:
+    """Creates a hook and disposes it at once: the token is free again before the run ends."""
+    hook = lf.create_hook(token=token)
+    hook.dispose()
+    hook.dispose()  # twice is once
+    await lf.sleep(0.5)
+    return "done"
