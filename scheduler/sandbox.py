@@ -16,6 +16,7 @@ puts the originals back (see there for why that is safe).
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 import uuid
@@ -41,11 +42,22 @@ _GUARDS: list[tuple[Any, str, str, str]] = [
 ]
 
 
+_EXEMPT_CALLERS = frozenset({"logging"})
+"""Modules whose own reads of the clock are not workflow code's: the standard library's
+logging stamps every record with time.time(), and a record can be made on the workflow's
+thread while its code runs (a garbage-collected task of the process's own event loop
+reporting its exception, say); refusing it would lose that log line."""
+
+
 def _guard(original: Callable[..., Any], call: str, instead: str) -> Callable[..., Any]:
     get_ident = threading.get_ident
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        if _active_thread is not None and _active_thread == get_ident():
+        if (
+            _active_thread is not None
+            and _active_thread == get_ident()
+            and sys._getframe(1).f_globals.get("__name__") not in _EXEMPT_CALLERS
+        ):
             raise NonDeterminismError(
                 f"{call} is not allowed inside workflow code: its value would differ on "
                 f"replay; {instead}"

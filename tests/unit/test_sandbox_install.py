@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+from ledgerflow.eventlog.errors import NonDeterminismError
 from ledgerflow.scheduler import sandbox
 
 from .helpers import stack
@@ -68,3 +71,26 @@ def test_a_function_replaced_while_installed_is_left_to_its_replacer() -> None:
         assert time.perf_counter is replacement
     finally:
         time.perf_counter = original
+
+
+def test_logging_may_read_the_clock_while_workflow_code_runs() -> None:
+    """A record made on the workflow's thread (a finalizer reporting a lost exception,
+    say) is stamped, not refused; workflow code itself still may not read the clock."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("ledgerflow.tests.sandbox")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with sandbox.installed(), sandbox.workflow_code():
+            logger.error("reported from the workflow's thread")
+            with pytest.raises(NonDeterminismError, match=r"time\.time\(\)"):
+                time.time()
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["reported from the workflow's thread"]
+    assert records[0].created > 0
