@@ -14,6 +14,7 @@ from typing import Any
 # unraisable-exception warning, but a misleading one).
 import hypothesis  # noqa: F401
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 from ledgerflow.eventlog.names import Names
 
@@ -59,9 +60,21 @@ def _export(found: Servers) -> None:
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A namespace no other test uses, so keys and queues never collide."""
-    return f"t{uuid.uuid4().hex[:12]}"
+def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace no other test uses, so keys and queues never collide.
+
+    A test on the servers leaves none of its keys behind, even one that never asked for
+    ``redis_client``: a CLI process it ran records the namespace's layout on connecting
+    (``<ns>:meta``). This teardown runs after every fixture that uses the namespace.
+    """
+    chosen = f"t{uuid.uuid4().hex[:12]}"
+    yield chosen
+    if "servers" in request.fixturenames:
+        url = request.getfixturevalue("servers").redis_url
+        with sync_redis.Redis.from_url(url) as client:
+            stale = list(client.scan_iter(match=f"{chosen}:*", count=1000))
+            if stale:
+                client.unlink(*stale)
 
 
 @pytest.fixture
