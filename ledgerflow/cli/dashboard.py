@@ -32,18 +32,28 @@ log = structlog.get_logger("ledgerflow.dashboard")
 
 
 def missing_server_packages() -> list[str]:
-    """The dashboard extra's packages that cannot be imported here."""
+    """The web server's packages (fastapi, uvicorn) that cannot be imported here."""
     return [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
 
 
-async def cmd_dashboard(args: argparse.Namespace) -> int:
+def say_server_missing(what: str, hint: str) -> bool:
+    """Print how to install the web server's packages if any is missing; whether one was.
+
+    Shared by the commands that serve HTTP (``dashboard``, ``webhooks serve``): without
+    their extra they exit 2 with this line instead of failing on an ImportError.
+    """
     missing = missing_server_packages()
     if missing:
         print(
-            f"ledgerflow: the dashboard needs {' and '.join(missing)}, which are not "
-            f"installed; install them with: {INSTALL_HINT}",
+            f"ledgerflow: {what} needs {' and '.join(missing)}, which are not "
+            f"installed; install them with: {hint}",
             file=sys.stderr,
         )
+    return bool(missing)
+
+
+async def cmd_dashboard(args: argparse.Namespace) -> int:
+    if say_server_missing("the dashboard", INSTALL_HINT):
         return EXIT_USAGE
     from ledgerflow.dashboard.app import create_app
     from ledgerflow.dashboard.server import DashboardServer

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-
-import structlog
 
 from ledgerflow.scheduler import Client
 from ledgerflow.worker.backend import connect
@@ -21,22 +18,14 @@ from ledgerflow.worker.process import run_until_signalled
 
 from .args import port_number
 from .common import EXIT_OK, EXIT_USAGE, settings_of
-from .dashboard import missing_server_packages
+from .dashboard import say_server_missing
 
 DEFAULT_PORT = 8090
 INSTALL_HINT = "pip install 'ledgerflow[fastapi]'"
 
-log = structlog.get_logger("ledgerflow.webhooks")
-
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    missing = missing_server_packages()
-    if missing:
-        print(
-            f"ledgerflow: webhooks serve needs {' and '.join(missing)}, which are not "
-            f"installed; install them with: {INSTALL_HINT}",
-            file=sys.stderr,
-        )
+    if say_server_missing("webhooks serve", INSTALL_HINT):
         return EXIT_USAGE
     from fastapi import FastAPI
 
@@ -51,7 +40,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
         async def start() -> None:
             await server.start()
-            signed = "signatures required" if _has_secret(SECRET_ENV) else "no signatures"
+            signed = "signatures required" if os.environ.get(SECRET_ENV) else "no signatures"
             print(
                 f"ledgerflow webhooks on {server.url}/webhooks/<token> "
                 f"(namespace {backends.names.namespace}; {signed})",
@@ -60,10 +49,6 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
         await run_until_signalled(start, server.stop, what="webhooks")
     return EXIT_OK
-
-
-def _has_secret(name: str) -> bool:
-    return bool(os.environ.get(name))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
