@@ -193,12 +193,7 @@ def router(
 
     @api.post("/hooks/{token}", status_code=202)
     async def resume_hook(token: str, request: Request) -> dict[str, str]:
-        payload = await _json_body(request)
-        try:
-            run_id = await get_client(request).resume_hook(token, payload)
-        except (HookNotFoundError, InvalidArgumentError):
-            raise HTTPException(404, "no live hook with that token") from None
-        return {"run_id": run_id}
+        return await _resume(request, token, await _json_body(request), "hook")
 
     return api
 
@@ -291,13 +286,18 @@ def webhook_router(*, secret: str | None = None) -> APIRouter:
             payload["json"] = _parse_json(raw) if raw else None
         except HTTPException:
             payload["body"] = bytes(raw)
-        try:
-            run_id = await get_client(request).resume_hook(token, payload)
-        except (HookNotFoundError, InvalidArgumentError):
-            raise HTTPException(404, "no live webhook with that token") from None
-        return {"run_id": run_id}
+        return await _resume(request, token, payload, "webhook")
 
     return api
+
+
+async def _resume(request: Request, token: str, payload: Any, kind: str) -> dict[str, str]:
+    """Deliver ``payload`` to the live hook holding ``token``; 404 if none does."""
+    try:
+        run_id = await get_client(request).resume_hook(token, payload)
+    except (HookNotFoundError, InvalidArgumentError):
+        raise HTTPException(404, f"no live {kind} with that token") from None
+    return {"run_id": run_id}
 
 
 def _kept_headers(request: Request) -> dict[str, str]:
