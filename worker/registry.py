@@ -140,6 +140,9 @@ class StepFunction(Generic[P, R]):
 
     async def _direct(self, *args: Any, **kwargs: Any) -> R:
         """Outside a workflow: the step runs here, with its resources opened for this call."""
+        if not self.definition.resources:
+            plain: R = await self.definition.call_function(list(args), dict(kwargs))
+            return plain
         resources = WorkerResources()
         try:
             async with resources.provide(self.definition.resources) as provided:

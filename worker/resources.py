@@ -127,9 +127,6 @@ class WorkerResources:
     @contextlib.asynccontextmanager
     async def provide(self, wanted: Mapping[str, Resource]) -> AsyncIterator[dict[str, Any]]:
         """The values for a step's resource parameters, for the length of one attempt."""
-        if not wanted:
-            yield {}
-            return
         async with AsyncExitStack() as attempt:
             values = {}
             for param, declared in wanted.items():

@@ -725,6 +725,8 @@ class Worker:
         self, definition: StepDef, args: list[Any], kwargs: dict[str, Any]
     ) -> Any:
         """The step's call inside its resources: attempt-scoped ones close when it ends."""
+        if not definition.resources:  # most steps: no context to enter on the hot path
+            return await definition.call_function(args, kwargs)
         async with self._resources.provide(definition.resources) as provided:
             return await definition.call_function(args, {**kwargs, **provided})
 
