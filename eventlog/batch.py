@@ -13,11 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .errors import StepMismatchError
+from .errors import LogTruncatedError, StepMismatchError
 from .events import EventType, NewEvent
-from .integrity import check_batch, fingerprint_difference, token_conflict, wire
+from .integrity import (
+    check_based_on,
+    check_batch,
+    fingerprint_difference,
+    token_conflict,
+    wire,
+)
 from .statushash import EntityState
-from .transitions import Planned, plan_batch
+from .transitions import ABSENT, Planned, plan_batch
 
 
 def decide_batch(
@@ -29,14 +35,22 @@ def decide_batch(
     entity_state: Callable[[str], EntityState],
     logged_fingerprint: Callable[[str], str],
     token_owner: Callable[[str], str | None],
+    based_on: str | None = None,
+    log_holds: Callable[[str], bool] | None = None,
 ) -> list[Planned]:
     """The verdict on every event, or the error the append raises (nothing written).
 
     ``entity_state(corr)`` answers (kind, state, attempt), ``logged_fingerprint(corr)``
     the step's recorded call fingerprint ("" for none) and ``token_owner(token)`` the
-    "run|corr" holding a hook token, all as stored before the batch.
+    "run|corr" holding a hook token, all as stored before the batch. With ``based_on``,
+    ``log_holds(entry_id)`` says whether the run's log still has that entry
+    (LogTruncatedError if a run that exists does not).
     """
     check_batch(run_id, [wire(e) for e in events])
+    if based_on is not None:
+        check_based_on(run_id, based_on)
+        if run_state != ABSENT and log_holds is not None and not log_holds(based_on):
+            raise LogTruncatedError(run_id, based_on)
     plan = plan_batch(run_id, events, run_state, entity_state, stored_workflow)
     check_claims(run_id, events, plan, logged_fingerprint, token_owner)
     return plan

@@ -19,7 +19,7 @@ from . import statushash as sh
 from .batch import decide_batch
 from .blobs import BlobStore
 from .derived import Expected
-from .errors import LogTruncatedError, MalformedMessageError
+from .errors import MalformedMessageError
 from .events import (
     SCHEMA_VERSION,
     AppendResult,
@@ -30,7 +30,6 @@ from .events import (
     id_order,
     put_event_blobs,
 )
-from .integrity import check_based_on, check_batch, wire
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
 from .names import Names, shard_of
@@ -113,12 +112,6 @@ class MemoryEventStore(EventStore):
             return []
         await put_event_blobs(self.blob_store, run_id, events)
         status = self._status[run_id]
-        if based_on is not None:
-            # In the script's order: the events' arguments, based_on's, then the log.
-            check_batch(run_id, [wire(e) for e in events])
-            check_based_on(run_id, based_on)
-            if status.get(sh.RUN) and not self._holds(run_id, based_on):
-                raise LogTruncatedError(run_id, based_on)
         plan = decide_batch(
             run_id,
             events,
@@ -127,6 +120,8 @@ class MemoryEventStore(EventStore):
             entity_state=lambda corr: sh.entity_of(status, corr),
             logged_fingerprint=lambda corr: status.get(sh.fingerprint_field(corr), ""),
             token_owner=self._hooks.get,
+            based_on=based_on,
+            log_holds=lambda entry_id: self._holds(run_id, entry_id),
         )
         now = _now_ms()
         results: list[AppendResult] = []
