@@ -312,6 +312,19 @@ class RedisClusterNodes:
         self.kill(port)
         return replica
 
+    def wait_caught_up(self, master: int, replica: int, timeout: float = 30.0) -> None:
+        """Block until ``replica`` has applied everything ``master`` had written when called.
+
+        Replication is asynchronous: what the master acknowledged a moment ago may not
+        have reached its replica yet, and a fault injected now would lose it too.
+        """
+        target = _info_int(master, "master_repl_offset")
+        deadline = time.monotonic() + timeout
+        while _info_int(replica, "slave_repl_offset") < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica :{replica} did not catch up with :{master}")
+            time.sleep(0.02)
+
     def stall(self, port: int, seconds: float) -> subprocess.Popen[bytes]:
         """``DEBUG SLEEP`` on a node, in the background: it reads nothing, replication backs up.
 
@@ -342,6 +355,15 @@ class RedisClusterNodes:
                     return time.monotonic() - began
             time.sleep(0.05)
         raise RuntimeError(f"replica :{replica} was not promoted within {timeout:g} s")
+
+
+def _info_int(port: int, field: str) -> int:
+    """One integer field of a node's INFO REPLICATION (-1 when it is not there)."""
+    for line in _cli(port, "INFO", "REPLICATION").splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == field:
+            return int(value)
+    return -1
 
 
 def _wait_asleep(port: int, timeout: float) -> None:

@@ -236,6 +236,9 @@ async def test_a_master_lost_with_its_replica_behind_loses_entries_and_every_run
     victim = masters_used(rig, runs).most_common(1)[0][0]
     replica = rig.cluster.replica_of(victim)
     before = {r.run_id: len(await rig.client.events(r.run_id)) for r in runs}
+    # What was written before now (every run's start) reaches the replica; only what
+    # follows is at risk. Without this a run started a moment ago could vanish whole.
+    await asyncio.to_thread(rig.cluster.wait_caught_up, victim, replica)
     sleeper = await asyncio.to_thread(rig.cluster.stall, replica, 4)  # returns once asleep
     on_victim = next(r.run_id for r in runs if masters_used(rig, [r]) == Counter({victim: 1}))
     tag = rig.names.stream(on_victim).split("}")[0].split("{")[1]
