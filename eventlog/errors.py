@@ -136,6 +136,10 @@ class RunClosedError(IllegalTransitionError):
     """The run already ended; nothing may be appended after its terminal event."""
 
 
+class StreamClosedError(EventLogError):
+    """A write to an output stream its writer has closed (``eventlog/outputs.py``)."""
+
+
 class WorkflowMismatchError(EventLogError):
     """A run id was reused for a different workflow."""
 

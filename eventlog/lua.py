@@ -369,17 +369,19 @@ return 'ok'
 
 # Remove everything of one finished run, atomically (see ``Maintenance.remove_run``).
 # KEYS: stream, status, runs shard, active shard, finished shard, expire shard, timer shard,
-#       blob set, then every blob key the blob set names (all in the run's slot).
+#       blob set, output set, then every blob key the blob set names, then every output
+#       stream the output set names (all in the run's slot).
 # ARGV: run_id, expected last id ("" for any), the newest id the caller read (its timer
-#       members are computed from the log up to there), ntimers, member, ...
+#       members are computed from the log up to there), nblobs, ntimers, member, ...
 # Reply: {removed, token, owner, token, owner...} (the hook tokens the run recorded: the
 #        caller releases them in the registry, which is in other slots) | {notfound} |
-#        {live} | {moved} | {stale} (the caller's reading is out of date: the log or the
-#        blob set changed since; it reads again and retries).
+#        {live} | {moved} | {stale} (the caller's reading is out of date: the log, the
+#        blob set or the output set changed since; it reads again and retries).
 REMOVE_RUN_SCRIPT = f"""
 {_FIELDS}local TERMINAL = {{{_TERMINAL}}}
-local stream, status, blobs = KEYS[1], KEYS[2], KEYS[8]
-local run_id, expected, seen, ntimers = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local stream, status, blobs, outs = KEYS[1], KEYS[2], KEYS[8], KEYS[9]
+local run_id, expected, seen = ARGV[1], ARGV[2], ARGV[3]
+local nblobs, ntimers = tonumber(ARGV[4]), tonumber(ARGV[5])
 local state = redis.call('HGET', status, F_RUN)
 if (not state) or state == '' then
   -- No run: a leftover retention entry (keys deleted by hand) would be due forever.
@@ -392,7 +394,10 @@ local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 local newest_id = ''
 if newest[1] then newest_id = newest[1][1] end
 if expected ~= '' and expected ~= newest_id then return {{'moved'}} end
-if seen ~= newest_id or redis.call('SCARD', blobs) ~= #KEYS - 8 then return {{'stale'}} end
+if seen ~= newest_id or redis.call('SCARD', blobs) ~= nblobs
+  or redis.call('HLEN', outs) ~= #KEYS - 9 - nblobs then
+  return {{'stale'}}
+end
 local reply = {{'removed'}}
 local fields = redis.call('HGETALL', status)
 for i = 1, #fields, 2 do
@@ -402,9 +407,54 @@ for i = 1, #fields, 2 do
     reply[#reply + 1] = run_id .. '|' .. string.sub(f, #P_TOKEN + 1)
   end
 end
-for i = 1, ntimers do redis.call('ZREM', KEYS[7], ARGV[4 + i]) end
+for i = 1, ntimers do redis.call('ZREM', KEYS[7], ARGV[5 + i]) end
 for i = 3, 6 do redis.call('ZREM', KEYS[i], run_id) end
-for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
-redis.call('DEL', stream, status, blobs)
+for i = 10, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', stream, status, blobs, outs)
 return reply
+"""
+
+# Append one entry to an output stream of a live run (``eventlog/outputs.py``).
+# KEYS: status hash, output set (name -> bytes used), the output stream (one slot).
+# ARGV: name, step, attempt, restarted ("1"/"0"), kind ("c" chunk / "e" end mark), data,
+#       the writer's sequence number (its n-th write), max streams, max bytes, max entries.
+# Entry ids are positions: 0-1, 0-2, ... A write whose writer (step, attempt) and sequence
+# number are already the newest entry's is a repeat (a retried call whose reply was lost):
+# its index is returned and nothing is written. Reply: {"ok", index} | {"refused", why}.
+WRITE_OUTPUT_SCRIPT = f"""
+{_FIELDS}local TERMINAL = {{{_TERMINAL}}}
+local status, outs, stream = KEYS[1], KEYS[2], KEYS[3]
+local name, step, attempt, seq = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[7])
+local run = redis.call('HGET', status, F_RUN)
+if (not run) or run == '' then return {{'refused', 'notfound'}} end
+if TERMINAL[run] then return {{'refused', 'closed'}} end
+local used = redis.call('HGET', outs, name)
+local position = 1
+if used then
+  used = tonumber(used)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if last then
+    local id = last[1]
+    position = tonumber(string.sub(id, string.find(id, '-', 1, true) + 1)) + 1
+    local f = {{}}
+    for i = 1, #last[2], 2 do f[last[2][i]] = last[2][i + 1] end
+    if f['s'] == step and tonumber(f['a']) == attempt and tonumber(f['n'] or '0') >= seq then
+      return {{'ok', position - 2}}
+    end
+    if f['k'] == 'e' and (f['s'] ~= step or tonumber(f['a']) >= attempt) then
+      return {{'refused', 'ended'}}
+    end
+  end
+else
+  if redis.call('HLEN', outs) >= tonumber(ARGV[8]) then return {{'refused', 'toomany'}} end
+  used = 0
+end
+local size = #ARGV[6] + #step + 24
+if ARGV[5] == 'c' and (used + size > tonumber(ARGV[9]) or position > tonumber(ARGV[10])) then
+  return {{'refused', 'full'}}
+end
+redis.call('XADD', stream, '0-' .. position, 'k', ARGV[5], 's', step, 'a', ARGV[3],
+  'r', ARGV[4], 'n', ARGV[7], 'v', ARGV[6])
+redis.call('HSET', outs, name, used + size)
+return {{'ok', position - 1}}
 """

@@ -32,7 +32,9 @@ from .events import (
 )
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
+from .memory_outputs import MemoryOutputs
 from .names import Names, shard_of
+from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
 from .removal import implied_timer_members
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
@@ -67,6 +69,7 @@ class MemoryEventStore(EventStore):
     def __init__(self, names: Names | None = None, *, blob_store: BlobStore | None = None) -> None:
         self.names = names or Names()
         self.memory_blobs = MemoryBlobStore(self._blob_run_state)
+        self._outputs = MemoryOutputs(self._blob_run_state)
         self.blob_store: BlobStore = blob_store or self.memory_blobs
         self._streams: dict[str, list[_Entry]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
@@ -441,7 +444,42 @@ class MemoryEventStore(EventStore):
         self._streams.pop(run_id, None)
         self._status.pop(run_id, None)
         self.memory_blobs.forget_run(run_id)
+        self._outputs.forget_run(run_id)
         return RemoveOutcome.REMOVED
+
+    async def write_output(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        step: str,
+        attempt: int,
+        restarted: bool,
+        data: bytes | None,
+        sequence: int,
+    ) -> int:
+        return self._outputs.write(
+            run_id,
+            name,
+            step=step,
+            attempt=attempt,
+            restarted=restarted,
+            data=data,
+            sequence=sequence,
+        )
+
+    async def read_output(
+        self, run_id: str, name: str, start: int, count: int = MAX_READ
+    ) -> list[OutputEntry]:
+        return self._outputs.read(run_id, name, start, count)
+
+    async def wait_output(
+        self, run_id: str, name: str, start: int, timeout: float
+    ) -> list[OutputEntry]:
+        return await self._outputs.wait(run_id, name, start, timeout)
+
+    async def output_names(self, run_id: str) -> list[str]:
+        return self._outputs.names_of(run_id)
 
     async def remove_runs(self, run_ids: Sequence[str]) -> list[RemoveOutcome]:
         return [await self.remove_run(run_id) for run_id in run_ids]

@@ -70,6 +70,23 @@ CORR_RE = re.compile(rf"^[\x21-\x7b\x7d\x7e]{{1,{MAX_CORR}}}\Z")
 CORR_LUA_PATTERN = HOOK_TOKEN_LUA_PATTERN
 
 
+# Names of a run's output streams (``lf.stream(name)``): chosen by step code, typed into
+# command lines and URLs, and part of a key: a short identifier.
+MAX_OUTPUT_NAME = 64
+OUTPUT_NAME_CHARS = "a letter or digit, then letters, digits, '_', '.' and '-'"
+OUTPUT_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_OUTPUT_NAME - 1}}}\Z")
+
+
+def check_output_name(name: object) -> str:
+    """The one rule for an output stream's name (lf.stream, client.stream, CLI, HTTP)."""
+    if isinstance(name, str) and OUTPUT_NAME_RE.match(name):
+        return name
+    raise InvalidArgumentError(
+        f"invalid stream name {_shown(name)}: use 1-{MAX_OUTPUT_NAME} characters, "
+        f"{OUTPUT_NAME_CHARS}"
+    )
+
+
 def check_run_id(run_id: object) -> str:
     """The one run-id rule, applied wherever a run id comes in (API, CLI, queue, append)."""
     if isinstance(run_id, str) and RUN_ID_RE.match(run_id):
@@ -185,6 +202,14 @@ class Names:
     def blob_set(self, run_id: str) -> str:
         """The digests of a run's blobs (a SET), so removing the run finds them all."""
         return self._of_run(run_id, f"blobs:{run_id}")
+
+    def output(self, run_id: str, name: str) -> str:
+        """One output stream of a run (a Redis stream of chunks, ``eventlog/outputs.py``)."""
+        return self._of_run(run_id, f"out:{run_id}:{name}")
+
+    def output_set(self, run_id: str) -> str:
+        """The run's output streams (a HASH: name -> bytes written), so removal finds them."""
+        return self._of_run(run_id, f"outs:{run_id}")
 
     # --- Redis: sharded indexes (a run's entries are in its own shard) ----------------
 

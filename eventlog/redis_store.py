@@ -58,9 +58,11 @@ from .names import (
     check_run_id,
     check_shards,
 )
+from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
 from .redis_blobs import RedisBlobStore
 from .redis_client import RedisClient, call_scripts, redis_client
+from .redis_outputs import RedisOutputs
 from .removal import implied_timer_members
 from .retrying import retried
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
@@ -125,6 +127,7 @@ class RedisEventStore(EventStore):
         self._defer_check = client.register_script(DEFER_CHECK_SCRIPT)
         self._remove = client.register_script(REMOVE_RUN_SCRIPT)
         self._watcher: StreamWatcher | ClusterStreamWatcher | None = None
+        self._outputs = RedisOutputs(client, names, self._watch_key)
         self._url = ""
 
     @classmethod
@@ -232,6 +235,7 @@ class RedisEventStore(EventStore):
         self.names = names
         if self._own_blobs:
             self.blob_store = RedisBlobStore(self.client, names)
+        self._outputs = RedisOutputs(self.client, names, self._watch_key)
 
     async def _meta(self) -> dict[str, str]:
         raw = await self.client.hgetall(self.names.meta())
@@ -332,10 +336,49 @@ class RedisEventStore(EventStore):
         )
 
     async def _watch(self, run_id: str, after: str, timeout: float) -> list[tuple[str, Any]]:
+        return await self._watch_key(self.names.stream(run_id), after, timeout)
+
+    async def _watch_key(self, key: str, after: str, timeout: float) -> list[tuple[str, Any]]:
         """Raw entries after ``after`` through the one shared watcher (started on first use)."""
         if self._watcher is None:
             self._watcher = stream_watcher(self.client)
-        return await self._watcher.wait(self.names.stream(run_id), after, timeout)
+        return await self._watcher.wait(key, after, timeout)
+
+    # --- output streams (eventlog/outputs.py) -----------------------------------------
+
+    async def write_output(
+        self,
+        run_id: str,
+        name: str,
+        *,
+        step: str,
+        attempt: int,
+        restarted: bool,
+        data: bytes | None,
+        sequence: int,
+    ) -> int:
+        return await self._outputs.write(
+            run_id,
+            name,
+            step=step,
+            attempt=attempt,
+            restarted=restarted,
+            data=data,
+            sequence=sequence,
+        )
+
+    async def read_output(
+        self, run_id: str, name: str, start: int, count: int = MAX_READ
+    ) -> list[OutputEntry]:
+        return await self._outputs.read(run_id, name, start, count)
+
+    async def wait_output(
+        self, run_id: str, name: str, start: int, timeout: float
+    ) -> list[OutputEntry]:
+        return await self._outputs.wait(run_id, name, start, timeout)
+
+    async def output_names(self, run_id: str) -> list[str]:
+        return await self._outputs.names_of(run_id)
 
     @retried("append events")
     async def append(
@@ -745,7 +788,8 @@ class RedisEventStore(EventStore):
                 return RemoveOutcome.LIVE
             events = await self.read(run_id) if state else []
             digests: Any = await self.client.smembers(self.names.blob_set(run_id)) if state else []
-            keys, args = self._removal(run_id, events, digests, expected_last)
+            outputs: Any = await self.client.hkeys(self.names.output_set(run_id)) if state else []
+            keys, args = self._removal(run_id, events, digests, outputs, expected_last)
             done = await self._removed(await self._remove(keys=keys, args=args))
             if done is not None:
                 return done
@@ -780,7 +824,7 @@ class RedisEventStore(EventStore):
         heads = await self._removal_heads(run_ids)
         outcomes: dict[int, RemoveOutcome] = {}
         wanted: list[int] = []
-        for i, (state, _count, _digests) in enumerate(heads):
+        for i, (state, _count, _digests, _outputs) in enumerate(heads):
             if state and state not in RUN_TERMINAL_STATES:
                 outcomes[i] = RemoveOutcome.LIVE
             else:
@@ -793,7 +837,8 @@ class RedisEventStore(EventStore):
             except SerializationError:
                 outcomes[i] = await self.remove_run(run_ids[i])
                 continue
-            calls.append((i, *self._removal(run_ids[i], events, heads[i][2], None)))
+            _, _, digests, outputs = heads[i]
+            calls.append((i, *self._removal(run_ids[i], events, digests, outputs, None)))
         if calls:
             replies = await call_scripts(
                 self.client, self._remove, [(keys, args) for _, keys, args in calls]
@@ -804,16 +849,23 @@ class RedisEventStore(EventStore):
         return [outcomes[i] for i in range(len(run_ids))]
 
     @retried("read runs to remove")
-    async def _removal_heads(self, run_ids: Sequence[str]) -> list[tuple[str, int, list[Any]]]:
-        """Each run's state, event count and blob digests (state "": no run)."""
+    async def _removal_heads(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[str, int, list[Any], list[Any]]]:
+        """Each run's state, event count, blob digests and output streams (state "": no run)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 pipe.hmget(self.names.status(run_id), sh.RUN, sh.COUNT)
                 pipe.smembers(self.names.blob_set(run_id))
+                pipe.hkeys(self.names.output_set(run_id))
             replies: list[Any] = await pipe.execute()
         heads = []
-        for (state, count), digests in zip(replies[::2], replies[1::2], strict=True):
-            heads.append((_text(state) if state else "", int(count or 0), list(digests)))
+        for (state, count), digests, outputs in zip(
+            replies[::3], replies[1::3], replies[2::3], strict=True
+        ):
+            heads.append(
+                (_text(state) if state else "", int(count or 0), list(digests), list(outputs))
+            )
         return heads
 
     @retried("read the logs of runs to remove")
@@ -834,10 +886,20 @@ class RedisEventStore(EventStore):
         return logs
 
     def _removal(
-        self, run_id: str, events: Sequence[Event], digests: Any, expected_last: str | None
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        digests: Any,
+        outputs: Any,
+        expected_last: str | None,
     ) -> tuple[list[str], list[Any]]:
-        """The removal script's keys and arguments, from what was read of the run."""
+        """The removal script's keys and arguments, from what was read of the run.
+
+        An output set's field that is no valid stream name (written by hand) still
+        names a key to delete: removal must leave nothing of the run behind.
+        """
         members = implied_timer_members(run_id, events)
+        blobs = [self.names.blob(run_id, _text(d)) for d in sorted(digests)]
         keys = [
             self.names.stream(run_id),
             self.names.status(run_id),
@@ -847,10 +909,12 @@ class RedisEventStore(EventStore):
             self.names.expire_for(run_id),
             self.names.timer_for(run_id),
             self.names.blob_set(run_id),
-            *(self.names.blob(run_id, _text(d)) for d in sorted(digests)),
+            self.names.output_set(run_id),
+            *blobs,
+            *(self.names.output(run_id, _text(n)) for n in sorted(outputs)),
         ]
         seen = events[-1].id if events else ""
-        return keys, [run_id, expected_last or "", seen, len(members), *members]
+        return keys, [run_id, expected_last or "", seen, len(blobs), len(members), *members]
 
     async def runs_bytes(self, run_ids: Sequence[str]) -> list[int]:
         """``run_bytes`` of each run, in one round trip."""

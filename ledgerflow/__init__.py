@@ -49,6 +49,7 @@ from ledgerflow.eventlog.errors import (
     ServiceUnavailableError,
     StepFailedError,
     StepTimeoutError,
+    StreamClosedError,
     UnknownStepError,
     UnknownTypeError,
     UnknownWorkflowError,
@@ -59,6 +60,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState
+from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
 from ledgerflow.scheduler.continuation import continue_as_new
 from ledgerflow.scheduler.durable import create_hook, create_webhook, sleep, wait_for
@@ -67,6 +69,7 @@ from ledgerflow.worker import StepContext, heartbeat, step, step_context
 from ledgerflow.worker.registry import set_default_retry
 from ledgerflow.worker.resources import resource, use
 from ledgerflow.worker.retry import RetryPolicy
+from ledgerflow.worker.streams import StreamWriter, stream
 
 from . import testing
 
@@ -75,6 +78,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlobError",
     "ChildWorkflowError",
+    "Chunk",
     "Client",
     "ConfigurationError",
     "Event",
@@ -111,6 +115,8 @@ __all__ = [
     "StepFailedError",
     "StepState",
     "StepTimeoutError",
+    "StreamClosedError",
+    "StreamWriter",
     "UnknownStepError",
     "UnknownTypeError",
     "UnknownWorkflowError",
@@ -133,6 +139,7 @@ __all__ = [
     "sleep",
     "step",
     "step_context",
+    "stream",
     "testing",
     "use",
     "uuid4",

@@ -22,6 +22,7 @@ each failure with a status and a one-line reason, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -32,7 +33,7 @@ from typing import Annotated, Any
 
 try:
     from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "ledgerflow.fastapi needs FastAPI: pip install 'ledgerflow[fastapi]'"
@@ -41,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from ledgerflow.eventlog.errors import (
     HookNotFoundError,
     InvalidArgumentError,
+    LedgerflowError,
     ResultTimeoutError,
     RunCancelled,
     RunNotFoundError,
@@ -48,7 +50,8 @@ from ledgerflow.eventlog.errors import (
     WorkflowFailedError,
 )
 from ledgerflow.eventlog.jsonview import page_view
-from ledgerflow.eventlog.names import WEBHOOK_TOKEN_RE, check_run_id
+from ledgerflow.eventlog.names import WEBHOOK_TOKEN_RE, check_output_name, check_run_id
+from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.scheduler import Client
 from ledgerflow.scheduler.registry import WorkflowFunction
 
@@ -63,6 +66,9 @@ DROPPED_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", SIGNATURE_HEADER}
 )
 MAX_HEADERS = 50
+MAX_STREAM_READERS = 1000
+"""Server-sent-event streams one router serves at once (more: 503)."""
+SSE_KEEPALIVE_S = 15.0
 MAX_HEADER_VALUE = 1024
 
 
@@ -122,6 +128,9 @@ def router(
       result, 409 if it failed or was cancelled, 202 if it is still running.
     - ``POST /runs/{run_id}/cancel``: 202; ``POST /hooks/{token}``: resumes the hook with
       the JSON body (202, or 404 for no live hook).
+    - ``GET /runs/{run_id}/streams/{name}?start=N``: the run's output stream as
+      server-sent events (``chunk`` events whose id is the chunk's index, then ``end``);
+      resumes after ``Last-Event-ID``.
     - ``/webhooks/{token}``: ``webhook_router``'s, with ``webhook_secret``.
     """
     allowed = {w.name if isinstance(w, WorkflowFunction) else str(w) for w in workflows}
@@ -189,6 +198,26 @@ def router(
             raise HTTPException(404, f"no run {run_id!r}") from None
         return {"run_id": run_id, "status": "cancelling"}
 
+    readers = _Readers(MAX_STREAM_READERS)
+
+    @api.get("/runs/{run_id}/streams/{name}", response_model=None)
+    async def follow_stream(
+        run_id: str, name: str, request: Request, start: int | None = None
+    ) -> StreamingResponse:
+        client = get_client(request)
+        position = _start(start, request.headers.get("last-event-id"))
+        stream_name = _stream_name(name)
+        if not await client.exists(_run_id(run_id)):
+            raise HTTPException(404, f"no run {run_id!r}")
+        if not readers.take():
+            raise HTTPException(503, "too many streams are being read here; try again later")
+        chunks = client.stream(run_id, stream_name, start=position)
+        return StreamingResponse(
+            _server_sent(chunks, readers),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     api.include_router(webhook_router(secret=webhook_secret))
 
     @api.post("/hooks/{token}", status_code=202)
@@ -249,6 +278,90 @@ def _run_id(run_id: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+class _Readers:
+    """How many SSE streams this router serves at once: each holds a request open."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+def _start(start: int | None, last_event_id: str | None) -> int:
+    """Where to begin: after the client's ``Last-Event-ID`` (a reconnect), else ``start``."""
+    if last_event_id is not None:
+        text = last_event_id.strip()
+        if not text.isdigit() or len(text) > 15:
+            raise HTTPException(400, "Last-Event-ID must be a chunk index this endpoint sent")
+        return int(text) + 1
+    position = 0 if start is None else start
+    if not 0 <= position < 2**53:
+        raise HTTPException(400, "start must be an integer >= 0")
+    return position
+
+
+def _stream_name(name: str) -> str:
+    try:
+        return check_output_name(name)
+    except InvalidArgumentError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _event(kind: str, data: Any, index: int | None = None) -> str:
+    head = f"id: {index}\n" if index is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _server_sent(chunks: AsyncIterator[Chunk], readers: _Readers) -> AsyncIterator[str]:
+    """The stream as server-sent events: ``chunk`` events with ids, then ``end`` (or ``error``).
+
+    A comment line every ``SSE_KEEPALIVE_S`` while nothing is written keeps proxies
+    from closing an idle connection. A browser's ``EventSource`` reconnects with
+    ``Last-Event-ID`` and so resumes after the last chunk it got.
+    """
+    pending: asyncio.Future[Chunk] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(chunks))
+            done, _ = await asyncio.wait({pending}, timeout=SSE_KEEPALIVE_S)
+            if not done:
+                yield ": keep-alive\n\n"
+                continue
+            finished, pending = pending, None
+            try:
+                chunk = finished.result()
+            except StopAsyncIteration:
+                yield _event("end", {})
+                return
+            except LedgerflowError as exc:
+                yield _event("error", {"error": _reason(exc)})
+                return
+            view = {
+                "value": page_view(chunk.value),
+                "step": chunk.step,
+                "attempt": chunk.attempt,
+                "restarted": chunk.restarted,
+            }
+            yield _event("chunk", view, chunk.index)
+    finally:
+        readers.give_back()
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def webhook_router(*, secret: str | None = None) -> APIRouter:

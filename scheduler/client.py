@@ -33,15 +33,17 @@ from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus, RunStatus, StepStatus
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
+from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.eventlog.records import ErrorInfo, RunCreated
 from ledgerflow.eventlog.settings import Settings
-from ledgerflow.eventlog.store import START, RunLog
+from ledgerflow.eventlog.store import START
 from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
 from ledgerflow.worker.backend import connect
 
 from .chains import MAX_HOPS
 from .children import parent_of, report_to_parent
 from .history import History
+from .outputs import StreamSource, follow
 from .registry import WorkflowFunction, WorkflowRegistry, workflows
 
 log = structlog.get_logger("ledgerflow.client")
@@ -85,7 +87,7 @@ class RunHandle:
 class Client:
     def __init__(
         self,
-        store: RunLog,
+        store: StreamSource,
         broker: Broker,
         *,
         registry: WorkflowRegistry = workflows,
@@ -306,6 +308,25 @@ class Client:
             events = await self.store.read(run_id)
             stored = await fetch_run_blobs(self.store.blob_store, run_id)
         return History(events, run_id=run_id, blobs=stored)
+
+    def stream(self, run_id: str, name: str, *, start: int = 0) -> AsyncIterator[Chunk]:
+        """The chunks of the run's output stream ``name`` from position ``start``, live.
+
+        ``async for chunk in client.stream(run_id, "tokens"): print(chunk.value)``.
+        Ends when the stream's writer closes it or the run ends; resume an
+        interrupted read with ``start=chunk.index + 1``. A chunk with
+        ``restarted`` begins a retried attempt of ``chunk.step``: drop what that
+        step's earlier attempts showed (``scheduler/outputs.py``).
+        """
+        return follow(self.store, run_id, name, start)
+
+    async def exists(self, run_id: str) -> bool:
+        """Whether the run exists (it was created and has not been removed)."""
+        return await self.store.exists(check_run_id(run_id))
+
+    async def streams(self, run_id: str) -> list[str]:
+        """The names of the run's output streams."""
+        return await self.store.output_names(check_run_id(run_id))
 
     async def state(self, run_id: str) -> RunState:
         with _naming_run(run_id):

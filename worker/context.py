@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ledgerflow.eventlog.errors import LedgerflowError
+from ledgerflow.eventlog.outputs import OutputStreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,18 @@ class StepContext:
     attempt: int
     on_heartbeat: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     cancel_requested: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    outputs: OutputStreams | None = field(default=None, repr=False, compare=False)
+    """Where ``lf.stream`` writes (the worker's event store)."""
+    _writes: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def next_write(self, stream: str) -> int:
+        """This attempt's next write number to ``stream`` (1, 2, ...), over all its writers.
+
+        Numbered per attempt, not per writer, so a second ``lf.stream`` block of the
+        same attempt is not taken for a repeat of the first one's writes.
+        """
+        self._writes[stream] = self._writes.get(stream, 0) + 1
+        return self._writes[stream]
 
     @property
     def cancelled(self) -> bool:
@@ -35,6 +48,11 @@ class StepContext:
 _current: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
     "ledgerflow_step_context", default=None
 )
+
+
+def current_step_context() -> StepContext | None:
+    """The running step's context, or None outside a step."""
+    return _current.get()
 
 
 def step_context() -> StepContext:

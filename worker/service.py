@@ -56,6 +56,7 @@ from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog.outputs import OutputStreams
 from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
@@ -128,8 +129,9 @@ class _Hold:
     started: int = 0  # steps that got a slot: from then on they run to their end
 
 
-class WorkerStore(EventLog, RunIndex, Presence, Protocol):
-    """What a worker uses: it appends outcomes, reads run states and marks itself alive."""
+class WorkerStore(EventLog, RunIndex, Presence, OutputStreams, Protocol):
+    """What a worker uses: it appends outcomes, reads run states, marks itself alive and
+    lets steps write output streams."""
 
 
 class Worker:
@@ -690,6 +692,7 @@ class Worker:
             attempt=attempt,
             on_heartbeat=on_heartbeat,
             cancel_requested=lambda: run_id in self._cancelled,
+            outputs=self.store,
         )
         token = bind_step_context(ctx)
         step = _step_attempt(message, attempt)

@@ -45,6 +45,7 @@ from . import (
     replay,
     runs,
     start,
+    streams,
     webhooks,
 )
 from .common import (
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.register(sub)
     replay.register(sub, runs_commands)
     runs.register(runs_commands)
+    streams.register(runs_commands)
     deletion.register(runs_commands)
     archive.register(runs_commands)
     dlq.register(sub)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from ledgerflow.eventlog import codec, redis_store
+from ledgerflow.eventlog import codec, memory_outputs, redis_outputs, redis_store
 from ledgerflow.eventlog.delays import MAX_DELAY_MS, MAX_DUE_MS
 from ledgerflow.eventlog.derived import expected_state, repair_run, verify_run
 from ledgerflow.eventlog.errors import (
@@ -27,10 +27,14 @@ from ledgerflow.eventlog.errors import (
     EventLogError,
     HookTokenConflictError,
     IllegalTransitionError,
+    InvalidArgumentError,
     LogTruncatedError,
+    PayloadTooLargeError,
     RunClosedError,
     RunNotFoundError,
+    SerializationError,
     StepMismatchError,
+    StreamClosedError,
     WorkflowMismatchError,
 )
 from ledgerflow.eventlog.events import AppendResult, Event, EventType, NewEvent
@@ -38,6 +42,7 @@ from ledgerflow.eventlog.fold import fold
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.memory_store import MemoryEventStore
 from ledgerflow.eventlog.names import Names, shard_of
+from ledgerflow.eventlog.outputs import EntryKind, OutputEntry, parse_entry
 from ledgerflow.eventlog.redis_store import RedisEventStore
 from ledgerflow.eventlog.store import START, EventStore, RemovalIndex, RemoveOutcome
 from ledgerflow.eventlog.timers import Timer, TimerKind
@@ -1423,8 +1428,11 @@ async def test_the_terminal_append_stamps_the_end_and_indexes_the_finished_run(
 
 
 async def finished_run_with_everything(store: EventStore, run_id: str) -> None:
-    """A cancelled run that still holds a hook token, a wait timer and a heartbeat timer."""
+    """A cancelled run that still holds a hook token, a wait timer, a heartbeat timer and
+    two output streams."""
     await started_run(store, run_id)
+    for name in ("tokens", "progress"):
+        await put(store, run_id, name, b"chunk")
     beat = Timer(TimerKind.HEARTBEAT, run_id, "s1", 1, 30_000)
     wait = Timer(TimerKind.WAIT, run_id, "w1")
     await append_ok(
@@ -1463,6 +1471,9 @@ async def test_remove_run_removes_everything_of_a_finished_run(store: EventStore
     assert await store.removal_entry(gone) is None
     assert await store.pending_timers(gone) == []
     assert await store.hook_owner(f"tok-{gone}") is None
+    assert await store.output_names(gone) == []
+    assert await store.read_output(gone, "tokens", 0) == []
+    assert await store.output_names(kept) == ["progress", "tokens"]
     assert gone not in {r.run_id for r in await store.list_runs(limit=100)}
     with pytest.raises(RunNotFoundError):
         await store.append(gone, [ev(E.RUN_STARTED)])
@@ -1500,6 +1511,7 @@ async def test_remove_runs_removes_a_page_as_remove_run_does(
     ]
     for run_id in finished:
         assert await snapshot(store, run_id) == ([], {})
+        assert await store.output_names(run_id) == []
         assert await store.pending_timers(run_id) == []
         assert await store.hook_owner(f"tok-{run_id}") is None
         assert await store.removal_entry(run_id) is None
@@ -1650,3 +1662,188 @@ async def test_removing_a_run_removes_its_offloaded_values(store: EventStore) ->
     assert await store.blob_store.blob_size(run_id, blob.ref.digest) is None
     with pytest.raises(BlobError, match="holds no blob"):
         await store.blob_store.get_blob(run_id, blob.ref)
+
+
+# --- output streams (eventlog.outputs) -----------------------------------------------------
+
+
+async def put(
+    store: EventStore,
+    run_id: str,
+    name: str,
+    data: bytes | None,
+    *,
+    step: str = "s1",
+    attempt: int = 1,
+    sequence: int | None = None,
+    restarted: bool = False,
+) -> int:
+    """One write; its write number is one past the stream's entries unless given."""
+    if sequence is None:
+        sequence = len(await store.read_output(run_id, name, 0)) + 1
+    return await store.write_output(
+        run_id,
+        name,
+        step=step,
+        attempt=attempt,
+        restarted=restarted,
+        data=data,
+        sequence=sequence,
+    )
+
+
+async def test_chunks_are_kept_in_order_at_positions_and_read_from_any_of_them(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    assert await store.output_names(run_id) == []
+    assert [await put(store, run_id, "tokens", f"t{i}".encode()) for i in range(5)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+    await put(store, run_id, "progress", b"p")
+    entries = await store.read_output(run_id, "tokens", 0)
+    assert [(e.index, e.kind, e.data, e.step, e.attempt) for e in entries] == [
+        (i, EntryKind.CHUNK, f"t{i}".encode(), "s1", 1) for i in range(5)
+    ]
+    assert [e.index for e in await store.read_output(run_id, "tokens", 3)] == [3, 4]
+    assert [e.index for e in await store.read_output(run_id, "tokens", 1, count=2)] == [1, 2]
+    assert await store.read_output(run_id, "tokens", 5) == []
+    assert await store.read_output(run_id, "nothing", 0) == []
+    assert await store.output_names(run_id) == ["progress", "tokens"]
+
+
+async def test_a_repeated_write_is_found_not_written_twice(store: EventStore, run_id: str) -> None:
+    """A write retried after its reply was lost carries the same write number."""
+    await started_run(store, run_id)
+    assert await put(store, run_id, "tokens", b"a", sequence=1) == 0
+    assert await put(store, run_id, "tokens", b"a", sequence=1) == 0
+    assert await put(store, run_id, "tokens", b"b", sequence=2) == 1
+    assert await put(store, run_id, "tokens", b"b", sequence=2) == 1
+    # Another step's first write is not a repeat of this one's.
+    assert await put(store, run_id, "tokens", b"c", step="s2", sequence=1) == 2
+    assert [e.data for e in await store.read_output(run_id, "tokens", 0)] == [b"a", b"b", b"c"]
+
+
+async def test_an_ended_stream_takes_only_a_retry_of_the_step_that_ended_it(
+    store: EventStore, run_id: str
+) -> None:
+    await started_run(store, run_id)
+    await put(store, run_id, "tokens", b"a")
+    assert await put(store, run_id, "tokens", None) == 1  # the end mark
+    for step, attempt in (("s2", 1), ("s2", 2), ("s1", 1)):
+        with pytest.raises(StreamClosedError, match="closed by its writer"):
+            await put(store, run_id, "tokens", b"late", step=step, attempt=attempt, sequence=9)
+    index = await put(store, run_id, "tokens", b"again", attempt=2, sequence=1, restarted=True)
+    assert index == 2
+    (entry,) = await store.read_output(run_id, "tokens", 2)
+    assert (entry.attempt, entry.restarted, entry.data) == (2, True, b"again")
+    assert (await store.read_output(run_id, "tokens", 1))[0].kind is EntryKind.END
+
+
+async def test_writes_to_a_missing_or_ended_run_are_refused_and_leave_nothing(
+    store: EventStore,
+) -> None:
+    missing, ended = new_run_id(), new_run_id()
+    with pytest.raises(RunNotFoundError):
+        await put(store, missing, "tokens", b"x")
+    await started_run(store, ended)
+    await append_ok(store, ended, [ev(E.RUN_COMPLETED, data={"result": 1})])
+    with pytest.raises(RunClosedError):
+        await put(store, ended, "tokens", b"x")
+    assert await store.output_names(missing) == []
+    assert await store.output_names(ended) == []
+
+
+async def test_stream_limits_refuse_and_trim_nothing(
+    store: EventStore, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in (memory_outputs, redis_outputs):
+        monkeypatch.setattr(module, "MAX_STREAMS_PER_RUN", 2)
+        monkeypatch.setattr(module, "MAX_STREAM_ENTRIES", 3)
+        monkeypatch.setattr(module, "MAX_STREAM_BYTES", 200)
+    await started_run(store, run_id)
+    await put(store, run_id, "a", b"1")
+    await put(store, run_id, "b", b"1")
+    with pytest.raises(PayloadTooLargeError, match="one too many"):
+        await put(store, run_id, "c", b"1")
+    await put(store, run_id, "a", b"2")
+    await put(store, run_id, "a", b"3")
+    with pytest.raises(PayloadTooLargeError, match="is full"):
+        await put(store, run_id, "a", b"4")
+    with pytest.raises(PayloadTooLargeError, match="is full"):
+        await put(store, run_id, "b", b"x" * 200)
+    assert [e.data for e in await store.read_output(run_id, "a", 0)] == [b"1", b"2", b"3"]
+    assert await put(store, run_id, "a", None) == 3  # a full stream can still be closed
+    assert await store.output_names(run_id) == ["a", "b"]
+
+
+async def test_a_waiting_reader_is_woken_by_the_first_write(store: EventStore, run_id: str) -> None:
+    await started_run(store, run_id)
+    for start in (0, 1):
+        waiter = asyncio.create_task(store.wait_output(run_id, "tokens", start, 10.0))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        began = time.monotonic()
+        await put(store, run_id, "tokens", f"t{start}".encode())
+        entries = await asyncio.wait_for(waiter, 5.0)
+        assert [e.index for e in entries] == [start]
+        assert time.monotonic() - began < 2.0
+    assert await store.wait_output(run_id, "tokens", 2, 0.2) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        ({"name": "a b"}, InvalidArgumentError),
+        ({"name": ""}, InvalidArgumentError),
+        ({"name": "x" * 65}, InvalidArgumentError),
+        ({"name": "a:b"}, InvalidArgumentError),
+        ({"step": "s 1"}, InvalidArgumentError),
+        ({"attempt": 0}, InvalidArgumentError),
+        ({"sequence": 0}, InvalidArgumentError),
+        ({"run_id": "bad|id"}, InvalidArgumentError),
+    ],
+)
+async def test_malformed_writes_are_refused_before_anything_is_written(
+    store: EventStore, run_id: str, call: dict[str, Any], error: type[Exception]
+) -> None:
+    await started_run(store, run_id)
+    args: dict[str, Any] = {"run_id": run_id, "name": "tokens", "step": "s1", "attempt": 1}
+    args |= {"sequence": 1} | call
+    with pytest.raises(error):
+        await store.write_output(
+            args.pop("run_id"), args.pop("name"), restarted=False, data=b"x", **args
+        )
+    assert await store.output_names(run_id) == []
+    with pytest.raises(InvalidArgumentError):
+        await store.read_output(run_id, "a b", 0)
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "fields", "match"),
+    [
+        ("1-1", {b"k": b"c", b"s": b"s1", b"a": b"1", b"r": b"0", b"v": b""}, "not a position"),
+        ("0-0", {b"k": b"c", b"s": b"s1", b"a": b"1", b"r": b"0", b"v": b""}, "not a position"),
+        ("0-1", {b"k": b"z", b"s": b"s1", b"a": b"1", b"r": b"0", b"v": b""}, "malformed"),
+        ("0-1", {b"k": b"c", b"s": b"s 1", b"a": b"1", b"r": b"0", b"v": b""}, "no valid step"),
+        ("0-1", {b"k": b"c", b"s": b"s1", b"a": b"-4", b"r": b"0", b"v": b""}, "no valid step"),
+        ("0-1", {b"k": b"c", b"s": b"s1", b"a": b"x", b"r": b"0", b"v": b""}, "malformed"),
+        ("0-1", {b"k": b"c", b"s": b"s1", b"a": b"1", b"r": b"0"}, "no field 'v'"),
+        ("0-1", {b"k": b"c", b"s": b"s1", b"a": b"1", b"r": b"0", b"v": b"x" * 70_000}, "over"),
+        ("0-1", {b"k": b"c", b"s": b"\xff", b"a": b"1", b"r": b"0", b"v": b""}, "malformed"),
+    ],
+)
+def test_a_stored_entry_is_checked_before_it_is_used(
+    entry_id: str, fields: dict[bytes, bytes], match: str
+) -> None:
+    with pytest.raises(SerializationError, match=match):
+        parse_entry(entry_id, fields)
+
+
+def test_a_well_formed_entry_is_read_back() -> None:
+    fields = {b"k": b"e", b"s": b"s2", b"a": b"3", b"r": b"1", b"n": b"4", b"v": b""}
+    assert parse_entry("0-7", fields) == OutputEntry(6, EntryKind.END, "s2", 3, True, b"")
