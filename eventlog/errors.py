@@ -276,6 +276,21 @@ class WorkflowFailedError(RemoteError):
     """The run ended in run_failed; raised by ``RunHandle.result()``."""
 
 
+class WorkflowTimeoutError(WorkflowFailedError):
+    """The run took longer than its workflow's ``timeout`` and was failed.
+
+    Raised inside the workflow when its deadline passes (the run then fails with
+    it) and by ``RunHandle.result()`` for such a run; a ``WorkflowFailedError``.
+    """
+
+    def __init__(self, message: str, traceback_text: str = "") -> None:
+        super().__init__(PUBLIC_PREFIX + "WorkflowTimeoutError", message, traceback_text)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class RunCancelled(LedgerflowError):
     """The run was cancelled; raised by ``RunHandle.result()``."""
 

@@ -37,6 +37,8 @@ CONTINUED_AS = "continued_as"
 """run_completed data: the run this one continued as (``lf.continue_as_new``); absent for
 an ordinary end, so logs written before continuation read as ordinary ends."""
 CONTINUED_FROM = "continued_from"
+START_AT = "start_at"
+TIMEOUT = "timeout_ms"
 """run_created data: the run this one continues (the predecessor whose end names it)."""
 CARRIED = "hook_payloads"
 """run_created data of a continuation: the payloads its predecessor's hooks received and
@@ -104,6 +106,9 @@ class RunCreated:
     retention_ms: int | None = None
     continued_from: str | None = None  # the run this one continues, if it is a continuation
     carried: dict[str, list[Any]] = field(default_factory=dict)  # CARRIED: token -> payloads
+    # When the producer asked the run to begin (epoch ms; ``client.start(start_at=...)``):
+    # its workflow code starts with a durable wait until then. None: at once.
+    start_at_ms: int | None = None
 
     def as_data(self) -> dict[str, Any]:
         """The data this record is written as (what a producer or a parent appends)."""
@@ -114,6 +119,8 @@ class RunCreated:
             data[RETENTION] = self.retention_ms
         if self.continued_from is not None:
             data[CONTINUED_FROM] = self.continued_from
+        if self.start_at_ms is not None:
+            data[START_AT] = self.start_at_ms
         if self.carried:
             pairs = [(t, p) for t, payloads in self.carried.items() for p in payloads]
             data[CARRIED_TOKENS] = [t for t, _ in pairs]
@@ -123,7 +130,12 @@ class RunCreated:
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
-    pass
+    # The workflow's timeout (ms) as the scheduler that started the run had it: recorded,
+    # so a deploy that adds or changes a timeout never changes a run already going.
+    timeout_ms: int | None = None
+
+    def as_data(self) -> dict[str, Any] | None:
+        return None if self.timeout_ms is None else {TIMEOUT: self.timeout_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +333,7 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         retention_ms=_int(data.get(RETENTION)),
         continued_from=_optional_text(data, CONTINUED_FROM),
         carried=_carried(data.get(CARRIED_TOKENS), data.get(CARRIED)),
+        start_at_ms=_int(data.get(START_AT)),
     )
 
 
@@ -390,7 +403,7 @@ def _hook_created(data: Mapping[str, Any]) -> HookCreated:
 E = EventType
 _DECODERS: dict[EventType, Callable[[Mapping[str, Any]], Record]] = {
     E.RUN_CREATED: _run_created,
-    E.RUN_STARTED: lambda d: RunStarted(),
+    E.RUN_STARTED: lambda d: RunStarted(timeout_ms=_int(d.get(TIMEOUT))),
     E.RUN_COMPLETED: lambda d: RunCompleted(
         result=d.get("result"), continued_as=_optional_text(d, CONTINUED_AS)
     ),

@@ -57,13 +57,20 @@ from ledgerflow.eventlog.errors import (
     WorkerLostError,
     WorkflowFailedError,
     WorkflowStalledError,
+    WorkflowTimeoutError,
 )
 from ledgerflow.eventlog.events import Event, EventType
 from ledgerflow.eventlog.fold import RunState, StepState
 from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.scheduler import Client, RunHandle, embedded, now, random, uuid4, workflow
 from ledgerflow.scheduler.continuation import continue_as_new
-from ledgerflow.scheduler.durable import create_hook, create_webhook, sleep, wait_for
+from ledgerflow.scheduler.durable import (
+    create_hook,
+    create_webhook,
+    sleep,
+    sleep_until,
+    wait_for,
+)
 from ledgerflow.scheduler.replay import Hook, Webhook
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
 from ledgerflow.worker.registry import set_default_retry
@@ -125,6 +132,7 @@ __all__ = [
     "WorkerLostError",
     "WorkflowFailedError",
     "WorkflowStalledError",
+    "WorkflowTimeoutError",
     "allow_modules",
     "continue_as_new",
     "create_hook",
@@ -137,6 +145,7 @@ __all__ = [
     "serializable",
     "set_default_retry",
     "sleep",
+    "sleep_until",
     "step",
     "step_context",
     "stream",

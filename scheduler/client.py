@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import math
 import time
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 
 import structlog
 from ledgerflow.broker import Activation, Broker
-from ledgerflow.eventlog import codec, records
+from ledgerflow.eventlog import records
 from ledgerflow.eventlog.blobs import BlobRef, fetch_run_blobs, fetch_value
 from ledgerflow.eventlog.errors import (
     BrokerError,
@@ -22,35 +23,37 @@ from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     ResultTimeoutError,
     RunCancelled,
-    RunClosedError,
     RunNotFoundError,
     SerializationError,
     ServiceUnavailableError,
     WorkflowFailedError,
+    WorkflowTimeoutError,
+    error_type_name,
 )
 from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent, run_created
 from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
-from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus, RunStatus, StepStatus
+from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
 from ledgerflow.eventlog.names import check_hook_token, check_run_id
 from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.eventlog.records import ErrorInfo, RunCreated
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.eventlog.store import START
-from ledgerflow.eventlog.text import MAX_MESSAGE, clip, safe_str
 from ledgerflow.worker.backend import connect
 
+from .cancellation import cancel_run
 from .chains import MAX_HOPS
-from .children import parent_of, report_to_parent
 from .history import History
+from .later import start_time_ms
 from .outputs import StreamSource, follow
 from .registry import WorkflowFunction, WorkflowRegistry, workflows
 
 log = structlog.get_logger("ledgerflow.client")
 
+TIMED_OUT = error_type_name(WorkflowTimeoutError)
+"""The recorded error type of a run failed at its timeout."""
+
 WAIT_SLICE = 5.0
-CANCEL_ATTEMPTS = 5
-"""Reads of a run a cancel makes when it ends (or continues as new) under it, before giving up."""
 DEFAULT_PUBLISH_DEADLINE = 10.0
 """How long a producer call retries an activation whose cause is already recorded.
 
@@ -121,9 +124,17 @@ class Client:
         workflow: WorkflowFunction[Any, Any] | str,
         *args: Any,
         run_id: str | None = None,
+        start_at: dt.datetime | None = None,
+        delay: dt.timedelta | float | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Record run_created and activate the run; idempotent for a given ``run_id``.
+
+        ``start_at`` (an aware datetime) or ``delay`` (a timedelta or seconds) defers
+        the run's code: it starts with a durable wait until then (recorded in its
+        log, so it survives every restart); a time in the past starts it at once.
+        ``run_id``, ``start_at`` and ``delay`` are this call's own, never the
+        workflow's keyword arguments.
 
         Starting again with the same run_id (a producer retrying after a timeout)
         records nothing new and returns the same run. A run id is 1-200 letters,
@@ -148,29 +159,13 @@ class Client:
             args=list(args),
             kwargs=kwargs,
             retention_ms=definition.retention_ms if definition is not None else None,
+            start_at_ms=start_time_ms(start_at, delay),
         )
         created = run_created(record, what=f"arguments of workflow {name!r}", offload_args=True)
         await self.store.append(run_id, [created])
         # Published even for a duplicate: the first producer may have died before it.
         await self._publish_activation(Activation(run_id=run_id, reason="start"), "run_created")
         return RunHandle(self, run_id)
-
-    async def _chain_head(self, run_id: str) -> tuple[str, list[Event], RunState]:
-        """The run that runs now for ``run_id`` (its last continuation), its log and state.
-
-        Only the run's structure matters to a cancel (hooks, children), so a run holding
-        data this process cannot decode can still be cancelled.
-        """
-        for _ in range(MAX_HOPS + 1):
-            with codec.inspecting():
-                events = await self.store.read(run_id)
-            if not events:
-                raise RunNotFoundError(run_id)
-            state = fold(run_id, events)
-            if state.continued_as is None:
-                return run_id, events, state
-            run_id = state.continued_as  # continued as new: what runs now is its successor
-        raise RunClosedError(run_id, "run", "continued", EventType.RUN_CANCELLED.value)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         """Cancel a run: run_cancelled is recorded, its hooks disposed, its children cancelled.
@@ -184,44 +179,11 @@ class Client:
         a parent run is retried for up to ``publish_deadline`` seconds, then left
         to the reconciler (the parent's log holds an outcome not acted on).
         """
-        # The reason is the caller's text: bounded like every error text recorded.
-        cancelled = NewEvent.of(
-            EventType.RUN_CANCELLED, data={"reason": clip(safe_str(reason), MAX_MESSAGE)}
-        )
-        for attempt in range(CANCEL_ATTEMPTS):
-            run_id, events, state = await self._chain_head(run_id)
-            if state.status == RunStatus.CANCELLED:
-                return
-            if state.finished:
-                raise RunClosedError(run_id, "run", state.status, EventType.RUN_CANCELLED.value)
-            batch = [
-                NewEvent.of(EventType.HOOK_DISPOSED, hook.id)
-                for hook in state.hooks.values()
-                if hook.status == HookStatus.CREATED
-            ]
-            try:
-                await self.store.append(run_id, [*batch, cancelled])
-                break
-            except RunClosedError:
-                # It ended between the read and the append (it continued as new, or
-                # finished): look again, and follow the chain or report the end.
-                if attempt == CANCEL_ATTEMPTS - 1:
-                    raise
-        for step in state.steps.values():
-            if step.child_run_id and step.status in (StepStatus.CREATED, StepStatus.STARTED):
-                with contextlib.suppress(RunClosedError, RunNotFoundError):
-                    await self.cancel(step.child_run_id, f"parent run {run_id} was cancelled")
-        parent = parent_of(events[0])
-        if parent is not None:
-            await report_to_parent(
-                self.store,
-                self.broker,
-                parent,
-                cancelled,
-                publish_activation=lambda activation: self._publish_activation(
-                    activation, "step_failed"
-                ),
-            )
+
+        async def publish(activation: Activation) -> bool:
+            return await self._publish_activation(activation, "step_failed")
+
+        await cancel_run(self.store, self.broker, run_id, reason, publish=publish)
 
     async def resume_hook(self, token: str, payload: Any = None) -> str:
         """Deliver ``payload`` to the live hook with this token; returns its run id.
@@ -416,4 +378,6 @@ def _outcome(run_id: str, event: Event) -> Any:
     if isinstance(record, records.RunCancelled):
         raise RunCancelled(f"run {run_id!r} was cancelled: {record.reason}")
     error = record.error if isinstance(record, records.RunFailed) else ErrorInfo.from_data(None)
+    if error.type == TIMED_OUT:
+        raise WorkflowTimeoutError(error.message, error.traceback)
     raise WorkflowFailedError(error.type, error.message, error.traceback)

@@ -38,6 +38,23 @@ async def sleep(delay: float | dt.timedelta) -> None:
     await instance.sleep(delay_seconds(delay, "lf.sleep() delay"))
 
 
+async def sleep_until(when: dt.datetime) -> None:
+    """Sleep durably until ``when`` (timezone-aware), measured on the workflow's clock.
+
+    The wait is recorded with ``when`` as its due time; a time already past returns
+    at once. A naive datetime is refused (it means a different instant on each host).
+    """
+    instance = _instance("lf.sleep_until()")
+    if not isinstance(when, dt.datetime):
+        raise InvalidArgumentError(f"lf.sleep_until() takes a datetime, not {type(when).__name__}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidArgumentError(
+            "lf.sleep_until() needs a timezone-aware datetime (datetime(..., tzinfo=...))"
+        )
+    delay_seconds(when - instance.now(), "lf.sleep_until() delay")  # within the bound
+    await instance.sleep_until(round(when.timestamp() * 1000))
+
+
 def create_hook(token: str | None = None, metadata: Any = None) -> Hook:
     """A point where the outside world can send this run data: ``await client.resume_hook``.
 

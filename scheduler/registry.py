@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from ledgerflow.eventlog.delays import delay_ms
 from ledgerflow.eventlog.errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -29,6 +30,7 @@ class WorkflowDef:
     fn: Callable[..., Coroutine[Any, Any, Any]]
     signature: inspect.Signature | None = field(default=None, compare=False)
     retention_ms: int | None = None  # its runs' own retention; None: the namespace default
+    timeout_ms: int | None = None  # how long a run may take from its start; None: no limit
 
     def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Fail in the producer, naming the argument, before anything is written."""
@@ -66,7 +68,10 @@ workflows = WorkflowRegistry()
 def workflow(fn: Callable[P, Awaitable[R]], /) -> WorkflowFunction[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = None, retention: dt.timedelta | None = None
+    *,
+    name: str | None = None,
+    retention: dt.timedelta | None = None,
+    timeout: dt.timedelta | float | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], WorkflowFunction[P, R]]: ...
 
 
@@ -76,17 +81,26 @@ def workflow(
     *,
     name: str | None = None,
     retention: dt.timedelta | None = None,
+    timeout: dt.timedelta | float | None = None,
 ) -> Any:
     """Mark an ``async def`` as a durable workflow, replayed deterministically from its log.
 
     ``retention``: how long its runs are kept once finished (completed, failed or
     cancelled) before everything of them is removed; 1 second to 100 years. Without
     it the namespace default applies (``LEDGERFLOW_RETENTION``), or none: kept forever.
+
+    ``timeout`` (a timedelta or seconds): a run still going that long after it started
+    fails with ``lf.WorkflowTimeoutError``; its child runs are cancelled and its running
+    steps see ``lf.step_context().cancelled``. Recorded when a run starts, so changing
+    it applies to new runs only.
     """
     try:
         kept = None if retention is None else retention_ms(retention, "workflow retention")
+        limit = None if timeout is None else delay_ms(timeout, "workflow timeout")
     except InvalidArgumentError as exc:
         raise ConfigurationError(str(exc)) from None
+    if limit is not None and limit < 1:
+        raise ConfigurationError("workflow timeout must be more than 0 seconds")
 
     def register(func: Callable[..., Any]) -> WorkflowFunction[Any, Any]:
         if not inspect.iscoroutinefunction(func):
@@ -96,6 +110,7 @@ def workflow(
             fn=func,
             signature=inspect.signature(func),
             retention_ms=kept,
+            timeout_ms=limit,
         )
         workflows.add(definition)
         return WorkflowFunction(definition)

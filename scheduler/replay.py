@@ -34,6 +34,7 @@ from ledgerflow.eventlog.errors import (
     RunCancelled,
     StepFailedError,
     WaitTimeout,
+    WorkflowTimeoutError,
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent, id_order
 from ledgerflow.eventlog.integrity import call_fingerprint
@@ -44,6 +45,7 @@ from ledgerflow.eventlog.records import (
     HookCreated,
     HookReceived,
     ParentRef,
+    RunStarted,
     StepCompleted,
     StepCreated,
     StepFailed,
@@ -54,6 +56,7 @@ from ledgerflow.worker.registry import StepDef
 
 from .context import current_instance
 from .continuation import ContinueAsNew, continuation_run_id
+from .later import recorded_timeout_ms, wait_until_ms
 from .loop import DeterministicLoop
 from .registry import WorkflowDef
 
@@ -318,8 +321,10 @@ class WorkflowInstance:
         *,
         parent: ParentRef | None = None,
         carried: dict[str, list[Any]] | None = None,
+        start_at_ms: int | None = None,
     ) -> None:
         self.run_id = run_id
+        self._start_at_ms = start_at_ms
         self._parent = parent
         # Hook payloads a predecessor received and never took (lf.continue_as_new).
         self._carried = {token: list(payloads) for token, payloads in (carried or {}).items()}
@@ -388,7 +393,8 @@ class WorkflowInstance:
     def _deliver(self, event: Event) -> None:
         if event.type is EventType.RUN_STARTED:
             if self._task is None:
-                self._start()
+                record = event.record
+                self._start(record.timeout_ms if isinstance(record, RunStarted) else None)
         elif event.type in (
             EventType.STEP_COMPLETED,
             EventType.STEP_FAILED,
@@ -424,12 +430,35 @@ class WorkflowInstance:
             return
         self.loop.run_ready()
 
-    def _start(self) -> None:
+    def _start(self, timeout_ms: int | None) -> None:
         context = contextvars.copy_context()
         context.run(current_dispatcher.set, self)
         context.run(current_instance.set, self)
-        coro = _exit_as_failure(self.definition.fn(*self.args, **self.kwargs), self.definition.name)
+        coro = _exit_as_failure(self._run_in_time(timeout_ms), self.definition.name)
         self._task = self.loop.create_task(coro, context=context)
+
+    async def _run_in_time(self, timeout_ms: int | None) -> Any:
+        """The workflow's code, after its recorded start time and within its recorded timeout.
+
+        Both are durable waits taken before (and beside) the code's own, decided from
+        the log alone (``scheduler/later.py``): a replay takes the same positions.
+        """
+        delay = wait_until_ms(self._now_ms, self._start_at_ms)
+        if delay:
+            await self._wait_future(delay)
+        limit = recorded_timeout_ms(timeout_ms)
+        if limit is None:
+            return await self.definition.fn(*self.args, **self.kwargs)
+        deadline = self._wait_future(limit)
+        body = asyncio.ensure_future(self.definition.fn(*self.args, **self.kwargs))
+        await asyncio.wait({body, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        if body.done():
+            return body.result()
+        body.cancel()
+        raise WorkflowTimeoutError(
+            f"run {self.run_id!r} of workflow {self.definition.name!r} did not finish "
+            f"within its timeout of {limit / 1000:g} s"
+        )
 
     def _settle(self, future: asyncio.Future[Any], event: Event) -> None:
         try:
@@ -540,6 +569,14 @@ class WorkflowInstance:
             await asyncio.sleep(0)
             return
         await self._wait_future(int(seconds * 1000))
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        """A durable wait due exactly at ``epoch_ms`` (now, if that has passed)."""
+        delay = wait_until_ms(self._now_ms, epoch_ms)
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
+        await self._wait_future(delay)
 
     def _wait_future(self, delay_ms: int) -> asyncio.Future[Any]:
         """A durable timer as a future: resolved when its wait_completed is replayed."""

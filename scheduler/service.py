@@ -31,6 +31,7 @@ from ledgerflow.eventlog.errors import (
     SerializationError,
     UnknownTypeError,
     UnknownWorkflowError,
+    WorkflowTimeoutError,
 )
 from ledgerflow.eventlog.events import (
     RUN_TERMINAL,
@@ -42,7 +43,7 @@ from ledgerflow.eventlog.events import (
     id_before,
 )
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
-from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, StepCreated
+from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, RunStarted, StepCreated
 from ledgerflow.eventlog.retrying import is_transient, retrying
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
@@ -55,6 +56,7 @@ from ledgerflow.ops.standard import standard_observers
 
 from . import sandbox, watchdog
 from .cache import DEFAULT_CACHE_SIZE, InstanceCache
+from .cancellation import cancel_children_of
 from .chains import (
     CONTINUE_REASON,
     abandon_successor,
@@ -253,7 +255,10 @@ class Scheduler:
             first = (await self._values(run_id, events[:1]))[0]
             instance = self._instantiate(run_id, first)
             if not any(e.type is EventType.RUN_STARTED for e in events):
-                await self.store.append(run_id, [NewEvent.of(EventType.RUN_STARTED)])
+                started = RunStarted(timeout_ms=instance.definition.timeout_ms)
+                await self.store.append(
+                    run_id, [NewEvent.of(EventType.RUN_STARTED, data=started.as_data())]
+                )
                 events = await self.store.read(run_id)
         else:
             # Read from the last entry the instance saw, included: if the log no longer
@@ -347,6 +352,7 @@ class Scheduler:
             dict(created.kwargs),
             parent=parent_of(first),
             carried=created.carried,
+            start_at_ms=created.start_at_ms,
         )
 
     async def _record(self, instance: WorkflowInstance, decision: Decision) -> bool:
@@ -421,6 +427,11 @@ class Scheduler:
             outcome=batch[-1].type.value,
             **_continued_as(decision.outcome),
         )
+        if isinstance(decision.outcome, Failed) and isinstance(
+            decision.outcome.error, WorkflowTimeoutError
+        ):
+            reason = f"parent run {run_id} did not finish within its timeout"
+            await cancel_children_of(self.store, self.broker, run_id, reason)
         if successor is not None:
             await activate_successor(self.broker, successor)
         elif instance.parent is not None:

@@ -193,8 +193,8 @@ class Fleet:
         for proc in self.procs:
             self.spawn(proc)
 
-    async def kill_and_restart(self, proc: FleetProcess, pause: float) -> str:
-        """SIGKILL, wait ``pause``, start again: a crash and a supervisor's restart."""
+    async def kill(self, proc: FleetProcess) -> None:
+        """SIGKILL one process and wait for it to be gone (``spawn`` starts it again)."""
         popen = proc.popen
         if popen is None:
             raise RuntimeError(f"{proc.name} was never started")
@@ -202,6 +202,12 @@ class Fleet:
         if popen.poll() is None:
             popen.send_signal(signal.SIGKILL)
         await asyncio.to_thread(popen.wait)
+
+    async def kill_and_restart(self, proc: FleetProcess, pause: float) -> str:
+        """SIGKILL, wait ``pause``, start again: a crash and a supervisor's restart."""
+        await self.kill(proc)
+        popen = proc.popen
+        assert popen is not None
         await asyncio.sleep(pause)
         self.spawn(proc)
         return f"{proc.name} (pid {popen.pid}, back after {pause:.1f} s)"
