@@ -458,3 +458,71 @@ redis.call('XADD', stream, '0-' .. position, 'k', ARGV[5], 's', step, 'a', ARGV[
 redis.call('HSET', outs, name, used + size)
 return {{'ok', position - 1}}
 """
+
+# Concurrency slots (eventlog/slots.py). KEYS: holders (ZSET member -> lease expiry ms),
+# waiting (ZSET member -> arrival number), messages (HASH member -> parked message),
+# info (HASH: limit, key, seq). Expired holders are dropped first; then the oldest waiters
+# are promoted into free slots (at most ARGV max_promote), their messages returned.
+_SLOT_HELPERS = """
+local holders, waiting, messages, info = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+local function promote(capacity, lease, most, skip)
+  local out = {}
+  while most > 0 and redis.call('ZCARD', holders) < capacity do
+    local head = redis.call('ZPOPMIN', waiting)
+    if not head[1] then break end
+    local m = head[1]
+    redis.call('ZADD', holders, now + lease, m)
+    local msg = redis.call('HGET', messages, m)
+    redis.call('HDEL', messages, m)
+    if msg and m ~= skip then out[#out + 1] = msg end
+    most = most - 1
+  end
+  return out
+end
+"""
+
+# ARGV: member, capacity, lease ms, message, limit, key, max waiting, max promote.
+# Reply: {1 | 0 | -1 (line full), promoted message, ...}.
+ACQUIRE_SLOT_SCRIPT = (
+    _SLOT_HELPERS
+    + """
+local member, capacity, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('HSET', info, 'limit', ARGV[5], 'key', ARGV[6], 'capacity', ARGV[2])
+local promoted = promote(capacity, lease, tonumber(ARGV[8]), member)
+if redis.call('ZSCORE', holders, member) then
+  redis.call('ZADD', holders, now + lease, member)
+  return {1, unpack(promoted)}
+end
+if redis.call('ZCARD', waiting) == 0 and redis.call('ZCARD', holders) < capacity then
+  redis.call('ZADD', holders, now + lease, member)
+  return {1, unpack(promoted)}
+end
+if not redis.call('ZSCORE', waiting, member) then
+  if redis.call('ZCARD', waiting) >= tonumber(ARGV[7]) then return {-1, unpack(promoted)} end
+  redis.call('ZADD', waiting, redis.call('HINCRBY', info, 'seq', 1), member)
+end
+redis.call('HSET', messages, member, ARGV[4])
+return {0, unpack(promoted)}
+"""
+)
+
+# ARGV: member ("" for none: the sweep's promotion only), capacity, lease ms, max promote.
+# Reply: {1 if nothing holds or waits any more else 0, promoted message, ...}.
+RELEASE_SLOT_SCRIPT = (
+    _SLOT_HELPERS
+    + """
+local member = ARGV[1]
+if member ~= '' then
+  redis.call('ZREM', holders, member)
+  redis.call('ZREM', waiting, member)
+  redis.call('HDEL', messages, member)
+end
+local promoted = promote(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), '')
+local empty = 0
+if redis.call('ZCARD', holders) == 0 and redis.call('ZCARD', waiting) == 0 then empty = 1 end
+return {empty, unpack(promoted)}
+"""
+)

@@ -33,10 +33,12 @@ from .events import (
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
 from .memory_outputs import MemoryOutputs
+from .memory_slots import MemorySlots
 from .names import Names, shard_of
 from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
 from .removal import implied_timer_members
+from .slots import SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .transitions import ABSENT
@@ -70,6 +72,7 @@ class MemoryEventStore(EventStore):
         self.names = names or Names()
         self.memory_blobs = MemoryBlobStore(self._blob_run_state)
         self._outputs = MemoryOutputs(self._blob_run_state)
+        self._slots = MemorySlots()
         self.blob_store: BlobStore = blob_store or self.memory_blobs
         self._streams: dict[str, list[_Entry]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
@@ -480,6 +483,27 @@ class MemoryEventStore(EventStore):
 
     async def output_names(self, run_id: str) -> list[str]:
         return self._outputs.names_of(run_id)
+
+    # --- concurrency slots (eventlog/slots.py) ----------------------------------------
+
+    async def acquire_slot(
+        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+    ) -> tuple[bool, list[bytes]]:
+        return self._slots.acquire(limit, key, member, capacity, lease_ms, message)
+
+    async def release_slot(
+        self, limit: str, key: str, member: str, capacity: int, lease_ms: int
+    ) -> list[bytes]:
+        return self._slots.release(limit, key, member, capacity, lease_ms)
+
+    async def renew_slots(self, held: Sequence[tuple[str, str, str]], lease_ms: int) -> None:
+        self._slots.renew(held, lease_ms)
+
+    async def slot_uses(self) -> list[SlotUse]:
+        return self._slots.uses()
+
+    async def promote_waiting(self, lease_ms: int) -> list[bytes]:
+        return self._slots.promote(lease_ms)
 
     async def remove_runs(self, run_ids: Sequence[str]) -> list[RemoveOutcome]:
         return [await self.remove_run(run_id) for run_id in run_ids]

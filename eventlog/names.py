@@ -304,6 +304,25 @@ class Names:
         tag = key[start + 1 : end] if start >= 0 and end > start + 1 else key
         return f"{self.namespace}:barrier:{{{tag}}}"
 
+    # Concurrency slots (eventlog/slots.py): each (limit, key) under a tag of its own, so
+    # one script call touches one slot; the list of them is a single namespace key.
+
+    def slot_holders(self, slot: str) -> str:
+        return f"{self.namespace}:slot:{{{slot}}}:holders"
+
+    def slot_waiting(self, slot: str) -> str:
+        return f"{self.namespace}:slot:{{{slot}}}:waiting"
+
+    def slot_messages(self, slot: str) -> str:
+        return f"{self.namespace}:slot:{{{slot}}}:messages"
+
+    def slot_info(self, slot: str) -> str:
+        return f"{self.namespace}:slot:{{{slot}}}:info"
+
+    def slot_index(self) -> str:
+        """Every (limit, key) that has held or parked something (a SET of slot ids)."""
+        return f"{self.namespace}:slots"
+
     def key_pattern(self) -> str:
         """Glob matching every Redis key of this namespace (tests and cleanup only)."""
         return f"{self.namespace}:*"

@@ -63,8 +63,10 @@ from .presence import decode_mark, encode_mark
 from .redis_blobs import RedisBlobStore
 from .redis_client import RedisClient, call_scripts, redis_client
 from .redis_outputs import RedisOutputs
+from .redis_slots import RedisSlots
 from .removal import implied_timer_members
 from .retrying import retried
+from .slots import SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .urls import redact, redact_text
@@ -128,6 +130,7 @@ class RedisEventStore(EventStore):
         self._remove = client.register_script(REMOVE_RUN_SCRIPT)
         self._watcher: StreamWatcher | ClusterStreamWatcher | None = None
         self._outputs = RedisOutputs(client, names, self._watch_key)
+        self._slots = RedisSlots(client, names)
         self._url = ""
 
     @classmethod
@@ -236,6 +239,7 @@ class RedisEventStore(EventStore):
         if self._own_blobs:
             self.blob_store = RedisBlobStore(self.client, names)
         self._outputs = RedisOutputs(self.client, names, self._watch_key)
+        self._slots = RedisSlots(self.client, names)
 
     async def _meta(self) -> dict[str, str]:
         raw = await self.client.hgetall(self.names.meta())
@@ -379,6 +383,27 @@ class RedisEventStore(EventStore):
 
     async def output_names(self, run_id: str) -> list[str]:
         return await self._outputs.names_of(run_id)
+
+    # --- concurrency slots (eventlog/slots.py) ----------------------------------------
+
+    async def acquire_slot(
+        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+    ) -> tuple[bool, list[bytes]]:
+        return await self._slots.acquire(limit, key, member, capacity, lease_ms, message)
+
+    async def release_slot(
+        self, limit: str, key: str, member: str, capacity: int, lease_ms: int
+    ) -> list[bytes]:
+        return await self._slots.release(limit, key, member, capacity, lease_ms)
+
+    async def renew_slots(self, held: Sequence[tuple[str, str, str]], lease_ms: int) -> None:
+        await self._slots.renew(held, lease_ms)
+
+    async def slot_uses(self) -> list[SlotUse]:
+        return await self._slots.uses()
+
+    async def promote_waiting(self, lease_ms: int) -> list[bytes]:
+        return await self._slots.promote(lease_ms)
 
     @retried("append events")
     async def append(

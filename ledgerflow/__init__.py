@@ -73,6 +73,7 @@ from ledgerflow.scheduler.durable import (
 )
 from ledgerflow.scheduler.replay import Hook, Webhook
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
+from ledgerflow.worker.concurrency import Concurrency
 from ledgerflow.worker.registry import set_default_retry
 from ledgerflow.worker.resources import resource, use
 from ledgerflow.worker.retry import RetryPolicy
@@ -87,6 +88,7 @@ __all__ = [
     "ChildWorkflowError",
     "Chunk",
     "Client",
+    "Concurrency",
     "ConfigurationError",
     "Event",
     "EventType",

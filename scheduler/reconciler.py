@@ -68,8 +68,10 @@ from ledgerflow.eventlog.events import AWAITS_SCHEDULER, SCHEDULER_WRITES, Event
 from ledgerflow.eventlog.fold import RunState, StepState, fold
 from ledgerflow.eventlog.kinds import RunStatus, StepStatus, WaitStatus
 from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
+from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
+from ledgerflow.worker.concurrency import lease_ms, send_promoted
 
 from ledgerflow.ops.lease import Lease
 from ledgerflow.ops.observer import Observer, Observers
@@ -114,7 +116,7 @@ class SweepReport:
     runs_skipped: int = 0
 
 
-class ReconcilerStore(EventLog, TimerIndex, Presence, Maintenance, Protocol):
+class ReconcilerStore(EventLog, TimerIndex, Presence, Maintenance, Slots, Protocol):
     """What the reconciler uses: it scans, reads logs, re-arms timers and asks who is alive."""
 
 
@@ -213,6 +215,11 @@ class Reconciler:
                     for reason in reasons:
                         report.recoveries[reason] += 1
                     await self._defer(run_id, score, now, reasons)
+        # Slots freed by a lease running out (a worker died) let their waiters in here.
+        promoted = await self.store.promote_waiting(lease_ms())
+        if promoted:
+            let_in = await send_promoted(self.broker, promoted)
+            report.recoveries["waiting step let into a freed concurrency slot"] += let_in
         self.sweeps += 1
         self.skipped += report.runs_skipped
         self.observers.after_sweep()

@@ -19,6 +19,8 @@ class AttemptEnd(enum.Enum):
     """Not run, rightly: its run had ended, or the step already has its outcome."""
     REFUSED = "refused"
     """Not run: the log refused its step_started (a forged or stale message)."""
+    PARKED = "parked"
+    """Not run yet: its concurrency limit was full; its message waits in Redis."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class AttemptResult:
 
 RECORDED = AttemptResult(AttemptEnd.RECORDED)
 SKIPPED = AttemptResult(AttemptEnd.SKIPPED)
+PARKED = AttemptResult(AttemptEnd.PARKED)
 
 
 def refused(reason: str) -> AttemptResult:

@@ -21,6 +21,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 
+from .concurrency import Concurrency
 from .dispatch import current_dispatcher
 from .naming import Registry, check_arguments
 from .resources import Resource, WorkerResources, resource_parameters
@@ -44,6 +45,8 @@ class StepDef:
     signature: inspect.Signature | None = field(default=None, compare=False)
     # Parameters the worker fills with resources (``lf.use``), never recorded or sent.
     resources: dict[str, Resource] = field(default_factory=dict, compare=False)
+    # At most this many attempts at once per key, across every worker (worker/concurrency.py).
+    concurrency: Concurrency | None = field(default=None, compare=False)
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Check and encode a call's arguments, all inline, naming the bad one on failure."""
@@ -184,6 +187,7 @@ def step(
     heartbeat_timeout: float | None = None,
     retry: RetryPolicy | None = None,
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
+    concurrency: Concurrency | None = None,
 ) -> Callable[[Callable[P, Any]], StepFunction[P, Any]]: ...
 
 
@@ -197,8 +201,13 @@ def step(
     heartbeat_timeout: float | None = None,
     retry: RetryPolicy | None = None,
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
+    concurrency: Concurrency | None = None,
 ) -> Any:
-    """Mark a function as a step: run at least once by a worker, its result recorded once."""
+    """Mark a function as a step: run at least once by a worker, its result recorded once.
+
+    ``concurrency=lf.Concurrency(limit, key=...)``: at most ``limit`` attempts of it at
+    once per key across every worker; the others wait, in order, parked in Redis.
+    """
 
     def register(func: Callable[..., Any]) -> StepFunction[Any, Any]:
         for label, limit in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
@@ -216,8 +225,13 @@ def step(
                 f"step {func.__qualname__}: max_payload must be between 1 and "
                 f"{codec.MAX_PAYLOAD} bytes, got {max_payload}"
             )
+        if concurrency is not None and not isinstance(concurrency, Concurrency):
+            raise ConfigurationError(
+                f"step {func.__qualname__}: concurrency must be lf.Concurrency"
+            )
+        step_name = name or func.__qualname__
         definition = StepDef(
-            name=name or func.__qualname__,
+            name=step_name,
             fn=func,
             queue=check_queue_name(queue),
             timeout=timeout,
@@ -226,6 +240,11 @@ def step(
             max_payload=max_payload,
             signature=inspect.signature(func),
             resources=resource_parameters(inspect.signature(func)),
+            concurrency=(
+                concurrency.bound_to(step_name, inspect.signature(func))
+                if concurrency is not None
+                else None
+            ),
         )
         steps.add(definition)
         return StepFunction(definition)

@@ -45,6 +45,7 @@ from ledgerflow.eventlog.errors import (
     BrokerError,
     ConfigurationError,
     EventLogError,
+    InvalidArgumentError,
     RunClosedError,
     RunNotFoundError,
     SerializationError,
@@ -59,6 +60,7 @@ from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
 from ledgerflow.eventlog.outputs import OutputStreams
 from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
+from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
@@ -69,6 +71,7 @@ from . import attempt as attempts
 from . import outcome
 from .attempt import AttemptResult
 from .batching import Coalesced, GroupCommit
+from .concurrency import Held, SlotLeases, send_promoted
 from .context import StepContext, bind_step_context, reset_step_context
 from .limits import Beats, run_limited
 from .registry import StepDef, StepRegistry, steps
@@ -129,7 +132,7 @@ class _Hold:
     started: int = 0  # steps that got a slot: from then on they run to their end
 
 
-class WorkerStore(EventLog, RunIndex, Presence, OutputStreams, Protocol):
+class WorkerStore(EventLog, RunIndex, Presence, OutputStreams, Slots, Protocol):
     """What a worker uses: it appends outcomes, reads run states, marks itself alive and
     lets steps write output streams."""
 
@@ -183,6 +186,7 @@ class Worker:
         self._watch: asyncio.Task[None] | None = None
         self._presence: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
+        self._leases = SlotLeases(store)
         self._accepted = 0  # steps taken (from any source) and not yet finished
         self._writes = GroupCommit(store)
         self._activations = Coalesced(self._publish_activation)
@@ -240,6 +244,10 @@ class Worker:
                 await self.store.mark_alive(self.identity, PRESENCE_TTL_MS, set(self._holding))
             except Exception as exc:
                 log.warning("presence renewal failed", error=f"{type(exc).__name__}: {exc}")
+            try:
+                await self._leases.renew()
+            except Exception as exc:
+                log.warning("concurrency slot renewal failed", error=f"{type(exc).__name__}: {exc}")
 
     # --- eager dispatch: steps handed over by the scheduler of this process ----------
 
@@ -499,10 +507,22 @@ class Worker:
     async def _run_in_slot(
         self, call: _Call, attempt: int, hold: _Hold, *, local: bool = False
     ) -> AttemptResult:
-        """Wait for a free concurrency slot, then make one attempt of one step in it."""
+        """Wait for a free concurrency slot, then make one attempt of one step in it.
+
+        A step with ``lf.Concurrency`` first takes its key's slot, or is parked
+        (``worker/concurrency.py``) and its delivery counts as done.
+        """
         if not local:  # run_local counted its steps when it accepted them
             self._accepted += 1
+        held: Held | None = None
         try:
+            if call.definition.concurrency is not None:
+                try:
+                    held = await self._take_limit(call, attempt)
+                except InvalidArgumentError as exc:
+                    return attempts.refused(f"step {call.message.step_id}: {exc}")
+                if held is None:
+                    return attempts.PARKED
             try:
                 await self._slots.acquire()
             except asyncio.CancelledError:
@@ -521,6 +541,48 @@ class Worker:
                     del self._holding[run_id]
         finally:
             self._accepted -= 1
+            if held is not None:
+                await self._free_limit(held)
+
+    async def _take_limit(self, call: _Call, attempt: int) -> Held | None:
+        """The step's concurrency slot, taken; None if it was parked to wait for one."""
+        limit = call.definition.concurrency
+        assert limit is not None and limit.name is not None
+        message = call.message
+        held = Held(
+            limit=limit.name,
+            key=limit.key_of(call.definition.signature, call.args, call.kwargs),
+            member=f"{message.run_id}|{message.step_id}",
+            capacity=limit.limit,
+        )
+        parked = encode_message(dataclasses.replace(message, attempt=attempt))
+        granted, promoted = await self._leases.acquire(held, parked)
+        await self._publish_promoted(promoted)
+        if not granted:
+            log.info(
+                "step waits for a concurrency slot",
+                **_log_fields(message, attempt),
+                limit=held.limit,
+                key=held.key,
+            )
+            return None
+        return held
+
+    async def _free_limit(self, held: Held) -> None:
+        """Give the slot back and send on the waiters it lets in; a failure is logged, and
+        the slot's lease then frees it (the reconciler's sweep promotes the waiters)."""
+        try:
+            await self._publish_promoted(await self._leases.release(held))
+        except Exception as exc:
+            log.warning(
+                "could not free a concurrency slot; its lease will",
+                limit=held.limit,
+                member=held.member,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def _publish_promoted(self, promoted: list[bytes]) -> None:
+        await send_promoted(self.broker, promoted)
 
     async def _attempt(self, call: _Call, attempt: int, hold: _Hold) -> AttemptResult:
         """Record the step started, call its function, record the outcome; say how it ended."""

@@ -1847,3 +1847,67 @@ def test_a_stored_entry_is_checked_before_it_is_used(
 def test_a_well_formed_entry_is_read_back() -> None:
     fields = {b"k": b"e", b"s": b"s2", b"a": b"3", b"r": b"1", b"n": b"4", b"v": b""}
     assert parse_entry("0-7", fields) == OutputEntry(6, EntryKind.END, "s2", 3, True, b"")
+
+
+# --- concurrency slots (eventlog.slots) --------------------------------------------------
+
+
+async def test_slots_admit_up_to_capacity_then_park_in_order_and_promote_on_release(
+    store: EventStore,
+) -> None:
+    lim, key = f"lim-{uuid.uuid4().hex[:6]}", "tenant-1"
+    assert await store.acquire_slot(lim, key, "r|s1", 2, 60_000, b"m1") == (True, [])
+    assert await store.acquire_slot(lim, key, "r|s2", 2, 60_000, b"m2") == (True, [])
+    for n in (3, 4, 5):
+        assert await store.acquire_slot(lim, key, f"r|s{n}", 2, 60_000, f"m{n}".encode()) == (
+            False,
+            [],
+        )
+    # A holder asking again still holds (a redelivery); a waiter asking again keeps its place.
+    assert await store.acquire_slot(lim, key, "r|s1", 2, 60_000, b"m1") == (True, [])
+    assert await store.acquire_slot(lim, key, "r|s4", 2, 60_000, b"m4-again") == (False, [])
+    # Another key of the same limit is not held up.
+    assert await store.acquire_slot(lim, "tenant-2", "r|s9", 2, 60_000, b"m9") == (True, [])
+    uses = {(u.key, u.holding, u.waiting) for u in await store.slot_uses() if u.limit == lim}
+    assert uses == {("tenant-1", 2, 3), ("tenant-2", 1, 0)}
+    assert await store.release_slot(lim, key, "r|s1", 2, 60_000) == [b"m3"]
+    assert await store.release_slot(lim, key, "r|s1", 2, 60_000) == []  # twice: harmless
+    # The promoted waiter asking (its message delivered) finds its slot held for it.
+    assert await store.acquire_slot(lim, key, "r|s3", 2, 60_000, b"m3") == (True, [])
+    assert await store.release_slot(lim, key, "r|s2", 2, 60_000) == [b"m4-again"]
+    assert await store.release_slot(lim, key, "r|s3", 2, 60_000) == [b"m5"]
+    for member in ("r|s4", "r|s5", "r|s9"):
+        await store.release_slot(lim, "tenant-2" if member == "r|s9" else key, member, 2, 60_000)
+    assert not [u for u in await store.slot_uses() if u.limit == lim]
+
+
+async def test_an_expired_holder_frees_its_slot_for_the_sweep_and_renewal_keeps_it(
+    store: EventStore,
+) -> None:
+    lim, key = f"lim-{uuid.uuid4().hex[:6]}", ""
+    assert (await store.acquire_slot(lim, key, "a|s1", 1, 300, b"ma"))[0]
+    assert (await store.acquire_slot(lim, key, "b|s1", 1, 300, b"mb")) == (False, [])
+    await store.renew_slots([(lim, key, "a|s1")], 60_000)
+    await asyncio.sleep(0.5)
+    assert await store.promote_waiting(60_000) == []  # renewed: still held
+    # A holder that stops renewing (its worker died) loses the slot to the waiter.
+    assert (await store.acquire_slot(lim, "k2", "c|s1", 1, 200, b"mc"))[0]
+    assert (await store.acquire_slot(lim, "k2", "d|s1", 1, 200, b"md")) == (False, [])
+    await asyncio.sleep(0.4)
+    assert await store.promote_waiting(60_000) == [b"md"]
+    assert await store.promote_waiting(60_000) == []
+
+
+async def test_slot_keys_are_bounded_and_promotion_is_paced(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InvalidArgumentError, match="over 256 characters"):
+        await store.acquire_slot("lim", "k" * 257, "r|s1", 1, 60_000, b"m")
+    lim = f"lim-{uuid.uuid4().hex[:6]}"
+    assert (await store.acquire_slot(lim, "k", "r|s0", 1, 60_000, b"m0"))[0]
+    for i in range(1, 120):
+        await store.acquire_slot(lim, "k", f"r|s{i}", 1, 60_000, f"m{i}".encode())
+    # Capacity grows (a deploy raised the limit): one call lets at most 100 in.
+    promoted = await store.release_slot(lim, "k", "r|s0", 500, 60_000)
+    assert len(promoted) == 100 and promoted[0] == b"m1"
+    assert len(await store.release_slot(lim, "k", "none", 500, 60_000)) == 19

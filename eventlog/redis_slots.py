@@ -1,0 +1,116 @@
+"""Concurrency slots on Redis: one script call per acquire or release, in the pair's own slot.
+
+The index of pairs (``Names.slot_index``) is a namespace key in another slot, so it
+is written beside the script, not in it: a pair missing from it is found again the
+next time a step of it parks (and a waiter's step, if stuck, by the reconciler's
+lost-step check, which sends its message again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import RetryableError
+from .lua import ACQUIRE_SLOT_SCRIPT, RELEASE_SLOT_SCRIPT
+from .names import Names
+from .redis_client import RedisClient
+from .retrying import retried
+from .slots import MAX_PROMOTE, MAX_WAITING, SlotUse, slot_id
+
+INDEXED_CACHE = 10_000
+"""Pairs this process remembers having listed in the index (then it lists them again)."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisSlots:
+    def __init__(self, client: RedisClient, names: Names) -> None:
+        self.client = client
+        self.names = names
+        self._acquire = client.register_script(ACQUIRE_SLOT_SCRIPT)
+        self._release = client.register_script(RELEASE_SLOT_SCRIPT)
+        self._indexed: set[str] = set()
+
+    def _keys(self, slot: str) -> list[str]:
+        n = self.names
+        return [
+            n.slot_holders(slot),
+            n.slot_waiting(slot),
+            n.slot_messages(slot),
+            n.slot_info(slot),
+        ]
+
+    @retried("take a concurrency slot")
+    async def acquire(
+        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+    ) -> tuple[bool, list[bytes]]:
+        slot = slot_id(limit, key)
+        reply: Any = await self._acquire(
+            keys=self._keys(slot),
+            args=[member, capacity, lease_ms, message, limit, key, MAX_WAITING, MAX_PROMOTE],
+        )
+        verdict = int(reply[0])
+        if verdict != 1 or slot not in self._indexed:
+            # Listed once per process (a parked member always: the sweep must find it).
+            await self.client.sadd(self.names.slot_index(), slot)
+            if len(self._indexed) >= INDEXED_CACHE:
+                self._indexed.clear()
+            self._indexed.add(slot)
+        if verdict == -1:
+            raise RetryableError(
+                f"{MAX_WAITING} steps already wait for concurrency limit {limit!r} key {key!r}",
+                retry_after=5.0,
+            )
+        return verdict == 1, [bytes(m) for m in reply[1:]]
+
+    @retried("free a concurrency slot")
+    async def release(
+        self, limit: str, key: str, member: str, capacity: int, lease_ms: int
+    ) -> list[bytes]:
+        reply: Any = await self._release(
+            keys=self._keys(slot_id(limit, key)), args=[member, capacity, lease_ms, MAX_PROMOTE]
+        )
+        return [bytes(m) for m in reply[1:]]
+
+    @retried("renew concurrency slots")
+    async def renew(self, held: Sequence[tuple[str, str, str]], lease_ms: int) -> None:
+        if not held:
+            return
+        now_ms = await self._now_ms()
+        for limit, key, member in held:
+            await self.client.zadd(
+                self.names.slot_holders(slot_id(limit, key)), {member: now_ms + lease_ms}, xx=True
+            )
+
+    async def _now_ms(self) -> int:
+        seconds, micros = await self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    @retried("read concurrency slots")
+    async def uses(self) -> list[SlotUse]:
+        found = []
+        for slot in sorted(_text(s) for s in await self.client.smembers(self.names.slot_index())):
+            limit, key = await self.client.hmget(self.names.slot_info(slot), ["limit", "key"])
+            holding = int(await self.client.zcard(self.names.slot_holders(slot)))
+            waiting = int(await self.client.zcard(self.names.slot_waiting(slot)))
+            if limit is not None and (holding or waiting):
+                found.append(SlotUse(_text(limit), _text(key or b""), holding, waiting))
+        return found
+
+    async def promote(self, lease_ms: int) -> list[bytes]:
+        promoted: list[bytes] = []
+        for slot in sorted(_text(s) for s in await self.client.smembers(self.names.slot_index())):
+            raw = await self.client.hget(self.names.slot_info(slot), "capacity")
+            capacity = int(raw) if raw is not None and _text(raw).isdigit() else 0
+            if capacity < 1:
+                continue  # never written whole (or by hand): nothing to promote into
+            reply: Any = await self._release(
+                keys=self._keys(slot), args=["", capacity, lease_ms, MAX_PROMOTE]
+            )
+            promoted += [bytes(m) for m in reply[1:]]
+            if int(reply[0]) == 1:
+                await self.client.srem(self.names.slot_index(), slot)
+        return promoted

@@ -1,0 +1,97 @@
+"""lf.Concurrency across worker processes on real servers.
+
+Two worker processes (16 worker slots between them) run 50 runs of one key under a
+limit of 2: the steps' own count in Redis never sees more than 2 at once, while
+runs of another key, started after the 50, are not held up behind them (their
+steps take free slots at once; the waiting ones hold no worker slot). Then a
+worker is killed while it holds slots: its leases run out and the reconciler lets
+the waiters in, so every run still completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+import ledgerflow as lf
+from ledgerflow.testing.fleet import Fleet, cli_env
+from tests.apps import limits_shared as ls
+from tests.processes import ROOT
+from tests.servers import Servers
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.apps.limits_shared"
+
+
+def fleet_for(servers: Servers, namespace: str, tmp_path: Path, *, lease_ms: int) -> Fleet:
+    env = cli_env(servers.amqp_url, servers.redis_url, namespace, pythonpath=ROOT)
+    env["LEDGERFLOW_SLOT_LEASE_MS"] = str(lease_ms)
+    fleet = Fleet(env, tmp_path, cwd=ROOT, stop_timeout=20.0)
+    for _ in range(2):
+        fleet.add("worker", ["worker", APP, "--concurrency", "8"])
+    fleet.add("scheduler", ["scheduler", APP])
+    return fleet
+
+
+async def test_a_limit_of_two_holds_across_two_workers_and_other_keys_go_by(
+    servers: Servers, backends: Any, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    names = backends.names
+    fleet = fleet_for(servers, names.namespace, tmp_path, lease_ms=60_000)
+    fleet.start_all()
+    try:
+        await fleet.wait_until_consuming(
+            servers.amqp_url, {names.step_queue(): 2, names.runs_queue: 1}
+        )
+        client = lf.Client(backends.store, backends.broker)
+        busy = [await client.start(ls.shared_one, "busy", i, 0.1) for i in range(50)]
+        other = [await client.start(ls.shared_one, "other", i, 0.1) for i in range(4)]
+        assert [await r.result(timeout=120) for r in busy] == [f"busy-{i}" for i in range(50)]
+        assert [await r.result(timeout=120) for r in other] == [f"other-{i}" for i in range(4)]
+        assert fleet.reap() == []
+    finally:
+        fleet.stop_all()
+    _, busy_peak, finished = ls.keys(names.namespace, "busy")
+    _, other_peak, _ = ls.keys(names.namespace, "other")
+    assert int(await redis_client.get(busy_peak)) == 2  # reached, never passed
+    assert int(await redis_client.get(other_peak)) <= 2
+    order = [t.decode() for t in await redis_client.lrange(finished, 0, -1)]
+    assert len(order) == 54
+    # Started after all 50, the other key's runs finished long before the busy key's.
+    assert max(i for i, t in enumerate(order) if t == "other") < 30, order
+    assert await backends.store.slot_uses() == []
+
+
+async def test_slots_of_a_killed_worker_run_out_and_the_waiters_get_in(
+    servers: Servers, backends: Any, tmp_path: Path
+) -> None:
+    names = backends.names
+    fleet = fleet_for(servers, names.namespace, tmp_path, lease_ms=5_000)
+    fleet.add("reconciler", ["reconciler", "--stale-after", "2", "--interval", "1"])
+    fleet.start_all()
+    try:
+        await fleet.wait_until_consuming(
+            servers.amqp_url, {names.step_queue(): 2, names.runs_queue: 1}
+        )
+        client = lf.Client(backends.store, backends.broker)
+        runs = [await client.start(ls.shared_one, "k", i, 2.0) for i in range(6)]
+        # Wait until both slots are held (two steps running), then kill every worker
+        # holding one: their steps never finish and never release.
+        for _ in range(300):
+            uses = await backends.store.slot_uses()
+            if uses and uses[0].holding == 2 and uses[0].waiting >= 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the slots were never both held: {uses}")
+        for proc in fleet.of("worker"):
+            await fleet.kill_and_restart(proc, 0.5)
+        results = [await r.result(timeout=180) for r in runs]
+        assert results == [f"k-{i}" for i in range(6)]
+    finally:
+        fleet.stop_all()
