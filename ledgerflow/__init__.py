@@ -34,6 +34,10 @@ from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     InvalidArgumentError,
     LedgerflowError,
+    MaxTurnsError,
+    ModelError,
+    ModelRefusedError,
+    ModelUnavailableError,
     NestingTooDeepError,
     NonDeterminismError,
     NotReplicatedError,
@@ -78,7 +82,7 @@ from ledgerflow.worker.resources import resource, use
 from ledgerflow.worker.retry import RetryPolicy
 from ledgerflow.worker.streams import StreamWriter, stream
 
-from . import testing
+from . import ai, testing
 
 __version__ = "0.1.0"
 
@@ -102,6 +106,10 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidArgumentError",
     "LedgerflowError",
+    "MaxTurnsError",
+    "ModelError",
+    "ModelRefusedError",
+    "ModelUnavailableError",
     "NestingTooDeepError",
     "NonDeterminismError",
     "NotReplicatedError",
@@ -133,6 +141,7 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowStalledError",
     "WorkflowTimeoutError",
+    "ai",
     "allow_modules",
     "continue_as_new",
     "create_hook",
