@@ -130,8 +130,8 @@ class OpenAIChatModel:
             ):
                 if response.status_code != 200:
                     raise await _refusal(response)
-                encoding = response.headers.get("content-encoding", "identity").strip().lower()
-                if encoding not in ("", "identity"):
+                if not _identity(response):
+                    encoding = response.headers["content-encoding"]
                     raise ModelError(
                         f"the reply is {excerpt(encoding)}-encoded; none was asked for"
                     )
@@ -165,7 +165,7 @@ class OpenAIChatModel:
         lines = LineSplitter()
         reply = StreamAssembler()
         received = 0
-        async for data in response.aiter_raw():
+        async for data in response.aiter_bytes():
             received += len(data)
             if received > self.max_response_bytes:
                 raise ModelError(f"the streamed reply is over {self.max_response_bytes} bytes")
@@ -189,12 +189,18 @@ async def _take(reply: StreamAssembler, line: str, on_token: TokenCallback | Non
     return reply.done
 
 
+def _identity(response: httpx.Response) -> bool:
+    """Not compressed: the bytes read are the bytes sent, so counting them bounds them."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    return encoding in ("", "identity")
+
+
 async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ModelError(f"the reply is {declared} bytes, over the limit of {limit}")
     body = bytearray()
-    async for data in response.aiter_raw():
+    async for data in response.aiter_bytes():
         body += data
         if len(body) > limit:
             raise ModelError(f"the reply is over the limit of {limit} bytes")
@@ -203,10 +209,12 @@ async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
 
 async def _refusal(response: httpx.Response) -> ModelError:
     """The error for a non-200 answer, quoting a little of the server's message."""
-    try:
-        raw = await _read_bounded(response, ERROR_BODY_BYTES)
-    except ModelError:
-        raw = b""  # a refusal with a huge body: the status alone says enough
+    raw = b""
+    if _identity(response):  # a compressed body is not worth inflating for a quote
+        try:
+            raw = await _read_bounded(response, ERROR_BODY_BYTES)
+        except ModelError:
+            raw = b""  # a refusal with a huge body: the status alone says enough
     detail = excerpt(raw) if raw else ""
     try:
         data = parse_json(raw, "the error") if raw else None

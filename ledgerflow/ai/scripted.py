@@ -1,9 +1,9 @@
 """A model that answers from a script: agents tested and demonstrated without a network.
 
-The turn it answers is read from the conversation (how many assistant messages it
-already holds), never from a counter of its own: a worker that crashed and came back,
-or another worker taking over, gives the same answer to the same conversation, as a
-deterministic model must.
+The turn it answers is read from the conversation (how many assistant messages
+follow the latest user message), never from a counter of its own: a worker that
+crashed and came back, or another worker taking over, gives the same answer to the
+same conversation, as a deterministic model must.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ def tokens(text: str) -> list[str]:
 
 
 class ScriptedModel:
-    """Answers turn N of a conversation with the script's N-th entry.
+    """Answers the N-th model call after the latest user message with the script's N-th entry.
 
     ``script`` is a list of turns (text, a ``ToolCall.to(...)``, a list of them, a
     ``ModelReply``, or a function of the conversation returning one of these), or one
     function of the conversation for every turn. Tool calls without an id get
-    ``call_<turn>_<n>``. Text is streamed to ``on_token`` word by word, ``token_delay``
-    seconds apart. ``calls`` keeps every conversation it was asked about (in this
-    process), for tests.
+    ``call_<k>_<n>`` (k: the assistant messages before it, so ids never repeat). Text
+    is streamed to ``on_token`` word by word, ``token_delay`` seconds apart. ``calls``
+    keeps every conversation it was asked about (in this process), for tests.
     """
 
     def __init__(self, script: Script, *, token_delay: float = 0.0) -> None:
@@ -59,9 +59,10 @@ class ScriptedModel:
     ) -> ModelReply:
         conversation = list(messages)
         self.calls.append(conversation)
-        turn = sum(m.role == "assistant" for m in conversation)
+        turn = _turn(conversation)
         prompt = sum(len(tokens(m.content or "")) for m in conversation)
-        reply = _as_reply(self._entry(turn, conversation), turn, prompt)
+        said = sum(m.role == "assistant" for m in conversation)  # unique ids in the conversation
+        reply = _as_reply(self._entry(turn, conversation), said, prompt)
         text = reply.message.content or ""
         if on_token is not None:
             for index, piece in enumerate(tokens(text)):
@@ -81,7 +82,21 @@ class ScriptedModel:
         return entry(conversation) if callable(entry) else entry
 
 
-def _as_reply(entry: Turn, turn: int, prompt_tokens: int) -> ModelReply:
+def _listed(entry: object) -> bool:
+    return isinstance(entry, Sequence) and not isinstance(entry, str)
+
+
+def _turn(conversation: Sequence[Message]) -> int:
+    """Model calls since the latest user message: the script starts over for each prompt."""
+    turn = 0
+    for message in reversed(conversation):
+        if message.role == "user":
+            break
+        turn += message.role == "assistant"
+    return turn
+
+
+def _as_reply(entry: Turn, said: int, prompt_tokens: int) -> ModelReply:
     """The reply an entry stands for; its usage counts words, as a stand-in for tokens."""
     if isinstance(entry, ModelReply):
         return entry
@@ -89,13 +104,14 @@ def _as_reply(entry: Turn, turn: int, prompt_tokens: int) -> ModelReply:
         return ModelReply(
             Message.assistant(entry), "stop", Usage(prompt_tokens, len(tokens(entry)))
         )
-    calls = [entry] if isinstance(entry, ToolCall) else list(entry)
+    calls = [entry] if isinstance(entry, ToolCall) else list(entry) if _listed(entry) else []
     if not calls or not all(isinstance(c, ToolCall) for c in calls):
         raise ModelRefusedError(
-            f"scripted turn {turn + 1} is not text, a ToolCall, a list of them or a ModelReply"
+            f"a scripted answer is {type(entry).__name__}, not text, a ToolCall, a list of them "
+            "or a ModelReply"
         )
     named = tuple(
-        c if c.id else ToolCall(f"call_{turn}_{n}", c.name, c.arguments)
+        c if c.id else ToolCall(f"call_{said}_{n}", c.name, c.arguments)
         for n, c in enumerate(calls)
     )
     return ModelReply(
