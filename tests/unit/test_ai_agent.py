@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from ledgerflow.eventlog import codec
+from ledgerflow.eventlog.blobref import BlobRef
 from ledgerflow.eventlog.events import EventType
 
 import ledgerflow as lf
@@ -80,11 +81,32 @@ guarded = Agent(
     model=ScriptedModel([ToolCall.to("charge", amount=700), echo_tools]),
     tools=[tool(charge, approval=True)],
 )
+
+
+@lf.step(name="unit_ai_report")
+async def report(size: int) -> str:
+    """A long report."""
+    return "r" * size
+
+
+reporter = Agent(
+    "unit_ai_reporter",
+    model=ScriptedModel([ToolCall.to("report", size=100_000), ToolCall.to("add", a=1, b=1), "ok"]),
+    tools=[tool(report, max_result_chars=200_000), add],
+)
 hurried = Agent(
     "unit_ai_hurried",
     model=ScriptedModel([ToolCall.to("charge", amount=1), echo_tools]),
     tools=[tool(charge, approval=True, approval_timeout=0.3)],
 )
+
+
+@lf.workflow(name="unit_ai_inline")
+async def inline_and_child(question: str) -> list[str]:
+    """An agent's loop inside another workflow, then the same agent as a child run."""
+    here = await adder.run(question)
+    child = await adder.workflow(question)
+    return [here.output, child.output]
 
 
 @pytest.fixture
@@ -134,6 +156,38 @@ async def test_a_conversation_goes_on_from_its_history(client: lf.Client) -> Non
     # The script starts over for the new prompt; its call ids stay unique in the conversation.
     assert second.output == "3"
     assert second.messages[-3].tool_calls[0].id == "call_2_0"
+
+
+async def test_an_agent_inside_another_workflow_inline_or_as_a_child(client: lf.Client) -> None:
+    run = await client.start(inline_and_child, "1 + 2?")
+    assert await run.result(timeout=10) == ["3", "3"]
+    events = await client.events(run.run_id)
+    steps = [e.data["name"] for e in events if e.type is EventType.STEP_CREATED]
+    assert steps == [
+        "unit_ai_adder.model",
+        "unit_ai_add",
+        "unit_ai_adder.model",
+        "workflow:unit_ai_adder",
+    ]
+
+
+async def test_a_long_message_is_stored_once_and_referred_to_by_later_model_calls(
+    client: lf.Client,
+) -> None:
+    run = await client.start(reporter.workflow, "report")
+    result: AgentResult = await run.result(timeout=10)
+    assert result.output == "ok" and len(result.messages[2].content or "") == 100_000
+    events = await client.events(run.run_id)
+    calls = [
+        codec.decode(e.data["args"])[0]
+        for e in events
+        if e.type is EventType.STEP_CREATED and e.data["name"] == "unit_ai_reporter.model"
+    ]
+    assert [len(args) for args in calls] == [1, 3, 5]  # one argument per message
+    assert all(isinstance(m, Message) for m in calls[0] + calls[1][:2])
+    long = calls[1][2]  # the report's answer: a reference, the same in the next call
+    assert isinstance(long, BlobRef) and calls[2][2] == long
+    assert all(len(e.data.get("args", b"")) < 10_000 for e in events)
 
 
 async def test_max_turns_fails_the_run_saying_so(client: lf.Client) -> None:
