@@ -78,26 +78,30 @@ async def notify_customer(order_id: str, message: str) -> str:
     return f"sent to the customer of {order_id}"
 
 
-def support_script(conversation: Sequence[Message]) -> str | ToolCall:
+def support_script(conversation: Sequence[Message]) -> str | ToolCall | list[str | ToolCall]:
     """What a model would do, scripted: decide from the conversation so far."""
     last = conversation[-1]
     if last.role == "user":
         found = re.search(r"\b([A-Z]-\d+)\b", last.content or "")
         if found is None:
             return "Which order is it about? Its id looks like A-17."
-        return ToolCall.to("lookup_order", order_id=found.group(1))
+        order_id = found.group(1)
+        return [f"Let me look order {order_id} up.", ToolCall.to("lookup_order", order_id=order_id)]
     result = last.content or ""
     called = _called(conversation)
     if called == "lookup_order":
         order = json.loads(result)
         if not order["found"]:
             return f"I could not find order {order['order_id']}. Could you check the id?"
-        return ToolCall.to(
-            "refund",
-            order_id=order["order_id"],
-            amount_cents=order["total_cents"],
-            reason="arrived damaged",
-        )
+        return [
+            f"I am asking for a refund of {order['total_cents'] / 100:.2f} EUR.",
+            ToolCall.to(
+                "refund",
+                order_id=order["order_id"],
+                amount_cents=order["total_cents"],
+                reason="arrived damaged",
+            ),
+        ]
     if called == "refund":
         if result.startswith("rejected"):
             return "I am sorry: I could not refund this order. A colleague will email you today."
@@ -138,9 +142,21 @@ support = Agent(
 )
 
 
+async def show_tokens(client: lf.Client, run_id: str) -> None:
+    """The model's words as it writes them, one line per model call."""
+    step = None
+    async for chunk in client.stream(run_id, "tokens"):
+        if chunk.step != step or chunk.restarted:  # a new call, or a call made again
+            step = chunk.step
+            print(f"\n  ({chunk.step}{' again' if chunk.restarted else ''}) ", end="")
+        print(chunk.value, end="", flush=True)
+    print()
+
+
 async def converse(client: lf.Client, prompt: str, approve: bool) -> None:
     run = await client.start(support.workflow, prompt)
     print(f"run {run.run_id}")
+    reading = asyncio.create_task(show_tokens(client, run.run_id))
     answered: set[str] = set()
     while True:
         try:
@@ -153,13 +169,16 @@ async def converse(client: lf.Client, prompt: str, approve: bool) -> None:
                 continue
             answered.add(request.token)
             verdict = "approving" if approve else "rejecting"
-            print(f"approval asked: {request.tool}({request.arguments}); {verdict}")
+            print(f"\napproval asked: {request.tool}({request.arguments}); {verdict}", end="")
             if approve:
                 await lf.ai.approve(client, request)
             else:
                 await lf.ai.reject(client, request, "refunds over 20 EUR go to a manager")
+    await reading  # the run's end ends the stream
+    print("the conversation, as recorded:")
     for message in result.messages:
-        shown = message.content or ", ".join(f"{c.name}({c.arguments})" for c in message.tool_calls)
+        calls = ", ".join(f"{c.name}({c.arguments})" for c in message.tool_calls)
+        shown = " ".join(filter(None, [message.content, calls]))
         print(f"  {message.role:>9}: {shown}")
     print(f"{result.turns} model calls, {result.usage.total_tokens} tokens")
 

@@ -18,8 +18,9 @@ from ledgerflow.eventlog.errors import InvalidArgumentError, ModelRefusedError
 from .messages import Message, ModelReply, ToolCall, Usage
 from .model import TokenCallback, ToolSpec
 
-Turn: TypeAlias = str | ToolCall | Sequence[ToolCall] | ModelReply
-"""One scripted answer: text (the final answer), one tool call, several, or a whole reply."""
+Turn: TypeAlias = str | ToolCall | Sequence[str | ToolCall] | ModelReply
+"""One scripted answer: text (the final answer), one tool call, several (text among them is
+said first), or a whole reply."""
 
 TurnFunction: TypeAlias = Callable[[Sequence[Message]], Turn]
 Script: TypeAlias = Sequence[Turn | TurnFunction] | TurnFunction
@@ -35,8 +36,9 @@ def tokens(text: str) -> list[str]:
 class ScriptedModel:
     """Answers the N-th model call after the latest user message with the script's N-th entry.
 
-    ``script`` is a list of turns (text, a ``ToolCall.to(...)``, a list of them, a
-    ``ModelReply``, or a function of the conversation returning one of these), or one
+    ``script`` is a list of turns (text, a ``ToolCall.to(...)``, a list of them with
+    perhaps text to say first, a ``ModelReply``, or a function of the conversation
+    returning one of these), or one
     function of the conversation for every turn. Tool calls without an id get
     ``call_<k>_<n>`` (k: the assistant messages before it, so ids never repeat). Text
     is streamed to ``on_token`` word by word, ``token_delay`` seconds apart. ``calls``
@@ -104,16 +106,20 @@ def _as_reply(entry: Turn, said: int, prompt_tokens: int) -> ModelReply:
         return ModelReply(
             Message.assistant(entry), "stop", Usage(prompt_tokens, len(tokens(entry)))
         )
-    calls = [entry] if isinstance(entry, ToolCall) else list(entry) if _listed(entry) else []
-    if not calls or not all(isinstance(c, ToolCall) for c in calls):
+    items = [entry] if isinstance(entry, ToolCall) else list(entry) if _listed(entry) else []
+    calls = [c for c in items if isinstance(c, ToolCall)]
+    texts = [t for t in items if isinstance(t, str)]
+    if not calls or len(calls) + len(texts) != len(items):
         raise ModelRefusedError(
-            f"a scripted answer is {type(entry).__name__}, not text, a ToolCall, a list of them "
-            "or a ModelReply"
+            f"a scripted answer is {type(entry).__name__}, not text, a ToolCall, a list of "
+            "them (with text to say first), or a ModelReply"
         )
     named = tuple(
         c if c.id else ToolCall(f"call_{said}_{n}", c.name, c.arguments)
         for n, c in enumerate(calls)
     )
+    content = " ".join(texts) or None
+    completion = len(named) + len(tokens(content or ""))
     return ModelReply(
-        Message.assistant(None, named), "tool_calls", Usage(prompt_tokens, len(named))
+        Message.assistant(content, named), "tool_calls", Usage(prompt_tokens, completion)
     )

@@ -44,12 +44,17 @@ async def until(
         await asyncio.sleep(0.05)
 
 
-async def approve_refund(client: lf.Client, run_id: str) -> lf.ai.Approval:
+async def refund_request(client: lf.Client, run_id: str) -> lf.ai.Approval:
     deadline = time.monotonic() + 60
     while not (requests := await lf.ai.pending_approvals(client, run_id)):
         assert time.monotonic() < deadline, "the refund never asked for approval"
         await asyncio.sleep(0.05)
     (request,) = requests
+    return request
+
+
+async def approve_refund(client: lf.Client, run_id: str) -> lf.ai.Approval:
+    request = await refund_request(client, run_id)
     await lf.ai.approve(client, request)
     return request
 
@@ -77,22 +82,48 @@ def check_conversation(result: AgentResult) -> None:
     assert '"amount_cents": 4999' in refund
 
 
+async def read_tokens(servers: Servers, namespace: str, run_id: str, into: list[lf.Chunk]) -> None:
+    """Another client, of its own connections, following the run's tokens as they come."""
+    async with lf.Client.connect(servers.amqp_url, servers.redis_url, namespace=namespace) as other:
+        async for chunk in other.stream(run_id, "tokens"):
+            into.append(chunk)
+
+
+def said(chunks: list[lf.Chunk]) -> str:
+    return "".join(str(c.value) for c in chunks)
+
+
 async def test_the_support_agent_runs_end_to_end_through_real_processes(
     servers: Servers, backends: Any, namespace: str
 ) -> None:
     client = lf.Client(backends.store, backends.broker)
     ns = backends.names.namespace
+    chunks: list[lf.Chunk] = []
     with processes(servers, ns, [["worker", APP, "--with-scheduler"]]):
         run = await client.start(example.support.workflow, PROMPT, run_id=f"{namespace}-agent")
-        request = await approve_refund(client, run.run_id)
+        reader = asyncio.create_task(read_tokens(servers, ns, run.run_id, chunks))
+        request = await refund_request(client, run.run_id)
+        # Streamed live: what the model said so far reaches the reader while the run waits.
+        deadline = time.monotonic() + 30
+        while said(chunks) != "Let me look order A-17 up.I am asking for a refund of 49.99 EUR.":
+            assert time.monotonic() < deadline, f"tokens read so far: {said(chunks)!r}"
+            await asyncio.sleep(0.05)
+        assert not reader.done()
+        await lf.ai.approve(client, request)
         assert (request.tool, request.arguments) == (
             "refund",
             {"order_id": "A-17", "amount_cents": 4999, "reason": "arrived damaged"},
         )
         result: AgentResult = await run.result(timeout=60)
+        await asyncio.wait_for(reader, 30)  # the run's end ends the stream
     check_conversation(result)
+    # Every model call's words, in order, one stream for the run; nothing was retried.
+    spoken = [m.content for m in result.messages if m.role == "assistant" and m.content]
+    assert said(chunks) == "".join(spoken)
+    assert not any(c.restarted for c in chunks) and {c.attempt for c in chunks} == {1}
     events = await client.events(run.run_id)
     names = steps_by_corr(events)
+    assert {names[c.step] for c in chunks} == {MODEL_STEP}
     assert Counter(names.values()) == Counter({MODEL_STEP: 4, **dict.fromkeys(TOOL_STEPS, 1)})
     assert set(per_step(events, EventType.STEP_COMPLETED).values()) == {1}
     hooks = [e.type for e in events if e.type.value.startswith("hook_")]
@@ -108,8 +139,10 @@ async def test_a_worker_killed_in_a_tool_call_never_makes_the_model_answer_twice
     ns = backends.names.namespace
     slow = {"SUPPORT_LOOKUP_SECONDS": "5"}  # the order system is slow: time to crash in it
     worker = ["worker", APP, "--concurrency", "4"]
+    chunks: list[lf.Chunk] = []
     with processes(servers, ns, [worker], env=slow) as (victim,):
         run = await scheduling.start(example.support.workflow, PROMPT, run_id=f"{namespace}-kill")
+        reader = asyncio.create_task(read_tokens(servers, ns, run.run_id, chunks))
         events = await until(scheduling, run.run_id, lambda ev: started(ev, "lookup_order"))
         assert not per_step(events, EventType.STEP_COMPLETED).keys() - {"s1"}  # mid-call
         victim.send_signal(signal.SIGKILL)
@@ -117,7 +150,11 @@ async def test_a_worker_killed_in_a_tool_call_never_makes_the_model_answer_twice
         with processes(servers, ns, [worker]):
             await approve_refund(scheduling, run.run_id)
             result: AgentResult = await run.result(timeout=90)
+            await asyncio.wait_for(reader, 30)
     check_conversation(result)
+    # The reader saw each model call's words once: none was made again.
+    spoken = [m.content for m in result.messages if m.role == "assistant" and m.content]
+    assert said(chunks) == "".join(spoken) and not any(c.restarted for c in chunks)
     events = await scheduling.events(run.run_id)
     names = steps_by_corr(events)
     starts = per_step(events, EventType.STEP_STARTED)

@@ -94,6 +94,40 @@ reporter = Agent(
     model=ScriptedModel([ToolCall.to("report", size=100_000), ToolCall.to("add", a=1, b=1), "ok"]),
     tools=[tool(report, max_result_chars=200_000), add],
 )
+
+
+class Stumbling:
+    """Streams two words and fails its first attempt; the second attempt says it all."""
+
+    async def complete(
+        self, messages: Sequence[Message], tools: Any, *, on_token: Any = None
+    ) -> ModelReply:
+        assert on_token is not None
+        for word in ("Hello", " there"):
+            await on_token(word)
+        if lf.step_context().attempt == 1:
+            raise lf.ModelUnavailableError("overloaded", retry_after=0)
+        await on_token(" again.")
+        return ModelReply(Message.assistant("Hello there again."))
+
+
+stumbling = Agent("unit_ai_stumbling", model=Stumbling())
+silent = Agent("unit_ai_silent", model=ScriptedModel(["Not streamed."]), stream=None)
+
+
+@lf.step(name="unit_ai_closer")
+async def closer() -> str:
+    """Ends the tokens stream."""
+    async with lf.stream("tokens") as out:
+        await out.write("closed by a tool")
+    return "closed"
+
+
+closing = Agent(
+    "unit_ai_closing",
+    model=ScriptedModel([["Closing.", ToolCall.to("closer")], "Still answered."]),
+    tools=[closer],
+)
 hurried = Agent(
     "unit_ai_hurried",
     model=ScriptedModel([ToolCall.to("charge", amount=1), echo_tools]),
@@ -266,6 +300,57 @@ async def test_no_decision_in_time_is_a_rejection(client: lf.Client) -> None:
     assert result.output == (
         "rejected: a person did not approve this call: no decision within 0.3 s"
     )
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+async def read_all(client: lf.Client, run_id: str) -> list[lf.Chunk]:
+    return [chunk async for chunk in client.stream(run_id, "tokens")]
+
+
+async def test_tokens_are_streamed_as_the_model_writes_them(client: lf.Client) -> None:
+    run = await client.start(adder.workflow, "1 + 2?")
+    reader = asyncio.create_task(read_all(client, run.run_id))
+    result: AgentResult = await run.result(timeout=10)
+    chunks = await asyncio.wait_for(reader, 10)  # the run's end ends the stream
+    assert [c.value for c in chunks] == ["3"]
+    model_steps = [
+        e.corr
+        for e in await client.events(run.run_id)
+        if e.type is EventType.STEP_CREATED and e.data["name"] == "unit_ai_adder.model"
+    ]
+    assert [c.step for c in chunks] == [model_steps[-1]] and result.output == "3"
+
+
+async def test_a_retried_model_call_says_so_in_its_first_chunk(client: lf.Client) -> None:
+    run = await client.start(stumbling.workflow, "hi")
+    result: AgentResult = await run.result(timeout=10)
+    chunks = await read_all(client, run.run_id)
+    assert [(c.value, c.attempt, c.restarted) for c in chunks] == [
+        ("Hello", 1, False),
+        (" there", 1, False),
+        ("Hello", 2, True),
+        (" there", 2, False),
+        (" again.", 2, False),
+    ]
+    assert result.output == "Hello there again."
+
+
+async def test_a_stream_that_refuses_tokens_does_not_cost_the_model_call(
+    client: lf.Client,
+) -> None:
+    run = await client.start(closing.workflow, "close it")
+    result: AgentResult = await run.result(timeout=10)
+    assert result.output == "Still answered."
+    chunks = await read_all(client, run.run_id)
+    assert [c.value for c in chunks] == ["Closing.", "closed by a tool"]
+
+
+async def test_an_agent_without_a_stream_writes_none(client: lf.Client) -> None:
+    run = await client.start(silent.workflow, "hi")
+    assert (await run.result(timeout=10)).output == "Not streamed."
+    assert await client.streams(run.run_id) == []
 
 
 # --- the model step and the agent's configuration ---------------------------------------
