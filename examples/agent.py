@@ -89,6 +89,8 @@ def support_script(conversation: Sequence[Message]) -> str | ToolCall | list[str
         return [f"Let me look order {order_id} up.", ToolCall.to("lookup_order", order_id=order_id)]
     result = last.content or ""
     called = _called(conversation)
+    if result.startswith("error"):  # the tool failed for good, or was called wrong
+        return "Something went wrong on our side. A colleague will email you today."
     if called == "lookup_order":
         order = json.loads(result)
         if not order["found"]:

@@ -95,7 +95,12 @@ async def pending_approvals(client: Client, run_id: str) -> list[Approval]:
 
 
 async def approve(client: Client, request: Approval | str) -> str:
-    """Let the tool run; returns the run id. ``lf.HookNotFoundError`` if already answered."""
+    """Let the tool run; returns the run id.
+
+    ``lf.HookNotFoundError`` once the agent has taken an answer (its hook is disposed);
+    an answer sent before that, while another is on its way, is recorded and ignored:
+    the first one in the run's log decides.
+    """
     return await client.resume_hook(_token(request), {"approved": True})
 
 

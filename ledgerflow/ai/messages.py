@@ -150,6 +150,21 @@ class AgentResult:
     turns: int
     usage: Usage = field(default_factory=Usage)
 
+    def __post_init__(self) -> None:
+        _check(isinstance(self.output, str), "AgentResult.output must be a string")
+        messages = self.messages
+        _check(
+            isinstance(messages, tuple | list) and all(isinstance(m, Message) for m in messages),
+            "AgentResult.messages must be Messages",
+        )
+        if isinstance(messages, list):
+            object.__setattr__(self, "messages", tuple(messages))
+        _check(
+            isinstance(self.turns, int) and not isinstance(self.turns, bool) and self.turns >= 0,
+            "AgentResult.turns must be a whole number of at least 0",
+        )
+        _check(isinstance(self.usage, Usage), "AgentResult.usage must be a Usage")
+
 
 def _check(ok: bool, problem: str) -> None:
     if not ok:

@@ -7,7 +7,10 @@ the real servers and crash its worker; these cover the loop's every path, fast.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,8 @@ import ledgerflow as lf
 from ledgerflow.ai import Agent, AgentResult, Message, ModelReply, ScriptedModel, ToolCall, tool
 
 from .helpers import unique_namespace
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @lf.step(name="unit_ai_add")
@@ -386,6 +391,23 @@ def test_agents_are_checked_where_they_are_built() -> None:
 # --- messages and the scripted model ------------------------------------------------------
 
 
+def test_the_example_runs_by_hand_in_memory() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.agent", "--embedded", "--reject"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "  (s1) Let me look order A-17 up." in lines
+    assert any(line.startswith("approval asked: refund(") for line in lines)
+    assert lines[-1] == "3 model calls, 144 tokens"
+    assert "  assistant: I am sorry: I could not refund this order." in done.stdout
+
+
 def test_messages_refuse_what_no_conversation_holds() -> None:
     for build, problem in [
         (lambda: Message("robot", "hi"), "role must be one of"),  # type: ignore[arg-type]
@@ -404,6 +426,11 @@ def test_a_forged_message_in_a_payload_does_not_decode() -> None:
     assert codec.decode(good) == Message.user("hi")
     forged = good.replace(b"user", b"root")
     with pytest.raises(lf.SerializationError, match="role must be one of"):
+        codec.decode(forged)
+    result = codec.encode(AgentResult("ok", (Message.user("hi"),), 1))
+    assert codec.decode(result).output == "ok"
+    forged = result.replace(b"\xa2ok", b"\xcd\x00\x07")  # the text "ok" as the number 7
+    with pytest.raises(lf.SerializationError, match="output must be a string"):
         codec.decode(forged)
     calls = codec.decode(codec.encode(Message.assistant(None, (ToolCall("1", "f", {"a": 1}),))))
     assert calls.tool_calls == (ToolCall("1", "f", {"a": 1}),)
