@@ -61,6 +61,8 @@ class Agent:
     - ``tools``: steps (described from their signature and docstring) or ``lf.ai.tool(...)``.
     - ``max_turns``: model calls per run; one more would raise ``lf.MaxTurnsError``.
     - ``stream``: the run's output stream the model's tokens are written to (None: none).
+    - ``retention``, ``timeout``: the workflow's (``@lf.workflow``): how long a finished
+      run is kept, and how long a run may take in all, approvals waited for included.
     - ``model_timeout``, ``model_retry``, ``model_queue``: the model step's options
       (``@lf.step``'s ``timeout``, ``retry``, ``queue``): a queue of its own lets a
       pool of workers sized for the provider's rate limit take every model call.
@@ -79,6 +81,7 @@ class Agent:
         model_retry: RetryPolicy | None = DEFAULT_MODEL_RETRY,
         model_queue: str = DEFAULT_STEP_QUEUE,
         retention: dt.timedelta | None = None,
+        timeout: dt.timedelta | float | None = None,
     ) -> None:
         if not isinstance(name, str) or not AGENT_NAME.match(name):
             raise ConfigurationError(
@@ -115,7 +118,7 @@ class Agent:
             max_payload=codec.MAX_PAYLOAD,
         )(self._model_call())
         self.workflow: WorkflowFunction[..., AgentResult] = workflow(
-            name=name, retention=retention
+            name=name, retention=retention, timeout=timeout
         )(self._workflow())
         _agents[name] = self
 

@@ -69,6 +69,8 @@ def read_decision(payload: Any) -> Decision:
 async def pending_approvals(client: Client, run_id: str) -> list[Approval]:
     """The run's approval requests nobody has answered yet, oldest first."""
     state = await client.state(run_id)
+    if state.finished:
+        return []  # a run that ended takes no answers, whatever its hooks say
     found = []
     for hook in state.hooks.values():
         meta = hook.metadata

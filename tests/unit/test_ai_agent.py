@@ -133,6 +133,12 @@ closing = Agent(
     model=ScriptedModel([["Closing.", ToolCall.to("closer")], "Still answered."]),
     tools=[closer],
 )
+forgotten = Agent(
+    "unit_ai_forgotten",
+    model=ScriptedModel([ToolCall.to("charge", amount=1), echo_tools]),
+    tools=[tool(charge, approval=True)],
+    timeout=0.5,
+)
 hurried = Agent(
     "unit_ai_hurried",
     model=ScriptedModel([ToolCall.to("charge", amount=1), echo_tools]),
@@ -305,6 +311,14 @@ async def test_no_decision_in_time_is_a_rejection(client: lf.Client) -> None:
     assert result.output == (
         "rejected: a person did not approve this call: no decision within 0.3 s"
     )
+
+
+async def test_an_agents_timeout_ends_a_run_nobody_answers(client: lf.Client) -> None:
+    run = await client.start(forgotten.workflow, "charge me")
+    with pytest.raises(lf.WorkflowFailedError) as failed:
+        await run.result(timeout=10)
+    assert failed.value.type_name == "ledgerflow.WorkflowTimeoutError"
+    assert await lf.ai.pending_approvals(client, run.run_id) == []  # its hook went with it
 
 
 # --- tokens -------------------------------------------------------------------------------
