@@ -174,8 +174,10 @@ class Agent:
         """
         if not isinstance(prompt, str):
             raise InvalidArgumentError(f"agent {self.name!r}: the prompt must be text")
-        if not all(isinstance(m, Message) for m in history):
-            raise InvalidArgumentError(f"agent {self.name!r}: history must be Messages")
+        if not isinstance(history, list | tuple) or not all(
+            isinstance(m, Message) for m in history
+        ):
+            raise InvalidArgumentError(f"agent {self.name!r}: history must be a list of Messages")
         conversation: list[Message] = []
         if self.instructions and not (history and history[0].role == "system"):
             conversation.append(Message.system(self.instructions))

@@ -235,6 +235,13 @@ async def test_a_long_message_is_stored_once_and_referred_to_by_later_model_call
     assert all(len(e.data.get("args", b"")) < 10_000 for e in events)
 
 
+async def test_a_history_that_is_not_messages_fails_the_run(client: lf.Client) -> None:
+    for history in (["hello"], {"role": "user"}, "hello"):
+        run = await client.start(adder.workflow, "hi", history)
+        with pytest.raises(lf.WorkflowFailedError, match="history must be a list of Messages"):
+            await run.result(timeout=10)
+
+
 async def test_max_turns_fails_the_run_saying_so(client: lf.Client) -> None:
     run = await client.start(looper.workflow, "loop")
     with pytest.raises(lf.WorkflowFailedError) as failed:
