@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -430,14 +430,15 @@ def test_the_example_runs_by_hand_in_memory() -> None:
 
 
 def test_messages_refuse_what_no_conversation_holds() -> None:
-    for build, problem in [
+    cases: list[tuple[Callable[[], object], str]] = [
         (lambda: Message("robot", "hi"), "role must be one of"),  # type: ignore[arg-type]
         (lambda: Message("user", 5), "content must be"),  # type: ignore[arg-type]
         (lambda: Message("user", "x", (ToolCall("1", "f"),)), "only an assistant's"),
         (lambda: Message("tool", "x"), "answers a tool_call_id"),
         (lambda: ToolCall("1", "f", {1: 2}), "string keys"),  # type: ignore[dict-item]
         (lambda: ModelReply(Message.user("x")), "an assistant's Message"),
-    ]:
+    ]
+    for build, problem in cases:
         with pytest.raises(lf.InvalidArgumentError, match=problem):
             build()
 

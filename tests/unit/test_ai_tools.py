@@ -8,6 +8,7 @@ import decimal
 from typing import Annotated, Any, Literal
 
 import pytest
+from ledgerflow.worker.registry import StepFunction
 
 import ledgerflow as lf
 from ledgerflow.ai import tool
@@ -115,13 +116,14 @@ def test_types_a_model_cannot_send_are_refused_at_import_naming_the_parameter() 
     async def variadic(*values: int) -> None:
         """Many."""
 
-    for step, problem in [
+    cases: list[tuple[StepFunction[..., Any], str]] = [
         (boxed, "parameter 'box': type .*Box cannot be described"),
         (either, "only `T | None` unions"),
         (intkeys, "keys must be str"),
         (undocumented, "no description"),
         (variadic, "cannot be passed by name"),
-    ]:
+    ]
+    for step, problem in cases:
         with pytest.raises(lf.ConfigurationError, match=problem):
             tool(step)
     with pytest.raises(lf.ConfigurationError, match="1-64 letters"):
