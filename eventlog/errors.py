@@ -418,3 +418,26 @@ class HistoryLimitError(LedgerflowError):
 
 class ContinuationRunIdTakenError(LedgerflowError):
     """``lf.continue_as_new``'s next run id is taken by a run that does not continue this one."""
+
+
+# --- AI agents (ledgerflow.ai) ------------------------------------------------------------
+
+
+class ModelError(LedgerflowError):
+    """A model call failed: the API could not be reached, or it answered with something
+    that is not a reply (malformed, oversized, of the wrong shape). The model step is
+    retried by its policy: another attempt may well get a good answer."""
+
+
+class ModelUnavailableError(ModelError, RetryableError):
+    """The model API is overloaded or down (HTTP 408, 409, 429, 5xx, a broken connection):
+    retried, after the server's ``Retry-After`` when it sent a usable one."""
+
+
+class ModelRefusedError(ModelError, FatalError):
+    """The model API refused the request for good (a bad key, an unknown model, a request
+    it cannot serve), or a scripted model ran out of script: never retried."""
+
+
+class MaxTurnsError(LedgerflowError):
+    """An agent reached its ``max_turns`` model calls without a final answer."""

@@ -34,6 +34,10 @@ from ledgerflow.eventlog.errors import (
     IllegalTransitionError,
     InvalidArgumentError,
     LedgerflowError,
+    MaxTurnsError,
+    ModelError,
+    ModelRefusedError,
+    ModelUnavailableError,
     NestingTooDeepError,
     NonDeterminismError,
     NotReplicatedError,
@@ -79,7 +83,7 @@ from ledgerflow.worker.resources import resource, use
 from ledgerflow.worker.retry import RetryPolicy
 from ledgerflow.worker.streams import StreamWriter, stream
 
-from . import testing
+from . import ai, testing
 
 __version__ = "0.1.0"
 
@@ -104,6 +108,10 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidArgumentError",
     "LedgerflowError",
+    "MaxTurnsError",
+    "ModelError",
+    "ModelRefusedError",
+    "ModelUnavailableError",
     "NestingTooDeepError",
     "NonDeterminismError",
     "NotReplicatedError",
@@ -135,6 +143,7 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowStalledError",
     "WorkflowTimeoutError",
+    "ai",
     "allow_modules",
     "continue_as_new",
     "create_hook",

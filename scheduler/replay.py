@@ -624,11 +624,15 @@ class WorkflowInstance:
         raise WaitTimeout(f"nothing arrived within {timeout:g} s (a durable timeout)")
 
     def dispose_hook(self, corr: str) -> None:
-        """Ask for a hook's disposal, unless the log (or an earlier ask) already has it."""
+        """Ask for a hook's disposal, unless the log (or an earlier ask) already has it.
+
+        The hook stays among ``live_hooks`` until the log holds its disposal: a decision
+        that also ends the run records none of its commands, and the run's end must
+        then dispose of it with the others.
+        """
         if corr in self._disposed_hooks:
             return
         self._disposed_hooks.add(corr)
-        self._live_hooks.pop(corr, None)
         self._new.append(DisposeHookCommand(corr=corr))
 
     def live_hooks(self) -> list[str]:
