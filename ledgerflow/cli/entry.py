@@ -39,6 +39,7 @@ from . import (
     deletion,
     dlq,
     hooks,
+    limits,
     migrate,
     processes,
     queues,
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive.register(runs_commands)
     dlq.register(sub)
     queues.register(sub)
+    limits.register(sub)
     dashboard.register(sub)
     migrate.register(sub)
     webhooks.register(sub)

@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 
 from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, Maintenance, RunIndex, TimerIndex
 
 from .observer import Observer
@@ -171,6 +172,9 @@ BYTES_REMOVED = Counter(
 
 # --- sampled gauges (GaugeSampler) -----------------------------------------------------------
 
+MAX_KEY_LABELS = 20
+"""Concurrency keys given labels of their own: keys are users' values (tenants), unbounded."""
+
 QUEUE_DEPTH = Gauge(
     "ledgerflow_queue_depth",
     "Ready messages in a queue (in-flight ones not counted), sampled periodically.",
@@ -193,6 +197,20 @@ RUNS_PENDING_REMOVAL = Gauge(
     "indexes), sampled. Growing: the janitor (in the reconciler) is not keeping up or not running.",
     registry=REGISTRY,
 )
+SLOTS_HOLDING = Gauge(
+    "ledgerflow_concurrency_slots_in_use",
+    "Concurrency slots held per limit and key (lf.Concurrency), sampled. Keys are the "
+    f"{MAX_KEY_LABELS} with the most waiting; key=\"*\" sums a limit's other keys.",
+    ["limit", "key"],
+    registry=REGISTRY,
+)
+SLOTS_WAITING = Gauge(
+    "ledgerflow_concurrency_waiting",
+    "Steps parked for a concurrency slot per limit and key, sampled (keys as for "
+    "ledgerflow_concurrency_slots_in_use).",
+    ["limit", "key"],
+    registry=REGISTRY,
+)
 SAMPLE_ERRORS = Counter(
     "ledgerflow_gauge_read_errors",
     "Sampled gauge reads that failed or timed out (the gauge keeps its last value).",
@@ -207,13 +225,15 @@ SAMPLE_AGE = Gauge(
 )
 
 DEFAULT_SAMPLE_INTERVAL = 5.0
+
 DEFAULT_READ_TIMEOUT = 2.0
 
 QueueDepth = Callable[[str], Awaitable[int]]
 
 
-class Counted(EventLog, RunIndex, TimerIndex, Maintenance, Protocol):
-    """What the sampled gauges count: active runs, pending timers, runs pending removal."""
+class Counted(EventLog, RunIndex, TimerIndex, Maintenance, Slots, Protocol):
+    """What the sampled gauges count: active runs, pending timers, runs pending removal,
+    concurrency slots."""
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -271,6 +291,7 @@ class GaugeSampler:
         reads = [self._read("active_runs", self._active_runs)]
         reads.append(self._read("timers_pending", self._timers_pending))
         reads.append(self._read("runs_pending_removal", self._pending_removal))
+        reads.append(self._read("concurrency", self._concurrency))
         if self.depth is not None:
             reads += [self._read(f"queue_depth:{q}", self._queue(q)) for q in self.queues]
         await asyncio.gather(*reads)
@@ -284,6 +305,24 @@ class GaugeSampler:
     async def _pending_removal(self) -> None:
         now = await self.store.now_ms()
         RUNS_PENDING_REMOVAL.set(await self.store.count_due_removals(now, self.retention_ms))
+
+    async def _concurrency(self) -> None:
+        uses = await self.store.slot_uses()
+        SLOTS_HOLDING.clear()
+        SLOTS_WAITING.clear()
+        shown = sorted(uses, key=lambda u: (-u.waiting, -u.holding))[:MAX_KEY_LABELS]
+        rest: dict[str, list[int]] = {}
+        for use in uses:
+            if use in shown:
+                SLOTS_HOLDING.labels(limit=use.limit, key=use.key).set(use.holding)
+                SLOTS_WAITING.labels(limit=use.limit, key=use.key).set(use.waiting)
+            else:
+                total = rest.setdefault(use.limit, [0, 0])
+                total[0] += use.holding
+                total[1] += use.waiting
+        for limit, (holding, waiting) in rest.items():
+            SLOTS_HOLDING.labels(limit=limit, key="*").set(holding)
+            SLOTS_WAITING.labels(limit=limit, key="*").set(waiting)
 
     def _queue(self, queue: str) -> Callable[[], Awaitable[None]]:
         async def read() -> None:

@@ -11,6 +11,7 @@ the waiters in, so every run still completes.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 import ledgerflow as lf
+from ledgerflow.ops import metrics
 from ledgerflow.testing.fleet import Fleet, cli_env
 from tests.apps import limits_shared as ls
-from tests.processes import ROOT
+from tests.processes import ROOT, cli
 from tests.servers import Servers
 
 pytestmark = pytest.mark.integration
@@ -95,3 +97,34 @@ async def test_slots_of_a_killed_worker_run_out_and_the_waiters_get_in(
         assert results == [f"k-{i}" for i in range(6)]
     finally:
         fleet.stop_all()
+
+
+async def test_limits_are_visible_in_the_cli_and_the_metrics(
+    servers: Servers, backends: Any, names: Any
+) -> None:
+    store = backends.store
+    for i in range(3):
+        await store.acquire_slot("payments", "tenant\x1b[2J", f"r{i}|s1", 1, 60_000, b"m")
+    await store.acquire_slot("payments", "quiet", "q|s1", 1, 60_000, b"m")
+    shown = await asyncio.to_thread(cli, servers, names.namespace, "limits")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["LIMIT", "KEY", "IN", "USE", "WAITING"]
+    assert "tenant\\x1b[2J" in shown.stdout and "\x1b" not in shown.stdout  # escaped
+    as_json = await asyncio.to_thread(cli, servers, names.namespace, "limits", "--json")
+    assert sorted((u["key"], u["holding"], u["waiting"]) for u in json.loads(as_json.stdout)) == [
+        ("quiet", 1, 0),
+        ("tenant\x1b[2J", 1, 2),
+    ]
+    sampler = metrics.GaugeSampler(store)
+    await sampler.sample_once()
+    assert (
+        metrics.sample(
+            "ledgerflow_concurrency_waiting", {"limit": "payments", "key": "tenant\x1b[2J"}
+        )
+        == 2
+    )
+    assert (
+        metrics.sample("ledgerflow_concurrency_slots_in_use", {"limit": "payments", "key": "quiet"})
+        == 1
+    )
