@@ -526,3 +526,44 @@ if redis.call('ZCARD', holders) == 0 and redis.call('ZCARD', waiting) == 0 then 
 return {empty, unpack(promoted)}
 """
 )
+
+# Rate limits (eventlog/rates.py): GCRA on actual starts, with reservations for order.
+# KEYS: the bucket (HASH: tat, the next turn to give out; go, the conforming time of actual
+# starts; r:<member> -> the time reserved for a member that waits). ARGV: member, interval
+# ms (may be fractional), burst, idle ttl ms. Reply: 0 (start now) or the ms to wait.
+RATE_TAKE_SCRIPT = """
+local bucket = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tau = (burst - 1) * interval
+-- Starts may come up to half an interval early against the last one, so turns woken
+-- late (the timer loop, RabbitMQ and a worker lie between) catch up on the schedule.
+local slack = math.max(tau, interval / 2)
+local field = 'r:' .. ARGV[1]
+local go = tonumber(redis.call('HGET', bucket, 'go') or '0')
+local at
+local reserved = redis.call('HGET', bucket, field)
+if reserved then
+  at = tonumber(reserved)
+else
+  local tat = tonumber(redis.call('HGET', bucket, 'tat') or '0')
+  if tat < now then tat = now end
+  redis.call('HSET', bucket, 'tat', string.format('%.3f', tat + interval))
+  at = tat - tau
+end
+if at <= now and now >= go - slack then
+  if go < now then go = now end
+  redis.call('HSET', bucket, 'go', string.format('%.3f', go + interval))
+  redis.call('HDEL', bucket, field)
+  redis.call('PEXPIRE', bucket, math.ceil(go + interval - now) + tonumber(ARGV[4]))
+  return 0
+end
+if at < go - slack then at = go - slack end
+at = math.ceil(at)
+if at <= now then at = now + 1 end
+redis.call('HSET', bucket, field, at)
+local tat = tonumber(redis.call('HGET', bucket, 'tat') or '0')
+redis.call('PEXPIRE', bucket, math.ceil(math.max(tat, at) - now) + tonumber(ARGV[4]))
+return at - now
+"""

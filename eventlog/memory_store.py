@@ -37,6 +37,7 @@ from .memory_slots import MemorySlots
 from .names import Names, shard_of
 from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
+from .rates import MemoryRates
 from .removal import implied_timer_members
 from .slots import SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
@@ -73,6 +74,7 @@ class MemoryEventStore(EventStore):
         self.memory_blobs = MemoryBlobStore(self._blob_run_state)
         self._outputs = MemoryOutputs(self._blob_run_state)
         self._slots = MemorySlots()
+        self._rates = MemoryRates()
         self.blob_store: BlobStore = blob_store or self.memory_blobs
         self._streams: dict[str, list[_Entry]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
@@ -498,6 +500,11 @@ class MemoryEventStore(EventStore):
 
     async def renew_slots(self, held: Sequence[tuple[str, str, str]], lease_ms: int) -> None:
         self._slots.renew(held, lease_ms)
+
+    async def take_rate(
+        self, limit: str, key: str, member: str, interval_ms: float, burst: int
+    ) -> int:
+        return self._rates.take(limit, key, member, interval_ms, burst)
 
     async def slot_uses(self) -> list[SlotUse]:
         return self._slots.uses()

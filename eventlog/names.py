@@ -319,6 +319,10 @@ class Names:
     def slot_info(self, slot: str) -> str:
         return f"{self.namespace}:slot:{{{slot}}}:info"
 
+    def rate_bucket(self, rate: str) -> str:
+        """A rate limit's bucket (eventlog/rates.py), under a tag of its own."""
+        return f"{self.namespace}:rate:{{{rate}}}"
+
     def slot_index(self) -> str:
         """Every (limit, key) that has held or parked something (a SET of slot ids)."""
         return f"{self.namespace}:slots"

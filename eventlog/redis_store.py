@@ -44,6 +44,7 @@ from .lua import (
     ENTITY_SCRIPT,
     FORGET_HOOK_SCRIPT,
     HEARTBEAT_SCRIPT,
+    RATE_TAKE_SCRIPT,
     RELEASE_TIMER_SCRIPT,
     REMOVE_RUN_SCRIPT,
     REWRITE_DERIVED_SCRIPT,
@@ -60,6 +61,7 @@ from .names import (
 )
 from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
+from .rates import IDLE_TTL_MS, rate_id
 from .redis_blobs import RedisBlobStore
 from .redis_client import RedisClient, call_scripts, redis_client
 from .redis_outputs import RedisOutputs
@@ -131,6 +133,7 @@ class RedisEventStore(EventStore):
         self._watcher: StreamWatcher | ClusterStreamWatcher | None = None
         self._outputs = RedisOutputs(client, names, self._watch_key)
         self._slots = RedisSlots(client, names)
+        self._take_rate = client.register_script(RATE_TAKE_SCRIPT)
         self._url = ""
 
     @classmethod
@@ -398,6 +401,16 @@ class RedisEventStore(EventStore):
 
     async def renew_slots(self, held: Sequence[tuple[str, str, str]], lease_ms: int) -> None:
         await self._slots.renew(held, lease_ms)
+
+    @retried("take a rate limit's turn")
+    async def take_rate(
+        self, limit: str, key: str, member: str, interval_ms: float, burst: int
+    ) -> int:
+        reply = await self._take_rate(
+            keys=[self.names.rate_bucket(rate_id(limit, key))],
+            args=[member, repr(float(interval_ms)), burst, IDLE_TTL_MS],
+        )
+        return int(reply)
 
     async def slot_uses(self) -> list[SlotUse]:
         return await self._slots.uses()

@@ -1,13 +1,14 @@
-"""The event store's interfaces: seven narrow protocols and the whole store both stores implement.
+"""The event store's interfaces: eight narrow protocols and the whole store both stores implement.
 
 A caller names only the protocol it uses (the log, the timer index, the run
 index, presence, maintenance, output streams from ``outputs``, concurrency
-slots from ``slots``; or a small intersection of them declared beside it), so
-a reader sees at a glance what it touches, and mypy refuses a call to anything
-else. ``EventStore`` is all seven plus ``close``: what a process opens, owns and
-closes, and what the two implementations (and one conformance suite) cover.
-Nothing asks which implementation it has: a capability one lacks is a protocol
-it does not offer, not an ``isinstance`` check.
+slots from ``slots``, rate limits from ``rates``; or a small intersection of
+them declared beside it), so a reader sees at a glance what it touches, and
+mypy refuses a call to anything else. ``EventStore`` is all eight plus
+``close``: what a process opens, owns and closes, and what the two
+implementations (and one conformance suite) cover. Nothing asks which
+implementation it has: a capability one lacks is a protocol it does not offer,
+not an ``isinstance`` check.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .blobs import BlobStore
 from .events import AppendResult, Event, EventType, NewEvent, id_order
 from .names import Names
 from .outputs import OutputStreams
+from .rates import Rates
 from .slots import Slots
 from .timers import DueTimer, EntityStatus, Timer
 
@@ -349,7 +351,9 @@ class RunLog(EventLog, RunIndex, Protocol):
     """A run's log together with where it stands: what most run-level code reads and writes."""
 
 
-class EventStore(EventLog, RunIndex, TimerIndex, Presence, Maintenance, OutputStreams, Slots, ABC):
+class EventStore(
+    EventLog, RunIndex, TimerIndex, Presence, Maintenance, OutputStreams, Slots, Rates, ABC
+):
     """The whole store: append-only per-run logs plus the derived indexes the append keeps in step.
 
     What a process opens and closes; what ``RedisEventStore`` and

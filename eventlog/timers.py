@@ -28,6 +28,7 @@ class TimerKind(enum.StrEnum):
     STEP_RETRY = "retry"  # dispatch attempt `attempt` of step `corr`
     WAIT = "wait"  # complete wait `corr`
     HEARTBEAT = "hb"  # check that attempt `attempt` of step `corr` is still alive
+    THROTTLE = "throttle"  # send attempt `attempt` of step `corr` again: its rate limit's turn
 
 
 @dataclass(frozen=True, slots=True)

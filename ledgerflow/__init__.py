@@ -78,6 +78,7 @@ from ledgerflow.scheduler.durable import (
 from ledgerflow.scheduler.replay import Hook, Webhook
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
 from ledgerflow.worker.concurrency import Concurrency
+from ledgerflow.worker.ratelimit import RateLimit
 from ledgerflow.worker.registry import set_default_retry
 from ledgerflow.worker.resources import resource, use
 from ledgerflow.worker.retry import RetryPolicy
@@ -116,6 +117,7 @@ __all__ = [
     "NonDeterminismError",
     "NotReplicatedError",
     "PayloadTooLargeError",
+    "RateLimit",
     "ReplayDivergenceError",
     "ResourceUnavailableError",
     "ResultTimeoutError",

@@ -119,6 +119,8 @@ class TimerLoop:
             await self._heartbeat(due)
         elif timer.kind is TimerKind.WAIT:
             await self._wake(due)
+        elif timer.kind is TimerKind.THROTTLE:
+            await self._resend(due)
         self.fired += 1
 
     async def _retry(self, due: DueTimer) -> None:
@@ -150,6 +152,29 @@ class TimerLoop:
                     attempt=timer.attempt,
                     late_ms=entity.now - due.due,
                 )
+        await self.store.release_timer(due)
+
+    async def _resend(self, due: DueTimer) -> None:
+        """Send a step that waited for its rate limit (``lf.RateLimit``) again, if it still waits.
+
+        It waited before it started: created (a first attempt) or retrying (a later
+        one). Anything else means it moved on (run over, started elsewhere): nothing.
+        """
+        timer = due.timer
+        entity = await self.store.entity(timer.run_id, timer.corr)
+        waiting = (entity.state == StepStatus.CREATED and timer.attempt == 1) or (
+            entity.state == StepStatus.RETRYING and entity.attempt == timer.attempt - 1
+        )
+        if entity.run_state == RunStatus.STARTED and waiting and entity.created_id is not None:
+            try:
+                created = await self.store.read_event(timer.run_id, entity.created_id)
+                message = _retry_message(timer, created, entity.workflow)
+            except SerializationError as exc:
+                await self._give_up(due, exc)
+                return
+            if message is not None:
+                await retrying("publish throttled step", lambda: self.broker.publish_step(message))
+                self._fired(due, entity.now)
         await self.store.release_timer(due)
 
     async def _give_up(self, due: DueTimer, exc: SerializationError) -> None:

@@ -99,25 +99,38 @@ class Concurrency:
         self, signature: inspect.Signature | None, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> str:
         """The key of one call, from its (decoded) arguments; InvalidArgumentError if unusable."""
-        if self.key is None:
-            return ""
-        if callable(self.key):
-            value = self.key(*args, **kwargs)
-        else:
-            if signature is None:
-                raise InvalidArgumentError(f"cannot find argument {self.key!r} without a signature")
-            try:
-                bound = signature.bind_partial(*args, **kwargs)
-            except TypeError as exc:
-                raise InvalidArgumentError(f"arguments do not fit the step: {exc}") from None
-            bound.apply_defaults()
-            value = bound.arguments.get(self.key)
-        text = value if isinstance(value, str) else repr(value)
-        if len(text) > MAX_KEY:
-            raise InvalidArgumentError(
-                f"concurrency key of {self.name!r} is over {MAX_KEY} characters: use a shorter key"
-            )
-        return text
+        return call_key(self.key, signature, args, kwargs, f"concurrency limit {self.name!r}")
+
+
+def call_key(
+    spec: str | Callable[..., Any] | None,
+    signature: inspect.Signature | None,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    what: str,
+) -> str:
+    """A limit's key for one call: an argument's value, a function's answer, or "" (none).
+
+    A key that is not text is its ``repr``; over ``MAX_KEY`` characters it is refused
+    (InvalidArgumentError): the key names Redis state and shows in metrics.
+    """
+    if spec is None:
+        return ""
+    if callable(spec):
+        value = spec(*args, **kwargs)
+    else:
+        if signature is None:
+            raise InvalidArgumentError(f"cannot find argument {spec!r} without a signature")
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgumentError(f"arguments do not fit the step: {exc}") from None
+        bound.apply_defaults()
+        value = bound.arguments.get(spec)
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > MAX_KEY:
+        raise InvalidArgumentError(f"key of {what} is over {MAX_KEY} characters: use a shorter key")
+    return text
 
 
 @dataclass(frozen=True, slots=True)

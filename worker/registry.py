@@ -24,6 +24,7 @@ from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
 from .concurrency import Concurrency
 from .dispatch import current_dispatcher
 from .naming import Registry, check_arguments
+from .ratelimit import RateLimit
 from .resources import Resource, WorkerResources, resource_parameters
 from .retry import DEFAULT_RETRY, RetryPolicy
 
@@ -47,6 +48,8 @@ class StepDef:
     resources: dict[str, Resource] = field(default_factory=dict, compare=False)
     # At most this many attempts at once per key, across every worker (worker/concurrency.py).
     concurrency: Concurrency | None = field(default=None, compare=False)
+    # At most this many starts per period per key, across every worker (worker/ratelimit.py).
+    rate_limit: RateLimit | None = field(default=None, compare=False)
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Check and encode a call's arguments, all inline, naming the bad one on failure."""
@@ -188,6 +191,7 @@ def step(
     retry: RetryPolicy | None = None,
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
     concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> Callable[[Callable[P, Any]], StepFunction[P, Any]]: ...
 
 
@@ -202,11 +206,14 @@ def step(
     retry: RetryPolicy | None = None,
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
     concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> Any:
     """Mark a function as a step: run at least once by a worker, its result recorded once.
 
     ``concurrency=lf.Concurrency(limit, key=...)``: at most ``limit`` attempts of it at
     once per key across every worker; the others wait, in order, parked in Redis.
+    ``rate_limit=lf.RateLimit(rate, per=..., key=...)``: at most ``rate`` starts per
+    period per key; a step over it waits for its turn in the timer index.
     """
 
     def register(func: Callable[..., Any]) -> StepFunction[Any, Any]:
@@ -229,6 +236,8 @@ def step(
             raise ConfigurationError(
                 f"step {func.__qualname__}: concurrency must be lf.Concurrency"
             )
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ConfigurationError(f"step {func.__qualname__}: rate_limit must be lf.RateLimit")
         step_name = name or func.__qualname__
         definition = StepDef(
             name=step_name,
@@ -243,6 +252,11 @@ def step(
             concurrency=(
                 concurrency.bound_to(step_name, inspect.signature(func))
                 if concurrency is not None
+                else None
+            ),
+            rate_limit=(
+                rate_limit.bound_to(step_name, inspect.signature(func))
+                if rate_limit is not None
                 else None
             ),
         )

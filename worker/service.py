@@ -58,10 +58,11 @@ from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.kinds import RunStatus
 from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
 from ledgerflow.eventlog.outputs import OutputStreams
+from ledgerflow.eventlog.rates import Rates
 from ledgerflow.eventlog.records import StepCreated, StepStarted
 from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.slots import Slots
-from ledgerflow.eventlog.store import EventLog, Presence, RunIndex
+from ledgerflow.eventlog.store import EventLog, Presence, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 
 from ledgerflow.ops.observer import Observer, Observers, StepAttempt
@@ -132,7 +133,7 @@ class _Hold:
     started: int = 0  # steps that got a slot: from then on they run to their end
 
 
-class WorkerStore(EventLog, RunIndex, Presence, OutputStreams, Slots, Protocol):
+class WorkerStore(EventLog, RunIndex, TimerIndex, Presence, OutputStreams, Slots, Rates, Protocol):
     """What a worker uses: it appends outcomes, reads run states, marks itself alive and
     lets steps write output streams."""
 
@@ -516,6 +517,13 @@ class Worker:
             self._accepted += 1
         held: Held | None = None
         try:
+            if call.definition.rate_limit is not None:
+                try:
+                    wait_ms = await self._take_turn(call, attempt)
+                except InvalidArgumentError as exc:
+                    return attempts.refused(f"step {call.message.step_id}: {exc}")
+                if wait_ms > 0:
+                    return attempts.PARKED
             if call.definition.concurrency is not None:
                 try:
                     held = await self._take_limit(call, attempt)
@@ -543,6 +551,31 @@ class Worker:
             self._accepted -= 1
             if held is not None:
                 await self._free_limit(held)
+
+    async def _take_turn(self, call: _Call, attempt: int) -> int:
+        """0 if the step may start now under its rate limit; else it was put off (a timer
+        sends it again at its reserved turn) and this is how long it waits, in ms."""
+        limit = call.definition.rate_limit
+        assert limit is not None and limit.name is not None
+        message = call.message
+        key = limit.key_of(call.definition.signature, call.args, call.kwargs)
+        member = f"{message.run_id}|{message.step_id}|{attempt}"
+        wait_ms = await self.store.take_rate(
+            limit.name, key, member, limit.interval_ms, limit.burst
+        )
+        if wait_ms > 0:
+            timer = Timer(TimerKind.THROTTLE, message.run_id, message.step_id, attempt)
+            await retrying(
+                "arm a rate-limit timer", lambda: self.store.add_timer(timer, delay_ms=wait_ms)
+            )
+            log.debug(
+                "step waits for its rate limit",
+                **_log_fields(message, attempt),
+                limit=limit.name,
+                key=key,
+                wait_ms=wait_ms,
+            )
+        return wait_ms
 
     async def _take_limit(self, call: _Call, attempt: int) -> Held | None:
         """The step's concurrency slot, taken; None if it was parked to wait for one."""

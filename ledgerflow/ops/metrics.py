@@ -200,7 +200,7 @@ RUNS_PENDING_REMOVAL = Gauge(
 SLOTS_HOLDING = Gauge(
     "ledgerflow_concurrency_slots_in_use",
     "Concurrency slots held per limit and key (lf.Concurrency), sampled. Keys are the "
-    f"{MAX_KEY_LABELS} with the most waiting; key=\"*\" sums a limit's other keys.",
+    f'{MAX_KEY_LABELS} with the most waiting; key="*" sums a limit\'s other keys.',
     ["limit", "key"],
     registry=REGISTRY,
 )

@@ -44,3 +44,35 @@ async def shared_call(tenant: str, i: int, seconds: float) -> str:
 @lf.workflow
 async def shared_one(tenant: str, i: int, seconds: float = 0.1) -> str:
     return await shared_call(tenant, i, seconds)
+
+
+PAYMENTS = lf.RateLimit.named("payments-api", 10, per=1.0)
+
+
+async def _record_start() -> None:
+    """When a call started (ms, Redis's clock), in the test's namespace."""
+    client = aioredis.Redis.from_url(os.environ["LEDGERFLOW_REDIS_URL"])
+    try:
+        seconds, micros = await client.time()
+        started = int(seconds) * 1000 + int(micros) // 1000
+        await client.rpush(f"{os.environ['LEDGERFLOW_NAMESPACE']}:test:calls", started)
+    finally:
+        await client.aclose()
+
+
+@lf.step(rate_limit=PAYMENTS)
+async def charge(i: int) -> int:
+    await _record_start()
+    return i
+
+
+@lf.step(rate_limit=PAYMENTS)
+async def refund(i: int) -> int:
+    """A second step on the same budget: together they keep to 10 a second."""
+    await _record_start()
+    return -i
+
+
+@lf.workflow
+async def pay(i: int) -> int:
+    return await (charge(i) if i % 2 == 0 else refund(i))

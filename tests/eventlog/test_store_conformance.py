@@ -1911,3 +1911,30 @@ async def test_slot_keys_are_bounded_and_promotion_is_paced(
     promoted = await store.release_slot(lim, "k", "r|s0", 500, 60_000)
     assert len(promoted) == 100 and promoted[0] == b"m1"
     assert len(await store.release_slot(lim, "k", "none", 500, 60_000)) == 19
+
+
+# --- rate limits (eventlog.rates) --------------------------------------------------------
+
+
+async def test_a_rate_limit_spaces_starts_and_keeps_each_waiters_turn(store: EventStore) -> None:
+    lim = f"rate-{uuid.uuid4().hex[:6]}"
+    assert await store.take_rate(lim, "k", "a", 200.0, 1) == 0
+    waits = [await store.take_rate(lim, "k", m, 200.0, 1) for m in ("b", "c", "d")]
+    # Turns in arrival order, one interval apart (allowing for the ms the calls took).
+    assert [round(w / 200) for w in waits] == [1, 2, 3], waits
+    # Asking again before its turn: the same turn, not a new one at the back.
+    again = await store.take_rate(lim, "k", "c", 200.0, 1)
+    assert abs(again - waits[1]) <= 50
+    # Another key of the same limit has its own budget.
+    assert await store.take_rate(lim, "other", "x", 200.0, 1) == 0
+    await asyncio.sleep(waits[0] / 1000 + 0.05)
+    assert await store.take_rate(lim, "k", "b", 200.0, 1) == 0  # b's turn has come
+
+
+async def test_a_burst_may_start_at_once_then_the_rate_applies(store: EventStore) -> None:
+    lim = f"rate-{uuid.uuid4().hex[:6]}"
+    firsts = [await store.take_rate(lim, "", f"m{i}", 1000.0, 3) for i in range(3)]
+    assert firsts == [0, 0, 0]
+    assert await store.take_rate(lim, "", "m3", 1000.0, 3) > 500
+    with pytest.raises(InvalidArgumentError):
+        await store.take_rate(lim, "k" * 300, "m", 1000.0, 1)

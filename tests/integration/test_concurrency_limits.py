@@ -11,6 +11,7 @@ the waiters in, so every run still completes.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,37 @@ async def test_limits_are_visible_in_the_cli_and_the_metrics(
         metrics.sample("ledgerflow_concurrency_slots_in_use", {"limit": "payments", "key": "quiet"})
         == 1
     )
+
+
+async def test_a_shared_rate_of_ten_a_second_holds_over_a_hundred_calls_on_two_workers(
+    servers: Servers, backends: Any, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """100 calls of two steps sharing one named limit, started at once, start at 10 a
+    second (measured from their own start times on Redis's clock, within 3 %), and no
+    second holds more than the limit allows."""
+    names = backends.names
+    fleet = fleet_for(servers, names.namespace, tmp_path, lease_ms=60_000)
+    fleet.start_all()
+    try:
+        await fleet.wait_until_consuming(
+            servers.amqp_url, {names.step_queue(): 2, names.runs_queue: 1}
+        )
+        client = lf.Client(backends.store, backends.broker)
+        runs = [await client.start(ls.pay, i) for i in range(100)]
+        results = [await r.result(timeout=120) for r in runs]
+        assert results == [i if i % 2 == 0 else -i for i in range(100)]
+        assert fleet.reap() == []
+    finally:
+        fleet.stop_all()
+    starts = sorted(
+        int(t) for t in await redis_client.lrange(f"{names.namespace}:test:calls", 0, -1)
+    )
+    assert len(starts) == 100
+    # The calls reach the limit over the first half second (their runs are being
+    # started); from the tenth on, every one of them is waiting its turn.
+    rate = 89 / ((starts[-1] - starts[10]) / 1000)
+    assert 9.7 <= rate <= 10.3, (rate, starts)
+    # No second holds many more than 10: a turn's wake-up may come late (the timer loop,
+    # RabbitMQ and a worker between) and start next to the one after it, never earlier.
+    busiest = max(bisect.bisect_left(starts, t + 1000) - i for i, t in enumerate(starts))
+    assert busiest <= 12, (busiest, starts)
