@@ -484,13 +484,13 @@ local function promote(capacity, lease, most, skip)
 end
 """
 
-# ARGV: member, capacity, lease ms, message, limit, key, max waiting, max promote.
+# ARGV: member, capacity, lease ms, message, limit, key, max waiting, max promote, kind.
 # Reply: {1 | 0 | -1 (line full), promoted message, ...}.
 ACQUIRE_SLOT_SCRIPT = (
     _SLOT_HELPERS
     + """
 local member, capacity, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('HSET', info, 'limit', ARGV[5], 'key', ARGV[6], 'capacity', ARGV[2])
+redis.call('HSET', info, 'limit', ARGV[5], 'key', ARGV[6], 'capacity', ARGV[2], 'kind', ARGV[9])
 local promoted = promote(capacity, lease, tonumber(ARGV[8]), member)
 if redis.call('ZSCORE', holders, member) then
   redis.call('ZADD', holders, now + lease, member)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import RetryableError
-from .slots import MAX_PROMOTE, MAX_WAITING, SlotUse, check_slot
+from .slots import MAX_PROMOTE, MAX_WAITING, SlotKind, SlotUse, check_slot
 
 
 @dataclass
@@ -15,6 +15,7 @@ class _Pair:
     limit: str
     key: str
     capacity: int = 0
+    kind: SlotKind = SlotKind.STEP
     holders: dict[str, int] = field(default_factory=dict)  # member -> lease expiry ms
     waiting: dict[str, bytes] = field(default_factory=dict)  # member -> message, in order
 
@@ -51,10 +52,17 @@ class MemorySlots:
         return pair
 
     def acquire(
-        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+        self,
+        limit: str,
+        key: str,
+        member: str,
+        capacity: int,
+        lease_ms: int,
+        message: bytes,
+        kind: SlotKind = SlotKind.STEP,
     ) -> tuple[bool, list[bytes]]:
         pair, now = self._pair(limit, key), _now_ms()
-        pair.capacity = capacity
+        pair.capacity, pair.kind = capacity, kind
         pair.drop_expired(now)
         promoted = pair.promote(capacity, lease_ms, now, member)
         if member in pair.holders or (not pair.waiting and len(pair.holders) < capacity):
@@ -86,9 +94,17 @@ class MemorySlots:
 
     def uses(self) -> list[SlotUse]:
         return [
-            SlotUse(p.limit, p.key, len(p.holders), len(p.waiting))
+            SlotUse(p.limit, p.key, len(p.holders), len(p.waiting), p.kind)
             for _, p in sorted(self._pairs.items())
             if p.holders or p.waiting
+        ]
+
+    def run_holders(self) -> list[tuple[str, str, str, int]]:
+        return [
+            (p.limit, p.key, member, p.capacity)
+            for p in self._pairs.values()
+            if p.kind is SlotKind.RUN
+            for member in p.holders
         ]
 
     def promote(self, lease_ms: int) -> list[bytes]:

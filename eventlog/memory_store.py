@@ -39,7 +39,7 @@ from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
 from .rates import MemoryRates
 from .removal import implied_timer_members
-from .slots import SlotUse
+from .slots import SlotKind, SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .transitions import ABSENT
@@ -489,9 +489,16 @@ class MemoryEventStore(EventStore):
     # --- concurrency slots (eventlog/slots.py) ----------------------------------------
 
     async def acquire_slot(
-        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+        self,
+        limit: str,
+        key: str,
+        member: str,
+        capacity: int,
+        lease_ms: int,
+        message: bytes,
+        kind: SlotKind = SlotKind.STEP,
     ) -> tuple[bool, list[bytes]]:
-        return self._slots.acquire(limit, key, member, capacity, lease_ms, message)
+        return self._slots.acquire(limit, key, member, capacity, lease_ms, message, kind)
 
     async def release_slot(
         self, limit: str, key: str, member: str, capacity: int, lease_ms: int
@@ -505,6 +512,9 @@ class MemoryEventStore(EventStore):
         self, limit: str, key: str, member: str, interval_ms: float, burst: int
     ) -> int:
         return self._rates.take(limit, key, member, interval_ms, burst)
+
+    async def run_slot_holders(self) -> list[tuple[str, str, str, int]]:
+        return self._slots.run_holders()
 
     async def slot_uses(self) -> list[SlotUse]:
         return self._slots.uses()

@@ -16,10 +16,18 @@ from .lua import ACQUIRE_SLOT_SCRIPT, RELEASE_SLOT_SCRIPT
 from .names import Names
 from .redis_client import RedisClient
 from .retrying import retried
-from .slots import MAX_PROMOTE, MAX_WAITING, SlotUse, slot_id
+from .slots import MAX_PROMOTE, MAX_WAITING, SlotKind, SlotUse, slot_id
 
 INDEXED_CACHE = 10_000
 """Pairs this process remembers having listed in the index (then it lists them again)."""
+
+
+def _kind(value: Any) -> SlotKind:
+    """A pair's kind as stored (an unknown one, or none: written before kinds, a step)."""
+    try:
+        return SlotKind(_text(value)) if value is not None else SlotKind.STEP
+    except ValueError:
+        return SlotKind.STEP
 
 
 def _text(value: Any) -> str:
@@ -45,13 +53,28 @@ class RedisSlots:
 
     @retried("take a concurrency slot")
     async def acquire(
-        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+        self,
+        limit: str,
+        key: str,
+        member: str,
+        capacity: int,
+        lease_ms: int,
+        message: bytes,
+        kind: SlotKind = SlotKind.STEP,
     ) -> tuple[bool, list[bytes]]:
         slot = slot_id(limit, key)
-        reply: Any = await self._acquire(
-            keys=self._keys(slot),
-            args=[member, capacity, lease_ms, message, limit, key, MAX_WAITING, MAX_PROMOTE],
-        )
+        argv: list[Any] = [
+            member,
+            capacity,
+            lease_ms,
+            message,
+            limit,
+            key,
+            MAX_WAITING,
+            MAX_PROMOTE,
+            kind.value,
+        ]
+        reply: Any = await self._acquire(keys=self._keys(slot), args=argv)
         verdict = int(reply[0])
         if verdict != 1 or slot not in self._indexed:
             # Listed once per process (a parked member always: the sweep must find it).
@@ -92,13 +115,34 @@ class RedisSlots:
     @retried("read concurrency slots")
     async def uses(self) -> list[SlotUse]:
         found = []
-        for slot in sorted(_text(s) for s in await self.client.smembers(self.names.slot_index())):
-            limit, key = await self.client.hmget(self.names.slot_info(slot), ["limit", "key"])
+        for slot in await self._listed():
+            limit, key, kind = await self.client.hmget(
+                self.names.slot_info(slot), ["limit", "key", "kind"]
+            )
             holding = int(await self.client.zcard(self.names.slot_holders(slot)))
             waiting = int(await self.client.zcard(self.names.slot_waiting(slot)))
             if limit is not None and (holding or waiting):
-                found.append(SlotUse(_text(limit), _text(key or b""), holding, waiting))
+                found.append(
+                    SlotUse(_text(limit), _text(key or b""), holding, waiting, _kind(kind))
+                )
         return found
+
+    @retried("read the runs holding slots")
+    async def run_holders(self) -> list[tuple[str, str, str, int]]:
+        found = []
+        for slot in await self._listed():
+            limit, key, kind, capacity = await self.client.hmget(
+                self.names.slot_info(slot), ["limit", "key", "kind", "capacity"]
+            )
+            if limit is None or _kind(kind) is not SlotKind.RUN:
+                continue
+            members = await self.client.zrange(self.names.slot_holders(slot), 0, -1)
+            cap = int(capacity) if capacity is not None and _text(capacity).isdigit() else 0
+            found += [(_text(limit), _text(key or b""), _text(m), cap) for m in members]
+        return found
+
+    async def _listed(self) -> list[str]:
+        return sorted(_text(s) for s in await self.client.smembers(self.names.slot_index()))
 
     async def promote(self, lease_ms: int) -> list[bytes]:
         promoted: list[bytes] = []

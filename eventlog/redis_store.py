@@ -68,7 +68,7 @@ from .redis_outputs import RedisOutputs
 from .redis_slots import RedisSlots
 from .removal import implied_timer_members
 from .retrying import retried
-from .slots import SlotUse
+from .slots import SlotKind, SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
 from .urls import redact, redact_text
@@ -390,9 +390,16 @@ class RedisEventStore(EventStore):
     # --- concurrency slots (eventlog/slots.py) ----------------------------------------
 
     async def acquire_slot(
-        self, limit: str, key: str, member: str, capacity: int, lease_ms: int, message: bytes
+        self,
+        limit: str,
+        key: str,
+        member: str,
+        capacity: int,
+        lease_ms: int,
+        message: bytes,
+        kind: SlotKind = SlotKind.STEP,
     ) -> tuple[bool, list[bytes]]:
-        return await self._slots.acquire(limit, key, member, capacity, lease_ms, message)
+        return await self._slots.acquire(limit, key, member, capacity, lease_ms, message, kind)
 
     async def release_slot(
         self, limit: str, key: str, member: str, capacity: int, lease_ms: int
@@ -411,6 +418,9 @@ class RedisEventStore(EventStore):
             args=[member, repr(float(interval_ms)), burst, IDLE_TTL_MS],
         )
         return int(reply)
+
+    async def run_slot_holders(self) -> list[tuple[str, str, str, int]]:
+        return await self._slots.run_holders()
 
     async def slot_uses(self) -> list[SlotUse]:
         return await self._slots.uses()

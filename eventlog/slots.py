@@ -17,6 +17,7 @@ free of hash-tag braces, and puts each (limit, key) in its own cluster slot.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -50,6 +51,14 @@ def check_slot(limit: str, key: str) -> None:
         )
 
 
+class SlotKind(enum.StrEnum):
+    """What a limit's members are: step attempts (leased while they run) or runs (held
+    until the run ends, which the scheduler or the reconciler's sweep releases)."""
+
+    STEP = "step"
+    RUN = "run"
+
+
 @dataclass(frozen=True, slots=True)
 class SlotUse:
     """One (limit, key) as operators see it."""
@@ -58,6 +67,7 @@ class SlotUse:
     key: str
     holding: int
     waiting: int
+    kind: SlotKind = SlotKind.STEP
 
 
 class Slots(Protocol):
@@ -72,6 +82,7 @@ class Slots(Protocol):
         capacity: int,
         lease_ms: int,
         message: bytes,
+        kind: SlotKind = SlotKind.STEP,
     ) -> tuple[bool, list[bytes]]:
         """Take a slot for ``member``, or park ``message`` in line; and the waiters promoted.
 
@@ -93,6 +104,10 @@ class Slots(Protocol):
     @abstractmethod
     async def slot_uses(self) -> list[SlotUse]:
         """Every (limit, key) with a holder or a waiter: what ``ledgerflow limits`` shows."""
+
+    @abstractmethod
+    async def run_slot_holders(self) -> list[tuple[str, str, str, int]]:
+        """(limit, key, run id, capacity) of every run holding a slot of a workflow's limit."""
 
     @abstractmethod
     async def promote_waiting(self, lease_ms: int) -> list[bytes]:

@@ -69,9 +69,9 @@ from ledgerflow.eventlog.fold import RunState, StepState, fold
 from ledgerflow.eventlog.kinds import RunStatus, StepStatus, WaitStatus
 from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
 from ledgerflow.eventlog.slots import Slots
-from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, TimerIndex
+from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
-from ledgerflow.worker.concurrency import lease_ms, send_promoted
+from ledgerflow.worker.concurrency import lease_ms
 
 from ledgerflow.ops.lease import Lease
 from ledgerflow.ops.observer import Observer, Observers
@@ -80,6 +80,7 @@ from ledgerflow.ops.standard import standard_observers
 from .chains import CONTINUE_REASON
 from .hookclash import CONFLICT_REASON
 from .janitor import Janitor
+from .runlimits import release_ended, send_released
 
 log = structlog.get_logger("ledgerflow.reconciler")
 
@@ -116,7 +117,7 @@ class SweepReport:
     runs_skipped: int = 0
 
 
-class ReconcilerStore(EventLog, TimerIndex, Presence, Maintenance, Slots, Protocol):
+class ReconcilerStore(EventLog, RunIndex, TimerIndex, Presence, Maintenance, Slots, Protocol):
     """What the reconciler uses: it scans, reads logs, re-arms timers and asks who is alive."""
 
 
@@ -215,10 +216,15 @@ class Reconciler:
                     for reason in reasons:
                         report.recoveries[reason] += 1
                     await self._defer(run_id, score, now, reasons)
-        # Slots freed by a lease running out (a worker died) let their waiters in here.
+        # Slots of runs that ended where no scheduler released them (a client's cancel),
+        # and slots freed by a lease running out (a worker died), let their waiters in.
+        ended = await release_ended(self.store, self.broker, lease_ms())
+        if ended:
+            report.recoveries["slot of an ended run released"] += ended
         promoted = await self.store.promote_waiting(lease_ms())
         if promoted:
-            let_in = await send_promoted(self.broker, promoted)
+            let_in = len(promoted)
+            await send_released(self.broker, promoted)
             report.recoveries["waiting step let into a freed concurrency slot"] += let_in
         self.sweeps += 1
         self.skipped += report.runs_skipped

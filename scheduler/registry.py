@@ -16,6 +16,7 @@ from ledgerflow.eventlog.errors import (
     UnknownWorkflowError,
 )
 from ledgerflow.eventlog.retention import retention_ms
+from ledgerflow.worker.concurrency import Concurrency
 from ledgerflow.worker.naming import Registry, check_arguments
 
 from .context import current_instance
@@ -31,6 +32,7 @@ class WorkflowDef:
     signature: inspect.Signature | None = field(default=None, compare=False)
     retention_ms: int | None = None  # its runs' own retention; None: the namespace default
     timeout_ms: int | None = None  # how long a run may take from its start; None: no limit
+    concurrency: Concurrency | None = None  # at most this many active runs per key
 
     def check_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Fail in the producer, naming the argument, before anything is written."""
@@ -72,6 +74,7 @@ def workflow(
     name: str | None = None,
     retention: dt.timedelta | None = None,
     timeout: dt.timedelta | float | None = None,
+    concurrency: Concurrency | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], WorkflowFunction[P, R]]: ...
 
 
@@ -82,6 +85,7 @@ def workflow(
     name: str | None = None,
     retention: dt.timedelta | None = None,
     timeout: dt.timedelta | float | None = None,
+    concurrency: Concurrency | None = None,
 ) -> Any:
     """Mark an ``async def`` as a durable workflow, replayed deterministically from its log.
 
@@ -93,6 +97,9 @@ def workflow(
     fails with ``lf.WorkflowTimeoutError``; its child runs are cancelled and its running
     steps see ``lf.step_context().cancelled``. Recorded when a run starts, so changing
     it applies to new runs only.
+
+    ``concurrency=lf.Concurrency(limit, key=...)``: at most ``limit`` active runs per
+    key; the others wait created, in order, until one ends (``scheduler/runlimits.py``).
     """
     try:
         kept = None if retention is None else retention_ms(retention, "workflow retention")
@@ -101,16 +108,26 @@ def workflow(
         raise ConfigurationError(str(exc)) from None
     if limit is not None and limit < 1:
         raise ConfigurationError("workflow timeout must be more than 0 seconds")
+    if concurrency is not None and not isinstance(concurrency, Concurrency):
+        raise ConfigurationError("workflow concurrency must be lf.Concurrency")
 
     def register(func: Callable[..., Any]) -> WorkflowFunction[Any, Any]:
         if not inspect.iscoroutinefunction(func):
             raise ConfigurationError(f"workflow {func.__qualname__} must be an `async def`")
+        wf_name = name or func.__qualname__
         definition = WorkflowDef(
-            name=name or func.__qualname__,
+            name=wf_name,
             fn=func,
             signature=inspect.signature(func),
             retention_ms=kept,
             timeout_ms=limit,
+            concurrency=(
+                concurrency.bound_to(
+                    f"workflow:{name or func.__qualname__}", inspect.signature(func)
+                )
+                if concurrency is not None
+                else None
+            ),
         )
         workflows.add(definition)
         return WorkflowFunction(definition)

@@ -45,6 +45,7 @@ from ledgerflow.eventlog.events import (
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
 from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, RunStarted, StepCreated
 from ledgerflow.eventlog.retrying import is_transient, retrying
+from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
 from ledgerflow.worker.outcome import error_info
@@ -80,6 +81,7 @@ from .replay import (
     WaitCommand,
     WorkflowInstance,
 )
+from .runlimits import free_run_slot, take_run_slot
 from .timers import TimerLoop
 from .unreadable import fail_unreadable_run
 from .values import delivered_values
@@ -99,7 +101,7 @@ class _Busy:
     dirty: bool = False
 
 
-class SchedulerStore(EventLog, RunIndex, TimerIndex, Protocol):
+class SchedulerStore(EventLog, RunIndex, TimerIndex, Slots, Protocol):
     """What a scheduler uses: run logs and where runs stand, and (for its timer loop) timers."""
 
 
@@ -255,6 +257,15 @@ class Scheduler:
             first = (await self._values(run_id, events[:1]))[0]
             instance = self._instantiate(run_id, first)
             if not any(e.type is EventType.RUN_STARTED for e in events):
+                if not await take_run_slot(
+                    self.store,
+                    self.broker,
+                    instance.definition,
+                    run_id,
+                    instance.args,
+                    instance.kwargs,
+                ):
+                    return  # parked: its activation comes back when a slot frees up
                 started = RunStarted(timeout_ms=instance.definition.timeout_ms)
                 await self.store.append(
                     run_id, [NewEvent.of(EventType.RUN_STARTED, data=started.as_data())]
@@ -313,6 +324,14 @@ class Scheduler:
         if finished:
             self.cache.evict(run_id)
             self.history.forget(run_id)
+            await free_run_slot(
+                self.store,
+                self.broker,
+                instance.definition,
+                run_id,
+                instance.args,
+                instance.kwargs,
+            )
         else:
             self.cache.put(instance)
 

@@ -27,3 +27,9 @@ async def call_api(tenant: str, i: int, seconds: float = 0.1) -> str:
 @lf.workflow
 async def one_call(tenant: str, i: int, seconds: float = 0.1) -> str:
     return await call_api(tenant, i, seconds)
+
+
+@lf.workflow(concurrency=lf.Concurrency(1, key="tenant"))
+async def tenant_job(tenant: str, seconds: float) -> str:
+    await lf.sleep(seconds)
+    return tenant

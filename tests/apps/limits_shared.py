@@ -60,19 +60,19 @@ async def _record_start() -> None:
         await client.aclose()
 
 
-@lf.step(rate_limit=PAYMENTS)
+@lf.step(rate_limit=PAYMENTS, name="ls_charge")
 async def charge(i: int) -> int:
     await _record_start()
     return i
 
 
-@lf.step(rate_limit=PAYMENTS)
+@lf.step(rate_limit=PAYMENTS, name="ls_refund")
 async def refund(i: int) -> int:
     """A second step on the same budget: together they keep to 10 a second."""
     await _record_start()
     return -i
 
 
-@lf.workflow
+@lf.workflow(name="ls_pay")
 async def pay(i: int) -> int:
     return await (charge(i) if i % 2 == 0 else refund(i))

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ledgerflow.eventlog.events import EventType
 
 import ledgerflow as lf
 from ledgerflow.ops import metrics
 from ledgerflow.testing.fleet import Fleet, cli_env
+from tests.apps import limits
 from tests.apps import limits_shared as ls
 from tests.processes import ROOT, cli
 from tests.servers import Servers
@@ -163,3 +166,19 @@ async def test_a_shared_rate_of_ten_a_second_holds_over_a_hundred_calls_on_two_w
     # RabbitMQ and a worker between) and start next to the one after it, never earlier.
     busiest = max(bisect.bisect_left(starts, t + 1000) - i for i, t in enumerate(starts))
     assert busiest <= 12, (busiest, starts)
+
+
+async def test_a_workflow_limit_runs_one_key_one_at_a_time_on_real_servers(
+    running: lf.Client,
+) -> None:
+    runs = [await running.start(limits.tenant_job, "acme", 0.3) for _ in range(4)]
+    other = await running.start(limits.tenant_job, "globex", 0.0)
+    assert await other.result(timeout=30) == "globex"
+    assert [await r.result(timeout=60) for r in runs] == ["acme"] * 4
+    spans = []
+    for run in runs:
+        events = await running.events(run.run_id)
+        started = next(e.ts for e in events if e.type is EventType.RUN_STARTED)
+        spans.append((started, events[-1].ts))
+    spans.sort()
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans)), spans
