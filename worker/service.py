@@ -523,6 +523,7 @@ class Worker:
                 except InvalidArgumentError as exc:
                     return attempts.refused(f"step {call.message.step_id}: {exc}")
                 if wait_ms > 0:
+                    self.observers.after_step_held_back(call.message.step_name, "rate")
                     return attempts.PARKED
             if call.definition.concurrency is not None:
                 try:
@@ -530,6 +531,7 @@ class Worker:
                 except InvalidArgumentError as exc:
                     return attempts.refused(f"step {call.message.step_id}: {exc}")
                 if held is None:
+                    self.observers.after_step_held_back(call.message.step_name, "concurrency")
                     return attempts.PARKED
             try:
                 await self._slots.acquire()

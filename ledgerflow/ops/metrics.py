@@ -90,6 +90,13 @@ STEPS_RETRIED = Counter(
     ["step"],
     registry=REGISTRY,
 )
+STEPS_HELD_BACK = Counter(
+    "ledgerflow_steps_held_back",
+    "Step deliveries that did not start because of a limit: why=concurrency (parked for a "
+    "slot) or why=rate (put off to the rate limit's turn).",
+    ["step", "why"],
+    registry=REGISTRY,
+)
 STEP_DURATION = Histogram(
     "ledgerflow_step_duration_seconds",
     "Wall time of one attempt of a step's body, by its outcome (completed, retrying, failed).",
@@ -364,6 +371,9 @@ class MetricsObserver(Observer):
 
     def after_step_recorded(self, step: str, event: EventType, duration: float | None) -> None:
         step_recorded(step, event, duration)
+
+    def after_step_held_back(self, step: str, why: str) -> None:
+        STEPS_HELD_BACK.labels(step=step, why=why).inc()
 
     def after_replay(self, run_id: str, trigger_ms: int) -> None:
         ACTIVATION_LATENCY.observe(max(0.0, time.time() - trigger_ms / 1000))

@@ -76,6 +76,10 @@ class Observer:
         timestamp of its newest event not written by a scheduler).
         """
 
+    def after_step_held_back(self, step: str, why: str) -> None:
+        """A step did not start yet: ``why`` is "concurrency" (parked for a slot) or "rate"
+        (put off to its rate limit's turn)."""
+
     def before_dispatch(self, run_id: str, steps: list[T]) -> list[T]:
         """The step messages a decision created, before dispatch: returns the ones to send."""
         return steps
@@ -131,6 +135,10 @@ class Observers(Observer):
 
     def drop_activation(self, run_id: str) -> bool:
         return any(observer.drop_activation(run_id) for observer in self.observers)
+
+    def after_step_held_back(self, step: str, why: str) -> None:
+        for observer in self.observers:
+            observer.after_step_held_back(step, why)
 
     def after_replay(self, run_id: str, trigger_ms: int) -> None:
         for observer in self.observers:

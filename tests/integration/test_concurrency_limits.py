@@ -168,6 +168,15 @@ async def test_a_shared_rate_of_ten_a_second_holds_over_a_hundred_calls_on_two_w
     assert busiest <= 12, (busiest, starts)
 
 
+async def test_held_back_steps_are_counted(running: lf.Client) -> None:
+    """In-process workers: a step parked for its slot counts in ledgerflow_steps_held_back."""
+    labels = {"step": "call_api", "why": "concurrency"}
+    before = metrics.sample("ledgerflow_steps_held_back_total", labels)
+    runs = [await running.start(limits.one_call, "held", i, 0.3) for i in range(4)]
+    assert [await r.result(timeout=60) for r in runs] == [f"held-{i}" for i in range(4)]
+    assert metrics.sample("ledgerflow_steps_held_back_total", labels) - before >= 2
+
+
 async def test_a_workflow_limit_runs_one_key_one_at_a_time_on_real_servers(
     running: lf.Client,
 ) -> None:
