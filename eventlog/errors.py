@@ -441,3 +441,14 @@ class ModelRefusedError(ModelError, FatalError):
 
 class MaxTurnsError(LedgerflowError):
     """An agent reached its ``max_turns`` model calls without a final answer."""
+
+
+# --- schedules ------------------------------------------------------------------------
+
+
+class ScheduleNotFoundError(LedgerflowError, LookupError):
+    """No schedule has this name in the namespace (never added, or deleted)."""
+
+
+class ScheduleExistsError(LedgerflowError):
+    """A schedule with this name exists already: delete it first, or replace it."""

@@ -83,6 +83,7 @@ class RunState:
     # it continued as (its end then holds no result of its own).
     continued_from: str | None = None
     continued_as: str | None = None
+    schedule: r.ScheduleRef | None = None  # the schedule and tick that started it, if one did
 
     @property
     def finished(self) -> bool:
@@ -101,6 +102,7 @@ def apply(state: RunState, event: Event) -> RunState:
         state.status = RunStatus.CREATED
         state.created_ts = event.ts
         state.continued_from = record.continued_from
+        state.schedule = record.schedule
     elif isinstance(record, r.RunStarted):
         state.status = RunStatus.STARTED
         state.started_ts = event.ts

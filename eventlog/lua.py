@@ -34,6 +34,7 @@ code badarg: entity is "event <i>" (or "batch") and current the field.
 
 from __future__ import annotations
 
+from . import schedules as sc
 from .events import SCHEMA_VERSION, EventType
 from .integrity import WIDTH, lua_checks
 from .kinds import RUN_TERMINAL_STATES
@@ -566,4 +567,135 @@ redis.call('HSET', bucket, field, at)
 local tat = tonumber(redis.call('HGET', bucket, 'tat') or '0')
 redis.call('PEXPIRE', bucket, math.ceil(math.max(tat, at) - now) + tonumber(ARGV[4]))
 return at - now
+"""
+
+# --- schedules (eventlog/schedules.py): every key carries the schedules tag, one slot ----
+
+_NOW = """local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Create a schedule, or (replace "1") overwrite its definition. Fields that change the
+# recurrence move its next tick to ARGV[4]; anything else keeps where it stands (paused,
+# next tick, counters). A new schedule is refused once the namespace holds ARGV[3].
+# KEYS: schedule hash, due index, name set. ARGV: name, replace, max schedules, next ms,
+# n, then n (field, value) pairs of the definition.
+# Reply: {created | updated | unchanged | exists | full, the previous source or ""}.
+PUT_SCHEDULE_SCRIPT = f"""
+local hash, due, all, name = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local exists = redis.call('EXISTS', hash) == 1
+local before = ''
+if exists then
+  before = redis.call('HGET', hash, '{sc.SOURCE}') or ''
+  if ARGV[2] ~= '1' then return {{'exists', before}} end
+elseif redis.call('SCARD', all) >= tonumber(ARGV[3]) then
+  return {{'full', ''}}
+end
+local RECURRENCE = {{{", ".join(f"['{f}']=true" for f in sc.RECURRENCE_FIELDS)}}}
+local changed, moved = not exists, not exists
+for i = 6, 5 + 2 * tonumber(ARGV[5]), 2 do
+  if redis.call('HGET', hash, ARGV[i]) ~= ARGV[i + 1] then
+    changed = true
+    if RECURRENCE[ARGV[i]] then moved = true end
+    redis.call('HSET', hash, ARGV[i], ARGV[i + 1])
+  end
+end
+if not redis.call('HGET', hash, '{sc.NEXT}') then moved = true end
+if not changed and not moved then return {{'unchanged', before}} end
+{_NOW}redis.call('HSET', hash, '{sc.UPDATED}', now)
+if not exists then
+  redis.call('HSET', hash, '{sc.CREATED}', now, '{sc.PAUSED}', '0', '{sc.RUNS}', '0',
+    '{sc.MISSED_COUNT}', '0', '{sc.OVERLAP_COUNT}', '0')
+  redis.call('SADD', all, name)
+end
+if moved then redis.call('HSET', hash, '{sc.NEXT}', ARGV[4], '{sc.PLAN}', '0') end
+if redis.call('HGET', hash, '{sc.PAUSED}') ~= '1' then
+  if moved then
+    redis.call('ZADD', due, ARGV[4], name)
+  else
+    redis.call('ZADD', due, 'NX', redis.call('HGET', hash, '{sc.NEXT}'), name)
+  end
+end
+if exists then return {{'updated', before}} end
+return {{'created', before}}
+"""
+
+# Delete a schedule. KEYS: schedule hash, due index, name set. ARGV: name. Reply: 1 if it was.
+DELETE_SCHEDULE_SCRIPT = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return n
+"""
+
+# Pause (ARGV[2] "1": out of the due index) or resume (due at ARGV[3]; what passed while
+# paused is not caught up). KEYS: schedule hash, due index. ARGV: name, paused, next ms.
+# Reply: notfound | unchanged | changed.
+PAUSE_SCHEDULE_SCRIPT = f"""
+local hash, due, name = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('EXISTS', hash) == 0 then return 'notfound' end
+local was = redis.call('HGET', hash, '{sc.PAUSED}') == '1'
+if ARGV[2] == '1' then
+  redis.call('ZREM', due, name)
+  if was then return 'unchanged' end
+  redis.call('HSET', hash, '{sc.PAUSED}', '1')
+  return 'changed'
+end
+if not was then return 'unchanged' end
+redis.call('HSET', hash, '{sc.PAUSED}', '0', '{sc.NEXT}', ARGV[3], '{sc.PLAN}', '0')
+redis.call('ZADD', due, ARGV[3], name)
+return 'changed'
+"""
+
+# Claim due schedules under a lease: re-scored to now + lease, so no other claimer sees
+# them, and due again by themselves if the claimer dies (as timers are claimed).
+# KEYS: due index. ARGV: limit, lease ms. Reply: {now, earliest score left or "", name...}.
+CLAIM_SCHEDULES_SCRIPT = f"""
+{_NOW}local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for i = 1, #due do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), due[i])
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reply = {{tostring(now), first[2] or ''}}
+for i = 1, #due do reply[#reply + 1] = due[i] end
+return reply
+"""
+
+# Record what a claimer did, if the schedule's next tick is still the one it claimed
+# (compare-and-set): the next tick, a committed catch-up (plan), the tick acted on and
+# its outcome, counters. KEYS: schedule hash, due index. ARGV: name, expected next,
+# then ``schedules.Advance.args()``: next, plan, tick, outcome, run, runs +, missed +,
+# overlapped +, newest missed tick. Reply: ok | moved | gone.
+ADVANCE_SCHEDULE_SCRIPT = f"""
+local hash, due, name = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('EXISTS', hash) == 0 then
+  redis.call('ZREM', due, name)
+  return 'gone'
+end
+if redis.call('HGET', hash, '{sc.NEXT}') ~= ARGV[2] then return 'moved' end
+{_NOW}redis.call('HSET', hash, '{sc.NEXT}', ARGV[3], '{sc.PLAN}', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', hash, '{sc.TICK}', ARGV[5], '{sc.OUTCOME}', ARGV[6], '{sc.ACTED}', now)
+  if ARGV[7] ~= '' then redis.call('HSET', hash, '{sc.RUN}', ARGV[7]) end
+end
+redis.call('HINCRBY', hash, '{sc.RUNS}', ARGV[8])
+redis.call('HINCRBY', hash, '{sc.MISSED_COUNT}', ARGV[9])
+redis.call('HINCRBY', hash, '{sc.OVERLAP_COUNT}', ARGV[10])
+if ARGV[11] ~= '' then redis.call('HSET', hash, '{sc.MISSED_TICK}', ARGV[11]) end
+if redis.call('HGET', hash, '{sc.PAUSED}') == '1' then
+  redis.call('ZREM', due, name)
+else
+  redis.call('ZADD', due, ARGV[3], name)
+end
+return 'ok'
+"""
+
+# How long (ms) the most overdue schedule of the due index has been due (0: none is).
+# KEYS: due index.
+SCHEDULE_LAG_SCRIPT = f"""
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[2] then return 0 end
+{_NOW}local late = now - tonumber(first[2])
+if late < 0 then return 0 end
+return late
 """

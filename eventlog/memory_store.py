@@ -33,12 +33,14 @@ from .events import (
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
 from .memory_outputs import MemoryOutputs
+from .memory_schedules import MemorySchedules
 from .memory_slots import MemorySlots
 from .names import Names, shard_of
 from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
 from .rates import MemoryRates
 from .removal import implied_timer_members
+from .schedules import Advance, Claimed, PutResult, Schedule, ScheduleSpec, Unreadable
 from .slots import SlotKind, SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
@@ -75,6 +77,7 @@ class MemoryEventStore(EventStore):
         self._outputs = MemoryOutputs(self._blob_run_state)
         self._slots = MemorySlots()
         self._rates = MemoryRates()
+        self.memory_schedules = MemorySchedules(_now_ms)
         self.blob_store: BlobStore = blob_store or self.memory_blobs
         self._streams: dict[str, list[_Entry]] = defaultdict(list)
         self._status: dict[str, dict[str, str]] = defaultdict(dict)
@@ -521,6 +524,34 @@ class MemoryEventStore(EventStore):
 
     async def promote_waiting(self, lease_ms: int) -> list[bytes]:
         return self._slots.promote(lease_ms)
+
+    async def put_schedule(
+        self, spec: ScheduleSpec, *, next_ms: int, replace: bool = False
+    ) -> PutResult:
+        return self.memory_schedules.put(spec, next_ms=next_ms, replace=replace)
+
+    async def read_schedules(
+        self, names: Sequence[str] | None = None
+    ) -> list[Schedule | Unreadable]:
+        return self.memory_schedules.read(names)
+
+    async def delete_schedule(self, name: str) -> bool:
+        return self.memory_schedules.delete(name)
+
+    async def pause_schedule(self, name: str, *, paused: bool, next_ms: int) -> bool:
+        return self.memory_schedules.pause(name, paused=paused, next_ms=next_ms)
+
+    async def claim_schedules(self, limit: int, lease_ms: int) -> Claimed:
+        return self.memory_schedules.claim(limit, lease_ms)
+
+    async def advance_schedule(self, name: str, expected_next: int, advance: Advance) -> bool:
+        return self.memory_schedules.advance(name, expected_next, advance)
+
+    async def drop_schedule_claim(self, name: str) -> None:
+        self.memory_schedules.drop_claim(name)
+
+    async def schedule_lag(self) -> int:
+        return self.memory_schedules.lag()
 
     async def remove_runs(self, run_ids: Sequence[str]) -> list[RemoveOutcome]:
         return [await self.remove_run(run_id) for run_id in run_ids]

@@ -77,6 +77,24 @@ OUTPUT_NAME_CHARS = "a letter or digit, then letters, digits, '_', '.' and '-'"
 OUTPUT_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_OUTPUT_NAME - 1}}}\Z")
 
 
+# Names of schedules (``lf.schedule``, ``ledgerflow schedules add``): typed into command
+# lines, part of a key, and of the run id each tick starts (``sched:<name>:<tick>``), which
+# splits on ":" unambiguously because a name holds none.
+MAX_SCHEDULE_NAME = 64
+SCHEDULE_NAME_CHARS = OUTPUT_NAME_CHARS
+SCHEDULE_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_SCHEDULE_NAME - 1}}}\Z")
+
+
+def check_schedule_name(name: object) -> str:
+    """The one rule for a schedule's name (lf.schedule, the CLI, a stored schedule)."""
+    if isinstance(name, str) and SCHEDULE_NAME_RE.match(name):
+        return name
+    raise InvalidArgumentError(
+        f"invalid schedule name {_shown(name)}: use 1-{MAX_SCHEDULE_NAME} characters, "
+        f"{SCHEDULE_NAME_CHARS}"
+    )
+
+
 def check_output_name(name: object) -> str:
     """The one rule for an output stream's name (lf.stream, client.stream, CLI, HTTP)."""
     if isinstance(name, str) and OUTPUT_NAME_RE.match(name):
@@ -294,6 +312,24 @@ class Names:
 
     def reconciler_fence(self) -> str:
         return f"{self.namespace}:reconciler:{{{self.namespace}}}:fence"
+
+    # Schedules share one hash tag of their own, so every schedule script (put, claim,
+    # advance, pause, delete) touches one slot; there are few of them (MAX_SCHEDULES).
+
+    def schedules_tag(self) -> str:
+        return "{" + f"{self.namespace}:schedules" + "}"
+
+    def schedule(self, name: str) -> str:
+        """One schedule (a HASH: its definition and where it stands, ``eventlog/schedules.py``)."""
+        return f"{self.namespace}:{self.schedules_tag()}:schedule:{name}"
+
+    def schedule_due(self) -> str:
+        """Unpaused schedules by their next tick (a ZSET, ms; a claimed one by its lease's end)."""
+        return f"{self.namespace}:{self.schedules_tag()}:due"
+
+    def schedule_names(self) -> str:
+        """Every schedule's name (a SET), for listing and the namespace's limit."""
+        return f"{self.namespace}:{self.schedules_tag()}:all"
 
     def barrier(self, key: str) -> str:
         """A durable append's replication barrier beside ``key``: the same hash tag, so the

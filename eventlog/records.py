@@ -46,6 +46,9 @@ its code never took, in order; ``CARRIED_TOKENS`` holds each one's hook token (t
 lists, so a payload sits no deeper than an argument). The successor's hook with that
 token hands them out first."""
 CARRIED_TOKENS = "hook_tokens"
+SCHEDULE = "schedule"
+"""run_created data of a run a schedule started: {"name": schedule, "tick": ms}; absent for
+any other run (its id is then ``sched:<name>:<tick>`` too, ``eventlog/schedules.py``)."""
 HOOK_CONFLICT = "conflict"
 """hook_created data: {"run": owner} when the token was taken; such a hook is never live."""
 
@@ -96,6 +99,14 @@ class ChildSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleRef:
+    """The schedule, and its tick (ms), that started a run."""
+
+    name: str
+    tick_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunCreated:
     workflow: str | None = None  # None: recorded without one (a foreign or broken entry)
     args: list[Any] = field(default_factory=list)
@@ -109,6 +120,7 @@ class RunCreated:
     # When the producer asked the run to begin (epoch ms; ``client.start(start_at=...)``):
     # its workflow code starts with a durable wait until then. None: at once.
     start_at_ms: int | None = None
+    schedule: ScheduleRef | None = None  # SCHEDULE: the schedule and tick that started it
 
     def as_data(self) -> dict[str, Any]:
         """The data this record is written as (what a producer or a parent appends)."""
@@ -125,6 +137,8 @@ class RunCreated:
             pairs = [(t, p) for t, payloads in self.carried.items() for p in payloads]
             data[CARRIED_TOKENS] = [t for t, _ in pairs]
             data[CARRIED] = [p for _, p in pairs]
+        if self.schedule is not None:
+            data[SCHEDULE] = {"name": self.schedule.name, "tick": self.schedule.tick_ms}
         return data
 
 
@@ -334,7 +348,18 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         continued_from=_optional_text(data, CONTINUED_FROM),
         carried=_carried(data.get(CARRIED_TOKENS), data.get(CARRIED)),
         start_at_ms=_int(data.get(START_AT)),
+        schedule=_schedule(data.get(SCHEDULE)),
     )
+
+
+def _schedule(value: Any) -> ScheduleRef | None:
+    """The schedule that started a run; None if absent or malformed (never an error)."""
+    if not isinstance(value, dict):
+        return None
+    name, tick = value.get("name"), _int(value.get("tick"))
+    if not isinstance(name, str) or not name or tick is None or isinstance(tick, bool):
+        return None
+    return ScheduleRef(name, tick)
 
 
 def _carried(tokens: Any, payloads: Any) -> dict[str, list[Any]]:

@@ -65,9 +65,11 @@ from .rates import IDLE_TTL_MS, rate_id
 from .redis_blobs import RedisBlobStore
 from .redis_client import RedisClient, call_scripts, redis_client
 from .redis_outputs import RedisOutputs
+from .redis_schedules import RedisSchedules
 from .redis_slots import RedisSlots
 from .removal import implied_timer_members
 from .retrying import retried
+from .schedules import Advance, Claimed, PutResult, Schedule, ScheduleSpec, Unreadable
 from .slots import SlotKind, SlotUse
 from .store import START, EventStore, RemovalIndex, RemoveOutcome, RunSummary, summary_of
 from .timers import DueTimer, EntityStatus, Timer, quarantined
@@ -134,6 +136,7 @@ class RedisEventStore(EventStore):
         self._outputs = RedisOutputs(client, names, self._watch_key)
         self._slots = RedisSlots(client, names)
         self._take_rate = client.register_script(RATE_TAKE_SCRIPT)
+        self._schedules = RedisSchedules(client, names)
         self._url = ""
 
     @classmethod
@@ -243,6 +246,7 @@ class RedisEventStore(EventStore):
             self.blob_store = RedisBlobStore(self.client, names)
         self._outputs = RedisOutputs(self.client, names, self._watch_key)
         self._slots = RedisSlots(self.client, names)
+        self._schedules = RedisSchedules(self.client, names)
 
     async def _meta(self) -> dict[str, str]:
         raw = await self.client.hgetall(self.names.meta())
@@ -427,6 +431,36 @@ class RedisEventStore(EventStore):
 
     async def promote_waiting(self, lease_ms: int) -> list[bytes]:
         return await self._slots.promote(lease_ms)
+
+    # --- schedules (eventlog/schedules.py) ---------------------------------------------
+
+    async def put_schedule(
+        self, spec: ScheduleSpec, *, next_ms: int, replace: bool = False
+    ) -> PutResult:
+        return await self._schedules.put(spec, next_ms=next_ms, replace=replace)
+
+    async def read_schedules(
+        self, names: Sequence[str] | None = None
+    ) -> list[Schedule | Unreadable]:
+        return await self._schedules.read(names)
+
+    async def delete_schedule(self, name: str) -> bool:
+        return await self._schedules.delete(name)
+
+    async def pause_schedule(self, name: str, *, paused: bool, next_ms: int) -> bool:
+        return await self._schedules.pause(name, paused=paused, next_ms=next_ms)
+
+    async def claim_schedules(self, limit: int, lease_ms: int) -> Claimed:
+        return await self._schedules.claim(limit, lease_ms)
+
+    async def advance_schedule(self, name: str, expected_next: int, advance: Advance) -> bool:
+        return await self._schedules.advance(name, expected_next, advance)
+
+    async def drop_schedule_claim(self, name: str) -> None:
+        await self._schedules.drop_claim(name)
+
+    async def schedule_lag(self) -> int:
+        return await self._schedules.lag()
 
     @retried("append events")
     async def append(

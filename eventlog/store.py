@@ -1,11 +1,11 @@
-"""The event store's interfaces: eight narrow protocols and the whole store both stores implement.
+"""The event store's interfaces: nine narrow protocols and the whole store both stores implement.
 
 A caller names only the protocol it uses (the log, the timer index, the run
 index, presence, maintenance, output streams from ``outputs``, concurrency
-slots from ``slots``, rate limits from ``rates``; or a small intersection of
-them declared beside it), so a reader sees at a glance what it touches, and
-mypy refuses a call to anything else. ``EventStore`` is all eight plus
-``close``: what a process opens, owns and closes, and what the two
+slots from ``slots``, rate limits from ``rates``, schedules from ``schedules``;
+or a small intersection of them declared beside it), so a reader sees at a glance
+what it touches, and mypy refuses a call to anything else. ``EventStore`` is all
+nine plus ``close``: what a process opens, owns and closes, and what the two
 implementations (and one conformance suite) cover. Nothing asks which
 implementation it has: a capability one lacks is a protocol it does not offer,
 not an ``isinstance`` check.
@@ -25,6 +25,7 @@ from .events import AppendResult, Event, EventType, NewEvent, id_order
 from .names import Names
 from .outputs import OutputStreams
 from .rates import Rates
+from .schedules import ScheduleStore
 from .slots import Slots
 from .timers import DueTimer, EntityStatus, Timer
 
@@ -352,7 +353,16 @@ class RunLog(EventLog, RunIndex, Protocol):
 
 
 class EventStore(
-    EventLog, RunIndex, TimerIndex, Presence, Maintenance, OutputStreams, Slots, Rates, ABC
+    EventLog,
+    RunIndex,
+    TimerIndex,
+    Presence,
+    Maintenance,
+    OutputStreams,
+    Slots,
+    Rates,
+    ScheduleStore,
+    ABC,
 ):
     """The whole store: append-only per-run logs plus the derived indexes the append keeps in step.
 

@@ -90,6 +90,11 @@ def _show(run_id: str, events: list[Event], *, as_json: bool) -> int:
     )
     if state.continued_from is not None:
         print(f"continued from: {printable(state.continued_from)}")
+    if state.schedule is not None:
+        print(
+            f"started by schedule {printable(state.schedule.name)} "
+            f"for its tick at {iso(state.schedule.tick_ms)}"
+        )
     print(render([_printable_row(row) for row in rows]))
     if state.continued_as is not None:
         print(f"continued as: {printable(state.continued_as)} (lf.continue_as_new)")
