@@ -49,6 +49,8 @@ from ledgerflow.eventlog.errors import (
     RunCancelled,
     RunClosedError,
     RunNotFoundError,
+    ScheduleExistsError,
+    ScheduleNotFoundError,
     SerializationError,
     ServiceUnavailableError,
     StepFailedError,
@@ -76,6 +78,7 @@ from ledgerflow.scheduler.durable import (
     wait_for,
 )
 from ledgerflow.scheduler.replay import Hook, Webhook
+from ledgerflow.scheduler.schedules import schedule
 from ledgerflow.worker import StepContext, heartbeat, step, step_context
 from ledgerflow.worker.concurrency import Concurrency
 from ledgerflow.worker.ratelimit import RateLimit
@@ -128,6 +131,8 @@ __all__ = [
     "RunHandle",
     "RunNotFoundError",
     "RunState",
+    "ScheduleExistsError",
+    "ScheduleNotFoundError",
     "SerializationError",
     "ServiceUnavailableError",
     "StepContext",
@@ -155,6 +160,7 @@ __all__ = [
     "now",
     "random",
     "resource",
+    "schedule",
     "serializable",
     "set_default_retry",
     "sleep",

@@ -217,40 +217,8 @@ class Client:
         return run_id
 
     async def _publish_activation(self, activation: Activation, recorded: str) -> bool:
-        """Publish an activation for something already recorded; False if left to the reconciler.
-
-        Retried with backoff for ``publish_deadline`` seconds in all (each try is
-        cut at the deadline too, including the broker's wait for a reconnect);
-        then a warning says what was not sent. The reconciler finds the recorded
-        event with nothing acting on it and sends the activation itself.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_deadline
-        delay = FIRST_RETRY
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self.broker.publish_activation(activation)
-                return True
-            except _OUTAGE as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, MAX_RETRY)
-        log.warning(
-            "activation not published; the reconciler will send it",
-            run_id=activation.run_id,
-            reason=activation.reason,
-            recorded=recorded,
-            tries=tries,
-            deadline_s=self.publish_deadline,
-            error=error,
-        )
-        return False
+        """Publish an activation for something already recorded; False if left to the reconciler."""
+        return await publish_recorded(self.broker, activation, recorded, self.publish_deadline)
 
     def get_handle(self, run_id: str) -> RunHandle:
         return RunHandle(self, run_id)
@@ -355,6 +323,46 @@ class Client:
             if cursor == seen and not (await self.store.run_tail(run_id))[0]:
                 # Nothing new, and no run any more: it ended and retention removed it.
                 raise RunNotFoundError(run_id)
+
+
+async def publish_recorded(
+    broker: Broker, activation: Activation, recorded: str, deadline_s: float
+) -> bool:
+    """Publish an activation for something already recorded; False if left to the reconciler.
+
+    Retried with backoff for ``deadline_s`` seconds in all (each try is cut at the
+    deadline too, including the broker's wait for a reconnect); then a warning says
+    what was not sent. The reconciler finds the recorded event with nothing acting
+    on it and sends the activation itself. A producer (and a schedule's tick) thus
+    never fails, nor retries into a second run, over a broker outage.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    delay = FIRST_RETRY
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await broker.publish_activation(activation)
+            return True
+        except _OUTAGE as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, MAX_RETRY)
+    log.warning(
+        "activation not published; the reconciler will send it",
+        run_id=activation.run_id,
+        reason=activation.reason,
+        recorded=recorded,
+        tries=tries,
+        deadline_s=deadline_s,
+        error=error,
+    )
+    return False
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from ledgerflow.worker.backend import in_memory
 from ledgerflow.worker.service import Worker
 
 from .client import Client
+from .schedules import schedules
 from .service import Scheduler
 
 
@@ -28,7 +29,8 @@ async def serving(
 ) -> AsyncIterator[Client]:
     """A worker and a scheduler in this process on the given backends, and a client.
 
-    ``scheduler`` holds options for the Scheduler (``cache_size``, ``history`` ...).
+    ``scheduler`` holds options for the Scheduler (``cache_size``, ``history``,
+    ``schedules`` for the code's ``lf.schedule`` declarations ...).
     Both are stopped on the way out, whatever happened inside.
     """
     worker = Worker(store, broker, concurrency=concurrency)
@@ -46,8 +48,14 @@ async def serving(
 async def embedded(
     namespace: str = "ledgerflow", *, concurrency: int = 16
 ) -> AsyncIterator[Client]:
+    """Everything in this process, in memory; the code's ``lf.schedule`` declarations fire too."""
     async with (
         in_memory(namespace) as backends,
-        serving(backends.store, backends.broker, concurrency=concurrency) as client,
+        serving(
+            backends.store,
+            backends.broker,
+            concurrency=concurrency,
+            scheduler={"schedules": schedules},
+        ) as client,
     ):
         yield client

@@ -45,6 +45,7 @@ from ledgerflow.eventlog.events import (
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
 from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, RunStarted, StepCreated
 from ledgerflow.eventlog.retrying import is_transient, retrying
+from ledgerflow.eventlog.schedules import ScheduleStore
 from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
@@ -82,6 +83,8 @@ from .replay import (
     WorkflowInstance,
 )
 from .runlimits import free_run_slot, take_run_slot
+from .schedule_loop import ScheduleLoop
+from .schedules import ScheduleRegistry
 from .timers import TimerLoop
 from .unreadable import fail_unreadable_run
 from .values import delivered_values
@@ -101,8 +104,9 @@ class _Busy:
     dirty: bool = False
 
 
-class SchedulerStore(EventLog, RunIndex, TimerIndex, Slots, Protocol):
-    """What a scheduler uses: run logs and where runs stand, and (for its timer loop) timers."""
+class SchedulerStore(EventLog, RunIndex, TimerIndex, Slots, ScheduleStore, Protocol):
+    """What a scheduler uses: run logs and where runs stand, and (for its timer and schedule
+    loops, and workflows' run limits) timers, schedules and slots."""
 
 
 class Scheduler:
@@ -111,6 +115,9 @@ class Scheduler:
     ``start`` installs the replay sandbox (and the stall watchdog) for this
     process; ``stop`` removes them. ``observers`` watch each replay and dispatch
     (metrics, fault points); by default the standard ones (``ledgerflow.ops.standard``).
+    Every scheduler fires the namespace's schedules (``schedule_loop``); with
+    ``schedules`` (the code's ``lf.schedule`` declarations) it writes those into the
+    store first, as the CLI's schedulers do.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class Scheduler:
         stall_budget: float = watchdog.DEFAULT_BUDGET,
         observers: Sequence[Observer] | None = None,
         history: HistoryLimits | None = None,
+        schedules: ScheduleRegistry | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -148,6 +156,9 @@ class Scheduler:
         # Metrics, fault points: see ledgerflow.ops.observer (shared with the timer loop).
         self.observers = Observers(standard_observers() if observers is None else observers)
         self.timers = TimerLoop(store, broker, registry=step_registry, observers=self.observers)
+        self.schedule_loop = ScheduleLoop(
+            store, broker, registry=registry, declared=schedules, observers=self.observers
+        )
         # How long a run's log may grow (--history-warn / --history-limit).
         self.history = HistoryWatch(history or HistoryLimits.from_env(), self.observers)
 
@@ -162,6 +173,8 @@ class Scheduler:
             self.broker.names.runs_queue, self.handle_delivery, prefetch=self.prefetch
         )
         self.timers.start()
+        await self.schedule_loop.sync()
+        self.schedule_loop.start()
         log.info("scheduler started", workflows=self.registry.names())
 
     async def stop(self) -> None:
@@ -172,6 +185,7 @@ class Scheduler:
             sandbox.uninstall()
             self._sandboxed = False
         await self.timers.stop()
+        await self.schedule_loop.stop()
         if self._consumer is not None:
             await self._consumer.cancel()
             self._consumer = None

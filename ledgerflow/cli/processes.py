@@ -27,6 +27,7 @@ from ledgerflow.scheduler.reconciler import (
     DEFAULT_STALE_AFTER,
     Reconciler,
 )
+from ledgerflow.scheduler.schedules import schedules
 from ledgerflow.scheduler.service import Scheduler
 from ledgerflow.worker.backend import connect
 from ledgerflow.worker.process import run_until_signalled
@@ -72,6 +73,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             local=worker,
             stall_budget=args.stall_budget,
             history=history_limits(args),
+            schedules=schedules,
         )
 
         async def start() -> None:
@@ -94,6 +96,7 @@ async def cmd_scheduler(args: argparse.Namespace) -> int:
             backends.broker,
             stall_budget=args.stall_budget,
             history=history_limits(args),
+            schedules=schedules,
         )
         await run_until_signalled(scheduler.start, scheduler.stop, what="scheduler")
     return EXIT_OK

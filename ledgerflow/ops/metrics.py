@@ -42,6 +42,7 @@ from prometheus_client import (
 )
 
 from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.schedules import ScheduleStore
 from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, Maintenance, RunIndex, TimerIndex
 
@@ -144,6 +145,25 @@ CONTINUATIONS = Counter(
     registry=REGISTRY,
 )
 
+# --- schedules (the scheduler's schedule loop) ------------------------------------------------
+
+SCHEDULE_LAG = Histogram(
+    "ledgerflow_schedule_lag_seconds",
+    "How late a schedule's tick was acted on (the Redis clock then minus the tick), by "
+    "schedule; missed ticks count by the newest of them.",
+    ["schedule"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SCHEDULE_TICKS = Counter(
+    "ledgerflow_schedule_ticks",
+    "Ticks of schedules acted on, by schedule and outcome: started (its run started), "
+    "skipped_overlap (the previous tick's run still going), missed (let go after downtime "
+    "by the missed-tick policy), conflict (its run id taken by another workflow's run).",
+    ["schedule", "outcome"],
+    registry=REGISTRY,
+)
+
 # --- reconciler ------------------------------------------------------------------------------
 
 RECOVERIES = Counter(
@@ -218,6 +238,12 @@ SLOTS_WAITING = Gauge(
     ["limit", "key"],
     registry=REGISTRY,
 )
+SCHEDULES_OVERDUE = Gauge(
+    "ledgerflow_schedule_overdue_seconds",
+    "How long the most overdue unpaused schedule has been due and not acted on (0: none), "
+    "sampled. Growing: no scheduler is running, or none can act on it.",
+    registry=REGISTRY,
+)
 SAMPLE_ERRORS = Counter(
     "ledgerflow_gauge_read_errors",
     "Sampled gauge reads that failed or timed out (the gauge keeps its last value).",
@@ -238,9 +264,9 @@ DEFAULT_READ_TIMEOUT = 2.0
 QueueDepth = Callable[[str], Awaitable[int]]
 
 
-class Counted(EventLog, RunIndex, TimerIndex, Maintenance, Slots, Protocol):
+class Counted(EventLog, RunIndex, TimerIndex, Maintenance, Slots, ScheduleStore, Protocol):
     """What the sampled gauges count: active runs, pending timers, runs pending removal,
-    concurrency slots."""
+    concurrency slots, the most overdue schedule."""
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -299,6 +325,7 @@ class GaugeSampler:
         reads.append(self._read("timers_pending", self._timers_pending))
         reads.append(self._read("runs_pending_removal", self._pending_removal))
         reads.append(self._read("concurrency", self._concurrency))
+        reads.append(self._read("schedule_overdue", self._schedule_overdue))
         if self.depth is not None:
             reads += [self._read(f"queue_depth:{q}", self._queue(q)) for q in self.queues]
         await asyncio.gather(*reads)
@@ -330,6 +357,9 @@ class GaugeSampler:
         for limit, (holding, waiting) in rest.items():
             SLOTS_HOLDING.labels(limit=limit, key="*").set(holding)
             SLOTS_WAITING.labels(limit=limit, key="*").set(waiting)
+
+    async def _schedule_overdue(self) -> None:
+        SCHEDULES_OVERDUE.set(await self.store.schedule_lag() / 1000)
 
     def _queue(self, queue: str) -> Callable[[], Awaitable[None]]:
         async def read() -> None:
@@ -389,6 +419,10 @@ class MetricsObserver(Observer):
 
     def after_continuation_started(self, run_id: str, successor: str) -> None:
         CONTINUATIONS.inc()
+
+    def after_schedule_ticks(self, schedule: str, outcome: str, count: int, late_ms: int) -> None:
+        SCHEDULE_TICKS.labels(schedule=schedule, outcome=outcome).inc(count)
+        SCHEDULE_LAG.labels(schedule=schedule).observe(max(0, late_ms) / 1000)
 
     def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
         RECOVERIES.labels(reason=reason).inc()

@@ -99,6 +99,10 @@ class Observer:
     def after_continuation_started(self, run_id: str, successor: str) -> None:
         """``lf.continue_as_new``: the successor exists; the old run's end is not written yet."""
 
+    def after_schedule_ticks(self, schedule: str, outcome: str, count: int, late_ms: int) -> None:
+        """A scheduler acted on ``count`` ticks of ``schedule`` (outcome: started,
+        skipped_overlap, missed, conflict), the newest of them ``late_ms`` after it fell."""
+
     # --- the reconciler ----------------------------------------------------------------
 
     def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
@@ -168,6 +172,10 @@ class Observers(Observer):
     def after_continuation_started(self, run_id: str, successor: str) -> None:
         for observer in self.observers:
             observer.after_continuation_started(run_id, successor)
+
+    def after_schedule_ticks(self, schedule: str, outcome: str, count: int, late_ms: int) -> None:
+        for observer in self.observers:
+            observer.after_schedule_ticks(schedule, outcome, count, late_ms)
 
     def after_recovery(self, run_id: str, entity: str, reason: str) -> None:
         for observer in self.observers:
