@@ -1,7 +1,7 @@
 """The ``ledgerflow`` command: one parser for every command group, and ``main``.
 
 Only the wiring lives here. Each command group (processes, start, runs, hooks,
-replay, dlq, queues, dashboard, migrate) is a module of this package that adds its
+replay, schedules, dlq, queues, dashboard, migrate) is a module of this package that adds its
 subcommands with a ``register`` call; the order of those calls is the order of
 ``--help``. ``main`` turns the errors of the layers into exit codes (see
 ``common``): 0 ok, 1 the run or command failed, 2 bad usage or configuration,
@@ -25,6 +25,7 @@ from ledgerflow.eventlog.errors import (
     InvalidArgumentError,
     LedgerflowError,
     RunNotFoundError,
+    ScheduleNotFoundError,
     ServiceUnavailableError,
     UnknownWorkflowError,
 )
@@ -45,6 +46,7 @@ from . import (
     queues,
     replay,
     runs,
+    schedules,
     start,
     streams,
     webhooks,
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     streams.register(runs_commands)
     deletion.register(runs_commands)
     archive.register(runs_commands)
+    schedules.register(sub)
     dlq.register(sub)
     queues.register(sub)
     limits.register(sub)
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, argv)
     except ServiceUnavailableError as exc:
         return _fail(args, exc, EXIT_UNAVAILABLE)
-    except (RunNotFoundError, HookNotFoundError) as exc:
+    except (RunNotFoundError, HookNotFoundError, ScheduleNotFoundError) as exc:
         return _fail(args, exc, EXIT_NOT_FOUND)
     except (ConfigurationError, UnknownWorkflowError, InvalidArgumentError, TypeError) as exc:
         return _fail(args, exc, EXIT_USAGE)
