@@ -59,8 +59,10 @@ from .schedules import ScheduleRegistry, sync_declared
 
 log = structlog.get_logger("ledgerflow.schedules")
 
-LEASE_MS = 30_000
-"""How long a claim holds a schedule: far longer than acting on a tick takes."""
+LEASE_MS = 10_000
+"""How long a claim holds a schedule: far longer than acting on a tick takes (ms). A
+claimer slower than that (Redis or RabbitMQ away) may see another act on the same tick,
+which is safe: the run id and the compare-and-set make the second one a no-op."""
 CLAIM_LIMIT = 50
 MAX_IDLE = 1.0
 """The longest the loop sleeps: a schedule added meanwhile is seen within this."""
@@ -236,6 +238,8 @@ class ScheduleLoop:
             outcome = TickOutcome.OVERLAP
         else:
             outcome = await self._start(schedule, run_id, tick)
+            if outcome is TickOutcome.STARTED:
+                self.observers.after_schedule_run_started(spec.name, run_id)
         next_ms = recurrence.after(tick)
         advance = Advance(
             next_ms=next_ms,

@@ -24,6 +24,9 @@ SCHEDULER_MID_BATCH = "scheduler.mid_batch"  # the second half of a batch's mess
 SCHEDULER_AFTER_PUBLISH_BEFORE_ACK = "scheduler.after_publish_before_ack"
 # lf.continue_as_new: the successor run exists, the old run's end is never written.
 SCHEDULER_AFTER_CONTINUATION_STARTED = "scheduler.after_continuation_started"
+# A schedule's tick started its run; the schedule is never advanced past it (its claim's
+# lease runs out and another claimer finds the run there).
+SCHEDULER_AFTER_SCHEDULE_RUN_STARTED = "scheduler.after_schedule_run_started"
 
 POINTS = frozenset(
     {
@@ -32,6 +35,7 @@ POINTS = frozenset(
         SCHEDULER_MID_BATCH,
         SCHEDULER_AFTER_PUBLISH_BEFORE_ACK,
         SCHEDULER_AFTER_CONTINUATION_STARTED,
+        SCHEDULER_AFTER_SCHEDULE_RUN_STARTED,
     }
 )
 
@@ -83,6 +87,10 @@ class FaultObserver(Observer):
     def after_continuation_started(self, run_id: str, successor: str) -> None:
         if hit(SCHEDULER_AFTER_CONTINUATION_STARTED):
             raise InjectedCrash(SCHEDULER_AFTER_CONTINUATION_STARTED)
+
+    def after_schedule_run_started(self, schedule: str, run_id: str) -> None:
+        if hit(SCHEDULER_AFTER_SCHEDULE_RUN_STARTED):
+            raise InjectedCrash(SCHEDULER_AFTER_SCHEDULE_RUN_STARTED)
 
 
 def _from_env() -> None:

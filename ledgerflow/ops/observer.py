@@ -99,6 +99,9 @@ class Observer:
     def after_continuation_started(self, run_id: str, successor: str) -> None:
         """``lf.continue_as_new``: the successor exists; the old run's end is not written yet."""
 
+    def after_schedule_run_started(self, schedule: str, run_id: str) -> None:
+        """A schedule's tick started its run; the schedule is not yet advanced past the tick."""
+
     def after_schedule_ticks(self, schedule: str, outcome: str, count: int, late_ms: int) -> None:
         """A scheduler acted on ``count`` ticks of ``schedule`` (outcome: started,
         skipped_overlap, missed, conflict), the newest of them ``late_ms`` after it fell."""
@@ -172,6 +175,10 @@ class Observers(Observer):
     def after_continuation_started(self, run_id: str, successor: str) -> None:
         for observer in self.observers:
             observer.after_continuation_started(run_id, successor)
+
+    def after_schedule_run_started(self, schedule: str, run_id: str) -> None:
+        for observer in self.observers:
+            observer.after_schedule_run_started(schedule, run_id)
 
     def after_schedule_ticks(self, schedule: str, outcome: str, count: int, late_ms: int) -> None:
         for observer in self.observers:

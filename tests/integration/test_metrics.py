@@ -263,3 +263,47 @@ async def test_cli_processes_serve_metrics_on_metrics_port(
     assert ("ledgerflow_queue_depth", frozenset({("queue", f"{ns}.steps.default")})) in after
     assert value(after, "process_resident_memory_bytes") > 0
     assert value(reconciler, "ledgerflow_reconciler_sweeps_total") >= 1
+
+
+async def test_schedule_ticks_and_their_lag_are_counted(
+    backends: Any, running: lf.Client, port: int, namespace: str
+) -> None:
+    from ledgerflow.scheduler.schedules import add_schedule, build_spec, find_schedule
+
+    from tests.apps import scheduled
+
+    name = f"m-{namespace}"
+    before = await scrape(port)
+    spec = build_spec(name, scheduled.tick, every=1, args=["m"], overlap="allow")
+    await add_schedule(backends.store, spec)
+
+    async def two_runs() -> bool:
+        return (await find_schedule(backends.store, name)).runs >= 2
+
+    await until(two_runs, timeout=30)
+    after = await scrape(port)
+    runs = (await find_schedule(backends.store, name)).runs
+    ticks = "ledgerflow_schedule_ticks_total"
+    # A tick may be acted on between the scrape and the read above: at most one more.
+    assert runs - 1 <= delta(before, after, ticks, schedule=name, outcome="started") <= runs
+    counted = delta(before, after, "ledgerflow_schedule_lag_seconds_count", schedule=name)
+    assert counted == delta(before, after, ticks, schedule=name, outcome="started")
+
+
+async def test_an_overdue_schedule_shows_in_the_sampled_gauge(backends: Any, port: int) -> None:
+    """No scheduler runs here: the schedule waits, and the gauge says how long."""
+    from ledgerflow.scheduler.schedules import build_spec
+
+    spec = build_spec("overdue", "sched_tick", every=60, args=["x"])
+    await backends.store.put_schedule(spec, next_ms=await backends.store.now_ms() - 30_000)
+
+    async def overdue() -> bool:
+        return value(await scrape(port), "ledgerflow_schedule_overdue_seconds") >= 30
+
+    await until(overdue)
+    await backends.store.pause_schedule("overdue", paused=True, next_ms=0)
+
+    async def cleared() -> bool:
+        return value(await scrape(port), "ledgerflow_schedule_overdue_seconds") == 0
+
+    await until(cleared)
