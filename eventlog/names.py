@@ -16,6 +16,7 @@ shards when the shard count is a multiple of the master count.
 What cannot share a run's slot is designed not to need it: the hook-token
 registry is sharded by token and kept by compare-and-set calls beside the append
 (see ``redis_store``), the reconciler's lease and fence share a tag of their own,
+so do the schedules (``{<ns>:schedules}``: every schedule script touches one slot),
 and worker presence keys are single keys. The namespace's meta hash records the
 layout version and the shard count, so every process uses the same one.
 """

@@ -30,6 +30,7 @@ from ledgerflow.eventlog.errors import (
     InvalidArgumentError,
     ScheduleNotFoundError,
 )
+from ledgerflow.eventlog.names import SCHEDULE_NAME_CHARS, SCHEDULE_NAME_RE
 from ledgerflow.eventlog.schedules import (
     MAX_EVERY_S,
     Missed,
@@ -151,6 +152,11 @@ def build_spec(
         )
     workflow_name = definition.name if definition is not None else str(workflow)
     chosen = name if name is not None else workflow_name
+    if name is None and not SCHEDULE_NAME_RE.match(chosen):
+        raise InvalidArgumentError(
+            f"the workflow's name {chosen!r} is not a schedule name ({SCHEDULE_NAME_CHARS}, "
+            "at most 64): pass name="
+        )
     call_kwargs = dict(kwargs or {})
     if not isinstance(args, (list, tuple)):
         raise InvalidArgumentError(f"schedule {chosen!r}: args must be a list")

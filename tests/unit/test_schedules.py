@@ -112,6 +112,12 @@ def test_a_bad_declaration_fails_at_import_saying_what(
     assert len(declared) == 0
 
 
+def test_a_workflow_whose_name_cannot_name_a_schedule_asks_for_a_name() -> None:
+    with pytest.raises(InvalidArgumentError, match="pass name="):
+        build_spec(None, "make_report.<locals>.inner", every=60)
+    assert build_spec("inner", "make_report.<locals>.inner", every=60).name == "inner"
+
+
 def test_a_workflow_named_but_not_known_here_is_taken_unchecked() -> None:
     spec = build_spec("elsewhere", "other.app.wf", every=60, args=[1, 2, 3])
     assert (spec.workflow, spec.arguments()) == ("other.app.wf", ([1, 2, 3], {}))
