@@ -53,7 +53,7 @@ from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
 from .client import publish_recorded
-from .recurrence import Recurrence, plan
+from .recurrence import Plan, Recurrence, plan
 from .registry import WorkflowRegistry, workflows
 from .schedules import ScheduleRegistry, sync_declared
 
@@ -184,35 +184,42 @@ class ScheduleLoop:
         if tick > plan_ms and not existing.get(sh.RUN):
             chosen = plan(recurrence, tick, now, spec.missed)
             if chosen.fire != (tick,) or chosen.missed:
-                first = chosen.fire[0] if chosen.fire else chosen.resume_ms
-                plan_ms = chosen.fire[-1] if chosen.fire else 0
-                commit = Advance(
-                    next_ms=first,
-                    plan_ms=plan_ms,
-                    tick_ms=None if chosen.fire else chosen.newest_missed,
-                    outcome=None if chosen.fire else TickOutcome.MISSED,
-                    missed=chosen.missed,
-                    missed_tick_ms=chosen.newest_missed,
-                )
-                if not await self.store.advance_schedule(spec.name, tick, commit):
+                if not await self._commit(spec.name, tick, chosen, now):
                     return None
-                if chosen.missed and chosen.newest_missed is not None:
-                    late = now - chosen.newest_missed
-                    self.observers.after_schedule_ticks(
-                        spec.name, TickOutcome.MISSED.value, chosen.missed, late
-                    )
-                    log.warning(
-                        "schedule ticks missed",
-                        schedule=spec.name,
-                        missed=chosen.missed if chosen.exact else f"at least {chosen.missed}",
-                        newest_missed=_iso(chosen.newest_missed),
-                        catching_up=len(chosen.fire),
-                    )
                 if not chosen.fire:
-                    return first
-                tick = first
+                    return chosen.resume_ms
+                tick, plan_ms = chosen.fire[0], chosen.fire[-1]
                 existing = await self.store.status(run_id_for(spec.name, tick))
         return await self._fire(schedule, recurrence, tick, plan_ms, now, existing)
+
+    async def _commit(self, name: str, tick: int, chosen: Plan, now: int) -> bool:
+        """Record, before firing anything, which due ticks fire and how many are let go.
+
+        The schedule's next tick becomes the first to fire (or, with none, the first
+        after now) and ``plan`` the last, so whoever claims it next fires the same
+        ones. False if the compare-and-set on ``tick`` was refused.
+        """
+        commit = Advance(
+            next_ms=chosen.fire[0] if chosen.fire else chosen.resume_ms,
+            plan_ms=chosen.fire[-1] if chosen.fire else 0,
+            tick_ms=None if chosen.fire else chosen.newest_missed,
+            outcome=None if chosen.fire else TickOutcome.MISSED,
+            missed=chosen.missed,
+            missed_tick_ms=chosen.newest_missed,
+        )
+        if not await self.store.advance_schedule(name, tick, commit):
+            return False
+        if chosen.missed and chosen.newest_missed is not None:
+            late = now - chosen.newest_missed
+            self.observers.after_schedule_ticks(name, TickOutcome.MISSED.value, chosen.missed, late)
+            log.warning(
+                "schedule ticks missed",
+                schedule=name,
+                missed=chosen.missed if chosen.exact else f"at least {chosen.missed}",
+                newest_missed=_iso(chosen.newest_missed),
+                catching_up=len(chosen.fire),
+            )
+        return True
 
     async def _fire(
         self,
