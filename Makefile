@@ -13,7 +13,7 @@ SOURCES := $(shell find ledgerflow eventlog broker worker scheduler -name '*.py'
 REDIS_START := redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
 	--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 
-.PHONY: demo test lint unit integration bench bench-cluster bench-scaling chaos services browser clean
+.PHONY: demo test lint unit integration bench bench-cluster bench-scaling bench-flow chaos services browser clean
 
 # Strict editable mode: the install is a tree of links (build/__editable__.*) laid out
 # as users import it (ledgerflow.eventlog, ...), which is what mypy checks.
@@ -82,6 +82,10 @@ bench: $(STAMP) services
 # Throughput and CPU per step by process layout (docs/scaling.md's figures).
 bench-scaling: $(STAMP) services
 	$(PY) -m bench.scaling
+
+# Output streams and idle flow-control limits against their absence, in the same run.
+bench-flow: $(STAMP) services
+	$(PY) -m bench.flow
 
 # The same scenarios on a redis-server of the benchmark's own and on a local 3-master
 # Redis Cluster (loopback ports 17300-17305), compared in one run; then 100,000 runs'
