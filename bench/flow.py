@@ -21,9 +21,11 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from ledgerflow.eventlog.settings import Settings
 from ledgerflow.scheduler.embedded import serving
+from ledgerflow.scheduler.registry import WorkflowFunction
 from ledgerflow.worker.backend import connect
 
 import ledgerflow as lf
@@ -48,7 +50,8 @@ async def write_chunks(n: int, stream: bool) -> int:
 
 @lf.workflow(name="bench_flow_streaming")
 async def streaming(n: int, stream: bool) -> int:
-    return await write_chunks(n, stream)
+    written: int = await write_chunks(n, stream)
+    return written
 
 
 @lf.step(name="bench_flow_plain")
@@ -71,7 +74,9 @@ async def fanout(width: int, with_limits: bool) -> int:
     return sum(await asyncio.gather(*(step(i) for i in range(width))))
 
 
-async def timed_run(client: lf.Client, workflow: lf.workflow, *args: object) -> float:  # type: ignore[valid-type]
+async def timed_run(
+    client: lf.Client, workflow: WorkflowFunction[Any, Any], *args: object
+) -> float:
     began = time.perf_counter()
     run = await client.start(workflow, *args)
     await run.result(timeout=300)
