@@ -592,7 +592,9 @@ class Worker:
         )
         parked = encode_message(dataclasses.replace(message, attempt=attempt))
         granted, promoted = await self._leases.acquire(held, parked)
-        await self._publish_promoted(promoted)
+        # No await between taking the slot and returning it to the caller, who releases
+        # it: a cancellation here would leave it held (and renewed) for good.
+        self._publish_promoted(promoted)
         if not granted:
             log.info(
                 "step waits for a concurrency slot",
@@ -607,7 +609,7 @@ class Worker:
         """Give the slot back and send on the waiters it lets in; a failure is logged, and
         the slot's lease then frees it (the reconciler's sweep promotes the waiters)."""
         try:
-            await self._publish_promoted(await self._leases.release(held))
+            self._publish_promoted(await self._leases.release(held))
         except Exception as exc:
             log.warning(
                 "could not free a concurrency slot; its lease will",
@@ -616,8 +618,25 @@ class Worker:
                 error=f"{type(exc).__name__}: {exc}",
             )
 
-    async def _publish_promoted(self, promoted: list[bytes]) -> None:
-        await send_promoted(self.broker, promoted)
+    def _publish_promoted(self, promoted: list[bytes]) -> None:
+        """Send the waiters let in on their way, in the background (a failure is logged:
+        their steps are created and unstarted, which the reconciler sends again)."""
+        if not promoted:
+            return
+
+        async def send() -> None:
+            try:
+                await send_promoted(self.broker, promoted)
+            except Exception as exc:
+                log.warning(
+                    "could not send steps let into concurrency slots; the reconciler will",
+                    steps=len(promoted),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._local.add(task)
+        task.add_done_callback(self._local.discard)
 
     async def _attempt(self, call: _Call, attempt: int, hold: _Hold) -> AttemptResult:
         """Record the step started, call its function, record the outcome; say how it ended."""
