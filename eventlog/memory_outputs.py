@@ -11,8 +11,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import InvalidArgumentError
-from .names import check_corr, check_output_name, check_run_id
+from .names import check_output_name, check_run_id
 from .outputs import (
     MAX_READ,
     MAX_STREAM_BYTES,
@@ -21,6 +20,7 @@ from .outputs import (
     EntryKind,
     OutputEntry,
     WriteOutcome,
+    check_write,
     refusal,
 )
 
@@ -52,11 +52,7 @@ class MemoryOutputs:
         data: bytes | None,
         sequence: int,
     ) -> int:
-        check_run_id(run_id)
-        check_output_name(name)
-        check_corr(step)
-        if not 1 <= attempt <= 1_000_000 or sequence < 1:
-            raise InvalidArgumentError(f"invalid attempt {attempt} or write number {sequence}")
+        check_write(run_id, name, step, attempt, sequence)
         size = len(data or b"")
         state = self._run_state(run_id)
         if state is None:

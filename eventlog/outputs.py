@@ -37,13 +37,14 @@ from typing import Any, Final, Protocol
 
 from . import codec
 from .errors import (
+    InvalidArgumentError,
     PayloadTooLargeError,
     RunClosedError,
     RunNotFoundError,
     SerializationError,
     StreamClosedError,
 )
-from .names import CORR_RE
+from .names import CORR_RE, check_corr, check_output_name, check_run_id
 
 MAX_CHUNK_BYTES: Final = 64 * 1024
 MAX_STREAM_BYTES: Final = 16 * 1024 * 1024
@@ -92,6 +93,15 @@ class WriteOutcome(enum.StrEnum):
     STREAM_ENDED = "ended"
     TOO_MANY_STREAMS = "toomany"
     FULL = "full"
+
+
+def check_write(run_id: str, name: str, step: str, attempt: int, sequence: int) -> None:
+    """A write's arguments, checked before anything is sent (InvalidArgumentError)."""
+    check_run_id(run_id)
+    check_output_name(name)
+    check_corr(step)
+    if not 1 <= attempt <= 1_000_000 or sequence < 1:
+        raise InvalidArgumentError(f"invalid attempt {attempt} or write number {sequence}")
 
 
 def entry_id(index: int) -> str:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import InvalidArgumentError
 from .lua import WRITE_OUTPUT_SCRIPT
-from .names import Names, check_corr, check_output_name, check_run_id
+from .names import Names, check_output_name, check_run_id
 from .outputs import (
     MAX_READ,
     MAX_STREAM_BYTES,
@@ -22,6 +21,7 @@ from .outputs import (
     EntryKind,
     OutputEntry,
     WriteOutcome,
+    check_write,
     entry_id,
     parse_entry,
     refusal,
@@ -63,11 +63,7 @@ class RedisOutputs:
         data: bytes | None,
         sequence: int,
     ) -> int:
-        check_run_id(run_id)
-        check_output_name(name)
-        check_corr(step)
-        if not 1 <= attempt <= 1_000_000 or sequence < 1:
-            raise InvalidArgumentError(f"invalid attempt {attempt} or write number {sequence}")
+        check_write(run_id, name, step, attempt, sequence)
         keys = [
             self.names.status(run_id),
             self.names.output_set(run_id),
