@@ -48,6 +48,7 @@ class WaitState:
     status: str = WaitStatus.CREATED
     created_ts: int = 0
     finished_ts: int | None = None
+    purpose: str = ""  # "start" / "deadline": ledgerflow's own waits (records.WaitCreated)
 
 
 @dataclass
@@ -133,7 +134,9 @@ def apply(state: RunState, event: Event) -> RunState:
     elif isinstance(record, (r.StepStarted, r.StepCompleted, r.StepFailed, r.StepRetrying)):
         _apply_step(state.steps.get(event.corr), record, event.ts)
     elif isinstance(record, r.WaitCreated):
-        state.waits[event.corr] = WaitState(id=event.corr, due=record.due, created_ts=event.ts)
+        state.waits[event.corr] = WaitState(
+            id=event.corr, due=record.due, created_ts=event.ts, purpose=record.purpose
+        )
     elif isinstance(record, r.WaitCompleted):
         wait = state.waits.get(event.corr)
         if wait is not None:

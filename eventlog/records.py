@@ -38,6 +38,8 @@ CONTINUED_AS = "continued_as"
 an ordinary end, so logs written before continuation read as ordinary ends."""
 CONTINUED_FROM = "continued_from"
 START_AT = "start_at"
+WAIT_PURPOSE = "purpose"
+WAIT_PURPOSES = frozenset({"start", "deadline"})
 TIMEOUT = "timeout_ms"
 """run_created data: the run this one continues (the predecessor whose end names it)."""
 CARRIED = "hook_payloads"
@@ -251,6 +253,9 @@ class StepRetrying:
 @dataclass(frozen=True, slots=True)
 class WaitCreated:
     due: int = 0
+    # What ledgerflow itself waits for ("start": client.start's start time, "deadline": the
+    # workflow's timeout); "" for the workflow's own sleeps and timeouts.
+    purpose: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +314,11 @@ def _optional_text(data: Mapping[str, Any], key: str) -> str | None:
 def _int(value: Any) -> int | None:
     """An integer field (a bool counts, as msgpack keeps it apart but Python does not)."""
     return value if isinstance(value, int) else None
+
+
+def _purpose(value: Any) -> str:
+    """A wait's recorded purpose: one ledgerflow knows, or none (anything else is foreign)."""
+    return value if value in WAIT_PURPOSES else ""
 
 
 def _whole(value: Any) -> int | None:
@@ -441,7 +451,9 @@ _DECODERS: dict[EventType, Callable[[Mapping[str, Any]], Record]] = {
     E.STEP_COMPLETED: lambda d: StepCompleted(attempt=_attempt(d), result=d.get("result")),
     E.STEP_FAILED: lambda d: StepFailed(error=_error(d), attempt=_attempt(d)),
     E.STEP_RETRYING: _step_retrying,
-    E.WAIT_CREATED: lambda d: WaitCreated(due=_whole(d.get("due", 0)) or 0),
+    E.WAIT_CREATED: lambda d: WaitCreated(
+        due=_whole(d.get("due", 0)) or 0, purpose=_purpose(d.get(WAIT_PURPOSE))
+    ),
     E.WAIT_COMPLETED: lambda d: WaitCompleted(),
     E.HOOK_CREATED: _hook_created,
     E.HOOK_RECEIVED: lambda d: HookReceived(attempt=_attempt(d), payload=d.get("payload")),

@@ -88,6 +88,7 @@ class WaitCommand:
 
     corr: str
     due_ms: int
+    purpose: str = ""  # "start" or "deadline" for ledgerflow's own waits (records.WaitCreated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,11 +446,11 @@ class WorkflowInstance:
         """
         delay = wait_until_ms(self._now_ms, self._start_at_ms)
         if delay:
-            await self._wait_future(delay)
+            await self._wait_future(delay, purpose="start")
         limit = recorded_timeout_ms(timeout_ms)
         if limit is None:
             return await self.definition.fn(*self.args, **self.kwargs)
-        deadline = self._wait_future(limit)
+        deadline = self._wait_future(limit, purpose="deadline")
         body = asyncio.ensure_future(self.definition.fn(*self.args, **self.kwargs))
         await asyncio.wait({body, deadline}, return_when=asyncio.FIRST_COMPLETED)
         if body.done():
@@ -578,11 +579,13 @@ class WorkflowInstance:
             return
         await self._wait_future(delay)
 
-    def _wait_future(self, delay_ms: int) -> asyncio.Future[Any]:
+    def _wait_future(self, delay_ms: int, *, purpose: str = "") -> asyncio.Future[Any]:
         """A durable timer as a future: resolved when its wait_completed is replayed."""
         corr = self._claim(Ask(EventType.WAIT_CREATED))
         if corr not in self._recorded:
-            self._new.append(WaitCommand(corr=corr, due_ms=self._now_ms + delay_ms))
+            self._new.append(
+                WaitCommand(corr=corr, due_ms=self._now_ms + delay_ms, purpose=purpose)
+            )
         return self._future_for(corr)
 
     def create_hook(self, token: str | None, metadata: Any, *, webhook: bool = False) -> Hook:

@@ -43,7 +43,13 @@ from ledgerflow.eventlog.events import (
     id_before,
 )
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES, HookStatus
-from ledgerflow.eventlog.records import RECORDED_BY, RunCreated, RunStarted, StepCreated
+from ledgerflow.eventlog.records import (
+    RECORDED_BY,
+    WAIT_PURPOSE,
+    RunCreated,
+    RunStarted,
+    StepCreated,
+)
 from ledgerflow.eventlog.retrying import is_transient, retrying
 from ledgerflow.eventlog.schedules import ScheduleStore
 from ledgerflow.eventlog.slots import Slots
@@ -635,7 +641,9 @@ class Scheduler:
             return NewEvent.of(
                 EventType.WAIT_CREATED,
                 command.corr,
-                {"due": command.due_ms},
+                {"due": command.due_ms, WAIT_PURPOSE: command.purpose}
+                if command.purpose
+                else {"due": command.due_ms},
                 timer=Timer(TimerKind.WAIT, instance.run_id, command.corr),
                 due_ms=command.due_ms,
             )

@@ -216,7 +216,8 @@ async def cmd_runs_state(args: argparse.Namespace) -> int:
             outcome = f"-> {step.result!r}"
         rows.append(("step", step.id, step.name, step.status, step.attempt or "", outcome))
     for wait in state.waits.values():
-        rows.append(("wait", wait.id, f"until {iso(wait.due)}", wait.status, "", ""))
+        what = {"start": "start time, ", "deadline": "deadline, "}.get(wait.purpose, "")
+        rows.append(("wait", wait.id, f"{what}until {iso(wait.due)}", wait.status, "", ""))
     for hook in state.hooks.values():
         rows.append(("hook", hook.id, hook.token, hook.status, "", f"{hook.received} payload(s)"))
     if rows:
@@ -259,7 +260,10 @@ def _state_json(state: RunState, at: int, total: int, event: str, ts: int) -> di
             }
             for s in state.steps.values()
         ],
-        "waits": [{"id": w.id, "due": w.due, "status": w.status} for w in state.waits.values()],
+        "waits": [
+            {"id": w.id, "due": w.due, "status": w.status, "purpose": w.purpose or None}
+            for w in state.waits.values()
+        ],
         "hooks": [
             {"id": h.id, "token": h.token, "status": h.status, "received": h.received}
             for h in state.hooks.values()

@@ -145,7 +145,7 @@ def _wait_bar(wait: WaitState, end: int) -> dict[str, JsonValue]:
     return {
         "kind": "wait",
         "id": wait.id,
-        "name": "sleep",
+        "name": {"start": "start time", "deadline": "deadline"}.get(wait.purpose, "sleep"),
         "status": wait.status,
         "created_ms": wait.created_ts,
         "start_ms": wait.created_ts,

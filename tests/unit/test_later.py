@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from ledgerflow.eventlog.events import EventType
+from ledgerflow.eventlog.fold import fold
 from ledgerflow.scheduler.later import start_time_ms
 
 import ledgerflow as lf
@@ -28,6 +29,8 @@ async def test_a_delayed_run_starts_its_code_after_a_recorded_wait() -> None:
     assert ran_at >= asked + 800
     waits = [e for e in events if e.type is EventType.WAIT_CREATED]
     assert len(waits) == 1 and waits[0].corr == "s1"
+    assert waits[0].data["purpose"] == "start"  # runs show and the dashboard say so
+    assert fold(run.run_id, events).waits["s1"].purpose == "start"
     assert events[0].data["start_at"] >= asked + 800
     # The code's own step comes after the wait, at the next position.
     assert [e.corr for e in events if e.type is EventType.STEP_CREATED] == ["s2"]
@@ -89,6 +92,8 @@ async def test_a_run_past_its_timeout_fails_its_child_is_cancelled_its_step_told
     assert [run.run_id] == later.TOLD
     started = next(e for e in events if e.type is EventType.RUN_STARTED)
     assert started.data == {"timeout_ms": 1000}
+    deadline = next(e for e in events if e.type is EventType.WAIT_CREATED)
+    assert deadline.data["purpose"] == "deadline"
 
 
 async def test_a_run_within_its_timeout_completes_and_the_deadline_does_not_fire() -> None:
