@@ -184,13 +184,15 @@ class _Reader:
         if self._unblock_sent or self._conn_id is None:
             return
         self._unblock_sent = True
-        generation = self._generation
+        generation, conn_id = self._generation, self._conn_id
         for _ in range(UNBLOCK_TRIES):
             with contextlib.suppress(*_LOST, *_REDIRECTED):
-                if await self._endpoint.unblock(self._conn_id):
+                if await self._endpoint.unblock(conn_id):
                     return
             await asyncio.sleep(UNBLOCK_RETRY_DELAY)
-            if not self._blocked or self._generation != generation:
+            # The read ended, or its connection was lost (a failover) and another is
+            # being made: there is nothing of this connection's to interrupt any more.
+            if not self._blocked or self._generation != generation or self._conn_id != conn_id:
                 return
 
     async def _idle(self) -> None:
