@@ -142,6 +142,45 @@ def _shown(value: object) -> str:
     return f"{text[:60]}... ({size} characters)"
 
 
+MAX_PRIORITY = 3
+"""Priorities are 0 (the default) to 3; each above 0 has a lane of its own per step queue."""
+_LANE_RE = re.compile(r"\.p([1-9])\Z")
+
+
+def check_priority(priority: object) -> int:
+    """A run's or a step's priority: 0-3, higher dispatched first (InvalidArgumentError)."""
+    if (
+        isinstance(priority, int)
+        and not isinstance(priority, bool)
+        and 0 <= priority <= MAX_PRIORITY
+    ):
+        return priority
+    raise InvalidArgumentError(f"invalid priority {_shown(priority)}: use 0-{MAX_PRIORITY}")
+
+
+def lane(queue: str, priority: int) -> str:
+    """The step queue a step of ``priority`` goes to: the queue itself at 0, else its lane.
+
+    Lanes are separate queues (``default.p2``) because this RabbitMQ's quorum queues
+    have no message priorities; a worker consumes every lane of its queues and gives a
+    free slot to the highest lane's step first (``worker/priority.py``).
+    """
+    level = max(0, min(priority, MAX_PRIORITY))
+    return queue if level == 0 else f"{queue}.p{level}"
+
+
+def lane_priority(queue: str) -> int:
+    """The priority a (short) step queue name stands for: its lane's, or 0."""
+    found = _LANE_RE.search(queue)
+    return min(int(found.group(1)), MAX_PRIORITY) if found else 0
+
+
+def lane_base(queue: str) -> str:
+    """The step queue a lane belongs to (``default.p2`` -> ``default``)."""
+    found = _LANE_RE.search(queue)
+    return queue[: found.start()] if found else queue
+
+
 def check_queue_name(queue: str) -> str:
     """Reject queue suffixes that would collide with our own dotted names."""
     if not _QUEUE_RE.match(queue):

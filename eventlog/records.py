@@ -22,7 +22,7 @@ from typing import Any
 
 from . import errors
 from .kinds import EventType
-from .names import DEFAULT_STEP_QUEUE
+from .names import DEFAULT_STEP_QUEUE, MAX_PRIORITY
 
 CHILD_PREFIX = "workflow:"
 """step_created name prefix of a child run: decoded into ``StepCreated.child``, and only here."""
@@ -38,6 +38,7 @@ CONTINUED_AS = "continued_as"
 an ordinary end, so logs written before continuation read as ordinary ends."""
 CONTINUED_FROM = "continued_from"
 START_AT = "start_at"
+PRIORITY = "priority"
 WAIT_PURPOSE = "purpose"
 WAIT_PURPOSES = frozenset({"start", "deadline"})
 TIMEOUT = "timeout_ms"
@@ -123,6 +124,8 @@ class RunCreated:
     # its workflow code starts with a durable wait until then. None: at once.
     start_at_ms: int | None = None
     schedule: ScheduleRef | None = None  # SCHEDULE: the schedule and tick that started it
+    # 0-3: its steps go to that priority's lane (names.lane), its children inherit it.
+    priority: int = 0
 
     def as_data(self) -> dict[str, Any]:
         """The data this record is written as (what a producer or a parent appends)."""
@@ -135,6 +138,8 @@ class RunCreated:
             data[CONTINUED_FROM] = self.continued_from
         if self.start_at_ms is not None:
             data[START_AT] = self.start_at_ms
+        if self.priority:
+            data[PRIORITY] = self.priority
         if self.carried:
             pairs = [(t, p) for t, payloads in self.carried.items() for p in payloads]
             data[CARRIED_TOKENS] = [t for t, _ in pairs]
@@ -358,6 +363,7 @@ def _run_created(data: Mapping[str, Any]) -> RunCreated:
         continued_from=_optional_text(data, CONTINUED_FROM),
         carried=_carried(data.get(CARRIED_TOKENS), data.get(CARRIED)),
         start_at_ms=_int(data.get(START_AT)),
+        priority=max(0, min(_int(data.get(PRIORITY)) or 0, MAX_PRIORITY)),
         schedule=_schedule(data.get(SCHEDULE)),
     )
 

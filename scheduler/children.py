@@ -54,6 +54,7 @@ async def start_child(
         kwargs=command.kwargs,
         parent=ParentRef(parent_run_id, command.corr),
         retention_ms=retention_ms,
+        priority=command.priority,
     )
     created = run_created(record, what=f"arguments of child workflow {command.workflow!r}")
     try:

@@ -34,7 +34,7 @@ from ledgerflow.eventlog.events import RUN_TERMINAL, Event, EventType, NewEvent,
 from ledgerflow.eventlog.fold import RunState, fold
 from ledgerflow.eventlog.integrity import MAX_KEY
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
-from ledgerflow.eventlog.names import check_hook_token, check_run_id
+from ledgerflow.eventlog.names import check_hook_token, check_priority, check_run_id
 from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.eventlog.records import ErrorInfo, RunCreated
 from ledgerflow.eventlog.settings import Settings
@@ -126,6 +126,7 @@ class Client:
         run_id: str | None = None,
         start_at: dt.datetime | None = None,
         delay: dt.timedelta | float | None = None,
+        priority: int = 0,
         **kwargs: Any,
     ) -> RunHandle:
         """Record run_created and activate the run; idempotent for a given ``run_id``.
@@ -133,8 +134,10 @@ class Client:
         ``start_at`` (an aware datetime) or ``delay`` (a timedelta or seconds) defers
         the run's code: it starts with a durable wait until then (recorded in its
         log, so it survives every restart); a time in the past starts it at once.
-        ``run_id``, ``start_at`` and ``delay`` are this call's own, never the
-        workflow's keyword arguments.
+        ``priority`` (0-3): the run's steps are dispatched before lower ones' under load
+        (its child runs inherit it; a step's own ``priority`` may raise it).
+        ``run_id``, ``start_at``, ``delay`` and ``priority`` are this call's own, never
+        the workflow's keyword arguments.
 
         Starting again with the same run_id (a producer retrying after a timeout)
         records nothing new and returns the same run. A run id is 1-200 letters,
@@ -160,6 +163,7 @@ class Client:
             kwargs=kwargs,
             retention_ms=definition.retention_ms if definition is not None else None,
             start_at_ms=start_time_ms(start_at, delay),
+            priority=check_priority(priority),
         )
         created = run_created(record, what=f"arguments of workflow {name!r}", offload_args=True)
         await self.store.append(run_id, [created])

@@ -38,7 +38,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.events import Event, EventType, NewEvent, id_order
 from ledgerflow.eventlog.integrity import call_fingerprint
-from ledgerflow.eventlog.names import MAX_RUN_ID, WEBHOOK_TOKEN_PREFIX, check_hook_token
+from ledgerflow.eventlog.names import MAX_RUN_ID, WEBHOOK_TOKEN_PREFIX, check_hook_token, lane
 from ledgerflow.eventlog.records import (
     CHILD_PREFIX,
     ChildSpec,
@@ -71,12 +71,13 @@ class StepCommand:
     step: StepDef
     args: bytes
     blobs: tuple[Blob, ...] = ()  # arguments stored out of line (eventlog.blobs)
+    priority: int = 0  # the run's; the step's own may raise it
 
     def record(self) -> StepCreated:
         """The step_created this ask is recorded as (and its messages are built from)."""
         return StepCreated(
             name=self.step.name,
-            queue=self.step.queue,
+            queue=lane(self.step.queue, max(self.priority, self.step.priority)),
             args=self.args,
             call_fingerprint=call_fingerprint(self.step.name, self.args),
         )
@@ -114,6 +115,7 @@ class ChildCommand:
     args: list[Any]
     kwargs: dict[str, Any]
     child_run_id: str
+    priority: int = 0  # the parent's: a child run inherits it
 
     def record(self) -> StepCreated:
         """The step_created that stands for this child in its parent's log."""
@@ -323,8 +325,10 @@ class WorkflowInstance:
         parent: ParentRef | None = None,
         carried: dict[str, list[Any]] | None = None,
         start_at_ms: int | None = None,
+        priority: int = 0,
     ) -> None:
         self.run_id = run_id
+        self.priority = priority
         self._start_at_ms = start_at_ms
         self._parent = parent
         # Hook payloads a predecessor received and never took (lf.continue_as_new).
@@ -545,7 +549,9 @@ class WorkflowInstance:
         blob, blobs = step.encode_call(args, kwargs)
         corr = self._claim(Ask(EventType.STEP_CREATED, step.name))
         if corr not in self._recorded:
-            self._new.append(StepCommand(corr=corr, step=step, args=blob, blobs=blobs))
+            self._new.append(
+                StepCommand(corr=corr, step=step, args=blob, blobs=blobs, priority=self.priority)
+            )
         return await self._outcome_of(corr)
 
     async def call_child(
@@ -561,6 +567,7 @@ class WorkflowInstance:
                     args=list(args),
                     kwargs=dict(kwargs),
                     child_run_id=child_run_id(self.run_id, corr),
+                    priority=self.priority,
                 )
             )
         return await self._outcome_of(corr)
@@ -675,6 +682,7 @@ class WorkflowInstance:
                         args=list(record.child.args),
                         kwargs=dict(record.child.kwargs),
                         child_run_id=record.child.run_id,
+                        priority=self.priority,
                     )
                 )
         return pending

@@ -392,6 +392,7 @@ class Scheduler:
             parent=parent_of(first),
             carried=created.carried,
             start_at_ms=created.start_at_ms,
+            priority=created.priority,
         )
 
     async def _record(self, instance: WorkflowInstance, decision: Decision) -> bool:

@@ -19,7 +19,7 @@ from ledgerflow.eventlog.errors import (
     SerializationError,
     UnknownStepError,
 )
-from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, check_queue_name
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, check_priority, check_queue_name
 
 from .concurrency import Concurrency
 from .dispatch import current_dispatcher
@@ -50,6 +50,8 @@ class StepDef:
     concurrency: Concurrency | None = field(default=None, compare=False)
     # At most this many starts per period per key, across every worker (worker/ratelimit.py).
     rate_limit: RateLimit | None = field(default=None, compare=False)
+    # 0-3: dispatched before lower ones under load; a run's priority may raise it.
+    priority: int = field(default=0, compare=False)
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Check and encode a call's arguments, all inline, naming the bad one on failure."""
@@ -192,6 +194,7 @@ def step(
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
     concurrency: Concurrency | None = None,
     rate_limit: RateLimit | None = None,
+    priority: int = 0,
 ) -> Callable[[Callable[P, Any]], StepFunction[P, Any]]: ...
 
 
@@ -207,6 +210,7 @@ def step(
     max_payload: int = codec.DEFAULT_MAX_PAYLOAD,
     concurrency: Concurrency | None = None,
     rate_limit: RateLimit | None = None,
+    priority: int = 0,
 ) -> Any:
     """Mark a function as a step: run at least once by a worker, its result recorded once.
 
@@ -236,6 +240,10 @@ def step(
             raise ConfigurationError(
                 f"step {func.__qualname__}: concurrency must be lf.Concurrency"
             )
+        try:
+            level = check_priority(priority)
+        except InvalidArgumentError as exc:
+            raise ConfigurationError(f"step {func.__qualname__}: {exc}") from None
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise ConfigurationError(f"step {func.__qualname__}: rate_limit must be lf.RateLimit")
         step_name = name or func.__qualname__
@@ -259,6 +267,7 @@ def step(
                 if rate_limit is not None
                 else None
             ),
+            priority=level,
         )
         steps.add(definition)
         return StepFunction(definition)

@@ -56,7 +56,13 @@ from ledgerflow.eventlog.errors import (
 from ledgerflow.eventlog.events import EventType, NewEvent
 from ledgerflow.eventlog.integrity import call_fingerprint
 from ledgerflow.eventlog.kinds import RunStatus
-from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE
+from ledgerflow.eventlog.names import (
+    DEFAULT_STEP_QUEUE,
+    MAX_PRIORITY,
+    lane,
+    lane_base,
+    lane_priority,
+)
 from ledgerflow.eventlog.outputs import OutputStreams
 from ledgerflow.eventlog.rates import Rates
 from ledgerflow.eventlog.records import StepCreated, StepStarted
@@ -75,6 +81,7 @@ from .batching import Coalesced, GroupCommit
 from .concurrency import Held, SlotLeases, send_promoted
 from .context import StepContext, bind_step_context, reset_step_context
 from .limits import Beats, run_limited
+from .priority import PrioritySlots
 from .registry import StepDef, StepRegistry, steps
 from .resources import WorkerResources
 from .retry import RetryPolicy
@@ -186,7 +193,7 @@ class Worker:
         self._cancelled: set[str] = set()
         self._watch: asyncio.Task[None] | None = None
         self._presence: asyncio.Task[None] | None = None
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = PrioritySlots(concurrency)
         self._leases = SlotLeases(store)
         self._accepted = 0  # steps taken (from any source) and not yet finished
         self._writes = GroupCommit(store)
@@ -199,13 +206,16 @@ class Worker:
         self._presence = asyncio.create_task(self._keep_alive(), name="presence")
         self._watch = asyncio.create_task(self._watch_cancellations(), name="cancel-watch")
         for queue in self.queues:
-            full = await self.broker.declare_step_queue(queue)
-            # prefetch == concurrency: every delivered message starts at once, so a
-            # shutdown never hands back a message that was only waiting in memory.
-            consumer = await self.broker.consume(
-                full, self.handle_delivery, prefetch=self.concurrency
-            )
-            self._consumers.append(consumer)
+            for priority in range(MAX_PRIORITY + 1):
+                full = await self.broker.declare_step_queue(lane(queue, priority))
+                # The plain lane's prefetch is the concurrency: its deliveries start at once
+                # unless a higher lane's wait for the same slots (worker/priority.py). A
+                # higher lane holds twice that, so its next step is here when a slot frees
+                # (not one round trip behind, while a plain one takes the slot). A delivery
+                # that waits too long is handed back as a copy, never redelivered.
+                prefetch = self.concurrency * (2 if priority else 1)
+                consumer = await self.broker.consume(full, self.handle_delivery, prefetch=prefetch)
+                self._consumers.append(consumer)
         log.info(
             "worker started",
             queues=self.queues,
@@ -258,7 +268,7 @@ class Worker:
 
     def local_capacity(self, queue: str) -> int:
         """How many more steps of ``queue`` this worker would run right now."""
-        if queue not in self.queues or not self._consumers:
+        if lane_base(queue) not in self.queues or not self._consumers:
             return 0
         return max(0, self.concurrency - self._accepted)
 
@@ -368,8 +378,13 @@ class Worker:
                 {work}, timeout=max(0.0, self.ack_after - delivery.held_for())
             )
         except asyncio.CancelledError:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            if hold.started == 0 and not delivery.settled:
+                # Cut off (a shutdown) before any of its steps got a slot: back to its
+                # queue as a copy, so the wait costs no attempt (a redelivery would).
+                await self._give_back(delivery, work)
+            else:
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
             raise
         if not done:
             if hold.started:
@@ -534,7 +549,7 @@ class Worker:
                     self.observers.after_step_held_back(call.message.step_name, "concurrency")
                     return attempts.PARKED
             try:
-                await self._slots.acquire()
+                await self._slots.acquire(lane_priority(call.message.queue))
             except asyncio.CancelledError:
                 if not hold.covered:  # released before it started: no redelivery brings it
                     await self._hand_back(call.message, attempt, attempt)

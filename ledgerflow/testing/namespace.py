@@ -22,7 +22,7 @@ from typing import Any
 import aio_pika
 
 from ledgerflow.broker.rabbitmq import connect_first
-from ledgerflow.eventlog.names import Names
+from ledgerflow.eventlog.names import DEFAULT_STEP_QUEUE, MAX_PRIORITY, Names, lane
 from ledgerflow.eventlog.redis_client import RedisClient, redis_client
 from ledgerflow.worker.registry import steps
 
@@ -69,8 +69,10 @@ def namespace_queues(names: Names, extra: Sequence[str] = ()) -> list[str]:
     Workers declare a queue for every step queue registered in their process (an
     app may register several), not only the default one.
     """
-    registered = [names.step_queue(q) for q in steps.queues()]
-    queues = [names.step_queue(), *registered, names.runs_queue, names.dead_queue, *extra]
+    # Every priority lane of each step queue (workers consume them all: names.lane).
+    shorts = dict.fromkeys([DEFAULT_STEP_QUEUE, *steps.queues()])
+    lanes = [names.step_queue(lane(q, p)) for q in shorts for p in range(MAX_PRIORITY + 1)]
+    queues = [*lanes, names.runs_queue, names.dead_queue, *extra]
     return list(dict.fromkeys(queues))
 
 
