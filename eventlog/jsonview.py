@@ -202,3 +202,20 @@ PAGE = Style(
     enum_values=True,
     instance=_page_instance,
 )
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 1), without recursion.
+
+    For the bounds on JSON read from outside (request bodies, a model API's replies):
+    ``json.loads`` accepts any depth its stack allows, so the depth is checked after.
+    """
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            todo += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list):
+            todo += [(v, level + 1) for v in item]
+    return deepest

@@ -49,7 +49,7 @@ from ledgerflow.eventlog.errors import (
     SerializationError,
     WorkflowFailedError,
 )
-from ledgerflow.eventlog.jsonview import page_view
+from ledgerflow.eventlog.jsonview import json_depth, page_view
 from ledgerflow.eventlog.names import WEBHOOK_TOKEN_RE, check_output_name, check_run_id
 from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.scheduler import Client
@@ -251,22 +251,9 @@ def _parse_json(raw: bytes) -> Any:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         raise HTTPException(400, "the body is not JSON") from None
-    if _depth(value) > MAX_NESTING:
+    if json_depth(value) > MAX_NESTING:
         raise HTTPException(400, f"the body is nested deeper than {MAX_NESTING} levels")
     return value
-
-
-def _depth(value: Any) -> int:
-    """How deeply a parsed JSON value nests, without recursion."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, level = todo.pop()
-        deepest = max(deepest, level)
-        if isinstance(item, dict):
-            todo += [(v, level + 1) for v in item.values()]
-        elif isinstance(item, list):
-            todo += [(v, level + 1) for v in item]
-    return deepest
 
 
 def _run_id(run_id: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ledgerflow.eventlog.errors import ModelError
+from ledgerflow.eventlog.jsonview import json_depth
 
 from .messages import Message, ModelReply, ToolCall, Usage
 from .model import ToolSpec
@@ -96,21 +97,9 @@ def parse_json(raw: bytes | str, what: str) -> Any:
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:100]
         raise ModelError(f"{what} is not JSON ({reason}): {excerpt(raw)}") from None
-    if _depth(value) > MAX_JSON_DEPTH:
+    if json_depth(value) > MAX_JSON_DEPTH:
         raise ModelError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
-
-
-def _depth(value: Any) -> int:
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, level = todo.pop()
-        deepest = max(deepest, level)
-        if isinstance(item, dict):
-            todo += [(v, level + 1) for v in item.values()]
-        elif isinstance(item, list):
-            todo += [(v, level + 1) for v in item]
-    return deepest
 
 
 def _field(data: Any, key: str, kinds: type | tuple[type, ...], what: str) -> Any:
