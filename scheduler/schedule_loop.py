@@ -27,7 +27,6 @@ followed to its chain's end for that check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from typing import Protocol
 
@@ -52,6 +51,7 @@ from ledgerflow.eventlog.store import EventLog, RunIndex
 from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
+from .background import BackgroundLoop
 from .client import publish_recorded
 from .recurrence import Plan, Recurrence, plan
 from .registry import WorkflowRegistry, workflows
@@ -70,14 +70,15 @@ MIN_IDLE = 0.005
 PUBLISH_DEADLINE = 10.0
 """How long a tick's activation is retried before it is left to the reconciler."""
 CHAIN_HOPS = 100
-STOP_TIMEOUT = 5.0
 
 
 class ScheduleLoopStore(EventLog, RunIndex, ScheduleStore, Protocol):
     """What the loop uses: schedules, and the logs of the runs their ticks start."""
 
 
-class ScheduleLoop:
+class ScheduleLoop(BackgroundLoop):
+    task_name = "ledgerflow-schedules"
+
     def __init__(
         self,
         store: ScheduleLoopStore,
@@ -98,29 +99,13 @@ class ScheduleLoop:
         self.observers = Observers(standard_observers()) if observers is None else observers
         self.lease_ms = lease_ms
         self.max_idle = max_idle
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        super().__init__()
 
     async def sync(self) -> None:
         """Write the code's schedules into the store (see ``scheduler/schedules.py``)."""
         if self.declared is not None:
             declared = self.declared
             await retrying("sync schedules", lambda: sync_declared(self.store, declared))
-
-    def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="ledgerflow-schedules")
-
-    async def stop(self) -> None:
-        """Stop the loop (a flag as well as a cancel, as the timer loop does)."""
-        self._stopping = True
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, STOP_TIMEOUT)
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -39,20 +39,23 @@ from ledgerflow.worker.registry import StepRegistry, steps
 from ledgerflow.ops.observer import Observer, Observers
 from ledgerflow.ops.standard import standard_observers
 
+from .background import BackgroundLoop
+
 log = structlog.get_logger("ledgerflow.timers")
 
 TICK = 0.02
 BATCH = 500
 LEASE_MS = 15_000
 RETRY_FAILED_MS = 1_000
-STOP_TIMEOUT = 5.0
 
 
 class TimerStore(EventLog, RunIndex, TimerIndex, Protocol):
     """What the timer loop uses: it claims due timers and appends what they mean."""
 
 
-class TimerLoop:
+class TimerLoop(BackgroundLoop):
+    task_name = "ledgerflow-timers"
+
     def __init__(
         self,
         store: TimerStore,
@@ -68,24 +71,7 @@ class TimerLoop:
         self.tick = tick
         self.observers = Observers(standard_observers()) if observers is None else observers
         self.fired = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="ledgerflow-timers")
-
-    async def stop(self) -> None:
-        """Stop the loop. A flag as well as a cancel: a client library that turns a
-        cancellation into a connection error must not keep the loop alive."""
-        self._stopping = True
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, STOP_TIMEOUT)
+        super().__init__()
 
     async def _run(self) -> None:
         while not self._stopping:
