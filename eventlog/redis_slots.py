@@ -9,12 +9,13 @@ lost-step check, which sends its message again).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import RetryableError
 from .lua import ACQUIRE_SLOT_SCRIPT, RELEASE_SLOT_SCRIPT
 from .names import Names
-from .redis_client import RedisClient
+from .redis_client import RedisClient, call_scripts
 from .retrying import retried
 from .slots import MAX_PROMOTE, MAX_WAITING, SlotKind, SlotUse, slot_id
 
@@ -103,10 +104,11 @@ class RedisSlots:
         if not held:
             return
         now_ms = await self._now_ms()
-        for limit, key, member in held:
-            await self.client.zadd(
-                self.names.slot_holders(slot_id(limit, key)), {member: now_ms + lease_ms}, xx=True
-            )
+        async with self.client.pipeline(transaction=False) as pipe:
+            for limit, key, member in held:
+                holders = self.names.slot_holders(slot_id(limit, key))
+                pipe.zadd(holders, {member: now_ms + lease_ms}, xx=True)
+            await pipe.execute()
 
     async def _now_ms(self) -> int:
         seconds, micros = await self.client.time()
@@ -114,47 +116,71 @@ class RedisSlots:
 
     @retried("read concurrency slots")
     async def uses(self) -> list[SlotUse]:
+        pairs = await self._pairs()
+        if not pairs:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for pair in pairs:
+                pipe.zcard(self.names.slot_holders(pair.slot))
+                pipe.zcard(self.names.slot_waiting(pair.slot))
+            counts: list[Any] = await pipe.execute()
         found = []
-        for slot in await self._listed():
-            limit, key, kind = await self.client.hmget(
-                self.names.slot_info(slot), ["limit", "key", "kind"]
-            )
-            holding = int(await self.client.zcard(self.names.slot_holders(slot)))
-            waiting = int(await self.client.zcard(self.names.slot_waiting(slot)))
-            if limit is not None and (holding or waiting):
-                found.append(
-                    SlotUse(_text(limit), _text(key or b""), holding, waiting, _kind(kind))
-                )
+        for pair, holding, waiting in zip(pairs, counts[::2], counts[1::2], strict=True):
+            if holding or waiting:
+                found.append(SlotUse(pair.limit, pair.key, int(holding), int(waiting), pair.kind))
         return found
 
     @retried("read the runs holding slots")
     async def run_holders(self) -> list[tuple[str, str, str, int]]:
-        found = []
-        for slot in await self._listed():
-            limit, key, kind, capacity = await self.client.hmget(
-                self.names.slot_info(slot), ["limit", "key", "kind", "capacity"]
-            )
-            if limit is None or _kind(kind) is not SlotKind.RUN:
-                continue
-            members = await self.client.zrange(self.names.slot_holders(slot), 0, -1)
-            cap = int(capacity) if capacity is not None and _text(capacity).isdigit() else 0
-            found += [(_text(limit), _text(key or b""), _text(m), cap) for m in members]
-        return found
-
-    async def _listed(self) -> list[str]:
-        return sorted(_text(s) for s in await self.client.smembers(self.names.slot_index()))
+        pairs = [p for p in await self._pairs() if p.kind is SlotKind.RUN]
+        if not pairs:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for pair in pairs:
+                pipe.zrange(self.names.slot_holders(pair.slot), 0, -1)
+            holders: list[Any] = await pipe.execute()
+        return [
+            (pair.limit, pair.key, _text(member), pair.capacity)
+            for pair, members in zip(pairs, holders, strict=True)
+            for member in members
+        ]
 
     async def promote(self, lease_ms: int) -> list[bytes]:
+        # A pair never written whole (or by hand) has no capacity: nothing to promote into.
+        pairs = [p for p in await self._pairs() if p.capacity >= 1]
+        calls = [(self._keys(p.slot), ["", p.capacity, lease_ms, MAX_PROMOTE]) for p in pairs]
+        replies = await call_scripts(self.client, self._release, calls)
         promoted: list[bytes] = []
-        for slot in sorted(_text(s) for s in await self.client.smembers(self.names.slot_index())):
-            raw = await self.client.hget(self.names.slot_info(slot), "capacity")
-            capacity = int(raw) if raw is not None and _text(raw).isdigit() else 0
-            if capacity < 1:
-                continue  # never written whole (or by hand): nothing to promote into
-            reply: Any = await self._release(
-                keys=self._keys(slot), args=["", capacity, lease_ms, MAX_PROMOTE]
-            )
+        for pair, reply in zip(pairs, replies, strict=True):
             promoted += [bytes(m) for m in reply[1:]]
             if int(reply[0]) == 1:
-                await self.client.srem(self.names.slot_index(), slot)
+                await self.client.srem(self.names.slot_index(), pair.slot)
         return promoted
+
+    async def _pairs(self) -> list[_Pair]:
+        """Every listed (limit, key) with its info, in one pipelined read."""
+        slots = sorted(_text(s) for s in await self.client.smembers(self.names.slot_index()))
+        if not slots:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for slot in slots:
+                pipe.hmget(self.names.slot_info(slot), ["limit", "key", "kind", "capacity"])
+            infos: list[Any] = await pipe.execute()
+        pairs = []
+        for slot, (limit, key, kind, capacity) in zip(slots, infos, strict=True):
+            if limit is None:
+                continue
+            cap = int(capacity) if capacity is not None and _text(capacity).isdigit() else 0
+            pairs.append(_Pair(slot, _text(limit), _text(key or b""), _kind(kind), cap))
+        return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """A listed (limit, key): its slot id and what its info hash says."""
+
+    slot: str
+    limit: str
+    key: str
+    kind: SlotKind
+    capacity: int
