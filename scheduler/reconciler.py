@@ -71,7 +71,7 @@ from ledgerflow.eventlog.records import HookDisposed, StepCreated, StepStarted
 from ledgerflow.eventlog.slots import Slots
 from ledgerflow.eventlog.store import EventLog, Maintenance, Presence, RunIndex, TimerIndex
 from ledgerflow.eventlog.timers import Timer, TimerKind
-from ledgerflow.worker.concurrency import lease_ms
+from ledgerflow.worker.concurrency import lease_ms, send_promoted
 
 from ledgerflow.ops.lease import Lease
 from ledgerflow.ops.observer import Observer, Observers
@@ -80,7 +80,7 @@ from ledgerflow.ops.standard import standard_observers
 from .chains import CONTINUE_REASON
 from .hookclash import CONFLICT_REASON
 from .janitor import Janitor
-from .runlimits import release_ended, send_released
+from .runlimits import release_ended
 
 log = structlog.get_logger("ledgerflow.reconciler")
 
@@ -224,7 +224,7 @@ class Reconciler:
         promoted = await self.store.promote_waiting(lease_ms())
         if promoted:
             let_in = len(promoted)
-            await send_released(self.broker, promoted)
+            await send_promoted(self.broker, promoted)
             report.recoveries["waiting step let into a freed concurrency slot"] += let_in
         self.sweeps += 1
         self.skipped += report.runs_skipped

@@ -13,16 +13,13 @@ it. So a slot is held no longer than one sweep past its run's end.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Protocol
 
 import structlog
-from ledgerflow.broker import Activation, Broker, StepMessage
-from ledgerflow.broker.messages import decode_message, encode_message
-from ledgerflow.eventlog.errors import MalformedMessageError
+from ledgerflow.broker import Activation, Broker
+from ledgerflow.broker.messages import encode_message
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
-from ledgerflow.eventlog.retrying import retrying
 from ledgerflow.eventlog.slots import SlotKind, Slots
 from ledgerflow.eventlog.store import RunIndex
 from ledgerflow.worker.concurrency import Concurrency, send_promoted
@@ -60,7 +57,7 @@ async def take_run_slot(
     granted, promoted = await store.acquire_slot(
         limit.name, key, run_id, limit.limit, RUN_LEASE_MS, parked, SlotKind.RUN
     )
-    await send_released(broker, promoted)
+    await send_promoted(broker, promoted)
     if not granted:
         log.info("run waits for a concurrency slot", run_id=run_id, limit=limit.name, key=key)
     return granted
@@ -79,7 +76,7 @@ async def free_run_slot(
         return
     key = run_key(limit, definition, run_id, args, kwargs)
     promoted = await store.release_slot(limit.name, key, run_id, limit.limit, RUN_LEASE_MS)
-    await send_released(broker, promoted)
+    await send_promoted(broker, promoted)
 
 
 def run_key(
@@ -101,25 +98,6 @@ def run_key(
         return ""
 
 
-async def send_released(broker: Broker, promoted: Sequence[bytes]) -> None:
-    """Publish what slots let in: runs' activations here, steps' messages as the worker does."""
-    steps: list[bytes] = []
-    for body in promoted:
-        try:
-            message = decode_message(body)
-        except MalformedMessageError as exc:
-            log.warning("a parked message is unreadable; dropped", error=str(exc))
-            continue
-        if isinstance(message, Activation):
-            await retrying(
-                "publish a let-in activation", functools.partial(broker.publish_activation, message)
-            )
-        elif isinstance(message, StepMessage):
-            steps.append(body)
-    if steps:
-        await send_promoted(broker, steps)
-
-
 async def release_ended(store: RunLimitStore, broker: Broker, lease_ms: int) -> int:
     """The sweep's part: release the slots of runs that ended (or were removed); how many."""
     holders = await store.run_slot_holders()
@@ -131,6 +109,6 @@ async def release_ended(store: RunLimitStore, broker: Broker, lease_ms: int) -> 
         state = states.get(run_id, "")
         if state in RUN_TERMINAL_STATES or not state:
             promoted = await store.release_slot(limit, key, run_id, max(capacity, 1), lease_ms)
-            await send_released(broker, promoted)
+            await send_promoted(broker, promoted)
             released += 1
     return released

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
-from ledgerflow.broker import Broker, StepMessage
+from ledgerflow.broker import Activation, Broker, StepMessage
 from ledgerflow.broker.messages import decode_message
 from ledgerflow.eventlog.errors import (
     ConfigurationError,
@@ -170,22 +170,27 @@ class SlotLeases:
 
 
 async def send_promoted(broker: Broker, promoted: Sequence[bytes]) -> int:
-    """Publish the parked messages of waiters just given a slot; how many went out.
+    """Publish the parked messages of what slots just let in; how many went out.
 
-    Each is read as hostile bytes: one that does not decode to a step message is
-    dropped with a warning (its step is still created in its log, so the
-    reconciler's lost-step check sends it again).
+    Steps' messages go to their queues, runs' activations (``@lf.workflow(concurrency=)``)
+    to the runs queue. Each is read as hostile bytes: one that does not decode to either
+    is dropped with a warning (its step or run is still in its log, unstarted, so the
+    reconciler sends it again).
     """
     sent = 0
     for body in promoted:
         try:
             message = decode_message(body)
         except MalformedMessageError as exc:
-            log.warning("a parked step message is unreadable; dropped", error=str(exc))
+            log.warning("a parked message is unreadable; dropped", error=str(exc))
             continue
-        if not isinstance(message, StepMessage):
-            log.warning("a parked message is not a step message; dropped")
+        if isinstance(message, StepMessage):
+            send = functools.partial(broker.publish_step, message)
+        elif isinstance(message, Activation):
+            send = functools.partial(broker.publish_activation, message)
+        else:
+            log.warning("a parked message is neither a step nor an activation; dropped")
             continue
-        await retrying("publish a promoted step", functools.partial(broker.publish_step, message))
+        await retrying("publish what a slot let in", send)
         sent += 1
     return sent
