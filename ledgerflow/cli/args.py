@@ -15,7 +15,7 @@ import re
 import time
 
 from ledgerflow.eventlog.errors import InvalidArgumentError
-from ledgerflow.eventlog.names import check_run_id
+from ledgerflow.eventlog.names import check_output_name, check_run_id
 from ledgerflow.eventlog.retention import parse_retention
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -123,3 +123,17 @@ def before_arg(text: str) -> int:
         return parse_since(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("--since", "--before", 1)) from None
+
+
+def stream_name_arg(text: str) -> str:
+    try:
+        return check_output_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def start_arg(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**53:
+        raise ValueError(f"{text} is not a position (an integer >= 0)")
+    return value

@@ -12,27 +12,12 @@ import argparse
 import json
 import sys
 
-from ledgerflow.eventlog.names import check_output_name
 from ledgerflow.eventlog.outputs import Chunk
 from ledgerflow.scheduler.client import Client
 
-from .args import run_id_arg
+from .args import run_id_arg, start_arg, stream_name_arg
 from .common import EXIT_OK
 from .format import json_default, printable
-
-
-def stream_name_arg(text: str) -> str:
-    try:
-        return check_output_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def start_arg(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**53:
-        raise ValueError(f"{text} is not a position (an integer >= 0)")
-    return value
 
 
 def _text(chunk: Chunk) -> str:
