@@ -81,56 +81,41 @@ OUTPUT_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_OUTPUT_NAME -
 # Names of schedules (``lf.schedule``, ``ledgerflow schedules add``): typed into command
 # lines, part of a key, and of the run id each tick starts (``sched:<name>:<tick>``), which
 # splits on ":" unambiguously because a name holds none.
-MAX_SCHEDULE_NAME = 64
+MAX_SCHEDULE_NAME = MAX_OUTPUT_NAME
 SCHEDULE_NAME_CHARS = OUTPUT_NAME_CHARS
-SCHEDULE_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_SCHEDULE_NAME - 1}}}\Z")
+SCHEDULE_NAME_RE = OUTPUT_NAME_RE  # the same short identifier
+
+
+def _checked(value: object, pattern: re.Pattern[str], what: str, most: int, chars: str) -> str:
+    """``value`` if it is a string ``pattern`` matches; else one error naming the rule."""
+    if isinstance(value, str) and pattern.match(value):
+        return value
+    raise InvalidArgumentError(f"invalid {what} {_shown(value)}: use 1-{most} characters, {chars}")
 
 
 def check_schedule_name(name: object) -> str:
     """The one rule for a schedule's name (lf.schedule, the CLI, a stored schedule)."""
-    if isinstance(name, str) and SCHEDULE_NAME_RE.match(name):
-        return name
-    raise InvalidArgumentError(
-        f"invalid schedule name {_shown(name)}: use 1-{MAX_SCHEDULE_NAME} characters, "
-        f"{SCHEDULE_NAME_CHARS}"
-    )
+    return _checked(name, SCHEDULE_NAME_RE, "schedule name", MAX_SCHEDULE_NAME, SCHEDULE_NAME_CHARS)
 
 
 def check_output_name(name: object) -> str:
     """The one rule for an output stream's name (lf.stream, client.stream, CLI, HTTP)."""
-    if isinstance(name, str) and OUTPUT_NAME_RE.match(name):
-        return name
-    raise InvalidArgumentError(
-        f"invalid stream name {_shown(name)}: use 1-{MAX_OUTPUT_NAME} characters, "
-        f"{OUTPUT_NAME_CHARS}"
-    )
+    return _checked(name, OUTPUT_NAME_RE, "stream name", MAX_OUTPUT_NAME, OUTPUT_NAME_CHARS)
 
 
 def check_run_id(run_id: object) -> str:
     """The one run-id rule, applied wherever a run id comes in (API, CLI, queue, append)."""
-    if isinstance(run_id, str) and RUN_ID_RE.match(run_id):
-        return run_id
-    raise InvalidArgumentError(
-        f"invalid run id {_shown(run_id)}: use 1-{MAX_RUN_ID} characters, {RUN_ID_CHARS}"
-    )
+    return _checked(run_id, RUN_ID_RE, "run id", MAX_RUN_ID, RUN_ID_CHARS)
 
 
 def check_hook_token(token: object) -> str:
     """The one hook-token rule (lf.create_hook, resume_hook, ledgerflow hooks resume)."""
-    if isinstance(token, str) and HOOK_TOKEN_RE.match(token):
-        return token
-    raise InvalidArgumentError(
-        f"invalid hook token {_shown(token)}: use 1-{MAX_HOOK_TOKEN} characters, {HOOK_TOKEN_CHARS}"
-    )
+    return _checked(token, HOOK_TOKEN_RE, "hook token", MAX_HOOK_TOKEN, HOOK_TOKEN_CHARS)
 
 
 def check_corr(corr: object) -> str:
     """A step/wait/hook id as a queue message or timer entry carries it."""
-    if isinstance(corr, str) and CORR_RE.match(corr):
-        return corr
-    raise InvalidArgumentError(
-        f"invalid step/wait/hook id {_shown(corr)}: use 1-{MAX_CORR} characters, {CORR_CHARS}"
-    )
+    return _checked(corr, CORR_RE, "step/wait/hook id", MAX_CORR, CORR_CHARS)
 
 
 def _shown(value: object) -> str:
