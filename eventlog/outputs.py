@@ -104,6 +104,13 @@ def check_write(run_id: str, name: str, step: str, attempt: int, sequence: int) 
         raise InvalidArgumentError(f"invalid attempt {attempt} or write number {sequence}")
 
 
+def check_position(start: object) -> int:
+    """A position to read a stream from (client, CLI, HTTP): an integer from 0 to 2**53."""
+    if isinstance(start, int) and not isinstance(start, bool) and 0 <= start < 2**53:
+        return start
+    raise InvalidArgumentError(f"invalid stream position {start!r}: use an integer >= 0")
+
+
 def entry_id(index: int) -> str:
     """The stream entry id of position ``index`` (0-based): ids start at ``0-1``."""
     return f"0-{index + 1}"

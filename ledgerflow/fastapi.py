@@ -51,7 +51,7 @@ from ledgerflow.eventlog.errors import (
 )
 from ledgerflow.eventlog.jsonview import json_depth, page_view
 from ledgerflow.eventlog.names import WEBHOOK_TOKEN_RE, check_output_name, check_run_id
-from ledgerflow.eventlog.outputs import Chunk
+from ledgerflow.eventlog.outputs import Chunk, check_position
 from ledgerflow.scheduler import Client
 from ledgerflow.scheduler.registry import WorkflowFunction
 
@@ -291,10 +291,10 @@ def _start(start: int | None, last_event_id: str | None) -> int:
         if not text.isdigit() or len(text) > 15:
             raise HTTPException(400, "Last-Event-ID must be a chunk index this endpoint sent")
         return int(text) + 1
-    position = 0 if start is None else start
-    if not 0 <= position < 2**53:
-        raise HTTPException(400, "start must be an integer >= 0")
-    return position
+    try:
+        return check_position(0 if start is None else start)
+    except InvalidArgumentError:
+        raise HTTPException(400, "start must be an integer >= 0") from None
 
 
 def _stream_name(name: str) -> str:

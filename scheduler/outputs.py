@@ -15,11 +15,17 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
-from ledgerflow.eventlog.errors import InvalidArgumentError, RunNotFoundError
+from ledgerflow.eventlog.errors import RunNotFoundError
 from ledgerflow.eventlog.events import RUN_TERMINAL
 from ledgerflow.eventlog.kinds import RUN_TERMINAL_STATES
 from ledgerflow.eventlog.names import check_output_name, check_run_id
-from ledgerflow.eventlog.outputs import Chunk, EntryKind, OutputStreams, decode_chunk
+from ledgerflow.eventlog.outputs import (
+    Chunk,
+    EntryKind,
+    OutputStreams,
+    check_position,
+    decode_chunk,
+)
 from ledgerflow.eventlog.store import RunLog
 
 WAIT_SLICE = 5.0
@@ -32,18 +38,12 @@ class StreamSource(RunLog, OutputStreams, Protocol):
     """What a reader needs: the run's log (for its end) and its output streams."""
 
 
-def check_start(start: object) -> int:
-    if isinstance(start, int) and not isinstance(start, bool) and 0 <= start < 2**53:
-        return start
-    raise InvalidArgumentError(f"invalid stream position {start!r}: use an integer >= 0")
-
-
 async def follow(
     store: StreamSource, run_id: str, name: str, start: int = 0
 ) -> AsyncIterator[Chunk]:
     check_run_id(run_id)
     check_output_name(name)
-    position = check_start(start)
+    position = check_position(start)
     state, last = await store.run_tail(run_id)
     if not state:
         raise RunNotFoundError(run_id)

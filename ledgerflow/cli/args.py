@@ -16,6 +16,7 @@ import time
 
 from ledgerflow.eventlog.errors import InvalidArgumentError
 from ledgerflow.eventlog.names import check_output_name, check_run_id
+from ledgerflow.eventlog.outputs import check_position
 from ledgerflow.eventlog.retention import parse_retention
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -133,7 +134,4 @@ def stream_name_arg(text: str) -> str:
 
 
 def start_arg(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**53:
-        raise ValueError(f"{text} is not a position (an integer >= 0)")
-    return value
+    return check_position(int(text))
