@@ -33,12 +33,12 @@ from .events import (
 from .kinds import RUN_TERMINAL_STATES, StepStatus
 from .memory_blobs import MemoryBlobStore
 from .memory_outputs import MemoryOutputs
+from .memory_rates import MemoryRates
 from .memory_schedules import MemorySchedules
 from .memory_slots import MemorySlots
 from .names import Names, shard_of
 from .outputs import MAX_READ, OutputEntry
 from .presence import decode_mark, encode_mark
-from .rates import MemoryRates
 from .removal import implied_timer_members
 from .schedules import Advance, Claimed, PutResult, Schedule, ScheduleSpec, Unreadable
 from .slots import SlotKind, SlotUse
