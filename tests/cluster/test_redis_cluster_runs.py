@@ -46,6 +46,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 APP = "tests.cluster.redis_apps"
 RESULT_TIMEOUT = 180.0
+CHAIN_STEPS = 200
+"""Long enough that the chains are still appending when the master dies, however long
+the replica takes to catch up before it is stalled (120 was not, on a loaded machine)."""
 FILLER_BYTES = 64 << 20
 """More than loopback's socket buffers hold: what the replica has not read stays unsent."""
 
@@ -229,7 +232,7 @@ async def test_a_master_lost_with_its_replica_behind_loses_entries_and_every_run
     """
     # Chains long enough to be appending all through the window, on every master.
     chosen = [
-        redis_apps.Plan("chain", (120, i), redis_apps.expected("chain", (120, i)))
+        redis_apps.Plan("chain", (CHAIN_STEPS, i), redis_apps.expected("chain", (CHAIN_STEPS, i)))
         for i in range(30)
     ]
     runs = await start_all(rig, chosen)
