@@ -49,6 +49,7 @@ RESULT_TIMEOUT = 180.0
 CHAIN_STEPS = 200
 """Long enough that the chains are still appending when the master dies, however long
 the replica takes to catch up before it is stalled (120 was not, on a loaded machine)."""
+STALL_S = 8
 FILLER_BYTES = 64 << 20
 """More than loopback's socket buffers hold: what the replica has not read stays unsent."""
 
@@ -242,7 +243,9 @@ async def test_a_master_lost_with_its_replica_behind_loses_entries_and_every_run
     # What was written before now (every run's start) reaches the replica; only what
     # follows is at risk. Without this a run started a moment ago could vanish whole.
     await asyncio.to_thread(rig.cluster.wait_caught_up, victim, replica)
-    sleeper = await asyncio.to_thread(rig.cluster.stall, replica, 4)  # returns once asleep
+    # Asleep well past the kill, even on a loaded machine (writing the filler and reading
+    # every run's log take seconds there): a replica that woke before it would catch up.
+    sleeper = await asyncio.to_thread(rig.cluster.stall, replica, STALL_S)  # once asleep
     on_victim = next(r.run_id for r in runs if masters_used(rig, [r]) == Counter({victim: 1}))
     tag = rig.names.stream(on_victim).split("}")[0].split("{")[1]
     filler = f"{rig.names.namespace}:lag-filler:{{{tag}}}"
